@@ -1,0 +1,33 @@
+# The two commands a user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+COMPONENTS := protocols libos enclave-worker coordinator party-client experiments detente
+
+.PHONY: demo test lint typecheck protos clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# Put each component folder on sys.path, so `python -m`, mypy and tools
+	# started from the repo root all see the same packages.
+	printf '%s\n' $(addprefix $(CURDIR)/,$(COMPONENTS)) > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/detente-components.pth"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/detente demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy -p protocols -p libos -p enclave_worker -p coordinator -p party_client -p experiments -p detente
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+protos: $(STAMP)
+	$(PY) -m protocols.wire.regenerate
+
+clean:
+	rm -rf $(VENV) build *.egg-info

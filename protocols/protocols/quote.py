@@ -1,0 +1,349 @@
+"""Intel SGX ECDSA quote, version 3: layout, parsing and verification.
+
+The layout follows Intel's "SGX ECDSA Quote Library API", Appendix A (quote
+format v3): a 48-byte header, a 384-byte ISV enclave report body, then the
+signature data. Simulated quotes (libos ``sim`` backend) use the same layout,
+so one parser and one verifier serve simulation and hardware; what differs is
+the root their certificate chain ends in.
+
+Verification here covers the quote's own cryptography: the PCK certificate
+chain to a pinned root, the QE report signature by the PCK key, the QE report
+binding of the attestation key, and the ISV report signature. TCB collateral
+(TCB info, QE identity, CRLs) of real quotes is not checked here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from protocols.errors import AttestationError, FormatError
+from protocols.layout import Field, Layout
+
+HEADER = Layout(
+    "quote header",
+    [
+        Field("version", 2, "uint"),
+        Field("attestation_key_type", 2, "uint"),
+        Field("tee_type", 4, "uint"),
+        Field("qe_svn", 2, "uint"),
+        Field("pce_svn", 2, "uint"),
+        Field("qe_vendor_id", 16),
+        Field("user_data", 20),
+    ],
+)
+
+REPORT_BODY = Layout(
+    "report body",
+    [
+        Field("cpu_svn", 16),
+        Field("misc_select", 4, "uint"),
+        Field("reserved1", 28),
+        Field("attributes", 16),
+        Field("mr_enclave", 32),
+        Field("reserved2", 32),
+        Field("mr_signer", 32),
+        Field("reserved3", 96),
+        Field("isv_prod_id", 2, "uint"),
+        Field("isv_svn", 2, "uint"),
+        Field("reserved4", 60),
+        Field("report_data", 64),
+    ],
+)
+
+# Fixed part of the signature data (after its u32 length).
+SIGNATURE_FIXED = Layout(
+    "quote signature data",
+    [
+        Field("isv_signature", 64),
+        Field("attestation_key", 64),
+        Field("qe_report", REPORT_BODY.size),
+        Field("qe_report_signature", 64),
+    ],
+)
+
+QUOTE_VERSION = 3
+ATTESTATION_KEY_ECDSA_P256 = 2
+TEE_TYPE_SGX = 0
+CERT_DATA_PCK_CHAIN = 5
+ATTRIBUTE_DEBUG = 0x02
+SIGNED_SIZE = HEADER.size + REPORT_BODY.size  # 432: what the attestation key signs
+MAX_QUOTE_SIZE = 1 << 16
+INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+# The simulation backend's QE vendor id: ASCII, so a hex dump says what it is.
+SIMULATION_QE_VENDOR_ID = b"DETENTE-SIM-QE\x00\x00"
+
+
+@dataclass(frozen=True)
+class ReportBody:
+    cpu_svn: bytes
+    misc_select: int
+    attributes: bytes
+    mr_enclave: bytes
+    mr_signer: bytes
+    isv_prod_id: int
+    isv_svn: int
+    report_data: bytes
+
+    @property
+    def debug(self) -> bool:
+        return bool(int.from_bytes(self.attributes[:8], "little") & ATTRIBUTE_DEBUG)
+
+    def to_bytes(self) -> bytes:
+        return REPORT_BODY.pack(
+            {
+                "cpu_svn": self.cpu_svn,
+                "misc_select": self.misc_select,
+                "reserved1": bytes(28),
+                "attributes": self.attributes,
+                "mr_enclave": self.mr_enclave,
+                "reserved2": bytes(32),
+                "mr_signer": self.mr_signer,
+                "reserved3": bytes(96),
+                "isv_prod_id": self.isv_prod_id,
+                "isv_svn": self.isv_svn,
+                "reserved4": bytes(60),
+                "report_data": self.report_data,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ReportBody:
+        v = REPORT_BODY.unpack(data)
+        return cls(
+            v["cpu_svn"], v["misc_select"], v["attributes"], v["mr_enclave"],
+            v["mr_signer"], v["isv_prod_id"], v["isv_svn"], v["report_data"],
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Quote:
+    version: int
+    attestation_key_type: int
+    tee_type: int
+    qe_svn: int
+    pce_svn: int
+    qe_vendor_id: bytes
+    user_data: bytes
+    report: ReportBody
+    isv_signature: bytes
+    attestation_key: bytes
+    qe_report: ReportBody
+    qe_report_signature: bytes
+    qe_auth_data: bytes
+    cert_data_type: int
+    cert_data: bytes
+
+    def header_bytes(self) -> bytes:
+        return HEADER.pack(
+            {
+                "version": self.version,
+                "attestation_key_type": self.attestation_key_type,
+                "tee_type": self.tee_type,
+                "qe_svn": self.qe_svn,
+                "pce_svn": self.pce_svn,
+                "qe_vendor_id": self.qe_vendor_id,
+                "user_data": self.user_data,
+            }
+        )
+
+    def signed_bytes(self) -> bytes:
+        """Header ‖ report body: the bytes the attestation key signs."""
+        return self.header_bytes() + self.report.to_bytes()
+
+    def to_bytes(self) -> bytes:
+        signature = (
+            SIGNATURE_FIXED.pack(
+                {
+                    "isv_signature": self.isv_signature,
+                    "attestation_key": self.attestation_key,
+                    "qe_report": self.qe_report.to_bytes(),
+                    "qe_report_signature": self.qe_report_signature,
+                }
+            )
+            + len(self.qe_auth_data).to_bytes(2, "little")
+            + self.qe_auth_data
+            + self.cert_data_type.to_bytes(2, "little")
+            + len(self.cert_data).to_bytes(4, "little")
+            + self.cert_data
+        )
+        return self.signed_bytes() + len(signature).to_bytes(4, "little") + signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Quote:
+        """Parse a v3 quote; raise FormatError on any malformed or trailing byte."""
+        data = bytes(data)
+        if len(data) > MAX_QUOTE_SIZE:
+            raise FormatError(f"quote is {len(data)} bytes, more than {MAX_QUOTE_SIZE}")
+        if len(data) < SIGNED_SIZE + 4 + SIGNATURE_FIXED.size + 2:
+            raise FormatError(f"quote is too short ({len(data)} bytes)")
+        header = HEADER.unpack(data[: HEADER.size])
+        if header["version"] != QUOTE_VERSION:
+            raise FormatError(f"unsupported quote version {header['version']} (expected 3)")
+        report = ReportBody.from_bytes(data[HEADER.size : SIGNED_SIZE])
+        sig_len = int.from_bytes(data[SIGNED_SIZE : SIGNED_SIZE + 4], "little")
+        sig = data[SIGNED_SIZE + 4 :]
+        if sig_len != len(sig):
+            raise FormatError(
+                f"quote signature data length says {sig_len} bytes, {len(sig)} are present"
+            )
+        fixed = SIGNATURE_FIXED.unpack(sig[: SIGNATURE_FIXED.size])
+        pos = SIGNATURE_FIXED.size
+        auth_len = int.from_bytes(sig[pos : pos + 2], "little")
+        pos += 2
+        if pos + auth_len + 6 > len(sig):
+            raise FormatError("quote QE auth data runs past the end of the quote")
+        auth = sig[pos : pos + auth_len]
+        pos += auth_len
+        cert_type = int.from_bytes(sig[pos : pos + 2], "little")
+        cert_len = int.from_bytes(sig[pos + 2 : pos + 6], "little")
+        pos += 6
+        if pos + cert_len != len(sig):
+            raise FormatError("quote certification data length does not match the quote size")
+        return cls(
+            version=header["version"],
+            attestation_key_type=header["attestation_key_type"],
+            tee_type=header["tee_type"],
+            qe_svn=header["qe_svn"],
+            pce_svn=header["pce_svn"],
+            qe_vendor_id=header["qe_vendor_id"],
+            user_data=header["user_data"],
+            report=report,
+            isv_signature=fixed["isv_signature"],
+            attestation_key=fixed["attestation_key"],
+            qe_report=ReportBody.from_bytes(fixed["qe_report"]),
+            qe_report_signature=fixed["qe_report_signature"],
+            qe_auth_data=auth,
+            cert_data_type=cert_type,
+            cert_data=sig[pos:],
+        )
+
+
+def raw_signature_to_der(raw: bytes) -> bytes:
+    """SGX stores ECDSA signatures as r ‖ s (32 bytes each, big-endian)."""
+    if len(raw) != 64:
+        raise FormatError("an ECDSA P-256 signature is 64 bytes (r ‖ s)")
+    return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+
+
+def raw_p256_key(raw: bytes) -> ec.EllipticCurvePublicKey:
+    """SGX stores P-256 public keys as x ‖ y."""
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw)
+    except ValueError:
+        raise AttestationError("quote attestation key is not a valid P-256 point") from None
+
+
+def qe_report_data_for(attestation_key: bytes, qe_auth_data: bytes) -> bytes:
+    return hashlib.sha256(attestation_key + qe_auth_data).digest() + bytes(32)
+
+
+def intel_sgx_root() -> x509.Certificate:
+    """The pinned production Intel SGX Root CA (SHA-256 of DER 44a0196b…74d3)."""
+    der = importlib.resources.files("protocols").joinpath("intel_sgx_root_ca.der").read_bytes()
+    return x509.load_der_x509_certificate(der)
+
+
+def certificate_fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+_VERIFIER_TOKEN = object()
+
+
+@dataclass(frozen=True)
+class VerifiedQuote:
+    """A quote whose signatures and chain verified. Only :func:`verify_quote` makes one."""
+
+    quote: Quote
+    root_fingerprint: str
+    chain: list[x509.Certificate] = field(repr=False)
+    _token: object = field(repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self._token is not _VERIFIER_TOKEN:
+            raise TypeError("VerifiedQuote is made only by protocols.quote.verify_quote")
+
+    @property
+    def report(self) -> ReportBody:
+        return self.quote.report
+
+
+def _verify_ecdsa(key: ec.EllipticCurvePublicKey, raw_sig: bytes, data: bytes, what: str) -> None:
+    try:
+        key.verify(raw_signature_to_der(raw_sig), data, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise AttestationError(f"{what} does not verify") from None
+
+
+def pck_chain(quote: Quote) -> list[x509.Certificate]:
+    if quote.cert_data_type != CERT_DATA_PCK_CHAIN:
+        raise AttestationError(
+            f"quote certification data type {quote.cert_data_type} carries no PCK chain "
+            "(type 5 is required)"
+        )
+    try:
+        chain = x509.load_pem_x509_certificates(quote.cert_data.rstrip(b"\x00"))
+    except ValueError:
+        raise AttestationError("quote PCK certificate chain is not valid PEM") from None
+    if len(chain) < 2:
+        raise AttestationError("quote PCK certificate chain must hold a leaf and its root")
+    return chain
+
+
+def verify_quote(
+    data: bytes, trusted_roots: list[x509.Certificate], now: datetime | None = None
+) -> VerifiedQuote:
+    """Verify a v3 quote's chain to one of ``trusted_roots`` and its signatures.
+
+    Raises AttestationError naming the first check that failed.
+    """
+    now = now or datetime.now(UTC)
+    quote = Quote.from_bytes(data)
+    if quote.attestation_key_type != ATTESTATION_KEY_ECDSA_P256:
+        raise AttestationError(f"unsupported attestation key type {quote.attestation_key_type}")
+    if quote.tee_type != TEE_TYPE_SGX:
+        raise AttestationError(f"quote TEE type {quote.tee_type:#x} is not SGX")
+    chain = pck_chain(quote)
+    root = chain[-1]
+    fingerprints = {certificate_fingerprint(r) for r in trusted_roots}
+    if certificate_fingerprint(root) not in fingerprints:
+        raise AttestationError(
+            f"quote certificate chain ends in an untrusted root "
+            f"(SHA-256 {certificate_fingerprint(root)})"
+        )
+    for cert, issuer in zip(chain, chain[1:] + [root], strict=True):
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            raise AttestationError(
+                f"quote certificate {cert.subject.rfc4514_string()!r} is not validly issued "
+                f"by {issuer.subject.rfc4514_string()!r}"
+            ) from None
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise AttestationError(
+                f"quote certificate {cert.subject.rfc4514_string()!r} is not valid at {now}"
+            )
+    pck_key = chain[0].public_key()
+    if not isinstance(pck_key, ec.EllipticCurvePublicKey):
+        raise AttestationError("PCK certificate key is not an EC key")
+    _verify_ecdsa(
+        pck_key, quote.qe_report_signature, quote.qe_report.to_bytes(), "QE report signature"
+    )
+    if quote.qe_report.report_data != qe_report_data_for(quote.attestation_key, quote.qe_auth_data):
+        raise AttestationError("QE report does not bind the quote's attestation key")
+    _verify_ecdsa(
+        raw_p256_key(quote.attestation_key),
+        quote.isv_signature,
+        quote.signed_bytes(),
+        "ISV report signature",
+    )
+    return VerifiedQuote(quote, certificate_fingerprint(root), chain, _token=_VERIFIER_TOKEN)
