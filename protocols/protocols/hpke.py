@@ -23,7 +23,9 @@ def data_key_info(dataset_id: str, recipient: HpkePublicKey) -> bytes:
 
 def result_key_info(job_id: str, output: str, recipient: HpkePublicKey) -> bytes:
     """``info`` for a released output's content key wrapped to a recipient."""
-    return _PREFIX + b"result-key " + job_id.encode() + b" " + output.encode() + b" " + recipient.raw
+    return (
+        _PREFIX + b"result-key " + job_id.encode() + b" " + output.encode() + b" " + recipient.raw
+    )
 
 
 def wrap_key(key: bytes, recipient: HpkePublicKey, info: bytes) -> bytes:

@@ -320,7 +320,7 @@ def verify_quote(
             f"quote certificate chain ends in an untrusted root "
             f"(SHA-256 {certificate_fingerprint(root)})"
         )
-    for cert, issuer in zip(chain, chain[1:] + [root], strict=True):
+    for cert, issuer in zip(chain, [*chain[1:], root], strict=True):
         try:
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):

@@ -45,9 +45,7 @@ class Envelope:
             {
                 "payloadType": self.payload_type,
                 "payload": canonical.b64(self.payload),
-                "signatures": [
-                    {"keyid": self.signer.hex, "sig": canonical.b64(self.signature)}
-                ],
+                "signatures": [{"keyid": self.signer.hex, "sig": canonical.b64(self.signature)}],
             }
         )
 
