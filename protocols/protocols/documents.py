@@ -445,3 +445,8 @@ class ResultStatement:
             )
         doc = statements.verify(envelope, statements.RESULT, enclave_key, "result statement")
         return cls.from_dict(doc)
+
+
+def schema_sha256(columns: list[dict[str, str]]) -> str:
+    """Digest of a table schema given as [{"name", "type"}] (Arrow type names), in order."""
+    return canonical.sha256_hex(canonical.dumps(columns))

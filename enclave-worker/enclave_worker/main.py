@@ -1,0 +1,68 @@
+"""Entry point of the enclave image: `detente libos run DIR -- [--port N] [--port-file F]`.
+
+Runs inside the LibOS (libos.runtime.current() must exist). It unseals or
+creates the enclave identity, serves the Enclave gRPC API on loopback by
+default and stops cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+
+from enclave_worker import identity, service
+from protocols.status import CHANNEL_OPTIONS
+
+
+def _write_port(path: Path, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(str(port))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    from libos import runtime as libos_runtime
+
+    parser = argparse.ArgumentParser(prog="enclave-worker")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", type=Path)
+    args = parser.parse_args(argv)
+
+    rt = libos_runtime.current()
+    log_dir = Path(rt.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=log_dir / "worker.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    me = identity.load_or_create(rt)
+    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=CHANNEL_OPTIONS)
+    service.add_to_server(server, rt, me)
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    server.start()
+    if args.port_file:
+        _write_port(args.port_file, port)
+    banner = (
+        f"enclave worker on {args.host}:{port}, MRENCLAVE {me.mrenclave}, "
+        f"signing key {me.signing_key.verify_key.hex[:16]}…"
+    )
+    if rt.backend == "sim":
+        banner += " — SIMULATION backend: no hardware protection"
+    print(banner, flush=True)
+    logging.getLogger("enclave_worker").info(banner)
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=2).wait()
+    return 0

@@ -1,0 +1,80 @@
+"""The enclave's gRPC edge: decode, call the job logic, map errors to status codes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from enclave_worker import jobs
+from enclave_worker.identity import EnclaveIdentity, Runtime
+from protocols.errors import DetenteError
+from protocols.status import code_for
+from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
+
+log = logging.getLogger("enclave_worker.service")
+OUTPUT_CHUNK = 1 << 20
+
+
+class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
+    def __init__(self, runtime: Runtime, identity: EnclaveIdentity) -> None:
+        self._runtime = runtime
+        self._identity = identity
+        self._one_job = threading.Lock()  # one job at a time: memory is the enclave's
+
+    def _abort(self, context: Any, exc: DetenteError) -> None:
+        log.warning("request refused: %s", exc)
+        context.abort(code_for(exc), str(exc))
+
+    def GetEvidence(self, request: Any, context: Any) -> Any:
+        try:
+            evidence = self._identity.evidence(self._runtime, bytes(request.nonce))
+        except DetenteError as exc:
+            self._abort(context, exc)
+        return enclave_pb2.Evidence(
+            identity=evidence.identity, quote=evidence.quote, backend=evidence.backend
+        )
+
+    def RunJob(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
+        with self._one_job:
+            try:
+                first = next(request_iterator, None)
+                if first is None or not first.HasField("spec"):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunJob must start with a spec")
+                    return
+                spec = first.spec
+                job = jobs.accept(
+                    self._identity, spec.terms, list(spec.approvals), list(spec.manifests)
+                )
+                for request in request_iterator:
+                    if not request.HasField("chunk"):
+                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only one spec per job")
+                    job.add_chunk(request.chunk.dataset_id, request.chunk.data)
+                for item in jobs.run(self._identity, job):
+                    if isinstance(item, jobs.Progress):
+                        yield enclave_pb2.RunJobResponse(
+                            progress=enclave_pb2.Progress(kind=item.kind, text=item.text)
+                        )
+                    elif isinstance(item, jobs.ReleasedOutput):
+                        data = item.ciphertext
+                        for start in range(0, max(len(data), 1), OUTPUT_CHUNK):
+                            yield enclave_pb2.RunJobResponse(
+                                output=enclave_pb2.OutputChunk(
+                                    name=item.name, data=data[start : start + OUTPUT_CHUNK]
+                                )
+                            )
+                    else:
+                        yield enclave_pb2.RunJobResponse(result_statement=item)
+            except DetenteError as exc:
+                self._abort(context, exc)
+            except Exception:
+                # Details stay in the enclave's log; the wire gets no internals.
+                log.exception("job failed")
+                context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to run the job")
+
+
+def add_to_server(server: Any, runtime: Runtime, identity: EnclaveIdentity) -> None:
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveServicer(runtime, identity), server)
