@@ -1,0 +1,169 @@
+"""A party's home folder: keys, config, attestation record, data set records.
+
+``DETENTE_HOME`` or ``~/.config/detente`` (DESIGN.md §6). Keys are files of
+mode 0600; nothing here is ever sent anywhere except public keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocols import canonical
+from protocols.attestation import AttestationPolicy, Evidence, VerifiedEnclave, verify_evidence
+from protocols.errors import DetenteError, PolicyError
+from protocols.keys import HpkePrivateKey, SigningKey, VerifyKey, write_secret_file
+
+
+class SetupError(DetenteError):
+    """A precondition is missing; the message names the command that provides it."""
+
+
+def home_dir() -> Path:
+    env = os.environ.get("DETENTE_HOME")
+    return Path(env) if env else Path.home() / ".config" / "detente"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+@dataclass
+class PartyHome:
+    root: Path
+
+    @classmethod
+    def default(cls) -> PartyHome:
+        return cls(home_dir())
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "party.toml"
+
+    @property
+    def policy_path(self) -> Path:
+        return self.root / "policy.toml"
+
+    @property
+    def record_path(self) -> Path:
+        return self.root / "attestation.json"
+
+    # -- identity -------------------------------------------------------------
+
+    def create_identity(self, name: str, coordinator: str) -> None:
+        keys = self.root / "keys"
+        if (keys / "signing.key").exists():
+            raise SetupError(
+                f"{self.root} already holds an identity; use another DETENTE_HOME for a new party"
+            )
+        write_secret_file(keys / "signing.key", SigningKey.generate().private_raw())
+        write_secret_file(keys / "hpke.key", HpkePrivateKey.generate().private_raw())
+        self.save_config(name, coordinator)
+
+    def save_config(self, name: str, coordinator: str) -> None:
+        text = (
+            "# Detente party configuration (written by `detente party init`)\n"
+            f"name = {json.dumps(name)}\ncoordinator = {json.dumps(coordinator)}\n"
+        )
+        write_atomic(self.config_path, text.encode())
+
+    def config(self) -> dict[str, Any]:
+        if not self.config_path.exists():
+            raise SetupError(f"no party identity in {self.root}: run `detente party init` first")
+        try:
+            doc = tomllib.loads(self.config_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"{self.config_path} is not valid TOML: {exc}") from None
+        for key in ("name", "coordinator"):
+            if not isinstance(doc.get(key), str):
+                raise PolicyError(f"{self.config_path}: {key} must be a string")
+        return doc
+
+    def signing_key(self) -> SigningKey:
+        return SigningKey.from_raw(self._secret("signing.key"))
+
+    def hpke_key(self) -> HpkePrivateKey:
+        return HpkePrivateKey.from_raw(self._secret("hpke.key"))
+
+    def _secret(self, name: str) -> bytes:
+        path = self.root / "keys" / name
+        if not path.exists():
+            raise SetupError(f"no key {path}: run `detente party init` first")
+        if path.stat().st_mode & 0o077:
+            raise SetupError(f"{path} is readable by others: run `chmod 600 {path}`")
+        return path.read_bytes()
+
+    # -- attestation ----------------------------------------------------------
+
+    def policy(self, override: Path | None = None) -> AttestationPolicy:
+        path = override or self.policy_path
+        if not path.exists():
+            raise SetupError(
+                f"no attestation policy at {path}: write one (see docs/operations.md) or pass "
+                "--policy FILE"
+            )
+        return AttestationPolicy.load(path)
+
+    def save_record(self, evidence: Evidence, nonce: bytes, enclave: VerifiedEnclave) -> None:
+        record = {
+            "identity": canonical.b64(evidence.identity),
+            "quote": canonical.b64(evidence.quote),
+            "backend": evidence.backend,
+            "nonce": nonce.hex(),
+            "verified_at": int(time.time()),
+            "mrenclave": enclave.mrenclave,
+            "simulation": enclave.simulation,
+            "verdict": [
+                {"rule": r.name, "passed": r.passed, "detail": r.detail} for r in enclave.verdict
+            ],
+        }
+        write_atomic(self.record_path, canonical.dumps(record))
+
+    def attested_enclave(self, policy: AttestationPolicy) -> tuple[VerifiedEnclave, int]:
+        """Re-verify the stored evidence under ``policy``; refuse a record that is too old."""
+        if not self.record_path.exists():
+            raise SetupError("no attested enclave yet: run `detente party attest` first")
+        doc = canonical.loads(self.record_path.read_bytes(), "attestation record")
+        age = int(time.time()) - int(doc["verified_at"])
+        if age > policy.max_evidence_age_seconds:
+            raise SetupError(
+                f"the enclave was attested {age} s ago, longer than the policy's "
+                f"max_evidence_age_seconds = {policy.max_evidence_age_seconds}: run "
+                "`detente party attest` again"
+            )
+        evidence = Evidence(
+            canonical.unb64(doc["identity"], "identity"),
+            canonical.unb64(doc["quote"], "quote"),
+            str(doc["backend"]),
+        )
+        return verify_evidence(evidence, bytes.fromhex(doc["nonce"]), policy), age
+
+    def enclave_signing_key(self) -> VerifyKey:
+        """The attested enclave's signing key, as recorded (for result statements)."""
+        if not self.record_path.exists():
+            raise SetupError("no attested enclave yet: run `detente party attest` first")
+        doc = canonical.loads(self.record_path.read_bytes(), "attestation record")
+        from protocols import statements
+        from protocols.documents import IdentityDocument
+
+        envelope = statements.Envelope.from_bytes(canonical.unb64(doc["identity"], "identity"))
+        return IdentityDocument.from_dict(canonical.loads(envelope.payload, "identity")).signing_key
+
+    # -- data sets ------------------------------------------------------------
+
+    def save_dataset(self, dataset_id: str, manifest: bytes) -> None:
+        write_atomic(self.root / "datasets" / f"{dataset_id}.manifest", manifest)
+
+    def dataset_manifests(self) -> dict[str, bytes]:
+        folder = self.root / "datasets"
+        if not folder.exists():
+            return {}
+        return {p.stem: p.read_bytes() for p in sorted(folder.glob("*.manifest"))}
