@@ -1,0 +1,197 @@
+"""A content-addressed blob directory for ciphertext: ``<root>/ab/cdef…``.
+
+A blob's name is the SHA-256 of its bytes. Writes go to a temporary file in
+the blob's own directory, are fsynced, then renamed into place, so a crash
+never leaves a half-written blob under a real name. Reads re-hash the
+content and refuse a blob that does not match its name: the disk is not
+trusted either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from coordinator.errors import NotFound
+from protocols.errors import IntegrityError
+
+CHUNK_SIZE = 1 << 20
+_NAME = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_name(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _NAME.match(sha256):
+        raise NotFound(f"no blob {str(sha256)[:80]!r}: a blob name is 64 lowercase hex digits")
+    return sha256
+
+
+class BlobWriter:
+    """Write one blob incrementally; nothing is visible until :meth:`commit`.
+
+    With ``expected_sha256``/``expected_size`` the writer refuses to commit
+    content that differs, and refuses to grow past ``expected_size`` at all.
+    """
+
+    def __init__(
+        self,
+        store: BlobStore,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        what: str = "blob",
+    ) -> None:
+        self._store = store
+        self._expected_sha256 = expected_sha256
+        self._expected_size = expected_size
+        self._what = what
+        self._hash = hashlib.sha256()
+        self._size = 0
+        fd, name = tempfile.mkstemp(prefix=".incoming-", dir=store.root)
+        self._tmp = Path(name)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            raise ValueError("blob writer is closed")
+        if self._expected_size is not None and self._size + len(data) > self._expected_size:
+            self.abort()
+            raise IntegrityError(
+                f"{self._what} is longer than the {self._expected_size} bytes it must have"
+            )
+        self._hash.update(data)
+        self._size += len(data)
+        self._file.write(data)
+
+    def commit(self) -> tuple[str, int]:
+        """Make the blob visible under its SHA-256; return (sha256, size)."""
+        if self._file is None:
+            raise ValueError("blob writer is closed")
+        sha256 = self._hash.hexdigest()
+        if (self._expected_sha256 is not None and sha256 != self._expected_sha256) or (
+            self._expected_size is not None and self._size != self._expected_size
+        ):
+            self.abort()
+            raise IntegrityError(
+                f"{self._what} does not match: got {self._size} bytes with SHA-256 "
+                f"{sha256[:16]}…, expected {self._expected_size} bytes with SHA-256 "
+                f"{(self._expected_sha256 or '?')[:16]}…"
+            )
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        path = self._store.path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._tmp, path)
+        self._store.fsync_dir(path.parent)
+        return sha256, self._size
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()  # a no-op after commit
+
+
+class BlobStore:
+    """Content-addressed storage of opaque bytes under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        name = _check_name(sha256)
+        return self.root / name[:2] / name[2:]
+
+    @staticmethod
+    def fsync_dir(directory: Path) -> None:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def writer(
+        self,
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        what: str = "blob",
+    ) -> BlobWriter:
+        return BlobWriter(self, expected_sha256, expected_size, what)
+
+    def put_stream(
+        self,
+        chunks: Iterable[bytes],
+        expected_sha256: str | None = None,
+        expected_size: int | None = None,
+        what: str = "blob",
+    ) -> tuple[str, int]:
+        """Store the concatenation of ``chunks``; return (sha256, size).
+
+        If any expectation fails (or ``chunks`` raises), nothing is stored.
+        """
+        with self.writer(expected_sha256, expected_size, what) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit()
+
+    def put(self, data: bytes) -> tuple[str, int]:
+        return self.put_stream([data])
+
+    def exists(self, sha256: str) -> bool:
+        try:
+            return self.path(sha256).is_file()
+        except NotFound:
+            return False
+
+    def iter_chunks(self, sha256: str, size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """Yield the blob in pieces of ``size`` bytes, verified against its name.
+
+        The whole blob is hashed before the first piece is yielded, so a
+        corrupted blob yields nothing at all.
+        """
+        path = self.path(sha256)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"no blob {sha256[:16]}… in the blob store") from None
+        with handle:
+            digest = hashlib.sha256()
+            while piece := handle.read(CHUNK_SIZE):
+                digest.update(piece)
+            if digest.hexdigest() != sha256:
+                raise IntegrityError(
+                    f"blob {sha256[:16]}… is corrupted on disk (its content no longer "
+                    "hashes to its name); restore it from a backup or re-upload it"
+                )
+            handle.seek(0)
+            while piece := handle.read(size):
+                yield piece
+
+    def open(self, sha256: str) -> Iterator[bytes]:
+        """Alias of :meth:`iter_chunks` with the default piece size."""
+        return self.iter_chunks(sha256)
+
+    def read(self, sha256: str) -> bytes:
+        return b"".join(self.iter_chunks(sha256))
+
+    def delete(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(sha256).unlink()

@@ -1,0 +1,77 @@
+"""`detente coordinator …`: run the coordinator and check its audit log.
+
+This module only wires commands; the work is in :mod:`coordinator.server`
+and :mod:`coordinator.store`, imported lazily so `detente --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="The untrusted coordinator: party registry, ciphertext store, job scheduler.",
+    no_args_is_help=True,
+)
+
+HomeOption = Annotated[
+    Path, typer.Option("--home", help="Directory for the database, blobs and log.")
+]
+
+
+@app.command()
+def serve(
+    home: HomeOption = Path("coordinator-home"),
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", help="SQLAlchemy URL (default: SQLite file in --home)."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks one.")] = 0,
+    enclave: Annotated[
+        str | None,
+        typer.Option("--enclave", help="HOST:PORT of the enclave worker that runs jobs."),
+    ] = None,
+    port_file: Annotated[
+        Path | None, typer.Option("--port-file", help="Write the bound port to this file.")
+    ] = None,
+) -> None:
+    """Serve the coordinator API until SIGTERM or SIGINT."""
+    from coordinator.server import serve as run
+
+    if enclave is None:
+        typer.echo(
+            "no --enclave given: jobs will wait in `approved` until the coordinator is "
+            "restarted with `--enclave HOST:PORT`",
+            err=True,
+        )
+    run(home, db_url, host, port, enclave, port_file)
+
+
+@app.command("audit-verify")
+def audit_verify(
+    home: HomeOption = Path("coordinator-home"),
+    db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL.")] = None,
+) -> None:
+    """Check the hash chain of the audit log; print ok or the first broken entry."""
+    from coordinator.server import default_db_url
+    from coordinator.store import SqlStore
+    from protocols.errors import IntegrityError
+
+    if db_url is None and not (home / "coordinator.db").exists():
+        typer.echo(
+            f"no coordinator database in {home}: run `detente coordinator serve --home {home}`",
+            err=True,
+        )
+        raise typer.Exit(2)
+    store = SqlStore(db_url or default_db_url(home))
+    try:
+        count = store.verify_audit_chain()
+    except IntegrityError as exc:
+        typer.echo(f"audit log BROKEN: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(f"ok: {count} audit log entries, hash chain intact")

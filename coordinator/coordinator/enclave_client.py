@@ -1,0 +1,144 @@
+"""The coordinator's gRPC client of the enclave (its host-side edge).
+
+Only this module and :mod:`coordinator.servicer` touch ``_pb2`` types; the
+rest of the coordinator works with the plain values defined here. The
+coordinator relays: it never looks inside evidence, specs or outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from coordinator.errors import EnclaveUnavailable
+from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
+
+MAX_MESSAGE = 8 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+]
+EVIDENCE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Evidence:
+    identity: bytes
+    quote: bytes
+    backend: str
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    terms: bytes
+    approvals: list[bytes]
+    manifests: list[bytes]
+
+
+@dataclass(frozen=True)
+class Progress:
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ResultStatement:
+    data: bytes
+
+
+EnclaveMessage = Progress | OutputChunk | ResultStatement
+
+
+class EnclaveCallError(EnclaveUnavailable):
+    """The enclave answered a call with a gRPC error (status code and details kept)."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"enclave returned {code}: {details}")
+        self.code = code
+        self.details = details
+
+
+def _call_error(exc: grpc.RpcError) -> EnclaveCallError:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else None
+    name = code.name if code is not None else "UNKNOWN"
+    return EnclaveCallError(name, str(details or "no details"))
+
+
+class EnclaveClient:
+    """Calls the enclave at ``address`` (HOST:PORT)."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def _channel(self) -> grpc.Channel:
+        # The channel is not TLS-pinned here: nothing the coordinator sends or
+        # receives is secret or trusted (DESIGN.md §1); parties pin the
+        # attested enclave themselves.
+        return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+
+    def get_evidence(self, nonce: bytes) -> Evidence:
+        with self._channel() as channel:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            try:
+                reply = stub.GetEvidence(
+                    enclave_pb2.EvidenceRequest(nonce=nonce), timeout=EVIDENCE_TIMEOUT
+                )
+            except grpc.RpcError as exc:
+                raise _call_error(exc) from None
+        return Evidence(bytes(reply.identity), bytes(reply.quote), str(reply.backend))
+
+    def run_job(
+        self, spec: JobSpec, datasets: Iterable[tuple[str, Iterable[bytes]]]
+    ) -> Iterator[EnclaveMessage]:
+        """Send the spec then each data set's chunks; yield what the enclave streams back.
+
+        Raises EnclaveCallError if the call fails at any point, or the error
+        that stopped reading a data set (for example a corrupted blob).
+        """
+
+        failure: list[BaseException] = []
+
+        def requests() -> Iterator[enclave_pb2.RunJobRequest]:
+            try:
+                yield from _requests()
+            except Exception as exc:
+                # gRPC would only report CANCELLED; keep the real reason.
+                failure.append(exc)
+                raise
+
+        def _requests() -> Iterator[enclave_pb2.RunJobRequest]:
+            yield enclave_pb2.RunJobRequest(
+                spec=enclave_pb2.JobSpec(
+                    terms=spec.terms, approvals=spec.approvals, manifests=spec.manifests
+                )
+            )
+            for dataset_id, chunks in datasets:
+                for data in chunks:
+                    yield enclave_pb2.RunJobRequest(
+                        chunk=enclave_pb2.DatasetChunk(dataset_id=dataset_id, data=data)
+                    )
+
+        with self._channel() as channel:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            try:
+                for reply in stub.RunJob(requests()):
+                    part = reply.WhichOneof("part")
+                    if part == "progress":
+                        yield Progress(reply.progress.kind, reply.progress.text)
+                    elif part == "output":
+                        yield OutputChunk(reply.output.name, bytes(reply.output.data))
+                    elif part == "result_statement":
+                        yield ResultStatement(bytes(reply.result_statement))
+            except grpc.RpcError as exc:
+                if failure:
+                    raise failure[0] from None
+                raise _call_error(exc) from None

@@ -1,0 +1,213 @@
+"""The thin gRPC edge of the coordinator: decode, call the handler, map errors.
+
+The status codes are the API (see :data:`STATUS`). Expected failures carry
+the error's own message, which says what went wrong and what to do; anything
+unexpected is logged with its traceback and the client only sees INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from coordinator.blobs import CHUNK_SIZE
+from coordinator.errors import (
+    AlreadyExists,
+    EnclaveUnavailable,
+    InvalidRequest,
+    NotAllowed,
+    NotFound,
+    NotRegistered,
+    WrongState,
+)
+from coordinator.handler import CoordinatorHandler
+from coordinator.store import DatasetRecord, JobRecord, PartyRecord
+from protocols.errors import (
+    ConsentError,
+    DetenteError,
+    FormatError,
+    IntegrityError,
+    SignatureError,
+)
+from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Most specific first: the first matching class decides the code.
+STATUS: list[tuple[type[DetenteError], grpc.StatusCode]] = [
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (NotAllowed, grpc.StatusCode.PERMISSION_DENIED),
+    (NotRegistered, grpc.StatusCode.FAILED_PRECONDITION),
+    (WrongState, grpc.StatusCode.FAILED_PRECONDITION),
+    (ConsentError, grpc.StatusCode.PERMISSION_DENIED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (FormatError, grpc.StatusCode.INVALID_ARGUMENT),
+    (SignatureError, grpc.StatusCode.INVALID_ARGUMENT),
+    (IntegrityError, grpc.StatusCode.INVALID_ARGUMENT),
+    (EnclaveUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (DetenteError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+INTERNAL_MESSAGE = "internal error, see coordinator log"
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, DetenteError):
+        for kind, code in STATUS:
+            if isinstance(exc, kind):
+                return code, str(exc)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> NoReturn:
+    code, message = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("%s failed unexpectedly", method, exc_info=exc)
+    else:
+        log.info("%s refused: %s (%s)", method, code.name, type(exc).__name__)
+    context.abort(code, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _call(context: grpc.ServicerContext, method: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except Exception as exc:
+        _abort(context, method, exc)
+
+
+# --------------------------------------------------------------------------- conversions
+
+
+def party_pb(p: PartyRecord) -> coordinator_pb2.Party:
+    return coordinator_pb2.Party(
+        name=p.name,
+        signing_key=p.signing_key,
+        hpke_key=p.hpke_key,
+        registered_at=p.registered_at,
+        registration=p.registration,
+    )
+
+
+def dataset_pb(d: DatasetRecord) -> coordinator_pb2.Dataset:
+    return coordinator_pb2.Dataset(
+        dataset_id=d.dataset_id,
+        owner_key=d.owner_key,
+        manifest_digest=d.manifest_digest,
+        manifest=d.manifest,
+        blob_sha256=d.blob_sha256,
+        size=d.size,
+        created_at=d.created_at,
+    )
+
+
+def job_pb(j: JobRecord) -> coordinator_pb2.Job:
+    return coordinator_pb2.Job(
+        job_id=j.job_id,
+        state=j.state,
+        terms=j.terms,
+        terms_digest=j.terms_digest,
+        required_approvers=j.required_approvers,
+        approvals=[a.envelope for a in j.approvals],
+        result_statement=j.result_statement or b"",
+        outputs=[
+            coordinator_pb2.Output(name=o.name, blob_sha256=o.blob_sha256, size=o.size)
+            for o in j.outputs
+        ],
+        events=[coordinator_pb2.JobEvent(at=e.at, kind=e.kind, text=e.text) for e in j.events],
+        error=j.error,
+        created_at=j.created_at,
+        updated_at=j.updated_at,
+    )
+
+
+def _ciphertext(requests: Iterator[coordinator_pb2.UploadDatasetRequest]) -> Iterator[bytes]:
+    for request in requests:
+        if request.WhichOneof("part") != "ciphertext":
+            raise FormatError("an upload carries one manifest, first, then ciphertext only")
+        yield bytes(request.ciphertext)
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(self, handler: CoordinatorHandler) -> None:
+        self.handler = handler
+
+    def RegisterParty(
+        self, request: coordinator_pb2.RegisterPartyRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Party:
+        registration = request.registration
+        return party_pb(
+            _call(context, "RegisterParty", lambda: self.handler.register_party(registration))
+        )
+
+    def ListParties(
+        self, request: coordinator_pb2.ListPartiesRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListPartiesResponse:
+        parties = _call(context, "ListParties", self.handler.list_parties)
+        return coordinator_pb2.ListPartiesResponse(parties=[party_pb(p) for p in parties])
+
+    def GetEvidence(
+        self, request: coordinator_pb2.GetEvidenceRequest, context: grpc.ServicerContext
+    ) -> enclave_pb2.Evidence:
+        ev = _call(context, "GetEvidence", lambda: self.handler.get_evidence(request.nonce))
+        return enclave_pb2.Evidence(identity=ev.identity, quote=ev.quote, backend=ev.backend)
+
+    def UploadDataset(
+        self,
+        request_iterator: Iterator[coordinator_pb2.UploadDatasetRequest],
+        context: grpc.ServicerContext,
+    ) -> coordinator_pb2.Dataset:
+        def upload() -> DatasetRecord:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "manifest":
+                raise FormatError("an upload must start with the signed dataset manifest")
+            return self.handler.upload_dataset(first.manifest, _ciphertext(request_iterator))
+
+        return dataset_pb(_call(context, "UploadDataset", upload))
+
+    def ListDatasets(
+        self, request: coordinator_pb2.ListDatasetsRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListDatasetsResponse:
+        datasets = _call(context, "ListDatasets", self.handler.list_datasets)
+        return coordinator_pb2.ListDatasetsResponse(datasets=[dataset_pb(d) for d in datasets])
+
+    def ProposeJob(
+        self, request: coordinator_pb2.ProposeJobRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Job:
+        return job_pb(_call(context, "ProposeJob", lambda: self.handler.propose_job(request.terms)))
+
+    def ApproveJob(
+        self, request: coordinator_pb2.ApproveJobRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Job:
+        return job_pb(
+            _call(
+                context,
+                "ApproveJob",
+                lambda: self.handler.approve_job(request.job_id, request.approval),
+            )
+        )
+
+    def GetJob(
+        self, request: coordinator_pb2.GetJobRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Job:
+        return job_pb(_call(context, "GetJob", lambda: self.handler.get_job(request.job_id)))
+
+    def ListJobs(
+        self, request: coordinator_pb2.ListJobsRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListJobsResponse:
+        jobs = _call(context, "ListJobs", self.handler.list_jobs)
+        return coordinator_pb2.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
+
+    def FetchOutput(
+        self, request: coordinator_pb2.FetchOutputRequest, context: grpc.ServicerContext
+    ) -> Iterator[coordinator_pb2.BytesChunk]:
+        try:
+            for data in self.handler.fetch_output(request.job_id, request.name):
+                for i in range(0, len(data), CHUNK_SIZE):
+                    yield coordinator_pb2.BytesChunk(data=data[i : i + CHUNK_SIZE])
+        except Exception as exc:
+            _abort(context, "FetchOutput", exc)

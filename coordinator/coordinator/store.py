@@ -1,0 +1,673 @@
+"""The coordinator's state: SQLAlchemy 2 over SQLite by default (DESIGN.md §6).
+
+Everything here is public, ciphertext metadata, or a signed statement; the
+store holds no plaintext and no secret. Each mutating method runs in one
+transaction together with its audit-log entry, so a change and its audit
+record are written together or not at all.
+
+The audit log is append-only and hash-chained: entry *n* stores
+``hash = SHA-256(prev_hash ‖ canonical JSON of the entry)`` where
+``prev_hash`` is entry *n-1*'s hash (32 zero bytes for the first), so editing,
+dropping or reordering any row breaks every hash after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy.exc
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from coordinator.errors import AlreadyExists, NotFound
+from protocols import canonical
+from protocols.errors import IntegrityError
+
+GENESIS_HASH = "00" * 32
+
+# Job states (DESIGN.md §3.4–3.5): proposed → approved → running → succeeded | failed.
+PROPOSED = "proposed"
+APPROVED = "approved"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+JOB_STATES = (PROPOSED, APPROVED, RUNNING, SUCCEEDED, FAILED)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------- records
+# Plain values handed to the handler; ORM rows never leave this module.
+
+
+@dataclass(frozen=True)
+class PartyRecord:
+    name: str
+    signing_key: str
+    hpke_key: str
+    registration: bytes
+    registered_at: int
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    dataset_id: str
+    owner_key: str
+    manifest: bytes
+    manifest_digest: str
+    blob_sha256: str
+    size: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    approver: str
+    envelope: bytes
+    at: int
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    name: str
+    blob_sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    at: int
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    terms: bytes
+    terms_digest: str
+    proposer: str
+    dataset_ids: list[str]
+    required_approvers: list[str]
+    state: str
+    error: str
+    created_at: int
+    updated_at: int
+    result_statement: bytes | None = None
+    approvals: list[ApprovalRecord] = field(default_factory=list)
+    outputs: list[OutputRecord] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    at: int
+    event: str
+    subject: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "event": self.event,
+            "subject": self.subject,
+            "detail": self.detail,
+        }
+
+
+def audit_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical.dumps(body)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What a mutating store call records in the audit log: ids, keys, digests only."""
+
+    event: str
+    subject: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- interface
+
+
+class CoordinatorStore(Protocol):
+    """What the handler needs from persistent state."""
+
+    def add_party(self, party: PartyRecord, audit: Audit) -> None: ...
+    def get_party_by_key(self, signing_key: str) -> PartyRecord | None: ...
+    def get_party_by_name(self, name: str) -> PartyRecord | None: ...
+    def list_parties(self) -> list[PartyRecord]: ...
+
+    def add_dataset(self, dataset: DatasetRecord, audit: Audit) -> None: ...
+    def get_dataset(self, dataset_id: str) -> DatasetRecord | None: ...
+    def list_datasets(self) -> list[DatasetRecord]: ...
+    def blob_referenced(self, sha256: str) -> bool: ...
+
+    def add_job(self, job: JobRecord, audit: Audit) -> None: ...
+    def get_job(self, job_id: str) -> JobRecord: ...
+    def list_jobs(self) -> list[JobRecord]: ...
+    def job_ids_in_states(self, states: Sequence[str]) -> list[str]: ...
+    def add_approval(
+        self, job_id: str, approval: ApprovalRecord, audit: Audit, complete: Audit | None
+    ) -> None: ...
+    def transition(
+        self,
+        job_id: str,
+        from_states: Sequence[str],
+        to_state: str,
+        text: str,
+        error: str = "",
+        audit_detail: dict[str, Any] | None = None,
+    ) -> bool: ...
+    def add_event(self, job_id: str, kind: str, text: str) -> None: ...
+    def finish_job(
+        self, job_id: str, outputs: list[OutputRecord], result_statement: bytes | None
+    ) -> None: ...
+    def get_output(self, job_id: str, name: str) -> OutputRecord: ...
+
+    def audit_entries(self) -> list[AuditEntry]: ...
+    def verify_audit_chain(self) -> int: ...
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- tables
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class PartyRow(Base):
+    __tablename__ = "parties"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    signing_key: Mapped[str] = mapped_column(String(64), unique=True)
+    hpke_key: Mapped[str] = mapped_column(String(64))
+    registration: Mapped[bytes] = mapped_column(LargeBinary)
+    registered_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class DatasetRow(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(128), unique=True)
+    owner_key: Mapped[str] = mapped_column(String(64), index=True)
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    manifest_digest: Mapped[str] = mapped_column(String(64))
+    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobRow(Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(String(128), unique=True)
+    terms: Mapped[bytes] = mapped_column(LargeBinary)
+    terms_digest: Mapped[str] = mapped_column(String(64))
+    proposer: Mapped[str] = mapped_column(String(64))
+    dataset_ids: Mapped[str] = mapped_column(Text)  # JSON list, terms order
+    required_approvers: Mapped[str] = mapped_column(Text)  # JSON list of hex keys
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    result_statement: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class ApprovalRow(Base):
+    __tablename__ = "approvals"
+    __table_args__ = (UniqueConstraint("job_id", "approver"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), index=True)
+    approver: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    at: Mapped[int] = mapped_column(BigInteger)
+
+
+class OutputRow(Base):
+    __tablename__ = "outputs"
+    __table_args__ = (UniqueConstraint("job_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
+class JobEventRow(Base):
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[str] = mapped_column(Text)  # canonical JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+# --------------------------------------------------------------------------- implementation
+
+
+def _party(row: PartyRow) -> PartyRecord:
+    return PartyRecord(row.name, row.signing_key, row.hpke_key, row.registration, row.registered_at)
+
+
+def _dataset(row: DatasetRow) -> DatasetRecord:
+    return DatasetRecord(
+        row.dataset_id,
+        row.owner_key,
+        row.manifest,
+        row.manifest_digest,
+        row.blob_sha256,
+        row.size,
+        row.created_at,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class SqlStore:
+    """:class:`CoordinatorStore` over any SQLAlchemy URL (SQLite file by default)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            # The gRPC server and the scheduler share this store across threads.
+            kwargs["connect_args"] = {"check_same_thread": False}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        # One writer at a time in this process keeps the audit chain linear;
+        # the unique seq/hash columns refuse a fork from a second process.
+        self._write_lock = threading.RLock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._write_lock, Session(self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def _append_audit(self, session: Session, audit: Audit, at: int) -> None:
+        last = session.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()
+        seq = 1 if last is None else last.seq + 1
+        prev = GENESIS_HASH if last is None else last.hash
+        body = {
+            "seq": seq,
+            "at": at,
+            "event": audit.event,
+            "subject": audit.subject,
+            "detail": audit.detail,
+        }
+        session.add(
+            AuditRow(
+                seq=seq,
+                at=at,
+                event=audit.event,
+                subject=audit.subject,
+                detail=canonical.dumps(audit.detail).decode("utf-8"),
+                prev_hash=prev,
+                hash=audit_hash(prev, body),
+            )
+        )
+
+    # parties --------------------------------------------------------------
+
+    def add_party(self, party: PartyRecord, audit: Audit) -> None:
+        try:
+            with self._write() as s:
+                s.add(
+                    PartyRow(
+                        name=party.name,
+                        signing_key=party.signing_key,
+                        hpke_key=party.hpke_key,
+                        registration=party.registration,
+                        registered_at=party.registered_at,
+                    )
+                )
+                s.flush()
+                self._append_audit(s, audit, party.registered_at)
+        except sqlalchemy.exc.IntegrityError:
+            raise AlreadyExists(
+                f"a party named {party.name!r} or with key {party.signing_key[:16]}… "
+                "is already registered"
+            ) from None
+
+    def get_party_by_key(self, signing_key: str) -> PartyRecord | None:
+        with self._read() as s:
+            row = s.scalars(select(PartyRow).where(PartyRow.signing_key == signing_key)).first()
+            return None if row is None else _party(row)
+
+    def get_party_by_name(self, name: str) -> PartyRecord | None:
+        with self._read() as s:
+            row = s.scalars(select(PartyRow).where(PartyRow.name == name)).first()
+            return None if row is None else _party(row)
+
+    def list_parties(self) -> list[PartyRecord]:
+        with self._read() as s:
+            return [_party(r) for r in s.scalars(select(PartyRow).order_by(PartyRow.id))]
+
+    # datasets -------------------------------------------------------------
+
+    def add_dataset(self, dataset: DatasetRecord, audit: Audit) -> None:
+        try:
+            with self._write() as s:
+                s.add(
+                    DatasetRow(
+                        dataset_id=dataset.dataset_id,
+                        owner_key=dataset.owner_key,
+                        manifest=dataset.manifest,
+                        manifest_digest=dataset.manifest_digest,
+                        blob_sha256=dataset.blob_sha256,
+                        size=dataset.size,
+                        created_at=dataset.created_at,
+                    )
+                )
+                s.flush()
+                self._append_audit(s, audit, dataset.created_at)
+        except sqlalchemy.exc.IntegrityError:
+            raise AlreadyExists(
+                f"data set {dataset.dataset_id!r} already exists: choose another dataset id"
+            ) from None
+
+    def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
+        with self._read() as s:
+            row = s.scalars(select(DatasetRow).where(DatasetRow.dataset_id == dataset_id)).first()
+            return None if row is None else _dataset(row)
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        with self._read() as s:
+            return [_dataset(r) for r in s.scalars(select(DatasetRow).order_by(DatasetRow.id))]
+
+    def blob_referenced(self, sha256: str) -> bool:
+        with self._read() as s:
+            in_datasets = s.scalars(
+                select(DatasetRow.id).where(DatasetRow.blob_sha256 == sha256).limit(1)
+            ).first()
+            in_outputs = s.scalars(
+                select(OutputRow.id).where(OutputRow.blob_sha256 == sha256).limit(1)
+            ).first()
+            return in_datasets is not None or in_outputs is not None
+
+    # jobs -----------------------------------------------------------------
+
+    def add_job(self, job: JobRecord, audit: Audit) -> None:
+        try:
+            with self._write() as s:
+                s.add(
+                    JobRow(
+                        job_id=job.job_id,
+                        terms=job.terms,
+                        terms_digest=job.terms_digest,
+                        proposer=job.proposer,
+                        dataset_ids=json.dumps(job.dataset_ids),
+                        required_approvers=json.dumps(job.required_approvers),
+                        state=job.state,
+                        error=job.error,
+                        created_at=job.created_at,
+                        updated_at=job.updated_at,
+                        result_statement=None,
+                    )
+                )
+                s.flush()
+                s.add(
+                    JobEventRow(job_id=job.job_id, at=job.created_at, kind="state", text=job.state)
+                )
+                self._append_audit(s, audit, job.created_at)
+        except sqlalchemy.exc.IntegrityError:
+            raise AlreadyExists(
+                f"job {job.job_id!r} already exists: propose the job under another job id"
+            ) from None
+
+    def _job(self, s: Session, row: JobRow) -> JobRecord:
+        approvals = s.scalars(
+            select(ApprovalRow).where(ApprovalRow.job_id == row.job_id).order_by(ApprovalRow.id)
+        )
+        outputs = s.scalars(
+            select(OutputRow).where(OutputRow.job_id == row.job_id).order_by(OutputRow.id)
+        )
+        events = s.scalars(
+            select(JobEventRow).where(JobEventRow.job_id == row.job_id).order_by(JobEventRow.id)
+        )
+        return JobRecord(
+            job_id=row.job_id,
+            terms=row.terms,
+            terms_digest=row.terms_digest,
+            proposer=row.proposer,
+            dataset_ids=list(json.loads(row.dataset_ids)),
+            required_approvers=list(json.loads(row.required_approvers)),
+            state=row.state,
+            error=row.error,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            result_statement=row.result_statement,
+            approvals=[ApprovalRecord(a.approver, a.envelope, a.at) for a in approvals],
+            outputs=[OutputRecord(o.name, o.blob_sha256, o.size) for o in outputs],
+            events=[EventRecord(e.at, e.kind, e.text) for e in events],
+        )
+
+    def _job_row(self, s: Session, job_id: str) -> JobRow:
+        row = s.scalars(select(JobRow).where(JobRow.job_id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no job {job_id!r}: list jobs with `detente party jobs`")
+        return row
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._read() as s:
+            return self._job(s, self._job_row(s, job_id))
+
+    def list_jobs(self) -> list[JobRecord]:
+        with self._read() as s:
+            return [self._job(s, r) for r in s.scalars(select(JobRow).order_by(JobRow.id))]
+
+    def job_ids_in_states(self, states: Sequence[str]) -> list[str]:
+        with self._read() as s:
+            rows = s.scalars(
+                select(JobRow.job_id).where(JobRow.state.in_(list(states))).order_by(JobRow.id)
+            )
+            return list(rows)
+
+    def add_approval(
+        self, job_id: str, approval: ApprovalRecord, audit: Audit, complete: Audit | None
+    ) -> None:
+        """Record an approval; with ``complete`` also move the job to ``approved``."""
+        try:
+            with self._write() as s:
+                row = self._job_row(s, job_id)
+                s.add(
+                    ApprovalRow(
+                        job_id=job_id,
+                        approver=approval.approver,
+                        envelope=approval.envelope,
+                        at=approval.at,
+                    )
+                )
+                s.flush()
+                self._append_audit(s, audit, approval.at)
+                if complete is not None:
+                    old = row.state
+                    row.state = APPROVED
+                    row.updated_at = approval.at
+                    s.add(JobEventRow(job_id=job_id, at=approval.at, kind="state", text=APPROVED))
+                    detail = {"from": old, "to": APPROVED, **complete.detail}
+                    self._append_audit(s, Audit(complete.event, job_id, detail), approval.at)
+        except sqlalchemy.exc.IntegrityError:
+            raise AlreadyExists(
+                f"{approval.approver[:16]}… has already approved job {job_id!r}"
+            ) from None
+
+    def transition(
+        self,
+        job_id: str,
+        from_states: Sequence[str],
+        to_state: str,
+        text: str,
+        error: str = "",
+        audit_detail: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move a job to ``to_state`` if it is in one of ``from_states``; False otherwise."""
+        at = now_ms()
+        with self._write() as s:
+            row = self._job_row(s, job_id)
+            if row.state not in from_states:
+                return False
+            old = row.state
+            row.state = to_state
+            row.updated_at = at
+            row.error = error
+            s.add(JobEventRow(job_id=job_id, at=at, kind="state", text=text))
+            if error:
+                s.add(JobEventRow(job_id=job_id, at=at, kind="error", text=error))
+            detail = {"from": old, "to": to_state, **(audit_detail or {})}
+            self._append_audit(s, Audit("job.state", job_id, detail), at)
+            return True
+
+    def add_event(self, job_id: str, kind: str, text: str) -> None:
+        with self._write() as s:
+            self._job_row(s, job_id)
+            s.add(JobEventRow(job_id=job_id, at=now_ms(), kind=kind, text=text))
+
+    def finish_job(
+        self, job_id: str, outputs: list[OutputRecord], result_statement: bytes | None
+    ) -> None:
+        """Record outputs, the result statement and ``succeeded`` in one transaction."""
+        at = now_ms()
+        with self._write() as s:
+            row = self._job_row(s, job_id)
+            old = row.state
+            for output in outputs:
+                s.add(
+                    OutputRow(
+                        job_id=job_id,
+                        name=output.name,
+                        blob_sha256=output.blob_sha256,
+                        size=output.size,
+                    )
+                )
+            row.result_statement = result_statement
+            row.state = SUCCEEDED
+            row.updated_at = at
+            row.error = ""
+            s.add(JobEventRow(job_id=job_id, at=at, kind="state", text=SUCCEEDED))
+            detail: dict[str, Any] = {
+                "from": old,
+                "to": SUCCEEDED,
+                "outputs": [
+                    {"name": o.name, "blob_sha256": o.blob_sha256, "size": o.size} for o in outputs
+                ],
+                "result_statement_sha256": (
+                    canonical.sha256_hex(result_statement) if result_statement else None
+                ),
+            }
+            self._append_audit(s, Audit("job.state", job_id, detail), at)
+
+    def get_output(self, job_id: str, name: str) -> OutputRecord:
+        with self._read() as s:
+            self._job_row(s, job_id)
+            row = s.scalars(
+                select(OutputRow).where(OutputRow.job_id == job_id, OutputRow.name == name)
+            ).first()
+            if row is None:
+                raise NotFound(f"job {job_id!r} has no output {name!r}")
+            return OutputRecord(row.name, row.blob_sha256, row.size)
+
+    # audit ----------------------------------------------------------------
+
+    def audit_entries(self) -> list[AuditEntry]:
+        with self._read() as s:
+            return [
+                AuditEntry(
+                    r.seq,
+                    r.at,
+                    r.event,
+                    r.subject,
+                    json.loads(r.detail),
+                    r.prev_hash,
+                    r.hash,
+                )
+                for r in s.scalars(select(AuditRow).order_by(AuditRow.seq))
+            ]
+
+    def verify_audit_chain(self) -> int:
+        """Check every link of the audit chain; return the number of entries.
+
+        Raises IntegrityError naming the first entry that does not link or
+        does not hash to what it records.
+        """
+        prev = GENESIS_HASH
+        expected_seq = 1
+        entries = self.audit_entries()
+        for entry in entries:
+            if entry.seq != expected_seq:
+                raise IntegrityError(
+                    f"audit log entry {expected_seq} is missing (next entry is {entry.seq})"
+                )
+            if entry.prev_hash != prev:
+                raise IntegrityError(
+                    f"audit log entry {entry.seq} ({entry.event} {entry.subject}) does not "
+                    "link to the entry before it: the log was altered"
+                )
+            if audit_hash(prev, entry.body()) != entry.hash:
+                raise IntegrityError(
+                    f"audit log entry {entry.seq} ({entry.event} {entry.subject}) does not "
+                    "match its hash: the log was altered"
+                )
+            prev = entry.hash
+            expected_seq += 1
+        return len(entries)
+
+
+def verify_audit_chain(store: CoordinatorStore) -> int:
+    """Module-level convenience: raise IntegrityError on a broken chain."""
+    return store.verify_audit_chain()

@@ -1,0 +1,55 @@
+"""Fixtures for coordinator tests: a real coordinator on port 0 (SQLite in
+tmp_path), parties, and a FAKE enclave server. Builders live in
+coordinator_testkit.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from coordinator_testkit import FakeEnclave, Harness, Party
+
+from coordinator.enclave_client import CHANNEL_OPTIONS
+from protocols.wire.v1 import enclave_pb2_grpc
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "coordinator-home"
+
+
+@pytest.fixture
+def coord(home: Path) -> Iterator[Harness]:
+    harness = Harness(home)
+    yield harness
+    harness.stop()
+
+
+@pytest.fixture
+def alice() -> Party:
+    return Party("alice-bank")
+
+
+@pytest.fixture
+def bob() -> Party:
+    return Party("bob-insurer")
+
+
+@pytest.fixture
+def carol() -> Party:
+    return Party("carol-merchant")
+
+
+@pytest.fixture
+def fake_enclave() -> Iterator[tuple[FakeEnclave, str]]:
+    fake = FakeEnclave()
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=CHANNEL_OPTIONS)
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield fake, f"127.0.0.1:{port}"
+    fake.release.set()
+    server.stop(0).wait()

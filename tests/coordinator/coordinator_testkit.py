@@ -1,0 +1,242 @@
+"""Builders for coordinator tests: parties, sealed data sets, terms, approvals,
+a real coordinator on port 0 with a real channel, and a fake enclave.
+
+(A module with a unique name, imported by conftest.py and the tests, because
+tests/ folders have no __init__.py and `coordinator` is the package under test.)
+
+The enclave here is a fake (a real gRPC server with scripted answers) because
+the coordinator's tests are about relaying; the real worker is exercised by
+the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from coordinator.enclave_client import CHANNEL_OPTIONS
+from coordinator.server import RunningCoordinator, start
+from protocols import hpke
+from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, Registration
+from protocols.keys import HpkePrivateKey, SigningKey
+from protocols.statements import Envelope
+from protocols.stream import seal_stream
+from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2, enclave_pb2_grpc
+
+MRENCLAVE = "ab" * 32
+
+
+@dataclass
+class Party:
+    name: str
+    key: SigningKey = field(default_factory=SigningKey.generate)
+    hpke: HpkePrivateKey = field(default_factory=HpkePrivateKey.generate)
+
+    @property
+    def hex(self) -> str:
+        return self.key.verify_key.hex
+
+    def registration(self) -> bytes:
+        return Registration(self.name, self.key.verify_key, self.hpke.public_key).sign(self.key).to_bytes()
+
+    def recipient(self) -> Recipient:
+        return Recipient(self.name, self.key.verify_key, self.hpke.public_key)
+
+
+@dataclass
+class SealedDataset:
+    dataset_id: str
+    manifest: Envelope
+    ciphertext: bytes
+
+    @property
+    def manifest_bytes(self) -> bytes:
+        return self.manifest.to_bytes()
+
+
+ENCLAVE_HPKE = HpkePrivateKey.generate()
+
+
+def seal_dataset(
+    owner: Party,
+    dataset_id: str,
+    plaintext: bytes = b"id,x,label\n1,0.5,1\n2,0.25,0\n",
+    signer: SigningKey | None = None,
+    chunk_size: int = 1 << 20,
+) -> SealedDataset:
+    """Encrypt ``plaintext`` like the party client does and sign its manifest."""
+    data_key = os.urandom(32)
+    ciphertext = seal_stream(data_key, plaintext, dataset_id.encode(), chunk_size=chunk_size)
+    enclave_key = ENCLAVE_HPKE.public_key
+    wrapped = hpke.wrap_key(data_key, enclave_key, hpke.data_key_info(dataset_id, enclave_key))
+    manifest = DatasetManifest(
+        dataset_id=dataset_id,
+        name=f"{dataset_id} of {owner.name}",
+        owner_key=owner.key.verify_key,
+        schema_sha256="00" * 32,
+        row_count=2,
+        ciphertext_sha256=hashlib.sha256(ciphertext).hexdigest(),
+        ciphertext_size=len(ciphertext),
+        wrapped_key=wrapped,
+        sealed_to_mrenclave=MRENCLAVE,
+        sealed_to_hpke_key=enclave_key,
+    )
+    return SealedDataset(dataset_id, manifest.sign(signer or owner.key), ciphertext)
+
+
+def job_terms(
+    proposer: Party,
+    job_id: str,
+    datasets: list[SealedDataset],
+    recipients: list[Party] | None = None,
+    signer: SigningKey | None = None,
+    digests: dict[str, str] | None = None,
+    num_rounds: int = 5,
+) -> Envelope:
+    digests = digests or {}
+    terms = JobTerms(
+        job_id=job_id,
+        datasets=[(d.dataset_id, digests.get(d.dataset_id, d.manifest.digest)) for d in datasets],
+        join="horizontal",
+        objective="binary:logistic",
+        label="label",
+        params={"max_depth": 3},
+        num_rounds=num_rounds,
+        seed=7,
+        allowed_mrenclaves=[MRENCLAVE],
+        outputs=["model", "metrics"],
+        recipients=[p.recipient() for p in (recipients or [proposer])],
+        expires_at=4_000_000_000,
+        proposer=proposer.hex,
+    )
+    return terms.sign(signer or proposer.key)
+
+
+def approval(party: Party, job_id: str, terms: Envelope) -> bytes:
+    return Approval(job_id, terms.digest).sign(party.key).to_bytes()
+
+
+def upload_requests(
+    manifest: bytes, ciphertext: bytes, piece: int = 4096
+) -> Iterator[coordinator_pb2.UploadDatasetRequest]:
+    yield coordinator_pb2.UploadDatasetRequest(manifest=manifest)
+    for i in range(0, len(ciphertext), piece):
+        yield coordinator_pb2.UploadDatasetRequest(ciphertext=ciphertext[i : i + piece])
+
+
+# --------------------------------------------------------------------------- coordinator
+
+
+class Harness:
+    """A coordinator in this process and a real channel to it; restartable."""
+
+    def __init__(self, home: Path, enclave: str | None = None) -> None:
+        self.home = home
+        self.enclave = enclave
+        self.running: RunningCoordinator | None = None
+        self.channel: grpc.Channel | None = None
+        self.stub: Any = None
+        self.start()
+
+    def start(self) -> None:
+        self.running = start(self.home, enclave=self.enclave)
+        self.channel = grpc.insecure_channel(self.running.address, options=CHANNEL_OPTIONS)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.running is not None:
+            self.running.stop(grace=0.5)
+            self.running = None
+
+    def restart(self, enclave: str | None = None) -> None:
+        self.stop()
+        if enclave is not None:
+            self.enclave = enclave
+        self.start()
+
+    # conveniences
+    def register(self, *parties: Party) -> None:
+        for p in parties:
+            self.stub.RegisterParty(coordinator_pb2.RegisterPartyRequest(registration=p.registration()))
+
+    def upload(self, dataset: SealedDataset) -> coordinator_pb2.Dataset:
+        return self.stub.UploadDataset(upload_requests(dataset.manifest_bytes, dataset.ciphertext))
+
+    def propose(self, terms: Envelope) -> coordinator_pb2.Job:
+        return self.stub.ProposeJob(coordinator_pb2.ProposeJobRequest(terms=terms.to_bytes()))
+
+    def approve(self, party: Party, job_id: str, terms: Envelope) -> coordinator_pb2.Job:
+        return self.stub.ApproveJob(
+            coordinator_pb2.ApproveJobRequest(job_id=job_id, approval=approval(party, job_id, terms))
+        )
+
+    def job(self, job_id: str) -> coordinator_pb2.Job:
+        return self.stub.GetJob(coordinator_pb2.GetJobRequest(job_id=job_id))
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        assert self.running is not None
+        assert self.running.handler.scheduler.wait_idle(timeout), "scheduler did not finish"
+
+
+
+
+
+# --------------------------------------------------------------------------- fake enclave
+
+
+Script = Callable[["FakeEnclave", grpc.ServicerContext], Iterator[enclave_pb2.RunJobResponse]]
+
+
+def default_script(
+    fake: FakeEnclave, context: grpc.ServicerContext
+) -> Iterator[enclave_pb2.RunJobResponse]:
+    yield enclave_pb2.RunJobResponse(progress=enclave_pb2.Progress(kind="progress", text="round 1/5"))
+    model = fake.model
+    for i in range(0, len(model), 600_000):
+        yield enclave_pb2.RunJobResponse(
+            output=enclave_pb2.OutputChunk(name="model", data=model[i : i + 600_000])
+        )
+    yield enclave_pb2.RunJobResponse(output=enclave_pb2.OutputChunk(name="metrics", data=b"m" * 10))
+    yield enclave_pb2.RunJobResponse(result_statement=b'{"signed":"result"}')
+
+
+class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
+    """FAKE enclave: records what it is sent and answers from a script."""
+
+    def __init__(self) -> None:
+        self.specs: list[enclave_pb2.JobSpec] = []
+        self.chunks: list[tuple[str, bytes]] = []
+        self.nonces: list[bytes] = []
+        self.model = os.urandom(1_500_000)
+        self.script: Script = default_script
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+
+    def GetEvidence(self, request: Any, context: grpc.ServicerContext) -> enclave_pb2.Evidence:
+        self.nonces.append(request.nonce)
+        return enclave_pb2.Evidence(identity=b"identity-" + request.nonce, quote=b"Q" * 100, backend="sim")
+
+    def RunJob(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        for request in request_iterator:
+            if request.WhichOneof("part") == "spec":
+                self.specs.append(request.spec)
+            else:
+                self.chunks.append((request.chunk.dataset_id, request.chunk.data))
+        self.started.set()
+        self.release.wait(10)
+        yield from self.script(self, context)
+
+    def received(self, dataset_id: str) -> bytes:
+        return b"".join(d for i, d in self.chunks if i == dataset_id)
+
