@@ -1,0 +1,123 @@
+"""`detente libos …`: build, measure and run enclave images.
+
+This module only wires commands; the logic lives in the library modules.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="libos",
+    help="Build, measure and run enclave images (backend 'sim' is a SIMULATION: "
+    "no hardware protection).",
+    no_args_is_help=True,
+)
+
+DirArg = Annotated[Path, typer.Argument(help="instance directory (holds libos.toml)")]
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+@app.command()
+def init(
+    dir: DirArg,
+    signer_key: Annotated[
+        Path | None,
+        typer.Option("--signer-key", help="existing Ed25519 signer key (PEM) instead of a new one"),
+    ] = None,
+) -> None:
+    """Write DIR/libos.toml and a fresh per-instance signer key (mode 0600)."""
+    from libos import image
+    from protocols.errors import DetenteError
+
+    try:
+        config = image.init(dir, signer_key)
+    except DetenteError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"wrote {dir / 'libos.toml'}")
+    typer.echo(f"image signer key: {config.signer_key_path(dir)}")
+    typer.echo(f"next: edit it if needed, then run `detente libos build {dir}`")
+
+
+@app.command()
+def build(dir: DirArg) -> None:
+    """Copy the sources into DIR/image, write and sign the manifest, print the measurement."""
+    from libos import image
+    from protocols.errors import DetenteError
+
+    try:
+        m = image.build(dir)
+    except DetenteError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"MRENCLAVE {m.mrenclave.hex()}")
+    typer.echo(f"MRSIGNER  {m.mrsigner.hex()}")
+    typer.echo(f"files     {m.file_count}")
+    if m.debug:
+        typer.echo("DEBUG image: verifiers refuse it unless their policy allows debug")
+    if m.simulation:
+        typer.echo("SIMULATION backend: no hardware protection")
+    typer.echo(f"next: `detente libos run {dir}`")
+
+
+@app.command()
+def measure(
+    dir: DirArg,
+    as_json: Annotated[bool, typer.Option("--json", help="stable JSON output")] = False,
+) -> None:
+    """Compute MRENCLAVE/MRSIGNER from the sources without building or running."""
+    from libos import image, launch
+    from libos.sim import SimPlatform
+    from protocols.errors import DetenteError
+
+    try:
+        m = image.measure(dir)
+        root = SimPlatform(launch.platform_dir(dir)).root_fingerprint if m.simulation else None
+    except DetenteError as exc:
+        raise _fail(exc) from None
+    doc = {
+        "mrenclave": m.mrenclave.hex(),
+        "mrsigner": m.mrsigner.hex(),
+        "backend": m.backend,
+        "simulation_root_sha256": root,
+    }
+    if as_json:
+        typer.echo(json.dumps(doc, sort_keys=True))
+        return
+    typer.echo(f"MRENCLAVE {doc['mrenclave']}")
+    typer.echo(f"MRSIGNER  {doc['mrsigner']}")
+    if root is not None:
+        typer.echo(f"SIMULATION root CA SHA-256 {root}")
+        typer.echo("SIMULATION backend: no hardware protection")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def run(
+    dir: DirArg,
+    args: Annotated[
+        list[str] | None, typer.Argument(help="arguments passed to the entry point")
+    ] = None,
+) -> None:
+    """Verify DIR's image and run its entry point with ARGS; exit with its exit code."""
+    from libos import launch
+    from protocols.errors import DetenteError
+
+    try:
+        code = launch.run(dir, args or [])
+    except DetenteError as exc:
+        typer.echo(f"error: refusing to run: {exc}", err=True)
+        raise typer.Exit(70) from None
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,255 @@
+"""The instance config, ``<DIR>/libos.toml``: defaults in one place, validated on load.
+
+Every key except ``signer_key`` is *measured*: it is copied into the image
+manifest, so changing it changes MRENCLAVE. ``signer_key`` only says where the
+image signer's private key lives and is never measured.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocols.errors import PolicyError
+
+CONFIG_NAME = "libos.toml"
+BACKENDS = ("sim",)
+
+# Every default lives here, and only here.
+DEFAULTS: dict[str, Any] = {
+    "entry_point": "enclave_worker.main:main",
+    "packages": ["enclave_worker", "libos", "protocols"],
+    "distributions": ["cryptography", "grpcio", "protobuf", "numpy", "pyarrow", "xgboost-cpu"],
+    "backend": "sim",
+    "debug": False,
+    "isv_prod_id": 1,
+    "isv_svn": 1,
+    "signer_key": "signer.key",
+    "env_allow": ["LANG", "LC_*", "TZ", "TMPDIR", "HOME", "PATH", "DETENTE_*"],
+    "resources": {"memory_mb": 4096, "threads": 4},
+}
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_DIST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_ENV = re.compile(r"[A-Za-z0-9_*?\[\]]+")
+
+
+@dataclass(frozen=True)
+class Resources:
+    memory_mb: int
+    threads: int
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    """One enclave instance: what goes into its image and how it runs."""
+
+    entry_point: str
+    packages: tuple[str, ...]
+    distributions: tuple[str, ...]
+    backend: str
+    debug: bool
+    isv_prod_id: int
+    isv_svn: int
+    signer_key: str
+    env_allow: tuple[str, ...]
+    resources: Resources = field(default_factory=lambda: Resources(4096, 4))
+
+    @property
+    def entry_module(self) -> str:
+        return self.entry_point.partition(":")[0]
+
+    @property
+    def entry_function(self) -> str:
+        return self.entry_point.partition(":")[2]
+
+    @property
+    def simulation(self) -> bool:
+        return self.backend == "sim"
+
+    def measured(self) -> dict[str, Any]:
+        """The part of the config that goes into the manifest (no paths, no timestamps)."""
+        return {
+            "entry_point": self.entry_point,
+            "packages": list(self.packages),
+            "distributions": list(self.distributions),
+            "backend": self.backend,
+            "debug": self.debug,
+            "isv_prod_id": self.isv_prod_id,
+            "isv_svn": self.isv_svn,
+            "resources": {"memory_mb": self.resources.memory_mb, "threads": self.resources.threads},
+            "env_allow": list(self.env_allow),
+        }
+
+    def env_allowed(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.env_allow)
+
+    def signer_key_path(self, instance_dir: Path) -> Path:
+        return (instance_dir / self.signer_key).resolve()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = CONFIG_NAME) -> InstanceConfig:
+        """Validate ``data`` (a parsed libos.toml) on top of the defaults."""
+        unknown = sorted(set(data) - set(DEFAULTS))
+        if unknown:
+            key = unknown[0]
+            raise PolicyError(
+                f"{where}: unknown key {key!r} = {data[key]!r}; "
+                f"known keys are {', '.join(sorted(DEFAULTS))}"
+            )
+        merged = {**DEFAULTS, **data}
+        res = merged["resources"]
+        if not isinstance(res, dict):
+            _bad(where, "resources", res, "a table with memory_mb and threads")
+        unknown_res = sorted(set(res) - set(DEFAULTS["resources"]))
+        if unknown_res:
+            key = unknown_res[0]
+            raise PolicyError(
+                f"{where}: unknown key 'resources.{key}' = {res[key]!r}; "
+                "known keys are memory_mb, threads"
+            )
+        res = {**DEFAULTS["resources"], **res}
+
+        entry = merged["entry_point"]
+        if not isinstance(entry, str) or entry.count(":") != 1:
+            _bad(where, "entry_point", entry, "'package.module:function'")
+        module, _, func = entry.partition(":")
+        if not _DOTTED.fullmatch(module) or not _IDENT.fullmatch(func):
+            _bad(where, "entry_point", entry, "'package.module:function'")
+
+        packages = _str_list(where, "packages", merged["packages"], _IDENT, "package names")
+        if not packages:
+            _bad(where, "packages", merged["packages"], "a non-empty list of package names")
+        if "libos" not in packages or "protocols" not in packages:
+            _bad(
+                where, "packages", merged["packages"],
+                "a list that includes 'libos' and 'protocols' (the image runs its own copy)",
+            )  # fmt: skip
+        if module.split(".")[0] not in packages:
+            _bad(
+                where, "entry_point", entry,
+                f"a module inside one of the image's packages {list(packages)}",
+            )  # fmt: skip
+        dists = _str_list(
+            where, "distributions", merged["distributions"], _DIST, "distribution names"
+        )
+
+        backend = merged["backend"]
+        if backend not in BACKENDS:
+            _bad(where, "backend", backend, f"one of {list(BACKENDS)}")
+        debug = merged["debug"]
+        if not isinstance(debug, bool):
+            _bad(where, "debug", debug, "true or false")
+        prod = _uint(where, "isv_prod_id", merged["isv_prod_id"], 0xFFFF)
+        svn = _uint(where, "isv_svn", merged["isv_svn"], 0xFFFF)
+        signer_key = merged["signer_key"]
+        if not isinstance(signer_key, str) or not signer_key:
+            _bad(where, "signer_key", signer_key, "a file path")
+        env = _str_list(where, "env_allow", merged["env_allow"], _ENV, "variable names or globs")
+        memory = _uint(where, "resources.memory_mb", res["memory_mb"], 1 << 24, minimum=64)
+        threads = _uint(where, "resources.threads", res["threads"], 1024, minimum=1)
+        return cls(
+            entry_point=entry,
+            packages=packages,
+            distributions=dists,
+            backend=backend,
+            debug=debug,
+            isv_prod_id=prod,
+            isv_svn=svn,
+            signer_key=signer_key,
+            env_allow=env,
+            resources=Resources(memory, threads),
+        )
+
+    @classmethod
+    def load(cls, instance_dir: Path) -> InstanceConfig:
+        path = instance_dir / CONFIG_NAME
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PolicyError(
+                f"no {CONFIG_NAME} in {instance_dir}: run `detente libos init {instance_dir}`"
+            ) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"{path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data, str(path))
+
+
+def _bad(where: str, key: str, value: Any, expected: str) -> None:
+    raise PolicyError(f"{where}: key {key!r} has invalid value {value!r}; expected {expected}")
+
+
+def _uint(where: str, key: str, value: Any, maximum: int, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        _bad(where, key, value, f"an integer from {minimum} to {maximum}")
+    return int(value)
+
+
+def _str_list(
+    where: str, key: str, value: Any, pattern: re.Pattern[str], what: str
+) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, str) and pattern.fullmatch(v) for v in value
+    ):
+        _bad(where, key, value, f"a list of {what}")
+    if len(set(value)) != len(value):
+        _bad(where, key, value, f"a list of {what} without duplicates")
+    return tuple(value)
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def render_default(signer_key: str = DEFAULTS["signer_key"]) -> str:
+    """The commented libos.toml that ``detente libos init`` writes."""
+    d = DEFAULTS
+    return f"""\
+# Detente libos instance config. Every key below except `signer_key` is
+# MEASURED: it is copied into the image manifest, so changing it changes
+# MRENCLAVE. Run `detente libos build DIR` after any change.
+
+# "module:function" the enclave calls with its argument list; it returns
+# the exit code. The module must live in one of `packages`.
+entry_point = "{d["entry_point"]}"
+
+# In-repo import packages copied into the image (image/root/<package>/...).
+# `libos` and `protocols` are required: the image runs its own copy of them.
+packages = {_toml_list(d["packages"])}
+
+# Installed distributions the entry point needs. Their transitive
+# requirements are added automatically; each is pinned by name, version and
+# the SHA-256 of its RECORD file (which lists every file's hash).
+distributions = {_toml_list(d["distributions"])}
+
+# Backend: "sim" is a SIMULATION of SGX and gives NO hardware protection.
+backend = "{d["backend"]}"
+
+# Debug images set the SGX DEBUG attribute in their quotes; verifiers refuse
+# them by default. Keep false for anything that handles real data.
+debug = {str(d["debug"]).lower()}
+
+# Product id and security version number reported in quotes (0..65535).
+# Raise isv_svn when a release fixes a security bug.
+isv_prod_id = {d["isv_prod_id"]}
+isv_svn = {d["isv_svn"]}
+
+# Environment variables (names or globs) passed from the host to the enclave.
+# Everything else is dropped. The host is untrusted: values are inputs.
+env_allow = {_toml_list(d["env_allow"])}
+
+# Image signer's Ed25519 private key, relative to this directory (NOT measured;
+# MRSIGNER is the SHA-256 of its public key). Keep it out of version control.
+signer_key = {json.dumps(signer_key)}
+
+[resources]
+# Memory budget for the enclave in MiB, and worker threads (OMP_NUM_THREADS).
+memory_mb = {d["resources"]["memory_mb"]}
+threads = {d["resources"]["threads"]}
+"""

@@ -1,0 +1,146 @@
+"""What code running inside the enclave sees: its measurement, quotes and sealing.
+
+The worker does::
+
+    from libos import runtime
+    rt = runtime.current()
+    quote = rt.quote(report_data)          # exactly 64 bytes
+    blob = rt.seal(data, "label")          # and rt.unseal(blob, "label")
+
+``current()`` only works in a process started by ``detente libos run``, which
+verifies the image before it installs the runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NoReturn
+
+from libos.image import Measurement
+from libos.sealing import Sealer
+from libos.sim import SimPlatform
+from protocols import quote as sgx_quote
+from protocols.errors import DetenteError, FormatError
+
+# SGX ATTRIBUTES.FLAGS bits (Intel SDM Vol. 3D, 34.7.1): INIT and MODE64BIT are
+# always set for a running 64-bit enclave; DEBUG only for debug images.
+FLAG_INIT = 0x01
+FLAG_MODE64BIT = 0x04
+# XFRM: x87 and SSE state, the architectural minimum.
+XFRM_DEFAULT = 0x03
+
+
+class NotInEnclaveError(DetenteError):
+    """Code asked for the enclave runtime outside an enclave started by libos."""
+
+
+class EnclaveRuntime:
+    """The enclave's view of itself.
+
+    On the ``sim`` backend this is a SIMULATION and gives no hardware protection.
+    """
+
+    def __init__(self, measurement: Measurement, instance_dir: Path, platform: SimPlatform) -> None:
+        self._measurement = measurement
+        self._platform = platform
+        self.instance_dir = Path(instance_dir)
+        self.sealed_dir = self.instance_dir / "sealed"
+        self.log_dir = self.instance_dir / "logs"
+        self.sealed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        sim = " SIMULATION" if self.simulation else ""
+        return f"<EnclaveRuntime{sim} mrenclave={self.mrenclave.hex()[:16]}…>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("EnclaveRuntime holds platform secrets and cannot be pickled")
+
+    @property
+    def measurement(self) -> Measurement:
+        return self._measurement
+
+    @property
+    def mrenclave(self) -> bytes:
+        return self._measurement.mrenclave
+
+    @property
+    def mrsigner(self) -> bytes:
+        return self._measurement.mrsigner
+
+    @property
+    def debug(self) -> bool:
+        return self._measurement.debug
+
+    @property
+    def backend(self) -> str:
+        return self._measurement.backend
+
+    @property
+    def simulation(self) -> bool:
+        return self.backend == "sim"
+
+    @property
+    def isv_prod_id(self) -> int:
+        return self._measurement.isv_prod_id
+
+    @property
+    def isv_svn(self) -> int:
+        return self._measurement.isv_svn
+
+    @property
+    def root_fingerprint(self) -> str:
+        """SHA-256 hex of the root certificate the quotes chain to (the SIMULATION root on sim)."""
+        return self._platform.root_fingerprint
+
+    def attributes(self) -> bytes:
+        flags = FLAG_INIT | FLAG_MODE64BIT | (sgx_quote.ATTRIBUTE_DEBUG if self.debug else 0)
+        return flags.to_bytes(8, "little") + XFRM_DEFAULT.to_bytes(8, "little")
+
+    def report(self, report_data: bytes) -> sgx_quote.ReportBody:
+        if not isinstance(report_data, bytes | bytearray) or len(report_data) != 64:
+            size = len(report_data) if isinstance(report_data, bytes | bytearray) else None
+            raise FormatError(f"report_data must be exactly 64 bytes, got {size or report_data!r}")
+        return sgx_quote.ReportBody(
+            cpu_svn=bytes(16),
+            misc_select=0,
+            attributes=self.attributes(),
+            mr_enclave=self.mrenclave,
+            mr_signer=self.mrsigner,
+            isv_prod_id=self.isv_prod_id,
+            isv_svn=self.isv_svn,
+            report_data=bytes(report_data),
+        )
+
+    def quote(self, report_data: bytes) -> bytes:
+        """An SGX v3 quote of this enclave carrying ``report_data`` (64 bytes)."""
+        return self._platform.quote(self.report(report_data))
+
+    def sealer(self, policy: str = "mrenclave") -> Sealer:
+        return Sealer(self._platform.sealing_secret, self.mrenclave, self.mrsigner, policy)
+
+    def seal(self, data: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
+        return self.sealer(policy).seal(data, label)
+
+    def unseal(self, blob: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
+        """Raise IntegrityError if the blob is not this enclave's or was altered."""
+        return self.sealer(policy).unseal(blob, label)
+
+
+_current: EnclaveRuntime | None = None
+
+
+def current() -> EnclaveRuntime:
+    """The runtime of the enclave this code runs in."""
+    if _current is None:
+        raise NotInEnclaveError(
+            "no enclave runtime: this code must run inside an enclave image, "
+            "started with `detente libos run DIR`"
+        )
+    return _current
+
+
+def _install(rt: EnclaveRuntime | None) -> None:
+    """Set (or clear) the process's runtime. Used by libos.launch, and by tests."""
+    global _current
+    _current = rt

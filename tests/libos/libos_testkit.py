@@ -1,0 +1,55 @@
+"""Helpers for libos tests: instances built from this repository's own sources."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from libos import image
+
+REPO = Path(__file__).resolve().parents[2]
+# A small image: the probe entry point needs only libos and protocols.
+PROBE = {
+    "entry_point": "libos.probe:main",
+    "packages": ["libos", "protocols"],
+    "distributions": ["cryptography"],
+}
+
+
+def write_config(instance: Path, **settings: Any) -> None:
+    """Rewrite libos.toml with ``settings`` (keys of libos.toml) on top of the existing file."""
+    import tomllib
+
+    current = tomllib.loads((instance / "libos.toml").read_text())
+    current.update(settings)
+    lines = []
+    tables = {}
+    for key, value in current.items():
+        if isinstance(value, dict):
+            tables[key] = value
+        else:
+            lines.append(f"{key} = {json.dumps(value)}")
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    (instance / "libos.toml").write_text("\n".join(lines) + "\n")
+
+
+def make_instance(instance: Path, signer_key: Path | None = None, **settings: Any) -> Path:
+    image.init(instance, signer_key)
+    write_config(instance, **{**PROBE, **settings})
+    return instance
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `python -m libos.cli ARGS` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "libos.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
