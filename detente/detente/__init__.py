@@ -1,0 +1,1 @@
+"""Detente: the umbrella `detente` command."""

@@ -1,0 +1,1 @@
+"""Scripted experiments, benchmarks and the three-party demo."""

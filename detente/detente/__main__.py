@@ -1,0 +1,3 @@
+from detente.cli import app
+
+app(prog_name="detente")

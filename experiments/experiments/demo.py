@@ -1,0 +1,403 @@
+"""The three-party demo: every role a real process, every party step the real CLI.
+
+Steps: split a CSV into N parties (by a column's values, or in contiguous
+blocks), hold out a stratified 20 % test set, start a coordinator and a
+SIMULATION enclave worker, then for each party `init`, `attest`, `upload`;
+one party proposes, all approve, all fetch and decrypt the model. Finally
+the demo compares the enclave's model with XGBoost trained in plaintext on
+the same joined rows with the same parameters: predictions must be identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DEFAULT_DATA = DATA_DIR / "UCI_Credit_Card.csv"
+DEFAULT_LABEL = "default.payment.next.month"
+DEFAULT_ID = "ID"
+DEFAULT_SPLIT = "EDUCATION"
+START_TIMEOUT = 120.0
+JOB_TIMEOUT = 900.0
+
+
+class DemoError(Exception):
+    pass
+
+
+def detente_command() -> list[str]:
+    return [sys.executable, "-m", "detente"]
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        """Stop by our own process id: SIGTERM, then SIGKILL after a grace period."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    env: dict[str, str]
+    processes: list[Process] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    seen_messages: set[str] = field(default_factory=set)
+
+    def run(self, args: list[str], home: Path | None = None, check: bool = True) -> str:
+        env = dict(self.env)
+        if home is not None:
+            env["DETENTE_HOME"] = str(home)
+        done = subprocess.run(
+            [*detente_command(), *args], env=env, capture_output=True, text=True, timeout=600
+        )
+        if check and done.returncode != 0:
+            raise DemoError(f"`detente {' '.join(args)}` failed:\n{done.stderr.strip()}")
+        message = done.stderr.strip()
+        if message and message not in self.seen_messages:  # each warning once
+            self.seen_messages.add(message)
+            print(message, file=sys.stderr)
+        return done.stdout
+
+    def spawn(self, name: str, args: list[str], port_file: Path, log_dir: Path) -> int:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log = log_dir / f"{name}.out"
+        with log.open("wb") as sink:
+            popen = subprocess.Popen(
+                [*detente_command(), *args], env=self.env, stdout=sink, stderr=subprocess.STDOUT
+            )
+        self.processes.append(Process(name, popen, log))
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if port_file.exists():
+                return int(port_file.read_text())
+            if popen.poll() is not None:
+                raise DemoError(
+                    f"{name} exited with {popen.returncode}:\n{log.read_text()[-3000:]}"
+                )
+            time.sleep(0.05)
+        raise DemoError(f"{name} did not start within {START_TIMEOUT:.0f} s")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@contextmanager
+def cluster(workdir: Path) -> Iterator[Cluster]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETENTE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    c = Cluster(workdir, env)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def split_parties(table: Any, parties: int, split_by: str | None) -> list[tuple[str, Any]]:
+    """Rows → N parties: by the values of ``split_by`` (largest groups first), or in blocks."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if split_by is None:
+        bounds = np.linspace(0, table.num_rows, parties + 1).astype(int)
+        return [
+            (f"party{i + 1}", table.slice(bounds[i], bounds[i + 1] - bounds[i]))
+            for i in range(parties)
+        ]
+    if split_by not in table.column_names:
+        raise DemoError(f"--split-by column {split_by!r} is not in the data")
+    counts = pc.value_counts(table.column(split_by)).to_pylist()
+    counts.sort(key=lambda c: (-c["counts"], str(c["values"])))
+    if len(counts) < parties:
+        raise DemoError(
+            f"column {split_by!r} has {len(counts)} values, fewer than {parties} parties"
+        )
+    groups = [[c["values"]] for c in counts[: parties - 1]]
+    groups.append([c["values"] for c in counts[parties - 1 :]])
+    out = []
+    for i, values in enumerate(groups):
+        mask = pc.is_in(table.column(split_by), value_set=__import__("pyarrow").array(values))
+        out.append((f"party{i + 1}", table.filter(mask)))
+    return out
+
+
+def features(table: Any, label: str, id_column: str | None) -> tuple[Any, Any, list[str]]:
+    """Plaintext feature rule: every column but label and id, in order, as float32."""
+    import numpy as np
+
+    names = [n for n in table.column_names if n not in (label, id_column)]
+    x = np.column_stack(
+        [table.column(n).to_numpy(zero_copy_only=False).astype(np.float32) for n in names]
+    )
+    y = table.column(label).to_numpy(zero_copy_only=False).astype(np.float32)
+    return x, y, names
+
+
+def main(
+    data: Path | None,
+    label: str | None,
+    id_column: str | None,
+    split_by: str | None,
+    parties: int,
+    workdir: Path | None,
+    rounds: int,
+) -> int:
+    if data is None:
+        data = DEFAULT_DATA
+        label = label or DEFAULT_LABEL
+        id_column = id_column or DEFAULT_ID
+        split_by = split_by or DEFAULT_SPLIT
+    if label is None:
+        print("error: --label is required with --data", file=sys.stderr)
+        return 2
+    keep = workdir is not None
+    root = workdir or Path(tempfile.mkdtemp(prefix="detente-demo-"))
+    if root.exists() and any(root.iterdir()):
+        print(f"error: workdir {root} is not empty; choose a new folder", file=sys.stderr)
+        return 2
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(data, label, id_column, split_by, parties, root, rounds)
+    except DemoError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(
+    data: Path,
+    label: str,
+    id_column: str | None,
+    split_by: str | None,
+    parties: int,
+    root: Path,
+    rounds: int,
+) -> int:
+    import numpy as np
+    import pyarrow.csv as pacsv
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    from party_client.home import PartyHome
+    from party_client.party import fetch_terms
+
+    started = time.perf_counter()
+    print("SIMULATION enclave: this demo shows the protocol, not hardware protection.")
+    table = pacsv.read_csv(data)
+    for column in (label, id_column):
+        if column is not None and column not in table.column_names:
+            raise DemoError(f"column {column!r} is not in {data}")
+    y_all = table.column(label).to_numpy(zero_copy_only=False)
+    train_idx, test_idx = train_test_split(
+        np.arange(table.num_rows), test_size=0.2, random_state=0, stratify=y_all
+    )
+    train = table.take(np.sort(train_idx))
+    test = table.take(np.sort(test_idx))
+    split = split_parties(train, parties, split_by)
+
+    with cluster(root) as c:
+        host = root / "enclave-host"
+        instance = host / "instance"
+        c.run(["libos", "init", str(instance)])
+        c.run(["libos", "build", str(instance)])
+        measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
+        enclave_port = c.spawn(
+            "enclave",
+            ["libos", "run", str(instance), "--", "--port-file", str(host / "enclave.port")],
+            host / "enclave.port",
+            host / "logs",
+        )
+        coord = root / "coordinator"
+        coord_port = c.spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "serve",
+                "--home",
+                str(coord),
+                "--port-file",
+                str(coord / "port"),
+                "--enclave",
+                f"127.0.0.1:{enclave_port}",
+            ],
+            coord / "port",
+            coord,
+        )
+        address = f"127.0.0.1:{coord_port}"
+        c.timings["start"] = time.perf_counter() - started
+
+        policy = root / "policy.toml"
+        policy.write_text(
+            "# Demo policy: trusts exactly this enclave build, and accepts SIMULATION\n"
+            "# evidence (no hardware protection) from this simulated platform only.\n"
+            f'mrenclave = ["{measured["mrenclave"]}"]\n'
+            "allow_simulation = true\n"
+            f'simulation_roots = ["{measured["simulation_root_sha256"]}"]\n'
+        )
+        homes: dict[str, Path] = {}
+        dataset_ids = []
+        t_attest = t_upload = 0.0
+        for name, part in split:
+            home = root / f"party-{name}"
+            homes[name] = home
+            home.mkdir()
+            csv_path = home / f"{name}.csv"
+            pacsv.write_csv(part, csv_path)
+            c.run(
+                [
+                    "party",
+                    "init",
+                    "--name",
+                    name,
+                    "--coordinator",
+                    address,
+                    "--policy",
+                    str(policy),
+                ],
+                home,
+            )
+            t0 = time.perf_counter()
+            c.run(["party", "attest", "--explain"], home)
+            t1 = time.perf_counter()
+            args = [
+                "party",
+                "upload",
+                str(csv_path),
+                "--label",
+                label,
+                "--dataset-id",
+                f"{name}-data",
+                "--json",
+            ]
+            if id_column:
+                args += ["--id", id_column]
+            uploaded = json.loads(c.run(args, home))
+            t_attest += t1 - t0
+            t_upload += time.perf_counter() - t1
+            dataset_ids.append(uploaded["dataset_id"])
+            print(f"{name}: uploaded {uploaded['rows']} rows as {uploaded['dataset_id']}")
+        c.timings["attest"], c.timings["upload"] = t_attest, t_upload
+
+        first = next(iter(homes.values()))
+        args = [
+            "party",
+            "propose",
+            "--label",
+            label,
+            "--rounds",
+            str(rounds),
+            "--json",
+            "--output",
+            "model",
+            "--output",
+            "metrics",
+        ]
+        for dataset_id in dataset_ids:
+            args += ["--dataset", dataset_id]
+        if id_column:
+            args += ["--id", id_column]
+        job_id = json.loads(c.run(args, first))["job_id"]
+        t0 = time.perf_counter()
+        for home in homes.values():
+            c.run(["party", "approve", job_id, "--yes"], home)
+        models = {}
+        for name, home in homes.items():
+            out = home / "results"
+            written = json.loads(
+                c.run(
+                    [
+                        "party",
+                        "results",
+                        job_id,
+                        "--out",
+                        str(out),
+                        "--wait",
+                        str(JOB_TIMEOUT),
+                        "--json",
+                    ],
+                    home,
+                )
+            )
+            models[name] = Path(written["model"]).read_bytes()
+        c.timings["job"] = time.perf_counter() - t0
+        status = json.loads(c.run(["party", "status", job_id, "--json"], first))
+        _, terms, _ = _with_home(first, lambda: fetch_terms(PartyHome.default(), job_id))
+
+    if len(set(models.values())) != 1:
+        raise DemoError("recipients decrypted different models")
+    params = {**terms.params, "objective": terms.objective, "seed": terms.seed}
+    x_test, y_test, names = features(test, label, id_column)
+    dtest = xgb.DMatrix(x_test, feature_names=names)
+
+    def fit(part: Any) -> Any:
+        x, y, names = features(part, label, id_column)
+        dtrain = xgb.DMatrix(x, label=y, feature_names=names)
+        return xgb.train(params, dtrain, num_boost_round=terms.num_rounds)
+
+    print()
+    for name, part in split:
+        auc = roc_auc_score(y_test, fit(part).predict(dtest))
+        print(f"{name} alone ({part.num_rows} rows): AUC {auc:.4f}")
+    enclave_model = xgb.Booster()
+    enclave_model.load_model(bytearray(next(iter(models.values()))))
+    joint = enclave_model.predict(dtest)
+    print(
+        f"joint model from the enclave ({sum(p.num_rows for _, p in split)} rows): "
+        f"AUC {roc_auc_score(y_test, joint):.4f}"
+    )
+    import pyarrow as pa
+
+    plain = fit(pa.concat_tables([p for _, p in split])).predict(dtest)
+    identical = bool(np.array_equal(joint, plain))
+    print(f"identical to plaintext: {'yes' if identical else 'no'}")
+    timings = {
+        e["text"].split()[0]: e["text"].split()[1]
+        for e in status["events"]
+        if e["kind"] == "timing"
+    }
+    print()
+    print(
+        f"wall time {time.perf_counter() - started:.1f}s: start {c.timings['start']:.1f}s, "
+        f"attest {c.timings['attest']:.2f}s, upload {c.timings['upload']:.2f}s, "
+        f"approve+train+release+download {c.timings['job']:.1f}s "
+        f"(in the enclave: {', '.join(f'{k} {v}' for k, v in timings.items())})"
+    )
+    return 0 if identical else 1
+
+
+def _with_home(home: Path, fn: Any) -> Any:
+    previous = os.environ.get("DETENTE_HOME")
+    os.environ["DETENTE_HOME"] = str(home)
+    try:
+        return fn()
+    finally:
+        if previous is None:
+            del os.environ["DETENTE_HOME"]
+        else:
+            os.environ["DETENTE_HOME"] = previous

@@ -1,0 +1,71 @@
+"""Shared pieces for end-to-end tests: a small slice of the credit data, real processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from experiments.demo import DEFAULT_DATA, Cluster, cluster
+
+LABEL = "default.payment.next.month"
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 rows of the real credit data set (the first rows, all columns)."""
+    table = pacsv.read_csv(DEFAULT_DATA).slice(0, 600)
+    path = tmp_path_factory.mktemp("data") / "credit-600.csv"
+    pacsv.write_csv(table, path)
+    return path
+
+
+class Running:
+    def __init__(self, c: Cluster, root: Path, address: str, enclave: str, measured: dict) -> None:
+        self.c, self.root, self.address, self.enclave, self.measured = (
+            c, root, address, enclave, measured,
+        )
+
+    def policy(self, mrenclave: str | None = None, simulation: bool = True) -> Path:
+        path = self.root / f"policy-{mrenclave or 'ok'}-{simulation}.toml"
+        path.write_text(
+            f'mrenclave = ["{mrenclave or self.measured["mrenclave"]}"]\n'
+            f"allow_simulation = {'true' if simulation else 'false'}\n"
+            f'simulation_roots = ["{self.measured["simulation_root_sha256"]}"]\n'
+        )
+        return path
+
+    def party(self, name: str) -> Path:
+        home = self.root / f"party-{name}"
+        home.mkdir()
+        self.c.run(["party", "init", "--name", name, "--coordinator", self.address,
+                    "--policy", str(self.policy())], home)
+        return home
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A coordinator and a SIMULATION enclave worker, each its own process."""
+    root = tmp_path_factory.mktemp("cluster")
+    with cluster(root) as c:
+        instance = root / "enclave-host" / "instance"
+        c.run(["libos", "init", str(instance)])
+        c.run(["libos", "build", str(instance)])
+        measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
+        port_file = root / "enclave-host" / "enclave.port"
+        enclave_port = c.spawn("enclave", ["libos", "run", str(instance), "--", "--port-file",
+                                           str(port_file)], port_file, root / "enclave-host")
+        coord = root / "coordinator"
+        port = c.spawn("coordinator", ["coordinator", "serve", "--home", str(coord),
+                                       "--port-file", str(coord / "port"), "--enclave",
+                                       f"127.0.0.1:{enclave_port}"], coord / "port", coord)
+        yield Running(c, root, f"127.0.0.1:{port}", f"127.0.0.1:{enclave_port}", measured)
+
+
+def write_csv(table: pa.Table, path: Path) -> Path:
+    pacsv.write_csv(table, path)
+    return path
