@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from libos_testkit import make_instance, write_config
+
+from libos import image
+from protocols.errors import PolicyError
+from protocols.keys import SigningKey
+
+
+def test_init_creates_private_signer_key(tmp_path: Path) -> None:
+    image.init(tmp_path / "a")
+    key = tmp_path / "a" / "signer.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    image.init(tmp_path / "b")
+    # One fresh key per instance: there is no shared default key.
+    assert (
+        image.load_signer_key(key).verify_key
+        != image.load_signer_key(tmp_path / "b" / "signer.key").verify_key
+    )
+
+
+def test_same_sources_same_mrenclave_in_two_directories(tmp_path: Path) -> None:
+    signer = tmp_path / "shared.key"
+    image.write_signer_key(signer, SigningKey.generate())
+    a = make_instance(tmp_path / "one", signer_key=signer)
+    b = make_instance(tmp_path / "somewhere" / "else", signer_key=signer)
+    ma, mb = image.build(a), image.build(b)
+    assert ma.mrenclave == mb.mrenclave and ma.mrsigner == mb.mrsigner
+    manifest_a = (a / "image" / "manifest.json").read_bytes()
+    assert manifest_a == (b / "image" / "manifest.json").read_bytes()
+    assert str(tmp_path).encode() not in manifest_a  # no absolute paths
+    # Rebuilding in place is also stable.
+    assert image.build(a).mrenclave == ma.mrenclave
+
+
+def test_mrsigner_differs_per_signer_but_mrenclave_does_not(tmp_path: Path) -> None:
+    a = make_instance(tmp_path / "a")
+    b = make_instance(tmp_path / "b")
+    ma, mb = image.build(a), image.build(b)
+    assert ma.mrsigner != mb.mrsigner
+    assert ma.mrenclave == mb.mrenclave
+
+
+def test_measured_config_changes_mrenclave(tmp_path: Path) -> None:
+    a = make_instance(tmp_path / "a")
+    before = image.measure(a)
+    write_config(a, isv_svn=2)
+    after = image.measure(a)
+    assert before.mrenclave != after.mrenclave
+    assert before.mrsigner == after.mrsigner
+
+
+def test_measure_equals_build_and_writes_nothing(tmp_path: Path) -> None:
+    a = make_instance(tmp_path / "a")
+    measured = image.measure(a)
+    assert not (a / "image").exists()
+    built = image.build(a)
+    assert (measured.mrenclave, measured.mrsigner) == (built.mrenclave, built.mrsigner)
+
+
+def test_manifest_contents(built_probe: tuple[Path, image.Measurement]) -> None:
+    instance, measurement = built_probe
+    data = (instance / "image" / "manifest.json").read_bytes()
+    import hashlib
+
+    assert hashlib.sha256(data).digest() == measurement.mrenclave
+    doc = json.loads(data)
+    assert doc["version"] == 1
+    assert doc["config"]["entry_point"] == "libos.probe:main"
+    assert "signer_key" not in doc["config"]
+    paths = [f["path"] for f in doc["files"]]
+    assert paths == sorted(paths)
+    assert "libos/runtime.py" in paths and "protocols/quote.py" in paths
+    assert "protocols/intel_sgx_root_ca.der" in paths
+    assert not any("__pycache__" in p or p.endswith(".pyc") for p in paths)
+    for f in doc["files"][:5]:
+        copy = instance / "image" / "root" / f["path"]
+        assert copy.stat().st_size == f["size"]
+        assert hashlib.sha256(copy.read_bytes()).hexdigest() == f["sha256"]
+    names = [d["name"] for d in doc["distributions"]]
+    assert names == sorted(names)
+    assert {"cryptography", "cffi", "pycparser"} <= set(names)  # transitive requirements
+    assert all(len(d["record_sha256"]) == 64 and d["version"] for d in doc["distributions"])
+    assert doc["python"]["implementation"] == "cpython"
+    pub = (instance / "image" / "signer.pub").read_text().strip()
+    assert hashlib.sha256(bytes.fromhex(pub)).digest() == measurement.mrsigner
+
+
+def test_default_distributions_include_transitive_requirements() -> None:
+    entries = image.resolve_distributions(("xgboost-cpu", "grpcio"))
+    names = [e["name"] for e in entries]
+    assert {"xgboost-cpu", "numpy", "scipy", "grpcio"} <= set(names)
+    assert "pandas" not in names  # only behind an extra
+    assert names == sorted(names)
+
+
+def test_unknown_distribution_or_package_is_named(tmp_path: Path) -> None:
+    a = make_instance(tmp_path / "a", distributions=["no-such-dist-xyz"])
+    with pytest.raises(PolicyError, match="no-such-dist-xyz"):
+        image.build(a)
+    b = make_instance(tmp_path / "b", packages=["libos", "protocols", "nosuchpkg"])
+    with pytest.raises(PolicyError, match="nosuchpkg"):
+        image.measure(b)
+
+
+def test_given_signer_key_is_used(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    path = tmp_path / "my.key"
+    image.write_signer_key(path, key)
+    config = image.init(tmp_path / "a", signer_key=path)
+    assert not (tmp_path / "a" / "signer.key").exists()
+    assert config.signer_key_path(tmp_path / "a") == path.resolve()
+    write_config(
+        tmp_path / "a",
+        entry_point="libos.probe:main",
+        packages=["libos", "protocols"],
+        distributions=[],
+    )
+    assert image.build(tmp_path / "a").mrsigner == image.mrsigner_of(key.verify_key)
