@@ -139,7 +139,7 @@ def test_verifying_finder_rechecks_files_at_import(tmp_path: Path) -> None:
     finder = launch._VerifyingFinder(tmp_path, files, ["libos_fakepkg"])
     spec = finder.find_spec("libos_fakepkg.mod")
     assert spec is not None and spec.loader is not None
-    with pytest.raises(IntegrityError, match="libos_fakepkg/mod.py"):
+    with pytest.raises(IntegrityError, match=r"libos_fakepkg/mod\.py"):
         spec.loader.get_code("libos_fakepkg.mod")  # type: ignore[attr-defined]
     with pytest.raises(ModuleNotFoundError, match="not in the enclave image"):
         finder.find_spec("libos_fakepkg.other")
