@@ -257,9 +257,7 @@ class CoordinatorHandler:
                     f"({', '.join(k[:16] + '…' for k in job.required_approvers)}) approve it"
                 )
             if doc.job_id != job.job_id:
-                raise InvalidRequest(
-                    f"the approval is for job {doc.job_id!r}, not job {job_id!r}"
-                )
+                raise InvalidRequest(f"the approval is for job {doc.job_id!r}, not job {job_id!r}")
             if doc.terms_digest != job.terms_digest:
                 raise InvalidRequest(
                     f"the approval is over different job terms: terms digest "
@@ -314,4 +312,3 @@ class CoordinatorHandler:
     def fetch_output(self, job_id: str, name: str) -> Iterator[bytes]:
         output = self.store.get_output(job_id, name)
         return self.blobs.iter_chunks(output.blob_sha256, CHUNK_SIZE)
-

@@ -106,9 +106,7 @@ def start(
     handler.start()
     if port_file is not None:
         write_port_file(Path(port_file), bound)
-    log.info(
-        "coordinator serving on %s:%d (enclave %s)", host, bound, enclave or "not configured"
-    )
+    log.info("coordinator serving on %s:%d (enclave %s)", host, bound, enclave or "not configured")
     return RunningCoordinator(home, bound, server, handler, store, log_handler)
 
 

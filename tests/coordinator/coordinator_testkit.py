@@ -44,7 +44,11 @@ class Party:
         return self.key.verify_key.hex
 
     def registration(self) -> bytes:
-        return Registration(self.name, self.key.verify_key, self.hpke.public_key).sign(self.key).to_bytes()
+        return (
+            Registration(self.name, self.key.verify_key, self.hpke.public_key)
+            .sign(self.key)
+            .to_bytes()
+        )
 
     def recipient(self) -> Recipient:
         return Recipient(self.name, self.key.verify_key, self.hpke.public_key)
@@ -167,7 +171,9 @@ class Harness:
     # conveniences
     def register(self, *parties: Party) -> None:
         for p in parties:
-            self.stub.RegisterParty(coordinator_pb2.RegisterPartyRequest(registration=p.registration()))
+            self.stub.RegisterParty(
+                coordinator_pb2.RegisterPartyRequest(registration=p.registration())
+            )
 
     def upload(self, dataset: SealedDataset) -> coordinator_pb2.Dataset:
         return self.stub.UploadDataset(upload_requests(dataset.manifest_bytes, dataset.ciphertext))
@@ -177,7 +183,9 @@ class Harness:
 
     def approve(self, party: Party, job_id: str, terms: Envelope) -> coordinator_pb2.Job:
         return self.stub.ApproveJob(
-            coordinator_pb2.ApproveJobRequest(job_id=job_id, approval=approval(party, job_id, terms))
+            coordinator_pb2.ApproveJobRequest(
+                job_id=job_id, approval=approval(party, job_id, terms)
+            )
         )
 
     def job(self, job_id: str) -> coordinator_pb2.Job:
@@ -186,9 +194,6 @@ class Harness:
     def wait_idle(self, timeout: float = 10.0) -> None:
         assert self.running is not None
         assert self.running.handler.scheduler.wait_idle(timeout), "scheduler did not finish"
-
-
-
 
 
 # --------------------------------------------------------------------------- fake enclave
@@ -200,7 +205,9 @@ Script = Callable[["FakeEnclave", grpc.ServicerContext], Iterator[enclave_pb2.Ru
 def default_script(
     fake: FakeEnclave, context: grpc.ServicerContext
 ) -> Iterator[enclave_pb2.RunJobResponse]:
-    yield enclave_pb2.RunJobResponse(progress=enclave_pb2.Progress(kind="progress", text="round 1/5"))
+    yield enclave_pb2.RunJobResponse(
+        progress=enclave_pb2.Progress(kind="progress", text="round 1/5")
+    )
     model = fake.model
     for i in range(0, len(model), 600_000):
         yield enclave_pb2.RunJobResponse(
@@ -225,7 +232,9 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
 
     def GetEvidence(self, request: Any, context: grpc.ServicerContext) -> enclave_pb2.Evidence:
         self.nonces.append(request.nonce)
-        return enclave_pb2.Evidence(identity=b"identity-" + request.nonce, quote=b"Q" * 100, backend="sim")
+        return enclave_pb2.Evidence(
+            identity=b"identity-" + request.nonce, quote=b"Q" * 100, backend="sim"
+        )
 
     def RunJob(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         for request in request_iterator:
@@ -239,4 +248,3 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
 
     def received(self, dataset_id: str) -> bytes:
         return b"".join(d for i, d in self.chunks if i == dataset_id)
-

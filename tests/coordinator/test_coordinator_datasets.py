@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from coordinator_testkit import Harness, Party, seal_dataset, upload_requests
+
 from protocols.wire.v1 import coordinator_pb2
 
 
