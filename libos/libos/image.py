@@ -340,6 +340,7 @@ class VerifiedImage:
     config: InstanceConfig  # the measured config, from the manifest
     manifest: bytes
     files: dict[str, str]  # image-relative path -> sha256 hex
+    distributions: list[dict[str, Any]]  # name, version, record_sha256
     measurement: Measurement
 
 
@@ -390,6 +391,25 @@ def check_files(root: Path, expected: dict[str, str]) -> None:
             raise IntegrityError(f"image file {rel!r} is not a regular file")
         if hashlib.sha256(path.read_bytes()).hexdigest() != expected[rel]:
             raise IntegrityError(f"image file {rel!r} differs from the manifest")
+
+
+def top_level_modules(distributions: list[dict[str, Any]]) -> set[str]:
+    """Top-level import names that the given (installed) distributions' RECORD files list."""
+    names: set[str] = set()
+    for entry in distributions:
+        dist = importlib.metadata.distribution(str(entry.get("name")))
+        for f in dist.files or []:
+            first = f.parts[0] if f.parts else ""
+            if (
+                not first
+                or first in ("..", "__pycache__")
+                or first.endswith((".dist-info", ".data", ".pth"))
+            ):
+                continue
+            name = first.split(".")[0] if "." in first else first
+            if name.isidentifier():
+                names.add(name)
+    return names
 
 
 def check_distributions(distributions: list[dict[str, Any]]) -> None:
@@ -448,12 +468,14 @@ def verify_image(instance_dir: Path) -> VerifiedImage:
     expected = {str(f["path"]): str(f["sha256"]) for f in entries}
     root = instance_dir / IMAGE_DIR / ROOT_DIR
     check_files(root, expected)
-    check_distributions(canonical.field(document, "distributions", list, "image manifest"))
+    distributions = canonical.field(document, "distributions", list, "image manifest")
+    check_distributions(distributions)
     return VerifiedImage(
         instance_dir=instance_dir,
         root=root,
         config=config,
         manifest=manifest,
         files=expected,
+        distributions=distributions,
         measurement=_measurement(config, manifest, signer, len(expected)),
     )

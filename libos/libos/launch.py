@@ -110,10 +110,23 @@ class _VerifiedSourceLoader(importlib.machinery.SourceFileLoader):
 class _VerifyingFinder(importlib.abc.MetaPathFinder):
     """Resolves the image's packages to manifest-checked files under the image root only."""
 
-    def __init__(self, root: Path, files: dict[str, str], packages: Sequence[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        files: dict[str, str],
+        packages: Sequence[str],
+        distribution_modules: set[str] | None = None,
+    ) -> None:
         self._root = root
         self._files = files
         self._packages = frozenset(packages)
+        # Top-level names importable besides the image's packages: the standard
+        # library and the measured distributions. None: no restriction.
+        self._allowed: frozenset[str] | None = None
+        if distribution_modules is not None:
+            self._allowed = frozenset(
+                distribution_modules | set(sys.stdlib_module_names) | set(sys.builtin_module_names)
+            )
 
     def find_spec(
         self,
@@ -121,8 +134,15 @@ class _VerifyingFinder(importlib.abc.MetaPathFinder):
         path: Sequence[str] | None = None,
         target: ModuleType | None = None,
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname.partition(".")[0] not in self._packages:
-            return None
+        top = fullname.partition(".")[0]
+        if top not in self._packages:
+            if self._allowed is None or top in self._allowed:
+                return None
+            raise ModuleNotFoundError(
+                f"module {top!r} is not part of the enclave image: add the distribution that "
+                "provides it to 'distributions' in libos.toml and rebuild",
+                name=fullname,
+            )
         rel = fullname.replace(".", "/")
         for candidate, is_package in ((f"{rel}/__init__.py", True), (f"{rel}.py", False)):
             if candidate in self._files:
@@ -178,7 +198,7 @@ def _isolate_imports(root: Path) -> None:
 def _enclave_main(instance_dir: Path, argv: list[str]) -> int:
     import libos
     from libos import runtime
-    from libos.image import verify_image
+    from libos.image import top_level_modules, verify_image
     from libos.sim import SimPlatform
 
     root = (instance_dir / "image" / "root").resolve()
@@ -191,7 +211,15 @@ def _enclave_main(instance_dir: Path, argv: list[str]) -> int:
             )
     _isolate_imports(root)
     verified = verify_image(instance_dir)
-    sys.meta_path.insert(0, _VerifyingFinder(root, verified.files, verified.config.packages))
+    sys.meta_path.insert(
+        0,
+        _VerifyingFinder(
+            root,
+            verified.files,
+            verified.config.packages,
+            top_level_modules(verified.distributions),
+        ),
+    )
     platform = SimPlatform(platform_dir(instance_dir))
     runtime._install(runtime.EnclaveRuntime(verified.measurement, verified.instance_dir, platform))
     if verified.measurement.simulation:
