@@ -186,6 +186,13 @@ def source_files(config: InstanceConfig) -> list[tuple[str, Path]]:
                     continue
                 out.append((f"{package}/{relative.as_posix()}", path))
     out.sort(key=lambda item: item[0])
+    module = config.entry_module.replace(".", "/")
+    present = {rel for rel, _ in out}
+    if f"{module}.py" not in present and f"{module}/__init__.py" not in present:
+        raise PolicyError(
+            f"{CONFIG_NAME}: key 'entry_point' = {config.entry_point!r} names module "
+            f"{config.entry_module!r}, which is not in the image's packages"
+        )
     return out
 
 

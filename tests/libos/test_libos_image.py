@@ -123,3 +123,9 @@ def test_given_signer_key_is_used(tmp_path: Path) -> None:
         distributions=[],
     )
     assert image.build(tmp_path / "a").mrsigner == image.mrsigner_of(key.verify_key)
+
+
+def test_entry_module_must_exist(tmp_path: Path) -> None:
+    a = make_instance(tmp_path / "a", entry_point="libos.no_such_module:main")
+    with pytest.raises(PolicyError, match="'entry_point'"):
+        image.build(a)
