@@ -174,8 +174,15 @@ def feature_matrix(table: Any, label: str, id_column: str | None) -> tuple[Any, 
 
 
 def _join(tables: list[Any], job: AcceptedJob) -> Any:
+    """Horizontal join: the union of rows, in terms order, of tables with equal schemas.
+
+    The id column identifies rows but is no feature, so its type may differ
+    between parties; it is dropped before the schemas are compared.
+    """
     import pyarrow as pa
 
+    id_column = job.terms.id_column
+    tables = [t.drop_columns([id_column]) if id_column in t.column_names else t for t in tables]
     first = tables[0].schema
     for (dataset_id, _), table in zip(job.terms.datasets, tables, strict=True):
         if not table.schema.equals(first):
@@ -208,9 +215,9 @@ def run(identity: EnclaveIdentity, job: AcceptedJob) -> Iterator[Progress | Rele
     opened = time.perf_counter()
     yield Progress("timing", f"decrypt+join {opened - started:.3f}s")
     yield Progress(
-        "progress", f"training on {x.shape[0]} rows, {x.shape[1]} features, "
-        f"{terms.num_rounds} rounds"
-    )  # fmt: skip
+        "progress",
+        f"training on {x.shape[0]} rows, {x.shape[1]} features, {terms.num_rounds} rounds",
+    )
     dtrain = xgb.DMatrix(x, label=y, feature_names=names)
     history: dict[str, Any] = {}
     booster = xgb.train(

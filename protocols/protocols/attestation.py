@@ -236,9 +236,12 @@ def verify_evidence(
             "simulation",
             policy.allow_simulation,
             "SIMULATION evidence: no hardware protection; "
-            + ("allowed by allow_simulation = true" if policy.allow_simulation else
-               "refused (the policy does not set allow_simulation = true)"),
-        )  # fmt: skip
+            + (
+                "allowed by allow_simulation = true"
+                if policy.allow_simulation
+                else "refused (the policy does not set allow_simulation = true)"
+            ),
+        )
     else:
         rule("simulation", True, "hardware evidence")
 
@@ -269,10 +272,15 @@ def verify_evidence(
         rule(
             "debug",
             not report.debug or policy.allow_debug,
-            "debug enclave" + (" (refused: its memory is readable by the host)"
-                               if report.debug and not policy.allow_debug else "")
-            if report.debug else "production (non-debug) enclave",
-        )  # fmt: skip
+            "debug enclave"
+            + (
+                " (refused: its memory is readable by the host)"
+                if report.debug and not policy.allow_debug
+                else ""
+            )
+            if report.debug
+            else "production (non-debug) enclave",
+        )
         if envelope is not None:
             try:
                 expected = report_data_for(envelope.payload, nonce)

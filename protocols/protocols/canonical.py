@@ -24,7 +24,7 @@ def dumps(document: Any) -> bytes:
 def loads(data: bytes, what: str) -> dict[str, Any]:
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise FormatError(f"{what} must be a JSON object")

@@ -92,6 +92,9 @@ class ReportBody:
     isv_prod_id: int
     isv_svn: int
     report_data: bytes
+    # Reserved fields are kept as received: the signatures cover them, so
+    # rebuilding them as zeros would let altered bytes pass unnoticed.
+    reserved: tuple[bytes, bytes, bytes, bytes] = (bytes(28), bytes(32), bytes(96), bytes(60))
 
     @property
     def debug(self) -> bool:
@@ -102,15 +105,15 @@ class ReportBody:
             {
                 "cpu_svn": self.cpu_svn,
                 "misc_select": self.misc_select,
-                "reserved1": bytes(28),
+                "reserved1": self.reserved[0],
                 "attributes": self.attributes,
                 "mr_enclave": self.mr_enclave,
-                "reserved2": bytes(32),
+                "reserved2": self.reserved[1],
                 "mr_signer": self.mr_signer,
-                "reserved3": bytes(96),
+                "reserved3": self.reserved[2],
                 "isv_prod_id": self.isv_prod_id,
                 "isv_svn": self.isv_svn,
-                "reserved4": bytes(60),
+                "reserved4": self.reserved[3],
                 "report_data": self.report_data,
             }
         )
@@ -119,9 +122,16 @@ class ReportBody:
     def from_bytes(cls, data: bytes) -> ReportBody:
         v = REPORT_BODY.unpack(data)
         return cls(
-            v["cpu_svn"], v["misc_select"], v["attributes"], v["mr_enclave"],
-            v["mr_signer"], v["isv_prod_id"], v["isv_svn"], v["report_data"],
-        )  # fmt: skip
+            v["cpu_svn"],
+            v["misc_select"],
+            v["attributes"],
+            v["mr_enclave"],
+            v["mr_signer"],
+            v["isv_prod_id"],
+            v["isv_svn"],
+            v["report_data"],
+            (v["reserved1"], v["reserved2"], v["reserved3"], v["reserved4"]),
+        )
 
 
 @dataclass(frozen=True)

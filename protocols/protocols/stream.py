@@ -102,15 +102,17 @@ class StreamSealer:
         self._counter += 1
         return self._aead.encrypt(nonce, plaintext, self._aad)
 
-    def update(self, data: bytes) -> Iterator[bytes]:
-        """Yield the chunks that ``data`` completes (one chunk is held back as maybe-last)."""
+    def update(self, data: bytes) -> list[bytes]:
+        """Return the chunks that ``data`` completes (one chunk is held back as maybe-last)."""
         if self._finished:
             raise ValueError("stream already finished")
         self._pending += data
+        chunks = []
         while len(self._pending) > self._chunk_size:
             piece = bytes(self._pending[: self._chunk_size])
             del self._pending[: self._chunk_size]
-            yield self._seal(piece, last=False)
+            chunks.append(self._seal(piece, last=False))
+        return chunks
 
     def finish(self) -> bytes:
         """Seal and return the last chunk."""

@@ -26,9 +26,12 @@ def _plant_canaries(source: Path, target: Path) -> tuple[str, int]:
     ids = pc.cast(table.column("ID"), pa.string()).to_pylist()
     limits = table.column("LIMIT_BAL").to_pylist()
     education = table.column("EDUCATION").to_pylist()
-    row = next(i for i, e in enumerate(education) if e == 2)  # EDUCATION=2 is party1 (largest)
-    ids[row] = id_canary
-    limits[row] = number
+    # EDUCATION=2 rows go to party1 (the largest group); plant in twenty of them so that
+    # some surely land in the training rows rather than the demo's held-out test set.
+    rows = [i for i, e in enumerate(education) if e == 2][:20]
+    for n, row in enumerate(rows):
+        ids[row] = f"{id_canary}-{n}"
+        limits[row] = number
     table = table.set_column(0, "ID", pa.array(ids))
     index = table.column_names.index("LIMIT_BAL")
     table = table.set_column(index, "LIMIT_BAL", pa.array(limits, pa.int64()))
