@@ -1,7 +1,8 @@
 """A content-addressed blob directory for ciphertext: ``<root>/ab/cdef…``.
 
 A blob's name is the SHA-256 of its bytes. Writes go to a temporary file in
-the blob's own directory, are fsynced, then renamed into place, so a crash
+the blob root (same file system, since the name is known only at the end),
+are fsynced, then renamed into place, so a crash
 never leaves a half-written blob under a real name. Reads re-hash the
 content and refuse a blob that does not match its name: the disk is not
 trusted either.
@@ -14,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -115,6 +117,15 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_incoming()
+
+    def _remove_stale_incoming(self, older_than: float = 3600.0) -> None:
+        """Drop temp files of writes cut off by a crash (never those of a live write)."""
+        cutoff = time.time() - older_than
+        for tmp in self.root.glob(".incoming-*"):
+            with contextlib.suppress(FileNotFoundError):
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
 
     def path(self, sha256: str) -> Path:
         name = _check_name(sha256)

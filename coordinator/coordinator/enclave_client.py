@@ -7,7 +7,7 @@ coordinator relays: it never looks inside evidence, specs or outputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -97,12 +97,16 @@ class EnclaveClient:
         return Evidence(bytes(reply.identity), bytes(reply.quote), str(reply.backend))
 
     def run_job(
-        self, spec: JobSpec, datasets: Iterable[tuple[str, Iterable[bytes]]]
+        self,
+        spec: JobSpec,
+        datasets: Iterable[tuple[str, Iterable[bytes]]],
+        on_start: Callable[[Callable[[], object]], None] | None = None,
     ) -> Iterator[EnclaveMessage]:
         """Send the spec then each data set's chunks; yield what the enclave streams back.
 
         Raises EnclaveCallError if the call fails at any point, or the error
         that stopped reading a data set (for example a corrupted blob).
+        ``on_start`` receives a function that cancels the call (used at shutdown).
         """
 
         failure: list[BaseException] = []
@@ -130,7 +134,10 @@ class EnclaveClient:
         with self._channel() as channel:
             stub = enclave_pb2_grpc.EnclaveStub(channel)
             try:
-                for reply in stub.RunJob(requests()):
+                call = stub.RunJob(requests())
+                if on_start is not None:
+                    on_start(call.cancel)
+                for reply in call:
                     part = reply.WhichOneof("part")
                     if part == "progress":
                         yield Progress(reply.progress.kind, reply.progress.text)

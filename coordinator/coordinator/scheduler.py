@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.blobs import BlobStore, BlobWriter
 from coordinator.enclave_client import (
@@ -53,6 +53,7 @@ class Scheduler:
         self._stopping = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
+        self._cancel: Callable[[], object] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -90,8 +91,13 @@ class Scheduler:
         self._queue.put(job_id)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the current job; a job cut off here stays ``running`` and
+        goes back to ``approved`` at the next start (see :meth:`recover`)."""
         self._stopping.set()
         self._queue.put(_STOP)
+        cancel = self._cancel
+        if cancel is not None:
+            cancel()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -125,6 +131,9 @@ class Scheduler:
         try:
             outputs, result = self._relay(job)
         except EnclaveCallError as exc:
+            if self._stopping.is_set():
+                log.info("job %s interrupted by shutdown: it will run again at restart", job_id)
+                return
             log.warning("job %s failed on the enclave: %s", job_id, exc.code)
             self._store.transition(
                 job_id,
@@ -171,7 +180,7 @@ class Scheduler:
         result: bytes | None = None
         current: tuple[str, BlobWriter] | None = None
         try:
-            for message in self._enclave.run_job(spec, self._datasets(job)):
+            for message in self._enclave.run_job(spec, self._datasets(job), self._set_cancel):
                 if isinstance(message, Progress):
                     self._store.add_event(job.job_id, message.kind or "progress", message.text)
                 elif isinstance(message, OutputChunk):
@@ -190,9 +199,15 @@ class Scheduler:
                 outputs.append(self._commit(*current))
                 current = None
         finally:
+            self._cancel = None
             if current is not None:
                 current[1].abort()
         return outputs, result
+
+    def _set_cancel(self, cancel: Callable[[], object]) -> None:
+        self._cancel = cancel
+        if self._stopping.is_set():
+            cancel()
 
     @staticmethod
     def _commit(name: str, writer: BlobWriter) -> OutputRecord:

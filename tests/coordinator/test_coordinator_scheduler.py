@@ -166,3 +166,24 @@ def test_approved_job_is_scheduled_on_startup(
         assert coord.job("job-1").state == "succeeded"
     finally:
         coord.stop()
+
+
+def test_shutdown_mid_job_leaves_it_for_the_next_start(
+    home: Path, fake_enclave: tuple[FakeEnclave, str], alice: Party, bob: Party
+) -> None:
+    fake, address = fake_enclave
+    fake.release.clear()  # the enclave holds the job until released
+    coord = Harness(home, enclave=address)
+    try:
+        setup_job(coord, alice, bob)
+        assert fake.started.wait(10)
+        assert coord.job("job-1").state == "running"
+        coord.stop()
+        fake.release.set()
+        coord.start()
+        coord.wait_idle()
+        job = coord.job("job-1")
+        assert job.state == "succeeded", job.error
+        assert len(fake.specs) == 2
+    finally:
+        coord.stop()
