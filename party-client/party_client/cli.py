@@ -165,9 +165,18 @@ def propose(
             params[key] = value
     home = _home()
     terms = party.propose(
-        home, home.policy(policy), dataset, label, id_column, rounds, params, seed,
-        recipient, output or ["model"], job_id,
-    )  # fmt: skip
+        home,
+        home.policy(policy),
+        dataset,
+        label,
+        id_column,
+        rounds,
+        params,
+        seed,
+        recipient,
+        output or ["model"],
+        job_id,
+    )
     if json_out:
         print(json.dumps({"job_id": terms.job_id}))
     else:

@@ -27,7 +27,11 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Running:
     def __init__(self, c: Cluster, root: Path, address: str, enclave: str, measured: dict) -> None:
         self.c, self.root, self.address, self.enclave, self.measured = (
-            c, root, address, enclave, measured,
+            c,
+            root,
+            address,
+            enclave,
+            measured,
         )
 
     def policy(self, mrenclave: str | None = None, simulation: bool = True) -> Path:
@@ -42,8 +46,19 @@ class Running:
     def party(self, name: str) -> Path:
         home = self.root / f"party-{name}"
         home.mkdir()
-        self.c.run(["party", "init", "--name", name, "--coordinator", self.address,
-                    "--policy", str(self.policy())], home)
+        self.c.run(
+            [
+                "party",
+                "init",
+                "--name",
+                name,
+                "--coordinator",
+                self.address,
+                "--policy",
+                str(self.policy()),
+            ],
+            home,
+        )
         return home
 
 
@@ -57,12 +72,28 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         c.run(["libos", "build", str(instance)])
         measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
         port_file = root / "enclave-host" / "enclave.port"
-        enclave_port = c.spawn("enclave", ["libos", "run", str(instance), "--", "--port-file",
-                                           str(port_file)], port_file, root / "enclave-host")
+        enclave_port = c.spawn(
+            "enclave",
+            ["libos", "run", str(instance), "--", "--port-file", str(port_file)],
+            port_file,
+            root / "enclave-host",
+        )
         coord = root / "coordinator"
-        port = c.spawn("coordinator", ["coordinator", "serve", "--home", str(coord),
-                                       "--port-file", str(coord / "port"), "--enclave",
-                                       f"127.0.0.1:{enclave_port}"], coord / "port", coord)
+        port = c.spawn(
+            "coordinator",
+            [
+                "coordinator",
+                "serve",
+                "--home",
+                str(coord),
+                "--port-file",
+                str(coord / "port"),
+                "--enclave",
+                f"127.0.0.1:{enclave_port}",
+            ],
+            coord / "port",
+            coord,
+        )
         yield Running(c, root, f"127.0.0.1:{port}", f"127.0.0.1:{enclave_port}", measured)
 
 

@@ -13,9 +13,9 @@ import pyarrow.csv as pacsv
 import pytest
 
 from experiments.demo import DEFAULT_DATA
+from party_client.remote import Coordinator
 from protocols.attestation import AttestationPolicy, Evidence, EvidenceRefused, verify_evidence
 from protocols.wire.v1 import coordinator_pb2, enclave_pb2, enclave_pb2_grpc
-from party_client.remote import Coordinator
 from tests.e2e.conftest import LABEL
 
 pytestmark = pytest.mark.e2e
@@ -23,14 +23,21 @@ pytestmark = pytest.mark.e2e
 
 def detente(args, home, check=True):
     env = {"DETENTE_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "detente", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "detente", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
 
 
-def test_attest_refuses_a_measurement_outside_the_policy_and_upload_then_refuses(running, small_csv):
+def test_attest_refuses_a_measurement_outside_the_policy_and_upload_then_refuses(
+    running, small_csv
+):
     home = running.party("outsider")
     wrong = running.policy(mrenclave="00" * 32)
     done = detente(["party", "attest", "--policy", str(wrong)], home, check=False)
@@ -68,11 +75,39 @@ def test_a_job_missing_one_approval_never_runs(running, tmp_path):
         detente(["party", "attest"], home)
         csv = tmp_path / f"{name}.csv"
         pacsv.write_csv(table.slice(n * 200, 200), csv)
-        detente(["party", "upload", str(csv), "--label", LABEL, "--id", "ID",
-                 "--dataset-id", f"{name}-ds"], home)
+        detente(
+            [
+                "party",
+                "upload",
+                str(csv),
+                "--label",
+                LABEL,
+                "--id",
+                "ID",
+                "--dataset-id",
+                f"{name}-ds",
+            ],
+            home,
+        )
         homes.append(home)
-    done = detente(["party", "propose", "--dataset", "owner-a-ds", "--dataset", "owner-b-ds",
-                    "--label", LABEL, "--id", "ID", "--rounds", "5", "--json"], homes[0])
+    done = detente(
+        [
+            "party",
+            "propose",
+            "--dataset",
+            "owner-a-ds",
+            "--dataset",
+            "owner-b-ds",
+            "--label",
+            LABEL,
+            "--id",
+            "ID",
+            "--rounds",
+            "5",
+            "--json",
+        ],
+        homes[0],
+    )
     job_id = json.loads(done.stdout)["job_id"]
     detente(["party", "approve", job_id, "--yes"], homes[0])
     time.sleep(1.0)

@@ -61,10 +61,29 @@ def test_demo_trains_the_plaintext_model_and_leaks_no_canary(small_csv: Path, tm
     id_canary, number = _plant_canaries(small_csv, data)
     workdir = tmp_path / "work"
     done = subprocess.run(
-        [sys.executable, "-m", "detente", "demo", "--data", str(data), "--label", LABEL,
-         "--id", "ID", "--split-by", "EDUCATION", "--parties", "3", "--rounds", "20",
-         "--workdir", str(workdir)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "detente",
+            "demo",
+            "--data",
+            str(data),
+            "--label",
+            LABEL,
+            "--id",
+            "ID",
+            "--split-by",
+            "EDUCATION",
+            "--parties",
+            "3",
+            "--rounds",
+            "20",
+            "--workdir",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "identical to plaintext: yes" in done.stdout

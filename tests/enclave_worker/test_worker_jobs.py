@@ -43,21 +43,32 @@ def make_table(rows: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 3))
     y = (x[:, 0] + rng.normal(scale=0.5, size=rows) > 0).astype(np.int64)
-    return pa.table({"id": np.arange(rows) + seed * 1000, "a": x[:, 0], "b": x[:, 1],
-                     "c": x[:, 2], "label": y})
+    return pa.table(
+        {"id": np.arange(rows) + seed * 1000, "a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": y}
+    )
 
 
-def seal(enclave: EnclaveIdentity, owner: Owner, dataset_id: str, table: pa.Table,
-         signer: SigningKey | None = None) -> tuple[bytes, bytes]:
+def seal(
+    enclave: EnclaveIdentity,
+    owner: Owner,
+    dataset_id: str,
+    table: pa.Table,
+    signer: SigningKey | None = None,
+) -> tuple[bytes, bytes]:
     key = secrets.token_bytes(32)
     blob = stream.seal_stream(key, to_ipc(table), dataset_id.encode(), chunk_size=4096)
     enclave_key = enclave.hpke_key.public_key
     manifest = DatasetManifest(
-        dataset_id=dataset_id, name="t.csv", owner_key=owner.signing.verify_key,
-        schema_sha256=schema_sha256(schema_columns(table)), row_count=table.num_rows,
-        ciphertext_sha256=hashlib.sha256(blob).hexdigest(), ciphertext_size=len(blob),
+        dataset_id=dataset_id,
+        name="t.csv",
+        owner_key=owner.signing.verify_key,
+        schema_sha256=schema_sha256(schema_columns(table)),
+        row_count=table.num_rows,
+        ciphertext_sha256=hashlib.sha256(blob).hexdigest(),
+        ciphertext_size=len(blob),
         wrapped_key=hpke.wrap_key(key, enclave_key, hpke.data_key_info(dataset_id, enclave_key)),
-        sealed_to_mrenclave=enclave.mrenclave, sealed_to_hpke_key=enclave_key,
+        sealed_to_mrenclave=enclave.mrenclave,
+        sealed_to_hpke_key=enclave_key,
     ).sign(signer or owner.signing)
     return manifest.to_bytes(), blob
 
@@ -71,11 +82,20 @@ def world():
     manifests = [m for m, _ in sealed]
     terms = JobTerms(
         job_id="job-1",
-        datasets=[(f"{o.name}-data", Envelope.from_bytes(m).digest) for o, m in zip(owners, manifests)],
-        join="horizontal", objective="binary:logistic", label="label",
-        params={"tree_method": "hist", "max_depth": 3, "nthread": 1}, num_rounds=5, seed=0,
-        allowed_mrenclaves=[MRENCLAVE], outputs=["model"], recipients=[owners[0].recipient()],
-        expires_at=int(time.time()) + 3600, id_column="id",
+        datasets=[
+            (f"{o.name}-data", Envelope.from_bytes(m).digest) for o, m in zip(owners, manifests)
+        ],
+        join="horizontal",
+        objective="binary:logistic",
+        label="label",
+        params={"tree_method": "hist", "max_depth": 3, "nthread": 1},
+        num_rounds=5,
+        seed=0,
+        allowed_mrenclaves=[MRENCLAVE],
+        outputs=["model"],
+        recipients=[owners[0].recipient()],
+        expires_at=int(time.time()) + 3600,
+        id_column="id",
         proposer=owners[0].signing.verify_key.hex,
     )
     envelope = terms.sign(owners[0].signing)
@@ -84,23 +104,28 @@ def world():
 
 
 def test_a_fully_approved_job_trains_and_releases_to_the_named_recipient(world):
-    enclave, owners, tables, sealed, terms, envelope, approvals = world
+    enclave, owners, _tables, sealed, terms, envelope, approvals = world
     job = jobs.accept(enclave, envelope.to_bytes(), approvals, [m for m, _ in sealed])
     for (dataset_id, _), (_, blob) in zip(terms.datasets, sealed):
         job.add_chunk(dataset_id, blob)
     items = list(jobs.run(enclave, job))
-    statement = ResultStatement.verify(Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key)
+    statement = ResultStatement.verify(
+        Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key
+    )
     assert statement.terms_digest == envelope.digest and statement.mrenclave == MRENCLAVE
-    (output,) = [i for i in items if isinstance(i, jobs.ReleasedOutput)]
+    (_output,) = [i for i in items if isinstance(i, jobs.ReleasedOutput)]
     record = statement.outputs[0]
     assert set(record.wrapped_keys) == {owners[0].signing.verify_key.hex}
     with pytest.raises(IntegrityError):  # owner b is not a recipient: its key opens nothing
-        hpke.unwrap_key(record.wrapped_keys[owners[0].signing.verify_key.hex], owners[1].hpke,
-                        hpke.result_key_info("job-1", "model", owners[1].hpke.public_key))
+        hpke.unwrap_key(
+            record.wrapped_keys[owners[0].signing.verify_key.hex],
+            owners[1].hpke,
+            hpke.result_key_info("job-1", "model", owners[1].hpke.public_key),
+        )
 
 
 def test_a_missing_approval_stops_the_job_before_any_data(world):
-    enclave, owners, _, sealed, _, envelope, approvals = world
+    enclave, _owners, _, sealed, _, envelope, approvals = world
     with pytest.raises(ConsentError, match="lacks the approval"):
         jobs.accept(enclave, envelope.to_bytes(), approvals[:1], [m for m, _ in sealed])
 
@@ -121,7 +146,7 @@ def test_a_manifest_signed_by_another_key_is_refused(world):
 
 
 def test_a_job_for_another_measurement_never_runs(world):
-    enclave, owners, _, sealed, _, envelope, approvals = world
+    enclave, _owners, _, sealed, _, envelope, approvals = world
     other = EnclaveIdentity(enclave.signing_key, enclave.hpke_key, "sim", "cd" * 32)
     with pytest.raises(ConsentError, match="does not allow this enclave's measurement"):
         jobs.accept(other, envelope.to_bytes(), approvals, [m for m, _ in sealed])
@@ -130,8 +155,13 @@ def test_a_job_for_another_measurement_never_runs(world):
 def test_expired_terms_are_refused(world):
     enclave, _, _, sealed, terms, envelope, approvals = world
     with pytest.raises(ConsentError, match="expired"):
-        jobs.accept(enclave, envelope.to_bytes(), approvals, [m for m, _ in sealed],
-                    now=terms.expires_at + 1)
+        jobs.accept(
+            enclave,
+            envelope.to_bytes(),
+            approvals,
+            [m for m, _ in sealed],
+            now=terms.expires_at + 1,
+        )
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "swap"])
@@ -165,18 +195,26 @@ def test_the_model_equals_plaintext_xgboost_on_the_joined_rows(world):
     for (dataset_id, _), (_, blob) in zip(terms.datasets, sealed):
         job.add_chunk(dataset_id, blob)
     items = list(jobs.run(enclave, job))
-    statement = ResultStatement.verify(Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key)
+    statement = ResultStatement.verify(
+        Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key
+    )
     (output,) = [i for i in items if isinstance(i, jobs.ReleasedOutput)]
     me = owners[0]
-    key = hpke.unwrap_key(statement.outputs[0].wrapped_keys[me.signing.verify_key.hex], me.hpke,
-                          hpke.result_key_info("job-1", "model", me.hpke.public_key))
+    key = hpke.unwrap_key(
+        statement.outputs[0].wrapped_keys[me.signing.verify_key.hex],
+        me.hpke,
+        hpke.result_key_info("job-1", "model", me.hpke.public_key),
+    )
     model = xgb.Booster()
     model.load_model(bytearray(stream.open_stream(key, output.ciphertext, b"job-1/model")))
     joined = pa.concat_tables(tables)
     names = ["a", "b", "c"]
     x = np.column_stack([joined.column(n).to_numpy().astype(np.float32) for n in names])
     y = joined.column("label").to_numpy().astype(np.float32)
-    plain = xgb.train(jobs.train_params(terms), xgb.DMatrix(x, label=y, feature_names=names),
-                      num_boost_round=terms.num_rounds)
+    plain = xgb.train(
+        jobs.train_params(terms),
+        xgb.DMatrix(x, label=y, feature_names=names),
+        num_boost_round=terms.num_rounds,
+    )
     probe = xgb.DMatrix(x, feature_names=names)
     assert np.array_equal(model.predict(probe), plain.predict(probe))

@@ -23,7 +23,7 @@ def test_a_valid_csv_becomes_an_arrow_stream(tmp_path):
 
 
 def test_a_missing_label_column_is_named(tmp_path):
-    with pytest.raises(DatasetError, match="no label column 'target'.*columns are: id, x, y"):
+    with pytest.raises(DatasetError, match=r"no label column 'target'.*columns are: id, x, y"):
         read_table(write(tmp_path, "id,x,y\n1,2,0\n"), "target", "id")
 
 
