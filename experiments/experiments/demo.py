@@ -105,6 +105,41 @@ class Cluster:
             process.stop()
 
 
+@dataclass
+class Roles:
+    coordinator: str  # HOST:PORT
+    enclave: str  # HOST:PORT
+    measured: dict[str, Any]  # `detente libos measure --json`
+
+
+def start_roles(c: Cluster, root: Path) -> Roles:
+    """Build the enclave image and start the worker and the coordinator, each a process.
+
+    Each role gets its own folder: ``enclave-host/`` and ``coordinator/``.
+    """
+    host = root / "enclave-host"
+    instance = host / "instance"
+    c.run(["libos", "init", str(instance)])
+    c.run(["libos", "build", str(instance)])
+    measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
+    port_file = host / "enclave.port"
+    enclave_port = c.spawn(
+        "enclave",
+        ["libos", "run", str(instance), "--", "--port-file", str(port_file)],
+        port_file,
+        host / "logs",
+    )
+    coord = root / "coordinator"
+    serve = ["coordinator", "serve", "--home", str(coord), "--port-file", str(coord / "port")]
+    coord_port = c.spawn(
+        "coordinator",
+        [*serve, "--enclave", f"127.0.0.1:{enclave_port}"],
+        coord / "port",
+        coord,
+    )
+    return Roles(f"127.0.0.1:{coord_port}", f"127.0.0.1:{enclave_port}", measured)
+
+
 @contextmanager
 def cluster(workdir: Path) -> Iterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETENTE_")}
@@ -222,34 +257,8 @@ def _run(
     split = split_parties(train, parties, split_by)
 
     with cluster(root) as c:
-        host = root / "enclave-host"
-        instance = host / "instance"
-        c.run(["libos", "init", str(instance)])
-        c.run(["libos", "build", str(instance)])
-        measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
-        enclave_port = c.spawn(
-            "enclave",
-            ["libos", "run", str(instance), "--", "--port-file", str(host / "enclave.port")],
-            host / "enclave.port",
-            host / "logs",
-        )
-        coord = root / "coordinator"
-        coord_port = c.spawn(
-            "coordinator",
-            [
-                "coordinator",
-                "serve",
-                "--home",
-                str(coord),
-                "--port-file",
-                str(coord / "port"),
-                "--enclave",
-                f"127.0.0.1:{enclave_port}",
-            ],
-            coord / "port",
-            coord,
-        )
-        address = f"127.0.0.1:{coord_port}"
+        roles = start_roles(c, root)
+        address, measured = roles.coordinator, roles.measured
         c.timings["start"] = time.perf_counter() - started
 
         policy = root / "policy.toml"

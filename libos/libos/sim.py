@@ -37,6 +37,7 @@ from cryptography.x509.oid import NameOID
 
 from protocols import quote as sgx_quote
 from protocols.errors import FormatError
+from protocols.keys import write_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +92,6 @@ def _raw_public(key: ec.EllipticCurvePrivateKey) -> bytes:
     return point[1:]
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _create(directory: Path) -> None:
     """Make a fresh SIMULATION platform in ``directory`` (which must not exist yet)."""
     now = datetime.now(UTC) - timedelta(days=1)
@@ -151,11 +143,11 @@ def _create(directory: Path) -> None:
     # The root key is not kept: nothing else is ever issued under this root.
     attestation_key = ec.generate_private_key(ec.SECP256R1())
     directory.mkdir(mode=0o700)
-    _write_private(directory / _ROOT_CERT, root.public_bytes(serialization.Encoding.PEM))
-    _write_private(directory / _PCK_CERT, pck.public_bytes(serialization.Encoding.PEM))
-    _write_private(directory / _PCK_KEY, _pem_key(pck_key))
-    _write_private(directory / _ATTESTATION_KEY, _pem_key(attestation_key))
-    _write_private(directory / _SEALING_SECRET, os.urandom(SEALING_SECRET_SIZE))
+    write_secret_file(directory / _ROOT_CERT, root.public_bytes(serialization.Encoding.PEM))
+    write_secret_file(directory / _PCK_CERT, pck.public_bytes(serialization.Encoding.PEM))
+    write_secret_file(directory / _PCK_KEY, _pem_key(pck_key))
+    write_secret_file(directory / _ATTESTATION_KEY, _pem_key(attestation_key))
+    write_secret_file(directory / _SEALING_SECRET, os.urandom(SEALING_SECRET_SIZE))
 
 
 def _load_ec_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
-from experiments.demo import DEFAULT_DATA, Cluster, cluster
+from experiments.demo import DEFAULT_DATA, Cluster, cluster, start_roles
 
 LABEL = "default.payment.next.month"
 
@@ -67,34 +66,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A coordinator and a SIMULATION enclave worker, each its own process."""
     root = tmp_path_factory.mktemp("cluster")
     with cluster(root) as c:
-        instance = root / "enclave-host" / "instance"
-        c.run(["libos", "init", str(instance)])
-        c.run(["libos", "build", str(instance)])
-        measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
-        port_file = root / "enclave-host" / "enclave.port"
-        enclave_port = c.spawn(
-            "enclave",
-            ["libos", "run", str(instance), "--", "--port-file", str(port_file)],
-            port_file,
-            root / "enclave-host",
-        )
-        coord = root / "coordinator"
-        port = c.spawn(
-            "coordinator",
-            [
-                "coordinator",
-                "serve",
-                "--home",
-                str(coord),
-                "--port-file",
-                str(coord / "port"),
-                "--enclave",
-                f"127.0.0.1:{enclave_port}",
-            ],
-            coord / "port",
-            coord,
-        )
-        yield Running(c, root, f"127.0.0.1:{port}", f"127.0.0.1:{enclave_port}", measured)
+        roles = start_roles(c, root)
+        yield Running(c, root, roles.coordinator, roles.enclave, roles.measured)
 
 
 def write_csv(table: pa.Table, path: Path) -> Path:
