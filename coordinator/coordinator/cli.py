@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
+    # Tracebacks must never print local variables: they may hold rows or keys.
+    pretty_exceptions_show_locals=False,
     help="The untrusted coordinator: party registry, ciphertext store, job scheduler.",
     no_args_is_help=True,
 )

@@ -10,6 +10,8 @@ from libos.cli import app as libos_app
 from party_client.cli import app as party_app
 
 app = typer.Typer(
+    # Tracebacks must never print local variables: they may hold rows or keys.
+    pretty_exceptions_show_locals=False,
     help="Detente: train XGBoost across parties inside an attested enclave.",
     no_args_is_help=True,
 )

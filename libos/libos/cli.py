@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
+    # Tracebacks must never print local variables: they may hold rows or keys.
+    pretty_exceptions_show_locals=False,
     name="libos",
     help="Build, measure and run enclave images (backend 'sim' is a SIMULATION: "
     "no hardware protection).",

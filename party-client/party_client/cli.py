@@ -14,7 +14,10 @@ from rich.console import Console
 from protocols.errors import DetenteError
 
 app = typer.Typer(
-    help="Contribute data, approve jobs and collect results as a party.", no_args_is_help=True
+    # Tracebacks must never print local variables: they may hold rows or keys.
+    pretty_exceptions_show_locals=False,
+    help="Contribute data, approve jobs and collect results as a party.",
+    no_args_is_help=True,
 )
 out = Console()
 err = Console(stderr=True)

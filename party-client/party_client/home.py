@@ -59,11 +59,17 @@ class PartyHome:
     # -- identity -------------------------------------------------------------
 
     def create_identity(self, name: str, coordinator: str) -> None:
+        """Create keys once; re-running with the same name only updates the coordinator."""
         keys = self.root / "keys"
         if (keys / "signing.key").exists():
-            raise SetupError(
-                f"{self.root} already holds an identity; use another DETENTE_HOME for a new party"
-            )
+            existing = self.config()["name"]
+            if existing != name:
+                raise SetupError(
+                    f"{self.root} already holds the identity of {existing!r}; use another "
+                    "DETENTE_HOME for a new party"
+                )
+            self.save_config(name, coordinator)
+            return
         write_secret_file(keys / "signing.key", SigningKey.generate().private_raw())
         write_secret_file(keys / "hpke.key", HpkePrivateKey.generate().private_raw())
         self.save_config(name, coordinator)
