@@ -30,8 +30,12 @@ import sysconfig
 from collections.abc import Sequence
 from pathlib import Path
 from types import CodeType, FrameType, ModuleType
+from typing import TYPE_CHECKING
 
 from protocols.errors import DetenteError, IntegrityError
+
+if TYPE_CHECKING:
+    from libos.image import VerifiedImage
 
 PLATFORM_DIR_ENV = "DETENTE_LIBOS_PLATFORM_DIR"
 SIMULATION_NOTICE = "SIMULATION backend: no hardware protection"
@@ -195,7 +199,15 @@ def _isolate_imports(root: Path) -> None:
     sys.path_importer_cache.clear()
 
 
-def _enclave_main(instance_dir: Path, argv: list[str]) -> int:
+def enter(instance_dir: Path) -> VerifiedImage:
+    """Turn this fresh interpreter into the enclave of ``instance_dir``; return its image.
+
+    Checks that the image's own ``libos`` and ``protocols`` were imported,
+    drops foreign import paths, verifies the image, installs the verifying
+    import finder and the runtime. Everything an enclave process needs before
+    it runs code: the launcher calls it before the entry point, and
+    ``libos.process`` before a child's target, so both start the same way.
+    """
     import libos
     from libos import runtime
     from libos.image import top_level_modules, verify_image
@@ -222,6 +234,11 @@ def _enclave_main(instance_dir: Path, argv: list[str]) -> int:
     )
     platform = SimPlatform(platform_dir(instance_dir))
     runtime._install(runtime.EnclaveRuntime(verified.measurement, verified.instance_dir, platform))
+    return verified
+
+
+def _enclave_main(instance_dir: Path, argv: list[str]) -> int:
+    verified = enter(instance_dir)
     if verified.measurement.simulation:
         print(
             f"detente libos: enclave {verified.measurement.mrenclave.hex()[:16]}… started on the "
