@@ -11,11 +11,14 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocols import canonical, statements
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from protocols import canonical, ratls, statements, tls
 from protocols.attestation import Evidence, report_data_for
 from protocols.documents import IdentityDocument
 from protocols.errors import FormatError
-from protocols.keys import HpkePrivateKey, SigningKey, write_secret_file
+from protocols.keys import HpkePrivateKey, HpkePublicKey, Kem, SigningKey, write_secret_file
 
 _SEALED_NAME = "identity.sealed"
 _SEAL_LABEL = "enclave-identity/v1"
@@ -41,6 +44,21 @@ class EnclaveIdentity:
     hpke_key: HpkePrivateKey
     backend: str
     mrenclave: str
+    # The enclave offers both suites (protocols/SPEC.md §4.3): X25519 for parties
+    # that did not opt in, ML-KEM-768+X25519 for post-quantum parties.
+    hpke_pq_key: HpkePrivateKey | None = None
+
+    # SHA-256 of the SubjectPublicKeyInfo of this process's TLS key, set by
+    # ratls_credentials at start: the identity document names it, binding the
+    # RA-TLS certificate to the quote (protocols/SPEC.md §11).
+    tls_public_key_sha256: str = ""
+
+    def hpke_private_key_for(self, public: HpkePublicKey) -> HpkePrivateKey | None:
+        """The private key of one of this enclave's HPKE keys, or None if it is not ours."""
+        for key in (self.hpke_key, self.hpke_pq_key):
+            if key is not None and key.public_key == public:
+                return key
+        return None
 
     @property
     def envelope(self) -> bytes:
@@ -49,7 +67,8 @@ class EnclaveIdentity:
             backend=self.backend,
             hpke_key=self.hpke_key.public_key,
             signing_key=self.signing_key.verify_key,
-            tls_certificate_sha256="",
+            tls_public_key_sha256=self.tls_public_key_sha256,
+            hpke_pq_key=self.hpke_pq_key.public_key if self.hpke_pq_key else None,
         )
         return statements.sign(statements.IDENTITY, document.to_dict(), self.signing_key).to_bytes()
 
@@ -58,6 +77,21 @@ class EnclaveIdentity:
         payload = statements.Envelope.from_bytes(envelope).payload
         quote = runtime.quote(report_data_for(payload, nonce))
         return Evidence(identity=envelope, quote=quote, backend=self.backend)
+
+
+def ratls_credentials(
+    identity: EnclaveIdentity, runtime: Runtime
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A fresh TLS key, made inside the enclave at this start, and its RA-TLS certificate.
+
+    The key is never sealed or written anywhere: a restarted worker has a new
+    one, so a certificate copied by the host is useless without the process
+    that holds its key. From here on the identity document names this key.
+    """
+    key = tls.generate_key()
+    identity.tls_public_key_sha256 = tls.public_key_sha256(key.public_key())
+    evidence = identity.evidence(runtime, ratls.CERTIFICATE_NONCE)
+    return key, ratls.create_certificate(key, evidence)
 
 
 def load_or_create(runtime: Runtime) -> EnclaveIdentity:
@@ -73,13 +107,21 @@ def load_or_create(runtime: Runtime) -> EnclaveIdentity:
             hpke = HpkePrivateKey.from_raw(canonical.unhex(keys["hpke"], "sealed HPKE key"))
         except KeyError as exc:
             raise FormatError(f"sealed identity lacks {exc}") from None
-        return EnclaveIdentity(signing, hpke, runtime.backend, mrenclave)
+        # Identities sealed before the PQ option have no "hpke_pq": they offer X25519 only.
+        pq = keys.get("hpke_pq")
+        pq_key = HpkePrivateKey.from_raw(canonical.unhex(pq, "sealed PQ HPKE key")) if pq else None
+        return EnclaveIdentity(signing, hpke, runtime.backend, mrenclave, pq_key)
     signing, hpke = SigningKey.generate(), HpkePrivateKey.generate()
+    pq_key = HpkePrivateKey.generate(Kem.MLKEM768_X25519)
     sealed = runtime.seal(
         json.dumps(
-            {"signing": signing.private_raw().hex(), "hpke": hpke.private_raw().hex()}
+            {
+                "signing": signing.private_raw().hex(),
+                "hpke": hpke.private_raw().hex(),
+                "hpke_pq": pq_key.private_raw().hex(),
+            }
         ).encode(),
         _SEAL_LABEL,
     )
     write_secret_file(path, sealed)
-    return EnclaveIdentity(signing, hpke, runtime.backend, mrenclave)
+    return EnclaveIdentity(signing, hpke, runtime.backend, mrenclave, pq_key)

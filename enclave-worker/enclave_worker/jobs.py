@@ -110,7 +110,7 @@ def accept(
                 f"data set {dataset_id!r} was sealed to another enclave measurement "
                 f"({manifest.sealed_to_mrenclave[:16]}…)"
             )
-        if manifest.sealed_to_hpke_key != identity.hpke_key.public_key:
+        if identity.hpke_private_key_for(manifest.sealed_to_hpke_key) is None:
             raise ConsentError(f"data set {dataset_id!r} was sealed to another enclave key")
         accepted[dataset_id] = manifest
     owners = {m.owner_key for m in accepted.values()}
@@ -133,9 +133,13 @@ def _open_dataset(identity: EnclaveIdentity, manifest: DatasetManifest, blob: by
         raise IntegrityError(
             f"data set {manifest.dataset_id!r} does not match the digest in its signed manifest"
         )
-    own = identity.hpke_key.public_key
+    # The manifest names which of the enclave's keys (X25519 or post-quantum) it used.
+    own = manifest.sealed_to_hpke_key
+    private = identity.hpke_private_key_for(own)
+    if private is None:
+        raise ConsentError(f"data set {manifest.dataset_id!r} was sealed to another enclave key")
     key = hpke.unwrap_key(
-        manifest.wrapped_key, identity.hpke_key, hpke.data_key_info(manifest.dataset_id, own)
+        manifest.wrapped_key, private, hpke.data_key_info(manifest.dataset_id, own)
     )
     plaintext = stream.open_stream(key, blob, manifest.dataset_id.encode())
     try:

@@ -69,16 +69,24 @@ def init(
     name: Annotated[str, typer.Option(help="Your party's name (a label you sign)")],
     coordinator: Annotated[str, typer.Option(help="Coordinator address HOST:PORT")],
     policy: PolicyOption = None,
+    pq: Annotated[
+        bool,
+        typer.Option(
+            "--pq",
+            help="Post-quantum HPKE key (ML-KEM-768+X25519) for your data keys and results",
+        ),
+    ] = False,
 ) -> None:
     """Create this party's keys (mode 0600) and register with the coordinator."""
     from party_client import party
 
     home = _home()
-    registration = party.init(home, name, coordinator)
+    registration = party.init(home, name, coordinator, pq)
     if policy is not None:
         home.policy(policy)  # validate before copying
         home.policy_path.write_text(policy.read_text())
     out.print(f"party {name!r} registered; signing key {registration.signing_key.hex}")
+    out.print(f"HPKE suite: {registration.hpke_key.kem.label}")
     out.print("next: `detente party attest`")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from protocols import canonical
 from protocols.attestation import AttestationPolicy, Evidence, VerifiedEnclave, verify_evidence
 from protocols.errors import DetenteError, PolicyError
-from protocols.keys import HpkePrivateKey, SigningKey, VerifyKey, write_secret_file
+from protocols.keys import HpkePrivateKey, Kem, SigningKey, VerifyKey, write_secret_file
 
 
 class SetupError(DetenteError):
@@ -58,8 +58,12 @@ class PartyHome:
 
     # -- identity -------------------------------------------------------------
 
-    def create_identity(self, name: str, coordinator: str) -> None:
-        """Create keys once; re-running with the same name only updates the coordinator."""
+    def create_identity(self, name: str, coordinator: str, pq: bool = False) -> None:
+        """Create keys once; re-running with the same name only updates the coordinator.
+
+        ``pq`` makes the HPKE key ML-KEM-768+X25519 (post-quantum) instead of
+        X25519; the key file's encoding records the choice (protocols/SPEC.md §4.1).
+        """
         keys = self.root / "keys"
         if (keys / "signing.key").exists():
             existing = self.config()["name"]
@@ -68,10 +72,16 @@ class PartyHome:
                     f"{self.root} already holds the identity of {existing!r}; use another "
                     "DETENTE_HOME for a new party"
                 )
+            if pq and self.hpke_key().kem is not Kem.MLKEM768_X25519:
+                raise SetupError(
+                    f"{self.root} already holds an X25519 HPKE key: a party chooses --pq when "
+                    "it is created; use another DETENTE_HOME for a post-quantum party"
+                )
             self.save_config(name, coordinator)
             return
+        kem = Kem.MLKEM768_X25519 if pq else Kem.X25519
         write_secret_file(keys / "signing.key", SigningKey.generate().private_raw())
-        write_secret_file(keys / "hpke.key", HpkePrivateKey.generate().private_raw())
+        write_secret_file(keys / "hpke.key", HpkePrivateKey.generate(kem).private_raw())
         self.save_config(name, coordinator)
 
     def save_config(self, name: str, coordinator: str) -> None:

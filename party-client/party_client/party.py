@@ -32,9 +32,9 @@ from protocols.errors import ConsentError, IntegrityError
 from protocols.statements import Envelope
 
 
-def init(home: PartyHome, name: str, coordinator: str) -> Registration:
+def init(home: PartyHome, name: str, coordinator: str, pq: bool = False) -> Registration:
     check_id(name, "party name")
-    home.create_identity(name, coordinator)
+    home.create_identity(name, coordinator, pq)
     return register(home)
 
 
@@ -85,7 +85,8 @@ def upload(
         dataset_id or f"{home.config()['name']}-{secrets.token_hex(6)}", "dataset id"
     )
     data_key = secrets.token_bytes(32)
-    enclave_key = enclave.identity.hpke_key
+    # A post-quantum party wraps to the enclave's post-quantum key (protocols/SPEC.md §4.3).
+    enclave_key = enclave.identity.data_key_recipient(home.hpke_key().kem)
     ciphertext = stream.seal_stream(data_key, tables.to_ipc(table), dataset_id.encode(), chunk_size)
     signing = home.signing_key()
     manifest = DatasetManifest(

@@ -13,8 +13,8 @@ from typing import Any
 
 from protocols import canonical, statements
 from protocols.canonical import field as get
-from protocols.errors import ConsentError, FormatError, SignatureError
-from protocols.keys import HpkePublicKey, SigningKey, VerifyKey
+from protocols.errors import AttestationError, ConsentError, FormatError, SignatureError
+from protocols.keys import HpkePublicKey, Kem, SigningKey, VerifyKey
 from protocols.statements import Envelope
 
 VERSION = 1
@@ -79,26 +79,53 @@ class IdentityDocument:
     backend: str
     hpke_key: HpkePublicKey
     signing_key: VerifyKey
-    tls_certificate_sha256: str
+    tls_public_key_sha256: str
+    # Optional post-quantum key (ML-KEM-768+X25519) offered beside the X25519
+    # ``hpke_key``: parties that chose the PQ suite wrap their data keys to it.
+    hpke_pq_key: HpkePublicKey | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "version": VERSION,
             "backend": self.backend,
             "hpke_key": self.hpke_key.hex,
             "signing_key": self.signing_key.hex,
-            "tls_certificate_sha256": self.tls_certificate_sha256,
+            "tls_public_key_sha256": self.tls_public_key_sha256,
         }
+        if self.hpke_pq_key is not None:  # absent, not null: older documents keep their bytes
+            doc["hpke_pq_key"] = self.hpke_pq_key.hex
+        return doc
+
+    def data_key_recipient(self, kem: Kem) -> HpkePublicKey:
+        """The enclave key a party whose own HPKE key is of ``kem`` wraps its data keys to.
+
+        A post-quantum party never falls back to X25519: that would undo the
+        protection it chose (protocols/SPEC.md §4.3).
+        """
+        for key in (self.hpke_key, self.hpke_pq_key):
+            if key is not None and key.kem is kem:
+                return key
+        raise AttestationError(
+            f"the attested enclave offers no {kem.label} HPKE key, and this party wraps its "
+            f"data keys only with {kem.label}: attest an enclave whose identity document has "
+            "hpke_pq_key (`detente party attest`), or use a party created without --pq"
+        )
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> IdentityDocument:
         what = "enclave identity document"
         _version(doc, what)
+        pq = doc.get("hpke_pq_key")
+        if pq is not None:
+            pq = HpkePublicKey.from_hex(get(doc, "hpke_pq_key", str, what))
+            if pq.kem is not Kem.MLKEM768_X25519:
+                raise FormatError(f"{what} hpke_pq_key must be an ML-KEM-768+X25519 key")
         return cls(
             get(doc, "backend", str, what),
             HpkePublicKey.from_hex(get(doc, "hpke_key", str, what)),
             VerifyKey.from_hex(get(doc, "signing_key", str, what)),
-            get(doc, "tls_certificate_sha256", str, what),
+            get(doc, "tls_public_key_sha256", str, what),
+            hpke_pq_key=pq,
         )
 
 

@@ -76,11 +76,16 @@ class StreamSealer:
     def __init__(
         self, key: bytes, associated_data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE
     ) -> None:
+        self._start(key, associated_data, chunk_size, os.urandom(7))
+
+    def _start(
+        self, key: bytes, associated_data: bytes, chunk_size: int, nonce_prefix: bytes
+    ) -> None:
         _check_key(key)
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk size {chunk_size} is out of range")
         self._aead = AESGCM(key)
-        self._prefix = os.urandom(7)
+        self._prefix = nonce_prefix
         self._chunk_size = chunk_size
         self.header = HEADER.pack(
             {
@@ -161,6 +166,22 @@ def seal_stream(
     sealer = StreamSealer(key, associated_data, chunk_size)
     parts = [sealer.header, *sealer.update(plaintext), sealer.finish()]
     return b"".join(parts)
+
+
+def _seal_stream_with_nonce_prefix(
+    key: bytes, plaintext: bytes, associated_data: bytes, chunk_size: int, nonce_prefix: bytes
+) -> bytes:
+    """Test-only seam: :func:`seal_stream` with a given nonce prefix.
+
+    Only the known-answer vectors (tests/vectors/detente/generate.py) may call
+    it; a test fails if any component package does. Reusing a prefix under one
+    key reuses GCM nonces, which is why the public recipes draw it at random.
+    """
+    if len(nonce_prefix) != 7:
+        raise ValueError("the nonce prefix is 7 bytes")
+    sealer = StreamSealer.__new__(StreamSealer)
+    sealer._start(key, associated_data, chunk_size, nonce_prefix)
+    return b"".join([sealer.header, *sealer.update(plaintext), sealer.finish()])
 
 
 def split_stream(blob: bytes) -> tuple[bytes, list[bytes]]:
