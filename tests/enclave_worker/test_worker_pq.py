@@ -125,6 +125,7 @@ def test_pq_and_x25519_parties_in_one_job() -> None:
     for name, (_, blob) in sealed.items():
         job.add_chunk(f"{name}-data", blob)
     items = list(jobs.run(enclave, job))
+    assert isinstance(items[-1], bytes)  # the signed result statement comes last
     statement = ResultStatement.verify(
         Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key
     )
