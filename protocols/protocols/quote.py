@@ -1,15 +1,17 @@
-"""Intel SGX ECDSA quote, version 3: layout, parsing and verification.
+"""Intel ECDSA quotes: the SGX v3 layout, and the one verifier for SGX and TDX quotes.
 
-The layout follows Intel's "SGX ECDSA Quote Library API", Appendix A (quote
-format v3): a 48-byte header, a 384-byte ISV enclave report body, then the
-signature data. Simulated quotes (libos ``sim`` backend) use the same layout,
-so one parser and one verifier serve simulation and hardware; what differs is
-the root their certificate chain ends in.
+The SGX layout follows Intel's "SGX ECDSA Quote Library API", Appendix A
+(quote format v3): a 48-byte header, a 384-byte ISV enclave report body, then
+the signature data. TDX quotes (v4, v5) share the header and the QE parts and
+are parsed in protocols.tdx. Simulated quotes (libos ``sim`` backend) use the
+SGX v3 layout, so one parser and one verifier serve simulation and hardware;
+what differs is the root their certificate chain ends in.
 
-Verification here covers the quote's own cryptography: the PCK certificate
+``verify_quote`` checks the quote's own cryptography: the PCK certificate
 chain to a pinned root, the QE report signature by the PCK key, the QE report
-binding of the attestation key, and the ISV report signature. TCB collateral
-(TCB info, QE identity, CRLs) of real quotes is not checked here.
+binding of the attestation key, and the ISV (or TD) report signature. Given
+collateral, it also checks the TCB info, QE identity and CRLs with dcap-qvl
+(protocols.collateral) and reports the platform's TCB status.
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ import hashlib
 import importlib.resources
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from protocols.collateral import Collateral, TcbStatus, pem_chain, verify_collateral
 from protocols.errors import AttestationError, FormatError
 from protocols.layout import Field, Layout
+
+if TYPE_CHECKING:
+    from protocols.tdx import TdReport, TdxQuote
 
 HEADER = Layout(
     "quote header",
@@ -73,8 +80,14 @@ SIGNATURE_FIXED = Layout(
 QUOTE_VERSION = 3
 ATTESTATION_KEY_ECDSA_P256 = 2
 TEE_TYPE_SGX = 0
+TEE_TYPE_TDX = 0x81
 CERT_DATA_PCK_CHAIN = 5
-ATTRIBUTE_DEBUG = 0x02
+CERT_DATA_QE_REPORT = 6
+# Certification data types whose PCK chain is not in the quote (PPID forms,
+# PCK leaf only): the chain must then come with the collateral.
+CERT_DATA_CHAIN_ELSEWHERE = (1, 2, 3, 4)
+ATTRIBUTE_DEBUG = 0x02  # SGX ATTRIBUTES.FLAGS bit 1 (SDM Vol. 3D, SECS)
+ATTRIBUTE_DEBUG_TD = 0x01  # TDX TDATTRIBUTES bit 0
 SIGNED_SIZE = HEADER.size + REPORT_BODY.size  # 432: what the attestation key signs
 MAX_QUOTE_SIZE = 1 << 16
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
@@ -151,6 +164,18 @@ class Quote:
     qe_auth_data: bytes
     cert_data_type: int
     cert_data: bytes
+
+    @property
+    def tee(self) -> str:
+        return "SGX"
+
+    @property
+    def report_data(self) -> bytes:
+        return self.report.report_data
+
+    @property
+    def debug(self) -> bool:
+        return self.report.debug
 
     def header_bytes(self) -> bytes:
         return HEADER.pack(
@@ -237,6 +262,21 @@ class Quote:
         )
 
 
+def parse_quote(data: bytes) -> Quote | TdxQuote:
+    """Parse an SGX v3 or TDX v4/v5 quote, chosen by its version field."""
+    from protocols.tdx import TdxQuote  # tdx builds on this module's layouts
+
+    data = bytes(data)
+    if len(data) < 2:
+        raise FormatError(f"quote is too short ({len(data)} bytes)")
+    version = int.from_bytes(data[:2], "little")
+    if version == QUOTE_VERSION:
+        return Quote.from_bytes(data)
+    if version in (4, 5):
+        return TdxQuote.from_bytes(data)
+    raise FormatError(f"unsupported quote version {version} (expected 3 for SGX, 4 or 5 for TDX)")
+
+
 def raw_signature_to_der(raw: bytes) -> bytes:
     """SGX stores ECDSA signatures as r ‖ s (32 bytes each, big-endian)."""
     if len(raw) != 64:
@@ -266,16 +306,109 @@ def certificate_fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
+# --- the SGX extension of PCK certificates --------------------------------------------
+# Intel "SGX PCK Certificate and CRL Profile" §1.3.5: extension 1.2.840.113741.1.13.1
+# is a SEQUENCE of SEQUENCE { OID, value }; FMSPC (…13.1.4) and PCE-ID (…13.1.3) are
+# OCTET STRINGs of 6 and 2 bytes.
+
+SGX_EXTENSION_OID = x509.ObjectIdentifier("1.2.840.113741.1.13.1")
+FMSPC_OID = "1.2.840.113741.1.13.1.4"
+PCE_ID_OID = "1.2.840.113741.1.13.1.3"
+_DER_SEQUENCE, _DER_OID, _DER_OCTET_STRING = 0x30, 0x06, 0x04
+
+
+@dataclass(frozen=True)
+class PckExtension:
+    fmspc: bytes  # Family-Model-Stepping-Platform-CustomSKU: selects the TCB info
+    pce_id: bytes
+
+
+def pck_extension(cert: x509.Certificate) -> PckExtension | None:
+    """The FMSPC and PCE-ID of a PCK certificate; None if it has no SGX extension."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(SGX_EXTENSION_OID)
+    except x509.ExtensionNotFound:
+        return None
+    except ValueError:
+        raise FormatError("PCK certificate extensions are malformed") from None
+    if not isinstance(ext.value, x509.UnrecognizedExtension):
+        raise FormatError("PCK certificate SGX extension has an unexpected type")
+    outer = _der_items(ext.value.value, "PCK SGX extension")
+    if len(outer) != 1 or outer[0][0] != _DER_SEQUENCE:
+        raise FormatError("PCK SGX extension is not one DER SEQUENCE")
+    values: dict[str, tuple[int, bytes]] = {}
+    for tag, content in _der_items(outer[0][1], "PCK SGX extension"):
+        parts = _der_items(content, "PCK SGX extension entry")
+        if tag != _DER_SEQUENCE or len(parts) != 2 or parts[0][0] != _DER_OID:
+            raise FormatError("PCK SGX extension entry is not SEQUENCE { OID, value }")
+        values[_decode_oid(parts[0][1])] = parts[1]
+
+    def octets(oid: str, size: int, name: str) -> bytes:
+        tag, value = values.get(oid, (0, b""))
+        if tag != _DER_OCTET_STRING or len(value) != size:
+            raise FormatError(f"PCK SGX extension has no {size}-byte {name} ({oid})")
+        return value
+
+    return PckExtension(octets(FMSPC_OID, 6, "FMSPC"), octets(PCE_ID_OID, 2, "PCE-ID"))
+
+
+def _der_items(data: bytes, what: str) -> list[tuple[int, bytes]]:
+    """Split DER content into (tag, value) items; FormatError on any length past the end."""
+    items: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        if pos + 2 > len(data):
+            raise FormatError(f"{what}: truncated DER item")
+        tag, first = data[pos], data[pos + 1]
+        pos += 2
+        if tag & 0x1F == 0x1F:
+            raise FormatError(f"{what}: DER high tag numbers are not used here")
+        if first < 0x80:
+            length = first
+        else:
+            count = first & 0x7F
+            if not 1 <= count <= 4 or pos + count > len(data):
+                raise FormatError(f"{what}: bad DER length")
+            length = int.from_bytes(data[pos : pos + count], "big")
+            pos += count
+        if pos + length > len(data):
+            raise FormatError(f"{what}: DER item runs past the end")
+        items.append((tag, data[pos : pos + length]))
+        pos += length
+    return items
+
+
+def _decode_oid(data: bytes) -> str:
+    if not data or data[-1] & 0x80:
+        raise FormatError("malformed DER object identifier")
+    arcs: list[int] = []
+    value = 0
+    for byte in data:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(a) for a in [first, arcs[0] - 40 * first, *arcs[1:]])
+
+
+# --- verification ---------------------------------------------------------------------
+
 _VERIFIER_TOKEN = object()
 
 
 @dataclass(frozen=True)
 class VerifiedQuote:
-    """A quote whose signatures and chain verified. Only :func:`verify_quote` makes one."""
+    """A quote whose signatures and chain verified. Only :func:`verify_quote` makes one.
 
-    quote: Quote
+    ``tcb`` is the TCB status the collateral gives, or None when no collateral
+    was checked.
+    """
+
+    quote: Quote | TdxQuote
     root_fingerprint: str
     chain: list[x509.Certificate] = field(repr=False)
+    tcb: TcbStatus | None = None
     _token: object = field(repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -283,8 +416,27 @@ class VerifiedQuote:
             raise TypeError("VerifiedQuote is made only by protocols.quote.verify_quote")
 
     @property
+    def tee(self) -> str:
+        return self.quote.tee
+
+    @property
     def report(self) -> ReportBody:
-        return self.quote.report
+        """The SGX enclave report (SGX quotes only)."""
+        if isinstance(self.quote, Quote):
+            return self.quote.report
+        raise AttestationError("a TDX quote has no SGX enclave report: read td_report")
+
+    @property
+    def td_report(self) -> TdReport:
+        """The TD report (TDX quotes only)."""
+        if isinstance(self.quote, Quote):
+            raise AttestationError("an SGX quote has no TD report: read report")
+        return self.quote.td_report
+
+    @property
+    def fmspc(self) -> str | None:
+        ext = pck_extension(self.chain[0])
+        return ext.fmspc.hex() if ext else None
 
 
 def _verify_ecdsa(key: ec.EllipticCurvePublicKey, raw_sig: bytes, data: bytes, what: str) -> None:
@@ -294,38 +446,76 @@ def _verify_ecdsa(key: ec.EllipticCurvePublicKey, raw_sig: bytes, data: bytes, w
         raise AttestationError(f"{what} does not verify") from None
 
 
-def pck_chain(quote: Quote) -> list[x509.Certificate]:
+def _subject(cert: x509.Certificate) -> str:
+    try:
+        return cert.subject.rfc4514_string()
+    except ValueError:  # parsed lazily: hostile bytes surface here
+        return "(malformed subject)"
+
+
+def pck_chain(
+    quote: Quote | TdxQuote, collateral_chain: str | None = None
+) -> list[x509.Certificate]:
+    """The PCK chain: from the quote (type 5), else from the collateral if it brings one."""
     if quote.cert_data_type != CERT_DATA_PCK_CHAIN:
+        if quote.cert_data_type in CERT_DATA_CHAIN_ELSEWHERE and collateral_chain is not None:
+            chain = pem_chain(collateral_chain, "collateral PCK certificate chain")
+            if len(chain) < 2:
+                raise AttestationError(
+                    "collateral PCK certificate chain must hold a leaf and its root"
+                )
+            return chain
         raise AttestationError(
             f"quote certification data type {quote.cert_data_type} carries no PCK chain "
-            "(type 5 is required)"
+            "(type 5 is required, or collateral with a pck_certificate_chain)"
         )
+    pem = quote.cert_data.rstrip(b"\x00")
     try:
-        chain = x509.load_pem_x509_certificates(quote.cert_data.rstrip(b"\x00"))
+        chain = x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise AttestationError("quote PCK certificate chain is not valid PEM") from None
     if len(chain) < 2:
         raise AttestationError("quote PCK certificate chain must hold a leaf and its root")
+    # No signature covers the PEM text around the certificates (headers, line
+    # breaks, bytes between blocks): accept only the one canonical spelling
+    # (RFC 7468 §2, 64-character lines) followed by NUL padding, so a quote
+    # whose bytes were altered anywhere never verifies.
+    canonical = b"".join(cert.public_bytes(serialization.Encoding.PEM) for cert in chain)
+    if pem != canonical:
+        raise AttestationError(
+            "quote PCK certificate chain has bytes outside its certificates or is not in "
+            "canonical PEM form (no signature covers them)"
+        )
     return chain
 
 
 def verify_quote(
-    data: bytes, trusted_roots: list[x509.Certificate], now: datetime | None = None
+    data: bytes,
+    trusted_roots: list[x509.Certificate],
+    now: datetime | None = None,
+    *,
+    collateral: Collateral | None = None,
+    pck_certificate_chain: str | None = None,
 ) -> VerifiedQuote:
-    """Verify a v3 quote's chain to one of ``trusted_roots`` and its signatures.
+    """Verify an SGX v3 or TDX v4/v5 quote's chain to one of ``trusted_roots`` and signatures.
 
-    Raises AttestationError naming the first check that failed.
+    With ``collateral``, also check it at ``now`` (:func:`check_collateral`).
+    ``pck_certificate_chain`` (PEM; default: the collateral's) serves quotes
+    whose certification data carries no chain. Raises AttestationError
+    (FormatError for bytes that do not parse) naming the first check that failed.
     """
     now = now or datetime.now(UTC)
-    quote = Quote.from_bytes(data)
+    quote = parse_quote(data)
     if quote.attestation_key_type != ATTESTATION_KEY_ECDSA_P256:
         raise AttestationError(f"unsupported attestation key type {quote.attestation_key_type}")
-    if quote.tee_type != TEE_TYPE_SGX:
+    if isinstance(quote, Quote) and quote.tee_type != TEE_TYPE_SGX:
         raise AttestationError(f"quote TEE type {quote.tee_type:#x} is not SGX")
-    chain = pck_chain(quote)
+    if pck_certificate_chain is None and collateral is not None:
+        pck_certificate_chain = collateral.pck_certificate_chain
+    chain = pck_chain(quote, pck_certificate_chain)
     root = chain[-1]
-    fingerprints = {certificate_fingerprint(r) for r in trusted_roots}
-    if certificate_fingerprint(root) not in fingerprints:
+    trusted = {certificate_fingerprint(r) for r in trusted_roots}
+    if certificate_fingerprint(root) not in trusted:
         raise AttestationError(
             f"quote certificate chain ends in an untrusted root "
             f"(SHA-256 {certificate_fingerprint(root)})"
@@ -335,14 +525,19 @@ def verify_quote(
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):
             raise AttestationError(
-                f"quote certificate {cert.subject.rfc4514_string()!r} is not validly issued "
-                f"by {issuer.subject.rfc4514_string()!r}"
+                f"quote certificate {_subject(cert)!r} is not validly issued "
+                f"by {_subject(issuer)!r}"
             ) from None
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise AttestationError(
-                f"quote certificate {cert.subject.rfc4514_string()!r} is not valid at {now}"
-            )
-    pck_key = chain[0].public_key()
+        try:
+            valid = cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+        except ValueError:  # cryptography parses some fields lazily
+            raise AttestationError(f"quote certificate {_subject(cert)!r} is malformed") from None
+        if not valid:
+            raise AttestationError(f"quote certificate {_subject(cert)!r} is not valid at {now}")
+    try:
+        pck_key = chain[0].public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise AttestationError("PCK certificate public key is malformed") from None
     if not isinstance(pck_key, ec.EllipticCurvePublicKey):
         raise AttestationError("PCK certificate key is not an EC key")
     _verify_ecdsa(
@@ -354,6 +549,29 @@ def verify_quote(
         raw_p256_key(quote.attestation_key),
         quote.isv_signature,
         quote.signed_bytes(),
-        "ISV report signature",
+        "ISV report signature" if isinstance(quote, Quote) else "TD report signature",
     )
-    return VerifiedQuote(quote, certificate_fingerprint(root), chain, _token=_VERIFIER_TOKEN)
+    verified = VerifiedQuote(quote, certificate_fingerprint(root), chain, _token=_VERIFIER_TOKEN)
+    if collateral is not None:
+        return check_collateral(verified, collateral, now)
+    return verified
+
+
+def check_collateral(
+    verified: VerifiedQuote, collateral: Collateral, now: datetime | None = None
+) -> VerifiedQuote:
+    """Check a verified quote's collateral at ``now`` with dcap-qvl; return it with its TCB.
+
+    The collateral's chains must end in the same root as the quote's chain
+    (for real quotes, the pinned Intel SGX Root CA). Raises AttestationError
+    with dcap-qvl's reason, CollateralVerifierMissing if dcap-qvl is absent.
+    """
+    now = now or datetime.now(UTC)
+    # The parser keeps every byte (reserved fields, padding), so to_bytes() is
+    # the exact quote that verified.
+    tcb = verify_collateral(
+        verified.quote.to_bytes(), collateral, int(now.timestamp()), verified.chain[-1]
+    )
+    return VerifiedQuote(
+        verified.quote, verified.root_fingerprint, verified.chain, tcb, _token=_VERIFIER_TOKEN
+    )

@@ -113,14 +113,23 @@ def test_intel_qvl_sample_is_refused_for_its_cert_data_type() -> None:
 
 
 @pytest.mark.parametrize("name", TDX_QUOTES)
-def test_tdx_quotes_refused_by_v3_parser(name: str) -> None:
+def test_tdx_quotes_refused_by_v3_parser_but_parsed_by_parse_quote(name: str) -> None:
+    """Quote.from_bytes is the SGX v3 layout only; parse_quote picks the layout by version."""
     data = (VECTORS / "sgx-dcap" / name).read_bytes()
     version = int.from_bytes(data[:2], "little")
     assert version in (4, 5)
     with pytest.raises(FormatError, match=f"unsupported quote version {version}"):
         q.Quote.from_bytes(data)
-    with pytest.raises(FormatError, match=f"unsupported quote version {version}"):
-        verify(data)
+    parsed = q.parse_quote(data)
+    assert parsed.tee == "TDX"
+    assert parsed.version == version
+
+
+@pytest.mark.parametrize("version", [0, 1, 2, 6, 0xFFFF])
+def test_parse_quote_refuses_unknown_versions(version: int) -> None:
+    data = version.to_bytes(2, "little") + SGX_QUOTE[2:]
+    with pytest.raises(FormatError, match=f"unsupported quote version {version} "):
+        q.parse_quote(data)
 
 
 @pytest.mark.parametrize(
@@ -353,9 +362,9 @@ def test_chain_with_intermediate_removed() -> None:
     from dataclasses import replace
 
     quote = q.Quote.from_bytes(SGX_QUOTE)
-    pems = quote.cert_data.rstrip(b"\x00").split(b"-----END CERTIFICATE-----")
-    pems = [p + b"-----END CERTIFICATE-----" for p in pems if p.strip()]
+    pems = quote.cert_data.rstrip(b"\x00").split(b"-----END CERTIFICATE-----\n")
+    pems = [p + b"-----END CERTIFICATE-----\n" for p in pems if p.strip()]
     assert len(pems) == 3
-    spliced = replace(quote, cert_data=pems[0] + pems[2]).to_bytes()
+    spliced = replace(quote, cert_data=pems[0] + pems[2] + b"\x00").to_bytes()
     with pytest.raises(AttestationError, match="is not validly issued by"):
         verify(spliced)
