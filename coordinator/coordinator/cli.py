@@ -39,17 +39,45 @@ def serve(
     port_file: Annotated[
         Path | None, typer.Option("--port-file", help="Write the bound port to this file.")
     ] = None,
+    enclave_policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--enclave-policy",
+            help="Attestation policy TOML the enclave's RA-TLS certificate must pass "
+            "(required with --enclave).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the coordinator API until SIGTERM or SIGINT."""
-    from coordinator.server import serve as run
+    """Serve the coordinator API over TLS until SIGTERM or SIGINT.
 
+    The TLS certificate is made once in --home; parties pin it with
+    `detente party init --coordinator-cert FILE`.
+    """
+    from coordinator.server import serve as run
+    from protocols.attestation import AttestationPolicy
+    from protocols.errors import PolicyError
+
+    policy = None
     if enclave is None:
         typer.echo(
             "no --enclave given: jobs will wait in `approved` until the coordinator is "
-            "restarted with `--enclave HOST:PORT`",
+            "restarted with `--enclave HOST:PORT --enclave-policy FILE`",
             err=True,
         )
-    run(home, db_url, host, port, enclave, port_file)
+    elif enclave_policy is None:
+        typer.echo(
+            "--enclave needs --enclave-policy FILE: the coordinator sends job data only to an "
+            "enclave whose RA-TLS certificate passes that attestation policy",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if enclave_policy is not None:
+        try:
+            policy = AttestationPolicy.load(enclave_policy)
+        except PolicyError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+    run(home, db_url, host, port, enclave, port_file, policy)
 
 
 @app.command("audit-verify")

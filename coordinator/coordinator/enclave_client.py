@@ -3,17 +3,30 @@
 Only this module and :mod:`coordinator.servicer` touch ``_pb2`` types; the
 rest of the coordinator works with the plain values defined here. The
 coordinator relays: it never looks inside evidence, specs or outputs.
+
+Every call goes over RA-TLS (protocols/SPEC.md §11): before a channel is
+opened the client reads the enclave's certificate, verifies the evidence in
+it against the coordinator's enclave policy, and only then opens a gRPC
+channel that accepts exactly that certificate. So the coordinator sends job
+data only to an enclave of an allowed measurement, and a host that swaps the
+worker for another process is refused with the rule that failed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import grpc
 
 from coordinator.errors import EnclaveUnavailable
+from protocols import ratls, tls
+from protocols.attestation import AttestationPolicy, VerifiedEnclave
+from protocols.errors import AttestationError, FormatError
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 8 << 20
 CHANNEL_OPTIONS = [
@@ -21,6 +34,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE),
 ]
 EVIDENCE_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,10 @@ class EnclaveCallError(EnclaveUnavailable):
         self.details = details
 
 
+class EnclaveNotTrusted(AttestationError):
+    """The enclave's RA-TLS certificate failed the coordinator's enclave policy."""
+
+
 def _call_error(exc: grpc.RpcError) -> EnclaveCallError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else None
@@ -74,19 +92,43 @@ def _call_error(exc: grpc.RpcError) -> EnclaveCallError:
 
 
 class EnclaveClient:
-    """Calls the enclave at ``address`` (HOST:PORT)."""
+    """Calls the enclave at ``address`` (HOST:PORT) if its RA-TLS certificate passes ``policy``."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, policy: AttestationPolicy) -> None:
         self.address = address
+        self.policy = policy
 
-    def _channel(self) -> grpc.Channel:
-        # The channel is not TLS-pinned here: nothing the coordinator sends or
-        # receives is secret or trusted (DESIGN.md §1); parties pin the
-        # attested enclave themselves.
-        return grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+    def verify(self) -> tuple[bytes, VerifiedEnclave]:
+        """Read the enclave's certificate and verify its evidence; nothing else is sent.
+
+        Raises EnclaveCallError (UNAVAILABLE) if the enclave cannot be reached,
+        EnclaveNotTrusted naming the failed rule if its certificate is refused.
+        """
+        try:
+            der = tls.peer_certificate(self.address, CONNECT_TIMEOUT)
+        except (OSError, FormatError) as exc:
+            raise EnclaveCallError(
+                "UNAVAILABLE", f"cannot reach the enclave at {self.address} over TLS: {exc}"
+            ) from None
+        try:
+            enclave = ratls.verify_ratls_certificate(der, self.policy)
+        except AttestationError as exc:
+            log.warning("enclave at %s refused: %s", self.address, exc)
+            raise EnclaveNotTrusted(
+                f"the coordinator does not trust the enclave at {self.address}: {exc}; the "
+                "operator must run an enclave its --enclave-policy allows"
+            ) from None
+        return der, enclave
+
+    def channel(self) -> grpc.Channel:
+        """A channel pinned to the certificate just verified (no application byte before)."""
+        der, _ = self.verify()
+        return tls.pinned_channel(
+            self.address, tls.load_certificate(der, "enclave certificate"), CHANNEL_OPTIONS
+        )
 
     def get_evidence(self, nonce: bytes) -> Evidence:
-        with self._channel() as channel:
+        with self.channel() as channel:
             stub = enclave_pb2_grpc.EnclaveStub(channel)
             try:
                 reply = stub.GetEvidence(
@@ -131,7 +173,7 @@ class EnclaveClient:
                         chunk=enclave_pb2.DatasetChunk(dataset_id=dataset_id, data=data)
                     )
 
-        with self._channel() as channel:
+        with self.channel() as channel:
             stub = enclave_pb2_grpc.EnclaveStub(channel)
             try:
                 call = stub.RunJob(requests())

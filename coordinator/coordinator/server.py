@@ -2,6 +2,11 @@
 
 ``serve`` is the process entry point (blocks until SIGTERM/SIGINT); ``start``
 runs the same thing in-process for tests and returns a handle.
+
+The server speaks TLS only, with a self-signed certificate made once and kept
+in the home folder (key mode 0600); parties pin that certificate
+(``detente party init --coordinator-cert``). Every request must be signed by
+a party (:mod:`coordinator.auth`).
 """
 
 from __future__ import annotations
@@ -16,17 +21,56 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.blobs import BlobStore
 from coordinator.enclave_client import CHANNEL_OPTIONS, EnclaveClient
 from coordinator.handler import CoordinatorHandler
-from coordinator.servicer import CoordinatorServicer
+from coordinator.servicer import CoordinatorServicer, request_authenticator
 from coordinator.store import SqlStore
+from protocols import tls
+from protocols.attestation import AttestationPolicy
+from protocols.errors import PolicyError
+from protocols.keys import write_secret_file
 from protocols.wire.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")
 SERVER_OPTIONS = CHANNEL_OPTIONS
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(threadName)s: %(message)s"
+TLS_KEY_NAME = "coordinator-tls.key"
+TLS_CERT_NAME = "coordinator-tls.crt"
+# The name in the certificate; parties' channels expect it whatever address they dial.
+TLS_COMMON_NAME = "detente-coordinator"
+
+
+def certificate_path(home: Path) -> Path:
+    """Where the coordinator's TLS certificate (public: give it to parties) is kept."""
+    return Path(home) / TLS_CERT_NAME
+
+
+def tls_identity(home: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The coordinator's TLS key and self-signed certificate, created on first start."""
+    key_path, cert_path = Path(home) / TLS_KEY_NAME, certificate_path(home)
+    if key_path.exists() and cert_path.exists():
+        if key_path.stat().st_mode & 0o077:
+            raise PolicyError(f"{key_path} is readable by others: run `chmod 600 {key_path}`")
+        key = tls.load_private_key(key_path.read_bytes(), str(key_path))
+        cert = tls.load_certificate(cert_path.read_bytes(), str(cert_path))
+        if tls.public_key_sha256(cert) != tls.public_key_sha256(key.public_key()):
+            raise PolicyError(
+                f"{cert_path} is not the certificate of {key_path}: restore the pair, or delete "
+                "both to make a new one (every party must then pin the new certificate)"
+            )
+        return key, cert
+    key = tls.generate_key()
+    cert = tls.self_signed_certificate(key, TLS_COMMON_NAME)
+    write_secret_file(key_path, tls.private_key_pem(key))
+    tmp = cert_path.with_name(f".{cert_path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(tls.certificate_pem(cert))
+    os.replace(tmp, cert_path)
+    log.info("created the coordinator's TLS certificate %s", cert_path)
+    return key, cert
 
 
 def default_db_url(home: Path) -> str:
@@ -55,6 +99,10 @@ class RunningCoordinator:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def certificate_path(self) -> Path:
+        return certificate_path(self.home)
 
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace=grace).wait()
@@ -88,17 +136,33 @@ def start(
     enclave: str | None = None,
     port_file: Path | None = None,
     log_to_file: bool = True,
+    enclave_policy: AttestationPolicy | None = None,
 ) -> RunningCoordinator:
-    """Start a coordinator in this process; returns once it is serving."""
+    """Start a coordinator in this process; returns once it is serving.
+
+    ``enclave_policy`` is required with ``enclave``: the coordinator talks
+    only to an enclave whose RA-TLS certificate passes it.
+    """
+    if enclave is not None and enclave_policy is None:
+        raise PolicyError(
+            "an enclave needs an attestation policy: pass --enclave-policy FILE (the same "
+            "kind of policy parties use; see docs/operations.md)"
+        )
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
+    tls_key, tls_cert = tls_identity(home)
     log_handler = _add_log_file(home) if log_to_file else None
     store = SqlStore(db_url or default_db_url(home))
     blobs = BlobStore(home / "blobs")
-    handler = CoordinatorHandler(store, blobs, EnclaveClient(enclave) if enclave else None)
-    server = grpc.server(ThreadPoolExecutor(max_workers=8), options=SERVER_OPTIONS)
+    client = EnclaveClient(enclave, enclave_policy) if enclave and enclave_policy else None
+    handler = CoordinatorHandler(store, blobs, client)
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=8),
+        options=SERVER_OPTIONS,
+        interceptors=[request_authenticator(store)],
+    )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(handler), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials(tls_key, tls_cert))
     if bound == 0:
         store.close()
         raise OSError(f"cannot listen on {host}:{port}")
@@ -106,7 +170,13 @@ def start(
     handler.start()
     if port_file is not None:
         write_port_file(Path(port_file), bound)
-    log.info("coordinator serving on %s:%d (enclave %s)", host, bound, enclave or "not configured")
+    log.info(
+        "coordinator serving TLS on %s:%d (enclave %s); certificate %s",
+        host,
+        bound,
+        enclave or "not configured",
+        certificate_path(home),
+    )
     return RunningCoordinator(home, bound, server, handler, store, log_handler)
 
 
@@ -117,9 +187,16 @@ def serve(
     port: int,
     enclave: str | None,
     port_file: Path | None,
+    enclave_policy: AttestationPolicy | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    running = start(home, db_url, host, port, enclave, port_file)
+    running = start(home, db_url, host, port, enclave, port_file, enclave_policy=enclave_policy)
+    print(
+        f"coordinator serving TLS on {host}:{running.port}; its certificate is "
+        f"{running.certificate_path.resolve()} (parties pin it: `detente party init "
+        f"--coordinator-cert {running.certificate_path.resolve()}`)",
+        flush=True,
+    )
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

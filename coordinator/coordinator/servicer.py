@@ -13,6 +13,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
+from coordinator.auth import RequestAuthInterceptor
 from coordinator.blobs import CHUNK_SIZE
 from coordinator.errors import (
     AlreadyExists,
@@ -24,7 +25,7 @@ from coordinator.errors import (
     WrongState,
 )
 from coordinator.handler import CoordinatorHandler
-from coordinator.store import DatasetRecord, JobRecord, PartyRecord
+from coordinator.store import CoordinatorStore, DatasetRecord, JobRecord, PartyRecord
 from protocols.errors import (
     ConsentError,
     DetenteError,
@@ -32,6 +33,7 @@ from protocols.errors import (
     IntegrityError,
     SignatureError,
 )
+from protocols.statements import Envelope
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2
 
 log = logging.getLogger(__name__)
@@ -211,3 +213,30 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     yield coordinator_pb2.BytesChunk(data=data[i : i + CHUNK_SIZE])
         except Exception as exc:
             _abort(context, "FetchOutput", exc)
+
+
+# --------------------------------------------------------------------------- authentication
+
+SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
+REGISTER_PARTY = f"/{SERVICE}/RegisterParty"
+
+
+def registration_key(request: coordinator_pb2.RegisterPartyRequest) -> str | None:
+    """The key a RegisterParty request registers: its envelope's key id.
+
+    None if the envelope does not even parse; the handler then refuses the
+    body (INVALID_ARGUMENT), and its signature check ensures a stored
+    registration is signed by exactly this key.
+    """
+    try:
+        return Envelope.from_bytes(request.registration, "party registration").signer.hex
+    except DetenteError:
+        return None
+
+
+def request_authenticator(store: CoordinatorStore) -> RequestAuthInterceptor:
+    """Every method needs a registered party's signature; RegisterParty, the registering key's."""
+    return RequestAuthInterceptor(
+        is_registered=lambda key: store.get_party_by_key(key) is not None,
+        self_registering={REGISTER_PARTY: registration_key},
+    )

@@ -1,8 +1,9 @@
 """Entry point of the enclave image: `detente libos run DIR -- [--port N] [--port-file F]`.
 
 Runs inside the LibOS (libos.runtime.current() must exist). It unseals or
-creates the enclave identity, serves the Enclave gRPC API on loopback by
-default and stops cleanly on SIGTERM or SIGINT.
+creates the enclave identity, makes a fresh TLS key and its RA-TLS
+certificate, serves the Enclave gRPC API over TLS on loopback by default and
+stops cleanly on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from enclave_worker import identity, service
+from protocols import tls
 from protocols.status import CHANNEL_OPTIONS
 
 
@@ -45,15 +47,21 @@ def main(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     me = identity.load_or_create(rt)
+    # TLS only, with an RA-TLS certificate: clients verify the quote inside it
+    # before they send a byte (protocols/SPEC.md §11).
+    tls_key, certificate = identity.ratls_credentials(me, rt)
     server = grpc.server(ThreadPoolExecutor(max_workers=4), options=CHANNEL_OPTIONS)
     service.add_to_server(server, rt, me)
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    port = server.add_secure_port(
+        f"{args.host}:{args.port}", tls.server_credentials(tls_key, certificate)
+    )
     server.start()
     if args.port_file:
         _write_port(args.port_file, port)
     banner = (
         f"enclave worker on {args.host}:{port}, MRENCLAVE {me.mrenclave}, "
-        f"signing key {me.signing_key.verify_key.hex[:16]}…"
+        f"signing key {me.signing_key.verify_key.hex[:16]}…, RA-TLS key "
+        f"{me.tls_public_key_sha256[:16]}…"
     )
     if rt.backend == "sim":
         banner += " — SIMULATION backend: no hardware protection"

@@ -110,12 +110,27 @@ class Roles:
     coordinator: str  # HOST:PORT
     enclave: str  # HOST:PORT
     measured: dict[str, Any]  # `detente libos measure --json`
+    policy: Path  # the attestation policy the coordinator and the parties use
+    coordinator_cert: Path  # the coordinator's TLS certificate, pinned by the parties
+
+
+def write_policy(path: Path, measured: dict[str, Any]) -> Path:
+    path.write_text(
+        "# Demo policy: trusts exactly this enclave build, and accepts SIMULATION\n"
+        "# evidence (no hardware protection) from this simulated platform only.\n"
+        f'mrenclave = ["{measured["mrenclave"]}"]\n'
+        "allow_simulation = true\n"
+        f'simulation_roots = ["{measured["simulation_root_sha256"]}"]\n'
+    )
+    return path
 
 
 def start_roles(c: Cluster, root: Path) -> Roles:
     """Build the enclave image and start the worker and the coordinator, each a process.
 
-    Each role gets its own folder: ``enclave-host/`` and ``coordinator/``.
+    Each role gets its own folder: ``enclave-host/`` and ``coordinator/``. The
+    coordinator checks the enclave's RA-TLS certificate with the same policy
+    the parties get (``policy.toml``).
     """
     host = root / "enclave-host"
     instance = host / "instance"
@@ -129,15 +144,25 @@ def start_roles(c: Cluster, root: Path) -> Roles:
         port_file,
         host / "logs",
     )
+    policy = write_policy(root / "policy.toml", measured)
     coord = root / "coordinator"
     serve = ["coordinator", "serve", "--home", str(coord), "--port-file", str(coord / "port")]
     coord_port = c.spawn(
         "coordinator",
-        [*serve, "--enclave", f"127.0.0.1:{enclave_port}"],
+        [*serve, "--enclave", f"127.0.0.1:{enclave_port}", "--enclave-policy", str(policy)],
         coord / "port",
         coord,
     )
-    return Roles(f"127.0.0.1:{coord_port}", f"127.0.0.1:{enclave_port}", measured)
+    from coordinator.server import certificate_path
+
+    # The coordinator makes its certificate before it writes its port file.
+    return Roles(
+        f"127.0.0.1:{coord_port}",
+        f"127.0.0.1:{enclave_port}",
+        measured,
+        policy,
+        certificate_path(coord),
+    )
 
 
 @contextmanager
@@ -258,17 +283,9 @@ def _run(
 
     with cluster(root) as c:
         roles = start_roles(c, root)
-        address, measured = roles.coordinator, roles.measured
+        address, policy = roles.coordinator, roles.policy
         c.timings["start"] = time.perf_counter() - started
 
-        policy = root / "policy.toml"
-        policy.write_text(
-            "# Demo policy: trusts exactly this enclave build, and accepts SIMULATION\n"
-            "# evidence (no hardware protection) from this simulated platform only.\n"
-            f'mrenclave = ["{measured["mrenclave"]}"]\n'
-            "allow_simulation = true\n"
-            f'simulation_roots = ["{measured["simulation_root_sha256"]}"]\n'
-        )
         homes: dict[str, Path] = {}
         dataset_ids = []
         t_attest = t_upload = 0.0
@@ -288,6 +305,8 @@ def _run(
                     address,
                     "--policy",
                     str(policy),
+                    "--coordinator-cert",
+                    str(roles.coordinator_cert),
                 ],
                 home,
             )

@@ -76,11 +76,21 @@ def init(
             help="Post-quantum HPKE key (ML-KEM-768+X25519) for your data keys and results",
         ),
     ] = False,
+    coordinator_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--coordinator-cert",
+            help="The coordinator's TLS certificate (printed by `detente coordinator serve`) "
+            "to pin; needed on first init",
+        ),
+    ] = None,
 ) -> None:
-    """Create this party's keys (mode 0600) and register with the coordinator."""
+    """Create this party's keys (mode 0600), pin the coordinator's TLS certificate and register."""
     from party_client import party
 
     home = _home()
+    if coordinator_cert is not None:
+        home.pin_coordinator_certificate(coordinator_cert)
     registration = party.init(home, name, coordinator, pq)
     if policy is not None:
         home.policy(policy)  # validate before copying
@@ -267,7 +277,7 @@ def datasets(json_out: JsonOption = False) -> None:
     """List the data sets the coordinator holds (ids, owners, sizes: no contents)."""
     from party_client.remote import Coordinator
 
-    with Coordinator(_home().config()["coordinator"]) as remote:
+    with Coordinator.for_home(_home()) as remote:
         items = [
             {"dataset_id": d.dataset_id, "owner_key": d.owner_key, "size": d.size}
             for d in remote.datasets()

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocols import canonical
+from cryptography import x509
+
+from protocols import canonical, tls
 from protocols.attestation import AttestationPolicy, Evidence, VerifiedEnclave, verify_evidence
 from protocols.errors import DetenteError, PolicyError
 from protocols.keys import HpkePrivateKey, Kem, SigningKey, VerifyKey, write_secret_file
@@ -55,6 +57,34 @@ class PartyHome:
     @property
     def record_path(self) -> Path:
         return self.root / "attestation.json"
+
+    @property
+    def coordinator_cert_path(self) -> Path:
+        return self.root / "coordinator.crt"
+
+    # -- the coordinator's pinned TLS certificate -------------------------------
+
+    def pin_coordinator_certificate(self, source: Path) -> x509.Certificate:
+        """Copy the coordinator's certificate (as `detente coordinator serve` printed it)."""
+        try:
+            data = Path(source).read_bytes()
+        except OSError as exc:
+            raise SetupError(
+                f"cannot read the coordinator certificate {source}: {exc.strerror}"
+            ) from None
+        cert = tls.load_certificate(data, f"coordinator certificate {source}")
+        write_atomic(self.coordinator_cert_path, tls.certificate_pem(cert))
+        return cert
+
+    def coordinator_certificate(self) -> x509.Certificate:
+        """The pinned certificate: the party's channel accepts this one and no other."""
+        path = self.coordinator_cert_path
+        if not path.exists():
+            raise SetupError(
+                f"no pinned coordinator certificate in {self.root}: run `detente party init "
+                "--coordinator-cert FILE` with the certificate `detente coordinator serve` printed"
+            )
+        return tls.load_certificate(path.read_bytes(), str(path))
 
     # -- identity -------------------------------------------------------------
 

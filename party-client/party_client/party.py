@@ -42,7 +42,7 @@ def register(home: PartyHome) -> Registration:
     config = home.config()
     signing = home.signing_key()
     registration = Registration(config["name"], signing.verify_key, home.hpke_key().public_key)
-    with Coordinator(config["coordinator"]) as remote:
+    with Coordinator.for_home(home) as remote:
         remote.register(registration.sign(signing).to_bytes())
     return registration
 
@@ -50,7 +50,7 @@ def register(home: PartyHome) -> Registration:
 def attest(home: PartyHome, policy: AttestationPolicy) -> VerifiedEnclave:
     """Send a fresh nonce, verify the evidence, keep the record. Raises EvidenceRefused."""
     nonce = secrets.token_bytes(32)
-    with Coordinator(home.config()["coordinator"]) as remote:
+    with Coordinator.for_home(home) as remote:
         reply = remote.evidence(nonce)
     evidence = Evidence(bytes(reply.identity), bytes(reply.quote), reply.backend)
     enclave = verify_evidence(evidence, nonce, policy)
@@ -105,7 +105,7 @@ def upload(
         public_schema=columns if publish_schema else None,
         created_at=int(time.time()),
     ).sign(signing)
-    with Coordinator(home.config()["coordinator"]) as remote:
+    with Coordinator.for_home(home) as remote:
         remote.upload(manifest.to_bytes(), ciphertext)
     home.save_dataset(dataset_id, manifest.to_bytes())
     return Uploaded(dataset_id, table.num_rows, len(columns), len(ciphertext), enclave.simulation)
@@ -137,7 +137,7 @@ def propose(
     """Write and sign job terms naming the data sets, the enclave and the recipients."""
     enclave, _ = home.attested_enclave(policy)
     signing = home.signing_key()
-    with Coordinator(home.config()["coordinator"]) as remote:
+    with Coordinator.for_home(home) as remote:
         known = {d.dataset_id: d for d in remote.datasets()}
         parties = remote.parties()
         entries = []
@@ -187,7 +187,7 @@ def propose(
 
 
 def fetch_terms(home: PartyHome, job_id: str) -> tuple[Envelope, JobTerms, Any]:
-    with Coordinator(home.config()["coordinator"]) as remote:
+    with Coordinator.for_home(home) as remote:
         job = remote.job(job_id)
     envelope = Envelope.from_bytes(bytes(job.terms), "job terms")
     return envelope, JobTerms.verify(envelope), job
@@ -214,14 +214,14 @@ def approve(home: PartyHome, policy: AttestationPolicy, job_id: str) -> JobTerms
                 "does not: refuse this job or update your policy"
             )
     approval = Approval(terms.job_id, envelope.digest).sign(home.signing_key())
-    with Coordinator(home.config()["coordinator"]) as remote:
+    with Coordinator.for_home(home) as remote:
         remote.approve(job_id, approval.to_bytes())
     return terms
 
 
 def wait(home: PartyHome, job_id: str, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
-    with Coordinator(home.config()["coordinator"]) as remote:
+    with Coordinator.for_home(home) as remote:
         while True:
             job = remote.job(job_id)
             if job.state in ("succeeded", "failed") or time.monotonic() > deadline:
@@ -248,7 +248,7 @@ def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> 
     me = home.signing_key().verify_key
     hpke_key = home.hpke_key()
     written: dict[str, Path] = {}
-    with Coordinator(home.config()["coordinator"]) as remote:
+    with Coordinator.for_home(home) as remote:
         for output in statement.outputs:
             wrapped = output.wrapped_keys.get(me.hex)
             if wrapped is None:

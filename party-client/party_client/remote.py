@@ -1,23 +1,34 @@
 """The party's channel to the (untrusted) coordinator.
 
 Nothing received here is trusted: evidence, manifests, terms and result
-statements are verified by the caller before use.
+statements are verified by the caller before use. The channel is TLS pinned
+to the coordinator certificate the party copied at `detente party init`, and
+every request is signed with the party's key (protocols/SPEC.md §12).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
+from cryptography import x509
 
-from protocols.errors import DetenteError
+from protocols import tls
+from protocols.errors import DetenteError, FormatError
+from protocols.keys import SigningKey
+from protocols.request_auth import RequestSigner
 from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import coordinator_pb2 as pb
 from protocols.wire.v1 import coordinator_pb2_grpc
 
+if TYPE_CHECKING:
+    from party_client.home import PartyHome
+
 T = TypeVar("T")
 UPLOAD_CHUNK = 1 << 20
+DIAGNOSE_TIMEOUT = 5.0
 
 
 class CoordinatorError(DetenteError):
@@ -29,11 +40,35 @@ class CoordinatorError(DetenteError):
 
 
 class Coordinator:
-    def __init__(self, address: str, timeout: float = 60.0) -> None:
+    """The coordinator at ``address``, reached over TLS pinned to ``certificate``;
+    every request is signed with ``signing_key``."""
+
+    def __init__(
+        self,
+        address: str,
+        certificate: x509.Certificate,
+        signing_key: SigningKey,
+        pinned_at: Path | str = "this party's home",
+        timeout: float = 60.0,
+    ) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._certificate = certificate
+        self._pinned_at = pinned_at
+        self._channel = tls.pinned_channel(address, certificate, CHANNEL_OPTIONS)
+        signed = grpc.intercept_channel(self._channel, RequestSigner(signing_key))
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(signed)
         self._timeout = timeout
+
+    @classmethod
+    def for_home(cls, home: PartyHome, timeout: float = 60.0) -> Coordinator:
+        """The coordinator named in the party's config, with its pinned certificate and key."""
+        return cls(
+            home.config()["coordinator"],
+            home.coordinator_certificate(),
+            home.signing_key(),
+            home.coordinator_cert_path,
+            timeout,
+        )
 
     def close(self) -> None:
         self._channel.close()
@@ -50,10 +85,33 @@ class Coordinator:
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE:
-                raise CoordinatorError(
-                    f"cannot reach the coordinator at {self.address}: is it running?", code
-                ) from None
+                raise self._diagnose(exc) from None
             raise CoordinatorError(f"coordinator: {exc.details()}", code) from None
+
+    def _diagnose(self, exc: grpc.RpcError) -> CoordinatorError:
+        """Why a call was UNAVAILABLE: no server, a server with another certificate, or
+        the coordinator's own answer (for example, its enclave is down)."""
+        code = grpc.StatusCode.UNAVAILABLE
+        try:
+            presented = tls.peer_certificate(self.address, DIAGNOSE_TIMEOUT)
+        except (OSError, FormatError):
+            return CoordinatorError(
+                f"cannot reach the coordinator at {self.address}: is it running?", code
+            )
+        if presented != tls.certificate_der(self._certificate):
+            try:
+                shown = tls.certificate_sha256(tls.load_certificate(presented, "certificate"))
+            except FormatError:
+                shown = "(not a certificate)"
+            return CoordinatorError(
+                f"the coordinator's TLS certificate is not the one pinned in {self._pinned_at}: "
+                f"{self.address} presents SHA-256 {shown[:16]}…, the pinned one is "
+                f"{tls.certificate_sha256(self._certificate)[:16]}…. Do not proceed unless the "
+                "coordinator's operator confirms a new certificate; then pin it with "
+                "`detente party init --coordinator-cert FILE`",
+                code,
+            )
+        return CoordinatorError(f"coordinator: {exc.details()}", code)
 
     def register(self, registration: bytes) -> Any:
         return self._call(

@@ -1,5 +1,5 @@
 """Fixtures for coordinator tests: a real coordinator on port 0 (SQLite in
-tmp_path), parties, and a FAKE enclave server. Builders live in
+tmp_path), parties, and a FAKE enclave server (TLS with a real RA-TLS certificate). Builders live in
 coordinator_testkit.py."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_testkit import FakeEnclave, Harness, Party
+from coordinator_testkit import FakeEnclave, Harness, Party, fake_enclave_credentials
 
 from coordinator.enclave_client import CHANNEL_OPTIONS
+from protocols import tls
 from protocols.wire.v1 import enclave_pb2_grpc
 
 
@@ -48,7 +49,9 @@ def fake_enclave() -> Iterator[tuple[FakeEnclave, str]]:
     fake = FakeEnclave()
     server = grpc.server(futures.ThreadPoolExecutor(4), options=CHANNEL_OPTIONS)
     enclave_pb2_grpc.add_EnclaveServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port(
+        "127.0.0.1:0", tls.server_credentials(*fake_enclave_credentials())
+    )
     server.start()
     yield fake, f"127.0.0.1:{port}"
     fake.release.set()

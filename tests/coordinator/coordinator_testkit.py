@@ -6,13 +6,24 @@ tests/ folders have no __init__.py and `coordinator` is the package under test.)
 
 The enclave here is a fake (a real gRPC server with scripted answers) because
 the coordinator's tests are about relaying; the real worker is exercised by
-the end-to-end tests.
+the end-to-end tests. The fake serves TLS with a real RA-TLS certificate: an
+enclave identity made in this process on a real SIMULATION platform (no
+image is built), so the coordinator's RA-TLS check runs for real.
+
+Every call through ``Harness.stub`` is TLS pinned to the coordinator's
+certificate and signed like a party's: RegisterParty by the key it registers,
+everything else by a registered party's key (or, when nobody is registered
+yet, by an unregistered key, which the coordinator refuses).
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,17 +31,29 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.enclave_client import CHANNEL_OPTIONS
 from coordinator.server import RunningCoordinator, start
-from protocols import hpke
+from enclave_worker.identity import EnclaveIdentity, ratls_credentials
+from libos.image import Measurement
+from libos.runtime import EnclaveRuntime
+from libos.sim import SimPlatform
+from protocols import hpke, tls
+from protocols.attestation import AttestationPolicy
 from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, Registration
+from protocols.errors import DetenteError
 from protocols.keys import HpkePrivateKey, SigningKey
+from protocols.request_auth import RequestSigner
 from protocols.statements import Envelope
 from protocols.stream import seal_stream
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 
 MRENCLAVE = "ab" * 32
+# Private keys of every Party made here, by public key hex: the harness signs
+# requests with them.
+KEYS: dict[str, SigningKey] = {}
 
 
 @dataclass
@@ -38,6 +61,9 @@ class Party:
     name: str
     key: SigningKey = field(default_factory=SigningKey.generate)
     hpke: HpkePrivateKey = field(default_factory=HpkePrivateKey.generate)
+
+    def __post_init__(self) -> None:
+        KEYS[self.key.verify_key.hex] = self.key
 
     @property
     def hex(self) -> str:
@@ -139,20 +165,49 @@ def upload_requests(
 
 
 class Harness:
-    """A coordinator in this process and a real channel to it; restartable."""
+    """A coordinator in this process and a real channel to it; restartable.
 
-    def __init__(self, home: Path, enclave: str | None = None) -> None:
+    With an enclave, the coordinator's enclave policy is ``enclave_policy`` or,
+    by default, one that trusts the FAKE enclave's SIMULATION evidence.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        enclave: str | None = None,
+        enclave_policy: AttestationPolicy | None = None,
+    ) -> None:
         self.home = home
         self.enclave = enclave
+        self.enclave_policy = enclave_policy
         self.running: RunningCoordinator | None = None
         self.channel: grpc.Channel | None = None
         self.stub: Any = None
+        self.unregistered = SigningKey.generate()
         self.start()
 
     def start(self) -> None:
-        self.running = start(self.home, enclave=self.enclave)
-        self.channel = grpc.insecure_channel(self.running.address, options=CHANNEL_OPTIONS)
-        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+        policy = self.enclave_policy or (fake_enclave_policy() if self.enclave else None)
+        self.running = start(self.home, enclave=self.enclave, enclave_policy=policy)
+        certificate = tls.load_certificate(self.running.certificate_path.read_bytes(), "cert")
+        self.channel = tls.pinned_channel(self.running.address, certificate, CHANNEL_OPTIONS)
+        signer = RequestSigner(self.unregistered, key_for=self.signing_key_for)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(
+            grpc.intercept_channel(self.channel, signer)
+        )
+
+    def signing_key_for(self, method: str, request: Any) -> SigningKey | None:
+        """RegisterParty: the key it registers; anything else: a registered party's key."""
+        if method.endswith("/RegisterParty"):
+            try:
+                return KEYS.get(Envelope.from_bytes(request.registration).signer.hex)
+            except DetenteError:
+                return None
+        assert self.running is not None
+        for party in self.running.store.list_parties():
+            if party.signing_key in KEYS:
+                return KEYS[party.signing_key]
+        return None
 
     def stop(self) -> None:
         if self.channel is not None:
@@ -215,6 +270,34 @@ def default_script(
         )
     yield enclave_pb2.RunJobResponse(output=enclave_pb2.OutputChunk(name="metrics", data=b"m" * 10))
     yield enclave_pb2.RunJobResponse(result_statement=b'{"signed":"result"}')
+
+
+@functools.cache
+def _sim_platform() -> tuple[SimPlatform, Path]:
+    folder = Path(tempfile.mkdtemp(prefix="detente-coordinator-tests-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return SimPlatform(folder / "platform"), folder
+
+
+def fake_enclave_credentials(
+    mrenclave: str = MRENCLAVE,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The RA-TLS key and certificate of an enclave identity made in this process
+    (FAKE: no image, no launcher) on a real SIMULATION platform, claiming ``mrenclave``."""
+    platform, folder = _sim_platform()
+    measurement = Measurement(bytes.fromhex(mrenclave), b"\x5a" * 32, "sim", False, 1, 1, 0)
+    runtime = EnclaveRuntime(measurement, folder / f"instance-{mrenclave[:8]}", platform)
+    identity = EnclaveIdentity(SigningKey.generate(), HpkePrivateKey.generate(), "sim", mrenclave)
+    return ratls_credentials(identity, runtime)
+
+
+def fake_enclave_policy(mrenclave: str = MRENCLAVE) -> AttestationPolicy:
+    """A policy that trusts the FAKE enclave's SIMULATION evidence for ``mrenclave``."""
+    return AttestationPolicy(
+        mrenclave=(mrenclave,),
+        allow_simulation=True,
+        simulation_roots=(_sim_platform()[0].root_fingerprint,),
+    )
 
 
 class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):

@@ -70,7 +70,10 @@ def test_manifest_signed_by_another_key_is_refused(
     assert datasets(coord) == [] and blob_files(home) == []
 
 
-def test_unregistered_owner_is_refused(coord: Harness, home: Path, alice: Party) -> None:
+def test_unregistered_owner_is_refused(
+    coord: Harness, home: Path, alice: Party, bob: Party
+) -> None:
+    coord.register(bob)  # the request is signed by registered Bob; the owner is not registered
     sealed = seal_dataset(alice, "alice-2024")
     with pytest.raises(grpc.RpcError) as err:
         coord.upload(sealed)

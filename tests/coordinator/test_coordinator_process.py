@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import grpc
+from coordinator_testkit import Party
 
+from protocols import tls
+from protocols.request_auth import RequestSigner
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 
@@ -44,9 +47,16 @@ def test_serve_process_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "coordinator did not write its port file"
             time.sleep(0.05)
         port = int(port_file.read_text())
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-            assert list(stub.ListParties(coordinator_pb2.ListPartiesRequest()).parties) == []
+        # TLS pinned to the certificate the coordinator made in its home; signed requests.
+        certificate = tls.load_certificate((home / "coordinator-tls.crt").read_bytes(), "cert")
+        party = Party("process-checker")
+        with tls.pinned_channel(f"127.0.0.1:{port}", certificate) as channel:
+            signed = grpc.intercept_channel(channel, RequestSigner(party.key))
+            stub = coordinator_pb2_grpc.CoordinatorStub(signed)
+            request = coordinator_pb2.RegisterPartyRequest(registration=party.registration())
+            stub.RegisterParty(request)
+            listed = stub.ListParties(coordinator_pb2.ListPartiesRequest()).parties
+            assert [p.name for p in listed] == ["process-checker"]
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
         assert proc.returncode == 0, stderr

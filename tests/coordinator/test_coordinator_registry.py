@@ -47,7 +47,7 @@ def test_forged_registration_is_refused(coord: Harness, alice: Party) -> None:
         register(coord, forged.to_bytes())
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "signature does not verify" in err.value.details()
-    assert coord.stub.ListParties(coordinator_pb2.ListPartiesRequest()).parties == []
+    assert coord.running is not None and coord.running.store.list_parties() == []
 
 
 def test_garbage_registration_is_invalid_argument(coord: Harness) -> None:

@@ -171,7 +171,8 @@ def test_corrupted_output_is_not_served(
     assert "corrupted" in err.value.details()
 
 
-def test_evidence_needs_a_32_byte_nonce_and_an_enclave(coord: Harness) -> None:
+def test_evidence_needs_a_32_byte_nonce_and_an_enclave(coord: Harness, alice: Party) -> None:
+    coord.register(alice)  # every request is signed by a registered party
     with pytest.raises(grpc.RpcError) as err:
         coord.stub.GetEvidence(coordinator_pb2.GetEvidenceRequest(nonce=b"short"))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
@@ -185,6 +186,7 @@ def test_evidence_is_relayed_unchanged(home: Path, fake_enclave: tuple[FakeEncla
     fake, address = fake_enclave
     coord = Harness(home, enclave=address)
     try:
+        coord.register(Party("relay-checker"))
         nonce = bytes(range(32))
         evidence = coord.stub.GetEvidence(coordinator_pb2.GetEvidenceRequest(nonce=nonce))
         assert fake.nonces == [nonce]

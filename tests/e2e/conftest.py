@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
 
+from coordinator.enclave_client import EnclaveClient
 from experiments.demo import DEFAULT_DATA, Cluster, cluster, start_roles
+from party_client.home import PartyHome
+from party_client.remote import Coordinator
+from protocols.attestation import AttestationPolicy
 
 LABEL = "default.payment.next.month"
 
@@ -24,7 +29,15 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Running:
-    def __init__(self, c: Cluster, root: Path, address: str, enclave: str, measured: dict) -> None:
+    def __init__(
+        self,
+        c: Cluster,
+        root: Path,
+        address: str,
+        enclave: str,
+        measured: dict,
+        coordinator_cert: Path | None = None,
+    ) -> None:
         self.c, self.root, self.address, self.enclave, self.measured = (
             c,
             root,
@@ -32,6 +45,7 @@ class Running:
             enclave,
             measured,
         )
+        self.coordinator_cert = coordinator_cert
 
     def policy(self, mrenclave: str | None = None, simulation: bool = True) -> Path:
         path = self.root / f"policy-{mrenclave or 'ok'}-{simulation}.toml"
@@ -55,10 +69,21 @@ class Running:
                 self.address,
                 "--policy",
                 str(self.policy()),
+                "--coordinator-cert",
+                str(self.coordinator_cert),
             ],
             home,
         )
         return home
+
+    def remote(self, home: Path) -> Coordinator:
+        """The coordinator as the party in ``home`` reaches it: pinned TLS, signed requests."""
+        return Coordinator.for_home(PartyHome(home))
+
+    def enclave_channel(self) -> grpc.Channel:
+        """A channel to the enclave pinned to its RA-TLS certificate, verified first."""
+        client = EnclaveClient(self.enclave, AttestationPolicy.load(self.policy()))
+        return client.channel()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +92,9 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("cluster")
     with cluster(root) as c:
         roles = start_roles(c, root)
-        yield Running(c, root, roles.coordinator, roles.enclave, roles.measured)
+        yield Running(
+            c, root, roles.coordinator, roles.enclave, roles.measured, roles.coordinator_cert
+        )
 
 
 def write_csv(table: pa.Table, path: Path) -> Path:

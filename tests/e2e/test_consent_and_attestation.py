@@ -13,7 +13,6 @@ import pyarrow.csv as pacsv
 import pytest
 
 from experiments.demo import DEFAULT_DATA
-from party_client.remote import Coordinator
 from protocols.attestation import AttestationPolicy, Evidence, EvidenceRefused, verify_evidence
 from protocols.wire.v1 import coordinator_pb2, enclave_pb2, enclave_pb2_grpc
 from tests.e2e.conftest import LABEL
@@ -59,7 +58,7 @@ def test_simulation_evidence_is_refused_unless_the_policy_allows_it(running):
 def test_evidence_for_another_nonce_is_refused(running):
     policy = AttestationPolicy.load(running.policy())
     sent, other = secrets.token_bytes(32), secrets.token_bytes(32)
-    with Coordinator(running.address) as remote:
+    with running.remote(running.party("nonce-checker")) as remote:
         reply = remote.evidence(sent)
     evidence = Evidence(reply.identity, reply.quote, reply.backend)
     assert verify_evidence(evidence, sent, policy).simulation
@@ -117,10 +116,10 @@ def test_a_job_missing_one_approval_never_runs(running, tmp_path):
     assert done.returncode == 1 and "proposed" in done.stderr
 
     # A coordinator that skipped the check gains nothing: the enclave itself refuses.
-    with Coordinator(running.address) as remote:
+    with running.remote(homes[0]) as remote:
         job = remote.job(job_id)
         manifests = [d.manifest for d in remote.datasets() if d.dataset_id.startswith("owner-")]
-    channel = grpc.insecure_channel(running.enclave)
+    channel = running.enclave_channel()
     stub = enclave_pb2_grpc.EnclaveStub(channel)
     spec = enclave_pb2.JobSpec(terms=job.terms, approvals=list(job.approvals), manifests=manifests)
     with pytest.raises(grpc.RpcError) as info:

@@ -1,0 +1,176 @@
+"""Request authentication at the coordinator's gRPC edge: one server interceptor.
+
+Every call must carry a party's signature (protocols/SPEC.md §12,
+:mod:`protocols.request_auth`) over the method and the SHA-256 of the exact
+request bytes received — for a client stream, of its first message. The
+interceptor refuses with UNAUTHENTICATED, before the servicer runs, a request
+that is unsigned, signed by a key that is not a registered party, badly
+signed, outside the ±5-minute window, or replayed. Methods listed in
+``self_registering`` (RegisterParty) accept an unregistered key, but only the
+key the request itself registers.
+
+Authentication here is about who may use the coordinator; it protects no
+secret (DESIGN.md §1): the enclave still checks every signed statement itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from protocols.request_auth import (
+    NonceCache,
+    ReplayCacheFull,
+    UnauthenticatedRequest,
+    parse_metadata,
+    verify_request,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Received:
+    """A request message with the SHA-256 of the bytes it was parsed from."""
+
+    sha256: str
+    message: Any
+
+
+def _capture(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], _Received]:
+    def parse(raw: bytes) -> _Received:
+        return _Received(
+            hashlib.sha256(raw).hexdigest(), deserializer(raw) if deserializer else raw
+        )
+
+    return parse
+
+
+class RequestAuthInterceptor(grpc.ServerInterceptor):
+    """Checks each request's signature before the servicer sees it.
+
+    ``is_registered(key_hex)`` says whether a key belongs to a registered
+    party. ``self_registering`` maps a full method name to a function giving
+    the key that request registers (or None if the request is unreadable; the
+    servicer then refuses its body).
+    """
+
+    def __init__(
+        self,
+        is_registered: Callable[[str], bool],
+        self_registering: Mapping[str, Callable[[Any], str | None]] | None = None,
+        clock: Callable[[], float] = time.time,
+        nonces: NonceCache | None = None,
+    ) -> None:
+        self._is_registered = is_registered
+        self._self_registering = dict(self_registering or {})
+        self._clock = clock
+        self._nonces = nonces or NonceCache()
+
+    # -- the checks -----------------------------------------------------------
+
+    def check(self, method: str, metadata: Any, received: _Received) -> str:
+        """Raise UnauthenticatedRequest (or ReplayCacheFull) unless the request is good;
+        return the signer's key (hex)."""
+        request = parse_metadata(metadata)
+        key = request.key.hex
+        registers = self._self_registering.get(method)
+        if registers is None and not self._is_registered(key):
+            raise UnauthenticatedRequest(
+                f"unknown key: {key[:16]}… is not a registered party; register first with "
+                "`detente party init`"
+            )
+        now = self._clock()
+        verify_request(request, method, received.sha256, now)
+        if registers is not None:
+            registered = registers(received.message)
+            if registered is not None and registered != key:
+                raise UnauthenticatedRequest(
+                    f"a registration must be sent signed by the key it registers "
+                    f"({registered[:16]}…), not by {key[:16]}…"
+                )
+        self._nonces.remember(key, request.nonce, request.timestamp, now)
+        return key
+
+    def _guard(self, method: str, metadata: Any, received: _Received, context: Any) -> None:
+        try:
+            self.check(method, metadata, received)
+        except UnauthenticatedRequest as exc:
+            log.info("%s refused: UNAUTHENTICATED (%s)", method, exc)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except ReplayCacheFull as exc:
+            log.warning("%s refused: %s", method, exc)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+
+    # -- wiring ---------------------------------------------------------------
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = str(handler_call_details.method)
+        metadata = handler_call_details.invocation_metadata
+        parse = _capture(handler.request_deserializer)
+        guard = self._guard
+
+        if handler.unary_unary is not None:
+            unary_unary = handler.unary_unary
+
+            def unary(request: _Received, context: Any) -> Any:
+                guard(method, metadata, request, context)
+                return unary_unary(request.message, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
+        if handler.unary_stream is not None:
+            unary_stream = handler.unary_stream
+
+            def server_stream(request: _Received, context: Any) -> Iterator[Any]:
+                guard(method, metadata, request, context)
+                yield from unary_stream(request.message, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                server_stream, parse, handler.response_serializer
+            )
+
+        def messages(first: _Received, rest: Iterator[_Received]) -> Iterator[Any]:
+            for item in itertools.chain([first], rest):
+                yield item.message
+
+        def open_stream(requests: Iterator[_Received], context: Any) -> tuple[Iterator[Any], Any]:
+            first = next(requests, None)
+            if first is None:
+                context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "a streaming request must start with the message its signature covers",
+                )
+            assert first is not None
+            guard(method, metadata, first, context)
+            return messages(first, requests), context
+
+        if handler.stream_unary is not None:
+            stream_unary = handler.stream_unary
+
+            def client_stream(requests: Iterator[_Received], context: Any) -> Any:
+                return stream_unary(*open_stream(requests, context))
+
+            return grpc.stream_unary_rpc_method_handler(
+                client_stream, parse, handler.response_serializer
+            )
+        stream_stream = handler.stream_stream
+        assert stream_stream is not None
+
+        def bidi(requests: Iterator[_Received], context: Any) -> Iterator[Any]:
+            yield from stream_stream(*open_stream(requests, context))
+
+        return grpc.stream_stream_rpc_method_handler(bidi, parse, handler.response_serializer)
