@@ -241,26 +241,55 @@ class Collateral:
         }
 
     def validity(self) -> Validity:
-        """The window the collateral's own dates allow: informative, for messages.
+        """When every part of the collateral is current, bounds inclusive.
 
-        The latest issue date (TCB info, QE identity, CRLs, issuer certificates)
-        to the earliest expiry. ``verify_collateral`` is authoritative.
+        From the latest start (TCB info and QE identity issue dates, CRL
+        thisUpdate, issuer certificates' notBefore) to the earliest end (TCB
+        info and QE identity nextUpdate, the second before a CRL's nextUpdate
+        — a CRL is stale from its nextUpdate on, as dcap-qvl also holds —
+        and the issuer certificates' notAfter).
         """
-        starts: list[int] = []
-        ends: list[int] = []
-        for summary in (self.tcb_info_summary(), self.qe_identity_summary()):
-            starts.append(summary["issue_date"])
-            ends.append(summary["next_update"])
-        for name in ("root_ca_crl", "pck_crl"):
+        starts, ends = self._dates()
+        return Validity(max(t for _, t in starts), min(t for _, t in ends))
+
+    def check_current(self, now: int) -> None:
+        """Raise AttestationError naming the part of the collateral not valid at ``now``."""
+        starts, ends = self._dates()
+        for name, start in starts:
+            if now < start:
+                raise AttestationError(
+                    f"quote collateral is not valid yet at {_iso(now)} ({now}): the {name} "
+                    f"dates from {_iso(start)} ({start}); check the time, or use collateral "
+                    "fetched before that time"
+                )
+        for name, end in ends:
+            if now > end:
+                raise AttestationError(
+                    f"quote collateral has expired at {_iso(now)} ({now}): the {name} is "
+                    f"valid until {_iso(end)} ({end}); fetch current collateral from Intel "
+                    "PCS or a PCCS"
+                )
+
+    def _dates(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        starts: list[tuple[str, int]] = []
+        ends: list[tuple[str, int]] = []
+        for what, summary in (
+            ("TCB info", self.tcb_info_summary()),
+            ("QE identity", self.qe_identity_summary()),
+        ):
+            starts.append((what, summary["issue_date"]))
+            ends.append((what, summary["next_update"]))
+        for name, what in (("root_ca_crl", "root CA CRL"), ("pck_crl", "PCK CRL")):
             crl = _crl(getattr(self, name), name)
-            starts.append(int(crl.last_update_utc.timestamp()))
+            starts.append((what, int(crl.last_update_utc.timestamp())))
             if crl.next_update_utc is not None:
-                ends.append(int(crl.next_update_utc.timestamp()))
+                ends.append((what, int(crl.next_update_utc.timestamp()) - 1))
         for name in _CHAIN_FIELDS:
             for cert in pem_chain(getattr(self, name), name):
-                starts.append(int(cert.not_valid_before_utc.timestamp()))
-                ends.append(int(cert.not_valid_after_utc.timestamp()))
-        return Validity(max(starts), min(ends))
+                what = f"{name} certificate {_subject(cert)!r}"
+                starts.append((what, int(cert.not_valid_before_utc.timestamp())))
+                ends.append((what, int(cert.not_valid_after_utc.timestamp())))
+        return starts, ends
 
 
 # -- checking a quote against collateral ---------------------------------------
@@ -289,8 +318,11 @@ def verify_collateral(
     with dcap-qvl's reason; returns the TCB status and advisories otherwise.
     """
     dcap_qvl = dcap_qvl_module()
+    # Checked here too, to name the stale part, and because dcap-qvl does not
+    # hold the QE identity's issue date against the time.
+    collateral.check_current(now)
     root_der = root.public_bytes(serialization.Encoding.DER)
-    when = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = _iso(now)
     try:
         theirs = dcap_qvl.QuoteCollateralV3.from_json(collateral.to_json())
         report = dcap_qvl.verify_with_root_ca(bytes(quote), theirs, root_der, int(now))
@@ -309,6 +341,17 @@ def verify_collateral(
             f"quote collateral check failed inside dcap-qvl at {when}: {_reason(exc)}"
         ) from None
     return TcbStatus(status, advisories)
+
+
+def _iso(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _subject(cert: x509.Certificate) -> str:
+    try:
+        return cert.subject.rfc4514_string()
+    except ValueError:
+        return "(malformed subject)"
 
 
 def _reason(exc: BaseException) -> str:

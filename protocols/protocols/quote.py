@@ -523,7 +523,7 @@ def verify_quote(
     for cert, issuer in zip(chain, [*chain[1:], root], strict=True):
         try:
             cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             raise AttestationError(
                 f"quote certificate {_subject(cert)!r} is not validly issued "
                 f"by {_subject(issuer)!r}"
