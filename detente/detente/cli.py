@@ -7,6 +7,7 @@ import typer
 from coordinator.cli import app as coordinator_app
 from experiments.cli import demo
 from libos.cli import app as libos_app
+from party_client.attest_cli import app as attest_app
 from party_client.cli import app as party_app
 
 app = typer.Typer(
@@ -18,6 +19,7 @@ app = typer.Typer(
 app.add_typer(party_app, name="party")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(libos_app, name="libos")
+app.add_typer(attest_app, name="attest")
 app.command("demo")(demo)
 
 

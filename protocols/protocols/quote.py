@@ -20,7 +20,7 @@ import hashlib
 import importlib.resources
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from protocols.collateral import Collateral, TcbStatus, pem_chain, verify_collateral
-from protocols.errors import AttestationError, FormatError
+from protocols.errors import AttestationError, DetenteError, FormatError
 from protocols.layout import Field, Layout
 
 if TYPE_CHECKING:
@@ -575,3 +575,62 @@ def check_collateral(
     return VerifiedQuote(
         verified.quote, verified.root_fingerprint, verified.chain, tcb, _token=_VERIFIER_TOKEN
     )
+
+
+def describe_quote(quote: Quote | TdxQuote) -> dict[str, Any]:
+    """The fields a person checks, as JSON-ready values (hex for bytes); stable keys.
+
+    ``fmspc`` comes from the PCK certificate in the quote (None when the
+    quote carries no readable chain): it names the TCB info to fetch.
+    """
+    fields: dict[str, Any] = {
+        "version": quote.version,
+        "tee": quote.tee,
+        "tee_type": quote.tee_type,
+        "attestation_key_type": quote.attestation_key_type,
+        "qe_svn": quote.qe_svn,
+        "pce_svn": quote.pce_svn,
+        "qe_vendor_id": quote.qe_vendor_id.hex(),
+        "cert_data_type": quote.cert_data_type,
+    }
+    if isinstance(quote, Quote):
+        report = quote.report
+        fields.update(
+            {
+                "mrenclave": report.mr_enclave.hex(),
+                "mrsigner": report.mr_signer.hex(),
+                "isv_prod_id": report.isv_prod_id,
+                "isv_svn": report.isv_svn,
+                "attributes": report.attributes.hex(),
+                "cpu_svn": report.cpu_svn.hex(),
+                "misc_select": report.misc_select,
+            }
+        )
+    else:
+        td = quote.td_report
+        fields.update(
+            {
+                "body_type": quote.body_type,
+                "mrtd": td.mr_td.hex(),
+                "rtmr": [r.hex() for r in td.rtmr],
+                "mr_seam": td.mr_seam.hex(),
+                "mr_signer_seam": td.mr_signer_seam.hex(),
+                "mr_config_id": td.mr_config_id.hex(),
+                "mr_owner": td.mr_owner.hex(),
+                "mr_owner_config": td.mr_owner_config.hex(),
+                "td_attributes": td.td_attributes.hex(),
+                "xfam": td.xfam.hex(),
+                "tee_tcb_svn": td.tee_tcb_svn.hex(),
+            }
+        )
+        if td.tee_tcb_svn2 is not None and td.mr_service_td is not None:
+            fields["tee_tcb_svn2"] = td.tee_tcb_svn2.hex()
+            fields["mr_service_td"] = td.mr_service_td.hex()
+    fields["debug"] = quote.debug
+    fields["report_data"] = quote.report_data.hex()
+    try:
+        ext = pck_extension(pck_chain(quote)[0])
+        fields["fmspc"] = ext.fmspc.hex() if ext else None
+    except DetenteError:
+        fields["fmspc"] = None
+    return fields
