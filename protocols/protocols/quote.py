@@ -16,6 +16,7 @@ collateral, it also checks the TCB info, QE identity and CRLs with dcap-qvl
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 from dataclasses import dataclass, field
@@ -296,8 +297,12 @@ def qe_report_data_for(attestation_key: bytes, qe_auth_data: bytes) -> bytes:
     return hashlib.sha256(attestation_key + qe_auth_data).digest() + bytes(32)
 
 
+@functools.cache
 def intel_sgx_root() -> x509.Certificate:
-    """The pinned production Intel SGX Root CA (SHA-256 of DER 44a0196b…74d3)."""
+    """The pinned production Intel SGX Root CA (SHA-256 of DER 44a0196b…74d3).
+
+    Read once: certificates are immutable, and every verification needs it.
+    """
     der = importlib.resources.files("protocols").joinpath("intel_sgx_root_ca.der").read_bytes()
     return x509.load_der_x509_certificate(der)
 
