@@ -1,6 +1,6 @@
 """Request authentication at the coordinator's gRPC edge: one server interceptor.
 
-Every call must carry a party's signature (protocols/SPEC.md §12,
+Every call must carry a party's signature (protocols/SPEC.md §14,
 :mod:`protocols.request_auth`) over the method and the SHA-256 of the exact
 request bytes received — for a client stream, of its first message. The
 interceptor refuses with UNAUTHENTICATED, before the servicer runs, a request
@@ -72,7 +72,7 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
         self._is_registered = is_registered
         self._self_registering = dict(self_registering or {})
         self._clock = clock
-        self._nonces = nonces or NonceCache()
+        self._nonces = nonces if nonces is not None else NonceCache()
 
     # -- the checks -----------------------------------------------------------
 

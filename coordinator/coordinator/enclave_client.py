@@ -4,7 +4,7 @@ Only this module and :mod:`coordinator.servicer` touch ``_pb2`` types; the
 rest of the coordinator works with the plain values defined here. The
 coordinator relays: it never looks inside evidence, specs or outputs.
 
-Every call goes over RA-TLS (protocols/SPEC.md §11): before a channel is
+Every call goes over RA-TLS (protocols/SPEC.md §13): before a channel is
 opened the client reads the enclave's certificate, verifies the evidence in
 it against the coordinator's enclave policy, and only then opens a gRPC
 channel that accepts exactly that certificate. So the coordinator sends job

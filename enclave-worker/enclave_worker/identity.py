@@ -50,7 +50,7 @@ class EnclaveIdentity:
 
     # SHA-256 of the SubjectPublicKeyInfo of this process's TLS key, set by
     # ratls_credentials at start: the identity document names it, binding the
-    # RA-TLS certificate to the quote (protocols/SPEC.md §11).
+    # RA-TLS certificate to the quote (protocols/SPEC.md §13).
     tls_public_key_sha256: str = ""
 
     def hpke_private_key_for(self, public: HpkePublicKey) -> HpkePrivateKey | None:

@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     )
     me = identity.load_or_create(rt)
     # TLS only, with an RA-TLS certificate: clients verify the quote inside it
-    # before they send a byte (protocols/SPEC.md §11).
+    # before they send a byte (protocols/SPEC.md §13).
     tls_key, certificate = identity.ratls_credentials(me, rt)
     server = grpc.server(ThreadPoolExecutor(max_workers=4), options=CHANNEL_OPTIONS)
     service.add_to_server(server, rt, me)

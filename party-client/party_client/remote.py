@@ -3,7 +3,7 @@
 Nothing received here is trusted: evidence, manifests, terms and result
 statements are verified by the caller before use. The channel is TLS pinned
 to the coordinator certificate the party copied at `detente party init`, and
-every request is signed with the party's key (protocols/SPEC.md §12).
+every request is signed with the party's key (protocols/SPEC.md §14).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ quote in an X.509 extension of a self-signed certificate. A client verifies
 the evidence and the binding before it sends anything on the channel, so a
 successful handshake proves it talks to code of an allowed measurement.
 
-Detente's binding (protocols/SPEC.md §11): the identity document names
+Detente's binding (protocols/SPEC.md §13): the identity document names
 ``tls_public_key_sha256`` = SHA-256(SubjectPublicKeyInfo DER of the TLS key),
 and the quote's REPORTDATA is SHA-256(identity payload) ‖ 32 zero bytes
 (:data:`CERTIFICATE_NONCE`). Naming the *key*, not the certificate, avoids the
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from protocols import canonical, tls
@@ -50,7 +50,7 @@ TCG_DICE_TAGGED_EVIDENCE_OID = x509.ObjectIdentifier("2.23.133.5.4.9")
 EVIDENCE_TYPE = "application/vnd.detente.ratls-evidence.v1+json"
 EVIDENCE_VERSION = 1
 # Certificate evidence has no verifier nonce: freshness comes from the TLS key,
-# generated per process start and never leaving the enclave (SPEC §11.3).
+# generated per process start and never leaving the enclave (SPEC §13.3).
 CERTIFICATE_NONCE = bytes(32)
 COMMON_NAME = "detente-enclave"
 # The largest quote the parser accepts is 64 KiB; base64 and the identity fit in 256 KiB.
@@ -174,29 +174,32 @@ def parse_ratls_certificate(cert_der: bytes, now: datetime | None = None) -> Cer
     """Rules ``certificate`` and ``extension``: a well-formed, self-signed, current certificate
     of a P-256 key, with Detente evidence. Raises CertificateRefused naming the rule."""
     try:
+        # cryptography parses fields lazily: touch every one used below inside the try.
         cert = x509.load_der_x509_certificate(cert_der)
         public = cert.public_key()
-        extensions = cert.extensions  # parses all; duplicates raise ValueError
-    except ValueError as exc:
+        extensions = list(cert.extensions)  # duplicates raise ValueError
+        issuer, subject = cert.issuer, cert.subject
+        valid_from, valid_to = cert.not_valid_before_utc, cert.not_valid_after_utc
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
         raise CertificateRefused("certificate", f"not a valid X.509 certificate: {exc}") from None
     if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
         public.curve, ec.SECP256R1
     ):
         raise CertificateRefused("certificate", "the certificate's key is not an ECDSA P-256 key")
-    if cert.issuer != cert.subject:
+    if issuer != subject:
         raise CertificateRefused("certificate", "an RA-TLS certificate must be self-signed")
     try:
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         raise CertificateRefused(
             "certificate", "the self-signature does not verify (the certificate was altered)"
         ) from None
     at = now or datetime.now(UTC)
-    if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+    if not valid_from <= at <= valid_to:
         raise CertificateRefused(
             "certificate",
-            f"not valid at {at:%Y-%m-%d %H:%M:%S} UTC (valid {cert.not_valid_before_utc:%Y-%m-%d} "
-            f"to {cert.not_valid_after_utc:%Y-%m-%d})",
+            f"not valid at {at:%Y-%m-%d %H:%M:%S} UTC (valid {valid_from:%Y-%m-%d} "
+            f"to {valid_to:%Y-%m-%d})",
         )
     values = {
         ext.oid: ext.value.value

@@ -1,7 +1,7 @@
 """Signed requests: every party request to the coordinator carries an Ed25519 signature.
 
 TLS authenticates the coordinator to the party; this authenticates the party
-to the coordinator, per request, and stops replays (protocols/SPEC.md §12).
+to the coordinator, per request, and stops replays (protocols/SPEC.md §14).
 The signature travels in four gRPC metadata entries:
 
 ==========================  ==================================================
@@ -83,7 +83,7 @@ def body_sha256(body: bytes) -> str:
 
 
 def signed_message(method: str, body_digest: str, timestamp: int, nonce: str) -> bytes:
-    """The exact bytes a party signs (SPEC §12.2); ValueError for malformed fields."""
+    """The exact bytes a party signs (SPEC §14.2); ValueError for malformed fields."""
     if not _METHOD.fullmatch(method):
         raise ValueError(f"not a gRPC method name: {method!r}")
     if not _HEX64.fullmatch(body_digest):
