@@ -188,6 +188,7 @@ class Collateral:
                 )
         self.tcb_info_summary(source)
         self.qe_identity_summary(source)
+        self._dates()
 
     def to_json(self) -> str:
         doc: dict[str, str] = {
@@ -271,6 +272,14 @@ class Collateral:
                 )
 
     def _dates(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+        try:
+            return self._read_dates()
+        except ValueError:  # cryptography parses some fields lazily
+            raise FormatError(
+                "quote collateral has a CRL or certificate with malformed dates"
+            ) from None
+
+    def _read_dates(self) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
         starts: list[tuple[str, int]] = []
         ends: list[tuple[str, int]] = []
         for what, summary in (
@@ -365,7 +374,7 @@ def _reason(exc: BaseException) -> str:
 def pem_chain(text: str, what: str) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(text.encode("ascii"))
-    except (ValueError, UnicodeEncodeError):
+    except (ValueError, UnicodeEncodeError, x509.InvalidVersion):
         raise FormatError(f"{what} is not a PEM certificate chain") from None
     if not certs:
         raise FormatError(f"{what} holds no certificate")
@@ -375,7 +384,7 @@ def pem_chain(text: str, what: str) -> list[x509.Certificate]:
 def _crl(der: bytes, what: str) -> x509.CertificateRevocationList:
     try:
         return x509.load_der_x509_crl(der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise FormatError(f"{what} is not a DER certificate revocation list") from None
 
 

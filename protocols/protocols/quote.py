@@ -477,7 +477,7 @@ def pck_chain(
     pem = quote.cert_data.rstrip(b"\x00")
     try:
         chain = x509.load_pem_x509_certificates(pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise AttestationError("quote PCK certificate chain is not valid PEM") from None
     if len(chain) < 2:
         raise AttestationError("quote PCK certificate chain must hold a leaf and its root")

@@ -337,7 +337,7 @@ def test_random_bytes(data: bytes) -> None:
     loads_or_detente_error(data)
 
 
-@PROPERTY
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from([*json.loads(SGX_TEXT), "x"]), JSON_VALUES))
 def test_random_json_objects(doc: dict[str, Any]) -> None:
     loads_or_detente_error(json.dumps(doc))
