@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "isv_svn": 1,
     "signer_key": "signer.key",
     "env_allow": ["LANG", "LC_*", "TZ", "TMPDIR", "HOME", "PATH", "DETENTE_*"],
+    # Encrypted mounts (libos.efs): in-enclave path, host directory relative to
+    # the instance directory, key policy.
+    "mounts": [{"path": "/data", "host": "data", "key_policy": "mrenclave"}],
     "resources": {"memory_mb": 4096, "threads": 4},
 }
 
@@ -44,6 +47,29 @@ _ENV = re.compile(r"[A-Za-z0-9_*?\[\]]+")
 class Resources:
     memory_mb: int
     threads: int
+
+
+KEY_POLICIES = ("mrenclave", "mrsigner")
+_MOUNT_KEYS = ("path", "host", "key_policy")
+_MOUNT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+# Host directories the instance already uses for something else.
+_RESERVED_HOST_DIRS = ("image", "sealed", "logs", "platform")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """An encrypted mount (libos.efs): where the enclave sees it, where the host keeps it."""
+
+    path: str  # absolute in-enclave path, e.g. "/data"
+    host: str  # host directory, relative to the instance directory
+    key_policy: str  # "mrenclave" (this exact image) or "mrsigner" (same signer)
+
+    def measured(self) -> dict[str, str]:
+        return {"path": self.path, "host": self.host, "key_policy": self.key_policy}
+
+
+def _default_mounts() -> tuple[Mount, ...]:
+    return tuple(Mount(m["path"], m["host"], m["key_policy"]) for m in DEFAULTS["mounts"])
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,7 @@ class InstanceConfig:
     signer_key: str
     env_allow: tuple[str, ...]
     resources: Resources = field(default_factory=lambda: Resources(4096, 4))
+    mounts: tuple[Mount, ...] = field(default_factory=_default_mounts)
 
     @property
     def entry_module(self) -> str:
@@ -85,6 +112,7 @@ class InstanceConfig:
             "isv_svn": self.isv_svn,
             "resources": {"memory_mb": self.resources.memory_mb, "threads": self.resources.threads},
             "env_allow": list(self.env_allow),
+            "mounts": [m.measured() for m in self.mounts],
         }
 
     def env_allowed(self, name: str) -> bool:
@@ -165,6 +193,7 @@ class InstanceConfig:
             signer_key=signer_key,
             env_allow=env,
             resources=Resources(memory, threads),
+            mounts=_mounts(where, merged["mounts"]),
         )
 
     @classmethod
@@ -179,6 +208,59 @@ class InstanceConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise PolicyError(f"{path} is not valid TOML: {exc}") from None
         return cls.from_dict(data, str(path))
+
+
+def _mounts(where: str, value: Any) -> tuple[Mount, ...]:
+    """Validate ``[[mounts]]``: absolute in-enclave paths, relative host dirs, no overlaps."""
+    if not isinstance(value, list):
+        _bad(where, "mounts", value, "a list of [[mounts]] tables")
+    mounts: list[Mount] = []
+    for i, table in enumerate(value):
+        key = f"mounts[{i}]"
+        if not isinstance(table, dict):
+            _bad(where, key, table, "a table with path, host and key_policy")
+        unknown = sorted(set(table) - set(_MOUNT_KEYS))
+        if unknown:
+            raise PolicyError(
+                f"{where}: unknown key '{key}.{unknown[0]}' = {table[unknown[0]]!r}; "
+                f"known keys are {', '.join(_MOUNT_KEYS)}"
+            )
+        path, host = table.get("path"), table.get("host")
+        policy = table.get("key_policy", "mrenclave")
+        if not isinstance(path, str) or not _mount_path_ok(path.removeprefix("/")) or (
+            not path.startswith("/")
+        ):
+            _bad(where, f"{key}.path", path, "an absolute in-enclave path such as '/data'")
+        if not isinstance(host, str) or not _mount_path_ok(host) or (
+            host.split("/")[0] in _RESERVED_HOST_DIRS
+        ):
+            _bad(
+                where, f"{key}.host", host,
+                "a directory relative to the instance directory, not one of "
+                f"{', '.join(_RESERVED_HOST_DIRS)}",
+            )  # fmt: skip
+        if policy not in KEY_POLICIES:
+            _bad(where, f"{key}.key_policy", policy, f"one of {list(KEY_POLICIES)}")
+        for other in mounts:
+            pairs = (("path", path, other.path), ("host", host, other.host))
+            for field_name, mine, theirs in pairs:
+                if _nested(mine, theirs):
+                    _bad(
+                        where, f"{key}.{field_name}", mine,
+                        f"a {field_name} that does not overlap another mount's ({theirs!r})",
+                    )  # fmt: skip
+        mounts.append(Mount(path, host, policy))
+    return tuple(mounts)
+
+
+def _mount_path_ok(text: str) -> bool:
+    parts = text.split("/")
+    return all(_MOUNT_NAME.fullmatch(p) and p not in (".", "..") for p in parts)
+
+
+def _nested(a: str, b: str) -> bool:
+    a, b = a.rstrip("/") + "/", b.rstrip("/") + "/"
+    return a.startswith(b) or b.startswith(a)
 
 
 def _bad(where: str, key: str, value: Any, expected: str) -> None:
@@ -252,4 +334,25 @@ signer_key = {json.dumps(signer_key)}
 # Memory budget for the enclave in MiB, and worker threads (OMP_NUM_THREADS).
 memory_mb = {d["resources"]["memory_mb"]}
 threads = {d["resources"]["threads"]}
-"""
+{_render_mounts()}"""
+
+
+def _render_mounts() -> str:
+    lines = [
+        "",
+        "# Encrypted mounts (libos.efs). The host sees neither file contents nor names;",
+        "# any change, swap, truncation or rollback of a file is refused on read.",
+        "# `path`: where the enclave opens it (runtime.current().mount(path));",
+        "# `host`: its directory, relative to this one; `key_policy`: \"mrenclave\"",
+        "# (only this exact image opens it) or \"mrsigner\" (any image by the same",
+        "# signer, e.g. a newer release: use it for data that must survive upgrades).",
+    ]
+    for m in DEFAULTS["mounts"]:
+        lines += [
+            "[[mounts]]",
+            f"path = {json.dumps(m['path'])}",
+            f"host = {json.dumps(m['host'])}",
+            f"key_policy = {json.dumps(m['key_policy'])}",
+        ]
+    return "\n".join(lines) + "\n"
+

@@ -233,7 +233,11 @@ def enter(instance_dir: Path) -> VerifiedImage:
         ),
     )
     platform = SimPlatform(platform_dir(instance_dir))
-    runtime._install(runtime.EnclaveRuntime(verified.measurement, verified.instance_dir, platform))
+    runtime._install(
+        runtime.EnclaveRuntime(
+            verified.measurement, verified.instance_dir, platform, verified.config.mounts
+        )
+    )
     return verified
 
 

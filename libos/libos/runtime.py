@@ -6,6 +6,7 @@ The worker does::
     rt = runtime.current()
     quote = rt.quote(report_data)          # exactly 64 bytes
     blob = rt.seal(data, "label")          # and rt.unseal(blob, "label")
+    fs = rt.mount("/data")                 # an encrypted mount of libos.toml (libos.efs)
 
 ``current()`` only works in a process started by ``detente libos run``, which
 verifies the image before it installs the runtime.
@@ -13,14 +14,18 @@ verifies the image before it installs the runtime.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from libos.config import Mount
+from libos.counter import sim_counter
+from libos.efs import EncryptedFS, MountKey
 from libos.image import Measurement
 from libos.sealing import Sealer
 from libos.sim import SimPlatform
 from protocols import quote as sgx_quote
-from protocols.errors import DetenteError, FormatError
+from protocols.errors import DetenteError, FormatError, PolicyError
 
 # SGX ATTRIBUTES.FLAGS bits (Intel SDM Vol. 3D, 34.7.1): INIT and MODE64BIT are
 # always set for a running 64-bit enclave; DEBUG only for debug images.
@@ -40,9 +45,18 @@ class EnclaveRuntime:
     On the ``sim`` backend this is a SIMULATION and gives no hardware protection.
     """
 
-    def __init__(self, measurement: Measurement, instance_dir: Path, platform: SimPlatform) -> None:
+    def __init__(
+        self,
+        measurement: Measurement,
+        instance_dir: Path,
+        platform: SimPlatform,
+        mounts: Sequence[Mount] = (),
+    ) -> None:
         self._measurement = measurement
         self._platform = platform
+        # The measured [[mounts]] of the verified image, never the host's libos.toml.
+        self._mounts = {m.path: m for m in mounts}
+        self._mounted: dict[str, EncryptedFS] = {}
         self.instance_dir = Path(instance_dir)
         self.sealed_dir = self.instance_dir / "sealed"
         self.log_dir = self.instance_dir / "logs"
@@ -125,6 +139,37 @@ class EnclaveRuntime:
     def unseal(self, blob: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
         """Raise IntegrityError if the blob is not this enclave's or was altered."""
         return self.sealer(policy).unseal(blob, label)
+
+    @property
+    def mounts(self) -> tuple[Mount, ...]:
+        """The encrypted mounts the image's config declares."""
+        return tuple(self._mounts.values())
+
+    def mount(self, path: str) -> EncryptedFS:
+        """The encrypted file system mounted at ``path`` (one object per process).
+
+        Its key derives from the platform's sealing secret under the mount's
+        key policy, and its rollback counter is the platform's monotonic
+        counter (a SIMULATION counter file under the platform directory on
+        ``sim``). Opening it checks the index against that counter.
+        """
+        mounted = self._mounted.get(path)
+        if mounted is not None:
+            return mounted
+        config = self._mounts.get(path)
+        if config is None:
+            known = ", ".join(sorted(self._mounts)) or "none"
+            raise PolicyError(
+                f"no encrypted mount at {path!r} (configured: {known}); add a [[mounts]] table "
+                "to libos.toml and run `detente libos build`"
+            )
+        key = MountKey.derive(
+            self._platform.sealing_secret, self.mrenclave, self.mrsigner, config.key_policy, path
+        )
+        counter = sim_counter(self._platform.directory, key.counter_name)
+        mounted = EncryptedFS(self.instance_dir / config.host, key, counter)
+        self._mounted[path] = mounted
+        return mounted
 
 
 _current: EnclaveRuntime | None = None

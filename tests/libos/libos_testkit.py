@@ -30,6 +30,13 @@ def write_config(instance: Path, **settings: Any) -> None:
     for key, value in current.items():
         if isinstance(value, dict):
             tables[key] = value
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            # An array of tables ([[mounts]]) as an inline array of inline tables.
+            rows = ", ".join(
+                "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in row.items()) + "}"
+                for row in value
+            )
+            lines.append(f"{key} = [{rows}]")
         else:
             lines.append(f"{key} = {json.dumps(value)}")
     for name, table in tables.items():
