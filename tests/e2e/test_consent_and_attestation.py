@@ -42,6 +42,7 @@ def test_attest_refuses_a_measurement_outside_the_policy_and_upload_then_refuses
     done = detente(["party", "attest", "--policy", str(wrong)], home, check=False)
     assert done.returncode == 1
     assert "MRENCLAVE" in done.stderr and "is not in the policy" in done.stderr
+    assert "does not trust the enclave" not in done.stderr  # the party refused, not the relay
     done = detente(["party", "upload", str(small_csv), "--label", LABEL], home, check=False)
     assert done.returncode == 1 and "run `detente party attest`" in done.stderr
     assert not (home / "datasets").exists()
