@@ -55,7 +55,7 @@ def serve(
     """
     from coordinator.server import serve as run
     from protocols.attestation import AttestationPolicy
-    from protocols.errors import PolicyError
+    from protocols.errors import DetenteError, PolicyError
 
     policy = None
     if enclave is None:
@@ -77,7 +77,11 @@ def serve(
         except PolicyError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
-    run(home, db_url, host, port, enclave, port_file, policy)
+    try:
+        run(home, db_url, host, port, enclave, port_file, policy)
+    except DetenteError as exc:  # e.g. a TLS key readable by others, or not matching its cert
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("audit-verify")

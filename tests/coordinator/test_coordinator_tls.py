@@ -186,6 +186,10 @@ def test_serve_refuses_enclave_without_policy_and_a_bad_policy(tmp_path: Path) -
         ],
     )
     assert done.exit_code == 2 and "mrenclave = 5" in done.output
+    tls_identity(tmp_path)
+    (tmp_path / "coordinator-tls.key").chmod(0o644)
+    done = runner.invoke(cli.app, ["serve", "--home", str(tmp_path)])
+    assert done.exit_code == 2 and "readable by others" in done.output
 
 
 # --------------------------------------------------------------------------- party channel
