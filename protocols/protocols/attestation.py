@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -327,7 +328,9 @@ def assess_quote(
             rule("quote", False, str(exc))
 
     if policy is not None:
-        if quote is None or not simulation:
+        if quote is None:
+            rule("simulation", False, "no parsable quote")
+        elif not simulation:
             rule("simulation", True, "hardware evidence")
         else:
             rule(
@@ -394,7 +397,9 @@ def assess_quote(
     return QuoteAssessment(quote, verified, simulation, tcb, tuple(verdict))
 
 
-def _measurement_rules(quote: Quote | TdxQuote, policy: AttestationPolicy, rule: Any) -> None:
+def _measurement_rules(
+    quote: Quote | TdxQuote, policy: AttestationPolicy, rule: Callable[[str, bool, str], None]
+) -> None:
     if isinstance(quote, Quote):
         report = quote.report
         mrenclave, mrsigner = report.mr_enclave.hex(), report.mr_signer.hex()

@@ -209,6 +209,7 @@ def test_garbage_is_refused_with_a_verdict() -> None:
     got = rules(result.verdict)
     assert not got["quote"][0] and "too short" in got["quote"][1]
     assert got["measurement"] == (False, "no parsable quote")
+    assert got["simulation"] == (False, "no parsable quote")
 
 
 # --- evidence: simulated platform --------------------------------------------------
