@@ -129,3 +129,43 @@ def test_a_job_missing_one_approval_never_runs(running, tmp_path):
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "lacks the approval" in info.value.details()
     assert isinstance(job, coordinator_pb2.Job)
+
+
+ATTEST_RULES = [
+    "identity",
+    "quote",
+    "simulation",
+    "tcb",
+    "measurement",
+    "debug",
+    "report-data",
+    "age",
+]
+
+
+def test_party_attest_explain_then_inspect_the_kept_quote(running, tmp_path):
+    """`detente party attest --explain` prints the verdict rule by rule; the quote the
+    party kept can be inspected with `detente attest inspect`."""
+    import base64
+
+    home = running.party("explainer")
+    done = detente(["party", "attest", "--explain"], home)
+    lines = [line.strip() for line in done.stdout.splitlines() if line.startswith("  ")]
+    assert [line.split(":")[0] for line in lines] == [f"pass {rule}" for rule in ATTEST_RULES]
+    assert any(line.startswith("pass tcb: TCB status Simulation") for line in lines)
+    assert "SIMULATION" in done.stderr
+    verdict = json.loads(detente(["party", "attest", "--json"], home).stdout)["verdict"]
+    assert [r["rule"] for r in verdict] == ATTEST_RULES and all(r["passed"] for r in verdict)
+
+    record = json.loads((home / "attestation.json").read_text())
+    quote = tmp_path / "enclave.quote"
+    quote.write_bytes(base64.b64decode(record["quote"]))
+    policy = str(running.policy())
+    doc = json.loads(
+        detente(["attest", "inspect", str(quote), "--policy", policy, "--json"], home).stdout
+    )
+    assert doc["quote"]["mrenclave"] == running.measured["mrenclave"]
+    assert doc["simulation"] is True and doc["tcb"]["status"] == "Simulation"
+    # Without the policy nobody trusts the simulation root: the command fails.
+    bare = detente(["attest", "inspect", str(quote)], home, check=False)
+    assert bare.returncode == 1 and "SIMULATION root" in bare.stdout
