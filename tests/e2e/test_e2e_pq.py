@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pytest
 
-from experiments.demo import DEFAULT_DATA, DemoError
+from experiments.demo import DEFAULT_DATA
 from party_client.home import PartyHome
 from protocols.documents import DatasetManifest, IdentityDocument, Registration
 from protocols.keys import Kem
@@ -120,13 +120,3 @@ def test_a_pq_party_seals_to_the_enclave_pq_key_and_gets_pq_wrapped_results(
     wrapped = statement["outputs"][0]["wrapped_keys"]
     sizes = {name: len(base64.b64decode(wrapped[parties[name].signing_key.hex])) for name in homes}
     assert sizes == {"bank-pq": 1168, "bank-x": 80}
-
-
-def test_pq_is_chosen_when_the_party_is_created(running: Running) -> None:
-    home = _init(running, "bank-late", pq=False)
-    args = ["party", "init", "--name", "bank-late", "--coordinator", running.address]
-    args += ["--coordinator-cert", str(running.coordinator_cert)]
-    done_again = running.c.run(args, home)  # a re-run without --pq keeps the key
-    assert "HPKE suite: x25519" in done_again
-    with pytest.raises(DemoError, match="already holds an X25519 HPKE key"):
-        running.c.run([*args, "--pq"], home)
