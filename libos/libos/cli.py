@@ -50,23 +50,98 @@ def init(
 
 
 @app.command()
-def build(dir: DirArg) -> None:
-    """Copy the sources into DIR/image, write and sign the manifest, print the measurement."""
-    from libos import image
+def build(
+    dir: DirArg,
+    skip_start_probe: Annotated[
+        bool,
+        typer.Option(
+            "--skip-start-probe",
+            help="do not start the enclave to measure its idle memory and start time",
+        ),
+    ] = False,
+) -> None:
+    """Copy the sources into DIR/image, measure every file, sign the manifest, print the result."""
+    import time
+
+    from libos import image, launch, limits
+    from libos.config import InstanceConfig
     from protocols.errors import DetenteError
 
+    started = time.perf_counter()
     try:
         m = image.build(dir)
+        config = InstanceConfig.load(dir)
     except DetenteError as exc:
         raise _fail(exc) from None
+    seconds = time.perf_counter() - started
     typer.echo(f"MRENCLAVE {m.mrenclave.hex()}")
     typer.echo(f"MRSIGNER  {m.mrsigner.hex()}")
-    typer.echo(f"files     {m.file_count}")
+    typer.echo(f"files     {m.file_count} image files")
+    typer.echo(
+        f"          {m.dependency_file_count} files of {m.dependency_count} distributions, "
+        f"{m.dependency_bytes / limits.MIB:,.1f} MiB, each hashed"
+    )
+    typer.echo(f"built in  {seconds:.2f} s")
+    res = config.resources
+    budget = limits.Limits.from_resources(res)
+    typer.echo(
+        f"limits    memory {res.memory_mb} MiB (address space capped at "
+        f"{limits.address_space_cap(budget) // limits.MIB} MiB), threads {res.threads}, "
+        f"processes {res.processes}"
+    )
+    if not skip_start_probe and config.backend == "sim":
+        try:
+            report = launch.startup_probe(dir)
+        except DetenteError as exc:
+            raise _fail(exc) from None
+        typer.echo(
+            f"idle peak {report.peak_rss_bytes / limits.MIB:,.1f} MiB resident after importing "
+            f"{config.entry_module} ({report.modules} modules); started in "
+            f"{report.wall_seconds:.2f} s (verification {report.enter_seconds:.2f} s, "
+            f"imports {report.import_seconds:.2f} s)"
+        )
+        headroom = res.memory_mb * limits.MIB - report.peak_rss_bytes
+        typer.echo(
+            f"          {max(headroom, 0) / limits.MIB:,.1f} MiB of memory_mb left for jobs "
+            "(size jobs with libos.limits.estimate_xgboost_bytes)"
+        )
     if m.debug:
         typer.echo("DEBUG image: verifiers refuse it unless their policy allows debug")
     if m.simulation:
         typer.echo("SIMULATION backend: no hardware protection")
-    typer.echo(f"next: `detente libos run {dir}`")
+        typer.echo(f"next: `detente libos run {dir}`")
+    else:
+        typer.echo(f"next: `detente libos export --target gramine {dir} OUT`")
+
+
+@app.command()
+def export(
+    dir: DirArg,
+    out: Annotated[Path, typer.Argument(help="directory for the Gramine manifest template")],
+    target: Annotated[str, typer.Option("--target", help="what to export for: gramine")] = (
+        "gramine"
+    ),
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="arguments for the entry point, fixed in the manifest (measured)"),
+    ] = None,
+) -> None:
+    """Write a Gramine manifest for DIR's image (trusted files with hashes, encrypted mounts)."""
+    from libos import gramine
+    from protocols.errors import DetenteError
+
+    if target != "gramine":
+        typer.echo(f"error: unknown --target {target!r}; the only target is 'gramine'", err=True)
+        raise typer.Exit(2)
+    try:
+        path = gramine.export(dir, out, args or [])
+    except DetenteError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"wrote {path}")
+    typer.echo(
+        "next, on an SGX machine with Gramine: gramine-manifest, gramine-sgx-sign, gramine-sgx "
+        "(the commands are at the top of the file); this machine cannot run it"
+    )
 
 
 @app.command()

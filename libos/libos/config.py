@@ -1,8 +1,10 @@
 """The instance config, ``<DIR>/libos.toml``: defaults in one place, validated on load.
 
-Every key except ``signer_key`` is *measured*: it is copied into the image
-manifest, so changing it changes MRENCLAVE. ``signer_key`` only says where the
-image signer's private key lives and is never measured.
+Every key except ``signer_key`` and ``signer_public_key`` is *measured*: it is
+copied into the image manifest, so changing it changes MRENCLAVE.
+``signer_key`` only says where the image signer's private key lives;
+``signer_public_key`` pins the signer that ``detente libos run`` accepts. Neither
+is measured (MRSIGNER already is the signer's identity).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from libos.egress import parse_pattern
 from protocols.errors import PolicyError
 
 CONFIG_NAME = "libos.toml"
-BACKENDS = ("sim",)
+BACKENDS = ("sim", "gramine")
 
 # Every default lives here, and only here.
 DEFAULTS: dict[str, Any] = {
@@ -30,23 +33,58 @@ DEFAULTS: dict[str, Any] = {
     "isv_prod_id": 1,
     "isv_svn": 1,
     "signer_key": "signer.key",
+    "signer_public_key": "",
     "env_allow": ["LANG", "LC_*", "TZ", "TMPDIR", "HOME", "PATH", "DETENTE_*"],
     # Encrypted mounts (libos.efs): in-enclave path, host directory relative to
     # the instance directory, key policy.
     "mounts": [{"path": "/data", "host": "data", "key_policy": "mrenclave"}],
-    "resources": {"memory_mb": 4096, "threads": 4},
+    "resources": {"memory_mb": 4096, "threads": 4, "processes": 4},
+    # The egress guard (libos.egress): loopback only, and the worker's port file.
+    "egress": {
+        "allow_connect": ["127.0.0.1:*", "[::1]:*"],
+        "allow_listen": ["127.0.0.1:*", "[::1]:*"],
+        "allow_write": ["*.port", "*.port.tmp"],
+    },
 }
+_NOT_MEASURED = ("signer_key", "signer_public_key")
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 _DIST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 _ENV = re.compile(r"[A-Za-z0-9_*?\[\]]+")
+_ANY = re.compile(r"[^\x00-\x1f]+")
+_HEX32 = re.compile(r"([0-9A-Fa-f]{64})?")
 
 
 @dataclass(frozen=True)
 class Resources:
-    memory_mb: int
-    threads: int
+    memory_mb: int  # memory budget of the enclave (libos.limits)
+    threads: int  # worker threads (OMP_NUM_THREADS); Gramine's sgx.max_threads adds headroom
+    processes: int = 4  # in-enclave child processes at a time
+
+    def measured(self) -> dict[str, int]:
+        return {"memory_mb": self.memory_mb, "threads": self.threads, "processes": self.processes}
+
+
+@dataclass(frozen=True)
+class Egress:
+    """What the egress guard lets in-enclave code do besides its own directories."""
+
+    allow_connect: tuple[str, ...]  # "HOST:PORT" patterns for connect/sendto
+    allow_listen: tuple[str, ...]  # "HOST:PORT" patterns for bind
+    allow_write: tuple[str, ...]  # host path globs writable besides mounts, sealed/, logs/
+
+    def measured(self) -> dict[str, list[str]]:
+        return {
+            "allow_connect": list(self.allow_connect),
+            "allow_listen": list(self.allow_listen),
+            "allow_write": list(self.allow_write),
+        }
+
+
+def _default_egress() -> Egress:
+    e = DEFAULTS["egress"]
+    return Egress(tuple(e["allow_connect"]), tuple(e["allow_listen"]), tuple(e["allow_write"]))
 
 
 KEY_POLICIES = ("mrenclave", "mrsigner")
@@ -85,7 +123,9 @@ class InstanceConfig:
     isv_svn: int
     signer_key: str
     env_allow: tuple[str, ...]
-    resources: Resources = field(default_factory=lambda: Resources(4096, 4))
+    resources: Resources = field(default_factory=lambda: Resources(4096, 4, 4))
+    egress: Egress = field(default_factory=_default_egress)
+    signer_public_key: str = ""  # hex; "" = the public key of signer_key
     mounts: tuple[Mount, ...] = field(default_factory=_default_mounts)
 
     @property
@@ -110,8 +150,9 @@ class InstanceConfig:
             "debug": self.debug,
             "isv_prod_id": self.isv_prod_id,
             "isv_svn": self.isv_svn,
-            "resources": {"memory_mb": self.resources.memory_mb, "threads": self.resources.threads},
+            "resources": self.resources.measured(),
             "env_allow": list(self.env_allow),
+            "egress": self.egress.measured(),
             "mounts": [m.measured() for m in self.mounts],
         }
 
@@ -132,17 +173,8 @@ class InstanceConfig:
                 f"known keys are {', '.join(sorted(DEFAULTS))}"
             )
         merged = {**DEFAULTS, **data}
-        res = merged["resources"]
-        if not isinstance(res, dict):
-            _bad(where, "resources", res, "a table with memory_mb and threads")
-        unknown_res = sorted(set(res) - set(DEFAULTS["resources"]))
-        if unknown_res:
-            key = unknown_res[0]
-            raise PolicyError(
-                f"{where}: unknown key 'resources.{key}' = {res[key]!r}; "
-                "known keys are memory_mb, threads"
-            )
-        res = {**DEFAULTS["resources"], **res}
+        res = _table(where, "resources", merged["resources"])
+        egress = _table(where, "egress", merged["egress"])
 
         entry = merged["entry_point"]
         if not isinstance(entry, str) or entry.count(":") != 1:
@@ -182,6 +214,23 @@ class InstanceConfig:
         env = _str_list(where, "env_allow", merged["env_allow"], _ENV, "variable names or globs")
         memory = _uint(where, "resources.memory_mb", res["memory_mb"], 1 << 24, minimum=64)
         threads = _uint(where, "resources.threads", res["threads"], 1024, minimum=1)
+        processes = _uint(where, "resources.processes", res["processes"], 1024, minimum=1)
+        patterns: dict[str, tuple[str, ...]] = {}
+        for key in ("allow_connect", "allow_listen"):
+            patterns[key] = _str_list(
+                where, f"egress.{key}", egress[key], _ANY, "'HOST:PORT' patterns"
+            )
+            for pattern in patterns[key]:
+                try:
+                    parse_pattern(pattern)
+                except ValueError as exc:
+                    _bad(where, f"egress.{key}", pattern, str(exc))
+        allow_write = _str_list(
+            where, "egress.allow_write", egress["allow_write"], _ANY, "path globs"
+        )
+        signer_pub = merged["signer_public_key"]
+        if not isinstance(signer_pub, str) or not _HEX32.fullmatch(signer_pub):
+            _bad(where, "signer_public_key", signer_pub, "64 hex digits (an Ed25519 key) or ''")
         return cls(
             entry_point=entry,
             packages=packages,
@@ -192,7 +241,9 @@ class InstanceConfig:
             isv_svn=svn,
             signer_key=signer_key,
             env_allow=env,
-            resources=Resources(memory, threads),
+            resources=Resources(memory, threads, processes),
+            egress=Egress(patterns["allow_connect"], patterns["allow_listen"], allow_write),
+            signer_public_key=signer_pub.lower(),
             mounts=_mounts(where, merged["mounts"]),
         )
 
@@ -208,6 +259,21 @@ class InstanceConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise PolicyError(f"{path} is not valid TOML: {exc}") from None
         return cls.from_dict(data, str(path))
+
+
+def _table(where: str, name: str, value: Any) -> dict[str, Any]:
+    """A sub-table on top of its defaults; unknown keys are named."""
+    known = DEFAULTS[name]
+    if not isinstance(value, dict):
+        _bad(where, name, value, f"a table with keys {', '.join(known)}")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        key = unknown[0]
+        raise PolicyError(
+            f"{where}: unknown key '{name}.{key}' = {value[key]!r}; "
+            f"known keys are {', '.join(known)}"
+        )
+    return {**known, **value}
 
 
 def _mounts(where: str, value: Any) -> tuple[Mount, ...]:
@@ -227,12 +293,16 @@ def _mounts(where: str, value: Any) -> tuple[Mount, ...]:
             )
         path, host = table.get("path"), table.get("host")
         policy = table.get("key_policy", "mrenclave")
-        if not isinstance(path, str) or not _mount_path_ok(path.removeprefix("/")) or (
-            not path.startswith("/")
+        if (
+            not isinstance(path, str)
+            or not _mount_path_ok(path.removeprefix("/"))
+            or (not path.startswith("/"))
         ):
             _bad(where, f"{key}.path", path, "an absolute in-enclave path such as '/data'")
-        if not isinstance(host, str) or not _mount_path_ok(host) or (
-            host.split("/")[0] in _RESERVED_HOST_DIRS
+        if (
+            not isinstance(host, str)
+            or not _mount_path_ok(host)
+            or (host.split("/")[0] in _RESERVED_HOST_DIRS)
         ):
             _bad(
                 where, f"{key}.host", host,
@@ -289,13 +359,14 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(f'"{i}"' for i in items) + "]"
 
 
-def render_default(signer_key: str = DEFAULTS["signer_key"]) -> str:
+def render_default(signer_key: str = DEFAULTS["signer_key"], signer_public_key: str = "") -> str:
     """The commented libos.toml that ``detente libos init`` writes."""
     d = DEFAULTS
+    e = d["egress"]
     return f"""\
-# Detente libos instance config. Every key below except `signer_key` is
-# MEASURED: it is copied into the image manifest, so changing it changes
-# MRENCLAVE. Run `detente libos build DIR` after any change.
+# Detente libos instance config. Every key below except `signer_key` and
+# `signer_public_key` is MEASURED: it is copied into the image manifest, so
+# changing it changes MRENCLAVE. Run `detente libos build DIR` after any change.
 
 # "module:function" the enclave calls with its argument list; it returns
 # the exit code. The module must live in one of `packages`.
@@ -306,11 +377,13 @@ entry_point = "{d["entry_point"]}"
 packages = {_toml_list(d["packages"])}
 
 # Installed distributions the entry point needs. Their transitive
-# requirements are added automatically; each is pinned by name, version and
-# the SHA-256 of its RECORD file (which lists every file's hash).
+# requirements are added automatically. `build` measures every file of each
+# (path relative to site-packages, size, SHA-256); `run` checks them and
+# refuses to import any module file that is not in the manifest or changed.
 distributions = {_toml_list(d["distributions"])}
 
 # Backend: "sim" is a SIMULATION of SGX and gives NO hardware protection.
+# "gramine": run under gramine-sgx (`detente libos export --target gramine DIR`).
 backend = "{d["backend"]}"
 
 # Debug images set the SGX DEBUG attribute in their quotes; verifiers refuse
@@ -330,10 +403,33 @@ env_allow = {_toml_list(d["env_allow"])}
 # MRSIGNER is the SHA-256 of its public key). Keep it out of version control.
 signer_key = {json.dumps(signer_key)}
 
+# The only image signer `detente libos run` accepts (hex Ed25519 public key;
+# NOT measured). An image signed by any other key is refused.
+signer_public_key = {json.dumps(signer_public_key)}
+
 [resources]
-# Memory budget for the enclave in MiB, and worker threads (OMP_NUM_THREADS).
+# Memory budget of the enclave in MiB. A job that needs more fails before it
+# allocates (libos.limits.check_allocation); the address space is also capped
+# (RLIMIT_AS) as a backstop. `detente libos build` prints the worker's idle
+# peak so you can size this. Gramine: sgx.enclave_size.
 memory_mb = {d["resources"]["memory_mb"]}
+# Worker threads (OMP_NUM_THREADS); Gramine's sgx.max_threads adds headroom.
 threads = {d["resources"]["threads"]}
+# In-enclave child processes at a time (one per job).
+processes = {d["resources"]["processes"]}
+
+[egress]
+# The egress guard refuses in-enclave code that opens a network connection or
+# writes a host file the lines below do not allow. It is a guard against
+# MISTAKES, not a boundary against hostile code in the same interpreter.
+# "HOST:PORT" patterns: HOST an IP address, a network (127.0.0.0/8), [IPv6],
+# "localhost" or "*"; PORT a number, a range (8000-8099) or "*".
+allow_connect = {_toml_list(e["allow_connect"])}
+allow_listen = {_toml_list(e["allow_listen"])}
+# Host files writable besides the encrypted mounts, sealed/ and logs/: globs on
+# the file name (no "/") or on the path (relative to this directory). What is
+# written here is NOT protected; the default is the worker's --port-file.
+allow_write = {_toml_list(e["allow_write"])}
 {_render_mounts()}"""
 
 
@@ -343,8 +439,8 @@ def _render_mounts() -> str:
         "# Encrypted mounts (libos.efs). The host sees neither file contents nor names;",
         "# any change, swap, truncation or rollback of a file is refused on read.",
         "# `path`: where the enclave opens it (runtime.current().mount(path));",
-        "# `host`: its directory, relative to this one; `key_policy`: \"mrenclave\"",
-        "# (only this exact image opens it) or \"mrsigner\" (any image by the same",
+        '# `host`: its directory, relative to this one; `key_policy`: "mrenclave"',
+        '# (only this exact image opens it) or "mrsigner" (any image by the same',
         "# signer, e.g. a newer release: use it for data that must survive upgrades).",
     ]
     for m in DEFAULTS["mounts"]:
@@ -355,4 +451,3 @@ def _render_mounts() -> str:
             f"key_policy = {json.dumps(m['key_policy'])}",
         ]
     return "\n".join(lines) + "\n"
-

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from libos_testkit import PROBE, write_config
@@ -32,6 +33,13 @@ def test_init_build_measure(tmp_path: Path) -> None:
     assert f"MRSIGNER  {measured['mrsigner']}" in result.output
     assert "SIMULATION backend: no hardware protection" in result.output
     assert "files" in result.output
+    # Every dependency file is measured; the build reports its time, the limits
+    # and the idle peak of a real start, so an operator can size memory_mb.
+    assert re.search(r"\d+ files of \d+ distributions, [\d,.]+ MiB, each hashed", result.output)
+    assert re.search(r"built in  \d+\.\d\d s", result.output)
+    assert "limits    memory 4096 MiB (address space capped at" in result.output
+    peak = re.search(r"idle peak ([\d,.]+) MiB resident after importing libos.probe", result.output)
+    assert peak is not None and 5 < float(peak.group(1).replace(",", "")) < 4096
 
     human = runner.invoke(app, ["measure", str(instance)])
     assert "SIMULATION" in human.output

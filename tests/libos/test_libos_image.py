@@ -71,7 +71,7 @@ def test_manifest_contents(built_probe: tuple[Path, image.Measurement]) -> None:
 
     assert hashlib.sha256(data).digest() == measurement.mrenclave
     doc = json.loads(data)
-    assert doc["version"] == 1
+    assert doc["version"] == 2
     assert doc["config"]["entry_point"] == "libos.probe:main"
     assert "signer_key" not in doc["config"]
     paths = [f["path"] for f in doc["files"]]
@@ -86,7 +86,20 @@ def test_manifest_contents(built_probe: tuple[Path, image.Measurement]) -> None:
     names = [d["name"] for d in doc["distributions"]]
     assert names == sorted(names)
     assert {"cryptography", "cffi", "pycparser"} <= set(names)  # transitive requirements
-    assert all(len(d["record_sha256"]) == 64 and d["version"] for d in doc["distributions"])
+    crypto = next(d for d in doc["distributions"] if d["name"] == "cryptography")
+    assert crypto["version"]
+    # Every file of the distribution, relative to site-packages, sorted, with size and hash.
+    paths = [f["path"] for f in crypto["files"]]
+    assert paths == sorted(paths)
+    assert "cryptography/__init__.py" in paths
+    assert any(p.endswith(".so") for p in paths)  # extension modules too
+    skipped = (".pyc", "/RECORD", "/INSTALLER")
+    assert not any("__pycache__" in p or p.endswith(skipped) for p in paths)
+    site = image.site_dirs()[0]
+    for f in crypto["files"][:20]:
+        on_disk = site / f["path"]
+        assert on_disk.stat().st_size == f["size"]
+        assert hashlib.sha256(on_disk.read_bytes()).hexdigest() == f["sha256"]
     assert doc["python"]["implementation"] == "cpython"
     pub = (instance / "image" / "signer.pub").read_text().strip()
     assert hashlib.sha256(bytes.fromhex(pub)).digest() == measurement.mrsigner

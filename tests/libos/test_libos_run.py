@@ -136,7 +136,8 @@ def test_verifying_finder_rechecks_files_at_import(tmp_path: Path) -> None:
         "libos_fakepkg/__init__.py": hashlib.sha256(b"").hexdigest(),
         "libos_fakepkg/mod.py": hashlib.sha256(b"VALUE = 2\n").hexdigest(),
     }
-    finder = launch._VerifyingFinder(tmp_path, files, ["libos_fakepkg"])
+    finder = launch._VerifyingFinder(tmp_path, ["libos_fakepkg"])
+    finder.bind(files, ["libos_fakepkg"], None, None)
     spec = finder.find_spec("libos_fakepkg.mod")
     assert spec is not None and spec.loader is not None
     with pytest.raises(IntegrityError, match=r"libos_fakepkg/mod\.py"):
