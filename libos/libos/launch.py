@@ -176,13 +176,16 @@ class StartupReport:
     modules: int  # modules loaded
 
 
-def startup_probe(instance_dir: Path, timeout: float = 300) -> StartupReport:
+def startup_probe(
+    instance_dir: Path, modules: Sequence[str] = (), timeout: float = 300
+) -> StartupReport:
     """Start the enclave as ``run`` does, import the entry point's module, report, stop.
 
-    The entry function is not called. ``detente libos build`` prints this so an
-    operator can size ``memory_mb`` from a measured figure.
+    The entry function is not called; ``modules`` are imported too (verified,
+    like everything). ``detente libos build`` prints this so an operator can
+    size ``memory_mb`` from a measured figure.
     """
-    cmd, env = command(instance_dir, [])
+    cmd, env = command(instance_dir, modules)
     cmd[cmd.index("--")] = STARTUP_PROBE
     started = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -302,8 +305,13 @@ class _VerifyingFinder(importlib.abc.MetaPathFinder):
         packages: Sequence[str],
         site_dirs: Sequence[Path] = (),
         cache: BytecodeCache | None = None,
+        stdlib_paths: Sequence[str] = (),
     ) -> None:
         self._root = Path(root)
+        # The standard library's directories: modules found there are the
+        # interpreter's even when sys.stdlib_module_names does not list them
+        # (_sysconfigdata_<platform>, for one).
+        self._stdlib_paths = list(stdlib_paths)
         self._packages = frozenset(packages)
         self._site_dirs = tuple(str(d) for d in site_dirs)
         self.cache = cache
@@ -378,6 +386,10 @@ class _VerifyingFinder(importlib.abc.MetaPathFinder):
         if top in _STDLIB:
             return None  # the interpreter's own, pinned by the Python version
         if self._allowed is not None and top not in self._allowed:
+            if path is None and importlib.machinery.PathFinder.find_spec(
+                fullname, self._stdlib_paths
+            ):
+                return None  # in the standard library's directories
             raise UnmeasuredModuleError(
                 f"module {top!r} is not part of the enclave image: add the distribution that "
                 "provides it to 'distributions' in libos.toml and rebuild",
@@ -473,12 +485,13 @@ class _VerifyingFinder(importlib.abc.MetaPathFinder):
         return checked
 
 
-def _isolate_imports(root: Path, site: Sequence[Path]) -> None:
+def _isolate_imports(root: Path, site: Sequence[Path]) -> list[str]:
     """Import path: the standard library first, then the image, then site-packages; nothing else.
 
     This drops repository folders and editable-install hooks that .pth files
     add (when the interpreter was started without -S), and puts the standard
     library first so nothing in the image or site-packages can shadow it.
+    Returns the standard library's entries.
     """
     site_dirs = {os.path.realpath(d) for d in site}
     bases = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}
@@ -494,6 +507,7 @@ def _isolate_imports(root: Path, site: Sequence[Path]) -> None:
         elif any(real == b or real.startswith(b + os.sep) for b in bases):
             stdlib.append(entry)
     sys.path[:] = stdlib + image + sites
+    return stdlib
     sys.meta_path[:] = [
         f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")
     ]
@@ -578,13 +592,15 @@ def enter(instance_dir: Path) -> VerifiedImage:
                 "start enclaves with `detente libos run DIR`"
             )
     site = _site_dirs()
-    _isolate_imports(root, site)
+    stdlib_paths = _isolate_imports(root, site)
     cache_dir = instance_dir / CACHE_DIR / BYTECODE_DIR
     cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Until the manifest is verified, every top-level directory of the image
     # root counts as an image package; bind() narrows it to the measured ones.
     image_packages = [p.name for p in root.iterdir() if p.is_dir()]
-    finder = _VerifyingFinder(root, image_packages, site, _early_cache(instance_dir, cache_dir))
+    finder = _VerifyingFinder(
+        root, image_packages, site, _early_cache(instance_dir, cache_dir), stdlib_paths
+    )
     sys.meta_path.insert(0, finder)
 
     from libos import egress, limits, runtime
@@ -662,13 +678,14 @@ def _enclave_main(instance_dir: Path, argv: list[str]) -> int:
     return int(result or 0)
 
 
-def _startup_probe(instance_dir: Path) -> int:
+def _startup_probe(instance_dir: Path, modules: Sequence[str]) -> int:
     from libos import limits
 
     started = time.perf_counter()
     verified = enter(instance_dir)
     entered = time.perf_counter()
-    importlib.import_module(verified.config.entry_module)
+    for name in (verified.config.entry_module, *modules):
+        importlib.import_module(name)
     imported = time.perf_counter()
     report = {
         "peak_rss_bytes": limits.peak_rss_bytes(),
@@ -682,16 +699,16 @@ def _startup_probe(instance_dir: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    probe = len(args) == 2 and args[1] == STARTUP_PROBE
+    probe = len(args) >= 2 and args[1] == STARTUP_PROBE
     if not probe and (len(args) < 2 or args[1] != "--"):
         print(
-            f"usage: python -m libos.launch DIR -- [ARGS...] | DIR {STARTUP_PROBE}",
+            f"usage: python -m libos.launch DIR -- [ARGS...] | DIR {STARTUP_PROBE} [MODULES...]",
             file=sys.stderr,
         )
         return 2
     try:
         if probe:
-            return _startup_probe(Path(args[0]).resolve())
+            return _startup_probe(Path(args[0]).resolve(), args[2:])
         return _enclave_main(Path(args[0]).resolve(), args[2:])
     except DetenteError as exc:
         print(f"detente libos: refusing to run: {exc}", file=sys.stderr)
