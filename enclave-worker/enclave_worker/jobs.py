@@ -5,6 +5,11 @@ the terms must be signed by their proposer, allow this enclave's measurement
 and not be expired; each data set's manifest must be the one the terms name,
 signed by its owner and sealed to this enclave; and every owner must have
 approved these exact terms. Only then are data keys unwrapped.
+
+The worker runs :func:`run` in a child process per job (enclave_worker.job_process);
+what the code needs from where it runs — the memory limit, peak memory, a way
+to report rounds while XGBoost trains, checkpoint storage — comes in a
+:class:`JobEnvironment`, so the same code runs in-process in tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from enclave_worker.identity import EnclaveIdentity
+from libos import limits
 from protocols import canonical, hpke, stream
 from protocols.documents import (
     DatasetManifest,
@@ -36,11 +42,44 @@ log = logging.getLogger("enclave_worker.jobs")
 # Parameters the terms may not set: the enclave decides where threads and files go.
 _FORBIDDEN_PARAMS = {"device", "tree_method_gpu", "model_out", "model_in", "save_period"}
 
+# Parameters that make XGBoost draw random numbers while it trains. With any of
+# them below 1 (or gradient-based sampling, or the DART booster) a run resumed
+# from a checkpoint does not continue the random stream of an uninterrupted run,
+# so its model differs (checked with XGBoost 3.2: 10 + 10 rounds ≠ 20 rounds
+# with subsample = 0.8).
+_SAMPLING_PARAMS = ("subsample", "colsample_bytree", "colsample_bylevel", "colsample_bynode")
+CHECKPOINT_VERSION = 1
+
 
 @dataclass
 class Progress:
     kind: str
     text: str
+
+
+class CheckpointStore(Protocol):
+    """Where training checkpoints live: the encrypted file system, never plain host files."""
+
+    def read(self, name: str) -> bytes | None: ...
+    def write(self, name: str, data: bytes) -> None: ...
+
+
+@dataclass
+class JobEnvironment:
+    """What :func:`run` gets from the process it runs in.
+
+    ``check_allocation(nbytes, what)`` raises before a large allocation that
+    the enclave's memory limit cannot hold; ``peak_rss_bytes`` is the peak
+    memory of the process (both libos.limits by default: outside an enclave
+    the check allows all); ``emit`` receives progress while XGBoost trains (a
+    generator cannot yield from inside it); ``checkpoints`` keeps boosters
+    between rounds so a re-run resumes.
+    """
+
+    check_allocation: Callable[[int, str], None] = limits.check_allocation
+    peak_rss_bytes: Callable[[], int] = limits.peak_rss_bytes
+    emit: Callable[[Progress], None] | None = None
+    checkpoints: CheckpointStore | None = None
 
 
 @dataclass
@@ -58,17 +97,28 @@ class AcceptedJob:
     manifests: dict[str, DatasetManifest]
     received: dict[str, bytearray] = field(default_factory=dict)
 
-    def add_chunk(self, dataset_id: str, data: bytes) -> None:
+    counted: dict[str, int] = field(default_factory=dict)
+
+    def check_chunk(self, dataset_id: str, size: int) -> None:
+        """Count ``size`` bytes of ``dataset_id``; refuse a data set not in the job or too long.
+
+        The worker's service counts here what it forwards to the job process,
+        so intake errors surface before the data goes anywhere.
+        """
         manifest = self.manifests.get(dataset_id)
         if manifest is None:
             raise ConsentError(f"data set {dataset_id!r} is not part of job {self.terms.job_id!r}")
-        buffer = self.received.setdefault(dataset_id, bytearray())
-        if len(buffer) + len(data) > manifest.ciphertext_size:
+        total = self.counted.get(dataset_id, 0) + size
+        if total > manifest.ciphertext_size:
             raise IntegrityError(
                 f"data set {dataset_id!r} is longer than its signed manifest says "
                 f"({manifest.ciphertext_size} bytes)"
             )
-        buffer += data
+        self.counted[dataset_id] = total
+
+    def add_chunk(self, dataset_id: str, data: bytes) -> None:
+        self.check_chunk(dataset_id, len(data))
+        self.received.setdefault(dataset_id, bytearray()).extend(data)
 
 
 def accept(
@@ -201,19 +251,195 @@ def train_params(terms: JobTerms) -> dict[str, Any]:
     return {**terms.params, "objective": terms.objective, "seed": terms.seed}
 
 
-def run(identity: EnclaveIdentity, job: AcceptedJob) -> Iterator[Progress | ReleasedOutput | bytes]:
+def resumable(params: dict[str, Any]) -> bool:
+    """Whether training with ``params`` can stop and resume from a checkpoint unchanged.
+
+    Resuming (``xgb.train(..., xgb_model=booster)``) rebuilds the booster from
+    its saved model; trees, base score and the evaluation history carry over,
+    the random state does not. Without row or column sampling nothing random is
+    drawn, and the resumed model equals an uninterrupted one bit for bit (the
+    worker's tests check this). With sampling it would not, so such jobs keep
+    only their finished model.
+    """
+    for name in _SAMPLING_PARAMS:
+        value = params.get(name, 1)
+        if not isinstance(value, int | float) or value < 1:
+            return False
+    # DART drops trees at random and gblinear may shuffle features: gbtree only.
+    return (
+        params.get("sampling_method", "uniform") == "uniform"
+        and params.get("booster", "gbtree") == "gbtree"
+    )
+
+
+def checkpoint_name(job: AcceptedJob) -> str:
+    """Checkpoints are keyed by job id and terms digest: other terms never resume from them."""
+    return f"checkpoints/{job.terms.job_id}/{job.terms_envelope.digest}.xgb"
+
+
+@dataclass
+class Checkpoint:
+    """A booster after ``rounds`` rounds, with the evaluation history so far."""
+
+    rounds: int
+    complete: bool
+    history: dict[str, Any]
+    model: bytes  # Booster.save_raw("ubj")
+
+    def to_bytes(self, job: AcceptedJob) -> bytes:
+        header = canonical.dumps(
+            {
+                "version": CHECKPOINT_VERSION,
+                "job_id": job.terms.job_id,
+                "terms_digest": job.terms_envelope.digest,
+                "rounds": self.rounds,
+                "complete": self.complete,
+                "history": self.history,
+            }
+        )
+        return len(header).to_bytes(4, "big") + header + self.model
+
+    @classmethod
+    def from_bytes(cls, data: bytes, job: AcceptedJob) -> Checkpoint:
+        what = f"checkpoint of job {job.terms.job_id!r}"
+        size = int.from_bytes(data[:4], "big")
+        header = canonical.loads(data[4 : 4 + size], what)
+        if (
+            header.get("version") != CHECKPOINT_VERSION
+            or header.get("job_id") != job.terms.job_id
+            or header.get("terms_digest") != job.terms_envelope.digest
+        ):
+            raise IntegrityError(f"{what} belongs to other job terms")
+        rounds = canonical.field(header, "rounds", int, what)
+        if not 0 < rounds <= job.terms.num_rounds:
+            raise FormatError(
+                f"{what} has {rounds} rounds, the terms ask for {job.terms.num_rounds}"
+            )
+        return cls(
+            rounds=rounds,
+            complete=canonical.field(header, "complete", bool, what),
+            history=canonical.field(header, "history", dict, what),
+            model=data[4 + size :],
+        )
+
+
+def _merge_history(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for data_name in sorted(set(old) | set(new)):
+        metrics: dict[str, list[float]] = {}
+        for source in (old.get(data_name, {}), new.get(data_name, {})):
+            for metric, values in source.items():
+                metrics.setdefault(metric, []).extend(float(v) for v in values)
+        merged[data_name] = metrics
+    return merged
+
+
+def _load_checkpoint(job: AcceptedJob, env: JobEnvironment) -> Checkpoint | None:
+    """The job's checkpoint if one exists and may be used for these parameters."""
+    if env.checkpoints is None:
+        return None
+    data = env.checkpoints.read(checkpoint_name(job))
+    if data is None:
+        return None
+    checkpoint = Checkpoint.from_bytes(data, job)
+    if not checkpoint.complete and not resumable(train_params(job.terms)):
+        log.info("job %s: checkpoint ignored, sampling parameters cannot resume", job.terms.job_id)
+        return None
+    return checkpoint
+
+
+def _train(
+    job: AcceptedJob, dtrain: Any, env: JobEnvironment
+) -> Iterator[Progress | tuple[Any, dict[str, Any]]]:
+    """Train (or resume) the job's booster; yields progress, then (booster, history)."""
+    import xgboost as xgb
+
+    terms = job.terms
+    params = train_params(terms)
+    checkpoint = _load_checkpoint(job, env)
+    done = checkpoint.rounds if checkpoint else 0
+    history = checkpoint.history if checkpoint else {}
+    booster = xgb.Booster(model_file=bytearray(checkpoint.model)) if checkpoint else None
+    if checkpoint is not None:
+        yield Progress("checkpoint", f"resumed after round {done}/{terms.num_rounds}")
+    if done == terms.num_rounds:
+        yield booster, history
+        return
+    every = max(1, terms.num_rounds // 10)
+    store = env.checkpoints if resumable(params) else None
+
+    class Rounds(xgb.callback.TrainingCallback):
+        """Every ``every`` rounds: save a checkpoint, then report progress."""
+
+        def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+            # Not ``epoch``: it restarts at 0 when training resumes from a model.
+            finished = int(model.num_boosted_rounds())
+            if finished % every == 0 and finished < terms.num_rounds:
+                # Saved before it is reported: a "round N" event means round N is safe.
+                if store is not None:
+                    current = {k: {m: list(v) for m, v in d.items()} for k, d in evals_log.items()}
+                    saved = Checkpoint(
+                        finished,
+                        False,
+                        _merge_history(history, current),
+                        bytes(model.save_raw("ubj")),
+                    )
+                    store.write(checkpoint_name(job), saved.to_bytes(job))
+                if env.emit is not None:
+                    env.emit(Progress("round", f"round {finished}/{terms.num_rounds}"))
+            return False
+
+    new_history: dict[str, Any] = {}
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=terms.num_rounds - done,
+        evals=[(dtrain, "train")] if "metrics" in terms.outputs else [],
+        evals_result=new_history,
+        verbose_eval=False,
+        xgb_model=booster,
+        callbacks=[Rounds()],
+    )
+    history = _merge_history(history, new_history)
+    if env.checkpoints is not None:
+        # The finished model is kept (encrypted) for re-runs and for inference.
+        final = Checkpoint(terms.num_rounds, True, history, bytes(booster.save_raw("ubj")))
+        env.checkpoints.write(checkpoint_name(job), final.to_bytes(job))
+    yield booster, history
+
+
+def run(
+    identity: EnclaveIdentity, job: AcceptedJob, env: JobEnvironment | None = None
+) -> Iterator[Progress | ReleasedOutput | bytes]:
     """Decrypt, join, train and release; yields progress, outputs, then the signed statement."""
     import numpy as np
     import xgboost as xgb
 
+    env = env or JobEnvironment()
     terms = job.terms
     started = time.perf_counter()
     tables = []
     for dataset_id, _ in terms.datasets:
-        blob = bytes(job.received.get(dataset_id, b""))
+        blob = bytes(job.received.pop(dataset_id, b""))
         tables.append(_open_dataset(identity, job.manifests[dataset_id], blob))
+        del blob  # the ciphertext is no longer needed: keep the peak down
     joined = _join(tables, job)
+    del tables
+    rows = joined.num_rows
+    features = len([n for n in joined.column_names if n not in (terms.label, terms.id_column)])
+    # float32 matrix, DMatrix copy, `hist` index, gradients, histograms: the
+    # factor and its measurements are in libos.limits (XGBOOST_HIST_FACTOR).
+    needed = limits.estimate_xgboost_bytes(rows, features)
+    # Before the matrix exists: a job too large for the enclave fails here,
+    # naming the limit and the figure, instead of dying mid-allocation.
+    env.check_allocation(
+        needed,
+        f"the feature matrix and XGBoost training of job {terms.job_id!r} ({rows} rows × "
+        f"{features} features × 4 bytes × {limits.XGBOOST_HIST_FACTOR:g} + "
+        f"{limits.XGBOOST_FIXED_BYTES >> 20} MiB)",
+    )
     x, y, names = feature_matrix(joined, terms.label, terms.id_column)
+    del joined
     if terms.objective.startswith("binary:") and not np.isin(y, (0.0, 1.0)).all():
         raise DatasetError(f"label {terms.label!r} must be 0 or 1 for {terms.objective}")
     opened = time.perf_counter()
@@ -223,15 +449,13 @@ def run(identity: EnclaveIdentity, job: AcceptedJob) -> Iterator[Progress | Rele
         f"training on {x.shape[0]} rows, {x.shape[1]} features, {terms.num_rounds} rounds",
     )
     dtrain = xgb.DMatrix(x, label=y, feature_names=names)
+    booster: Any = None
     history: dict[str, Any] = {}
-    booster = xgb.train(
-        train_params(terms),
-        dtrain,
-        num_boost_round=terms.num_rounds,
-        evals=[(dtrain, "train")] if "metrics" in terms.outputs else [],
-        evals_result=history,
-        verbose_eval=False,
-    )
+    for item in _train(job, dtrain, env):
+        if isinstance(item, Progress):
+            yield item
+        else:
+            booster, history = item
     trained = time.perf_counter()
     yield Progress("timing", f"train {trained - opened:.3f}s")
     artefacts: dict[str, bytes] = {}
@@ -262,5 +486,10 @@ def run(identity: EnclaveIdentity, job: AcceptedJob) -> Iterator[Progress | Rele
     )
     released = time.perf_counter()
     yield Progress("timing", f"release {released - trained:.3f}s")
-    log.info("job %s released %d outputs", terms.job_id, len(records))
+    peak = env.peak_rss_bytes()
+    yield Progress(
+        "memory",
+        f"peak {peak / 2**20:.1f} MiB (matrix and training estimated at {needed / 2**20:.1f} MiB)",
+    )
+    log.info("job %s released %d outputs, peak memory %d bytes", terms.job_id, len(records), peak)
     yield statement.sign(identity.signing_key).to_bytes()

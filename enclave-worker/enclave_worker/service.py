@@ -1,17 +1,25 @@
-"""The enclave's gRPC edge: decode, call the job logic, map errors to status codes."""
+"""The enclave's gRPC edge: decode, call the job logic, map errors to status codes.
+
+RunJob checks consent here, in the service's process, then runs the job in a
+process of its own (enclave_worker.job_process): the data chunks go to that
+process as they arrive, and its progress, outputs and statement come back on
+the stream. A job process that crashes fails its call with ABORTED ("the job
+process crashed: exit code …"); the service keeps serving.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import grpc
 
-from enclave_worker import jobs
+from enclave_worker import job_process, jobs
 from enclave_worker.identity import EnclaveIdentity, Runtime
-from protocols.errors import DetenteError
+from protocols.errors import DetenteError, FormatError
 from protocols.status import code_for
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
@@ -46,34 +54,56 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunJob must start with a spec")
                     return
                 spec = first.spec
-                job = jobs.accept(
-                    self._identity, spec.terms, list(spec.approvals), list(spec.manifests)
-                )
-                for request in request_iterator:
-                    if not request.HasField("chunk"):
-                        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "only one spec per job")
-                    job.add_chunk(request.chunk.dataset_id, request.chunk.data)
-                for item in jobs.run(self._identity, job):
-                    if isinstance(item, jobs.Progress):
-                        yield enclave_pb2.RunJobResponse(
-                            progress=enclave_pb2.Progress(kind=item.kind, text=item.text)
-                        )
-                    elif isinstance(item, jobs.ReleasedOutput):
-                        data = item.ciphertext
-                        for start in range(0, max(len(data), 1), OUTPUT_CHUNK):
-                            yield enclave_pb2.RunJobResponse(
-                                output=enclave_pb2.OutputChunk(
-                                    name=item.name, data=data[start : start + OUTPUT_CHUNK]
-                                )
-                            )
-                    else:
-                        yield enclave_pb2.RunJobResponse(result_statement=item)
+                accepted_at = time.time()
+                approvals, manifests = list(spec.approvals), list(spec.manifests)
+                job = jobs.accept(self._identity, spec.terms, approvals, manifests, now=accepted_at)
+                with job_process.JobProcess.start(
+                    self._identity, job, approvals, manifests, accepted_at
+                ) as running:
+                    # A cancelled call (client gone, server stopping) stops its job.
+                    context.add_callback(running.kill)
+                    yield from self._relay(running, job, request_iterator, context)
+            except job_process.JobCrashedError as exc:
+                log.warning("job failed: %s", exc)
+                context.abort(grpc.StatusCode.ABORTED, str(exc))
+            except job_process.JobFailedError as exc:
+                log.warning("job failed: %s", exc)
+                context.abort(grpc.StatusCode.INTERNAL, str(exc))
             except DetenteError as exc:
                 self._abort(context, exc)
             except Exception:
                 # Details stay in the enclave's log; the wire gets no internals.
                 log.exception("job failed")
                 context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to run the job")
+
+    def _relay(
+        self,
+        running: job_process.JobProcess,
+        job: jobs.AcceptedJob,
+        request_iterator: Iterator[Any],
+        context: Any,
+    ) -> Iterator[Any]:
+        for request in request_iterator:
+            if not request.HasField("chunk"):
+                raise FormatError("RunJob takes one spec, then data chunks only")
+            # Counted here so a data set longer than its manifest stops at intake.
+            job.check_chunk(request.chunk.dataset_id, len(request.chunk.data))
+            running.send_chunk(request.chunk.dataset_id, request.chunk.data)
+        for item in running.results():
+            if isinstance(item, jobs.Progress):
+                yield enclave_pb2.RunJobResponse(
+                    progress=enclave_pb2.Progress(kind=item.kind, text=item.text)
+                )
+            elif isinstance(item, jobs.ReleasedOutput):
+                data = item.ciphertext
+                for start in range(0, max(len(data), 1), OUTPUT_CHUNK):
+                    yield enclave_pb2.RunJobResponse(
+                        output=enclave_pb2.OutputChunk(
+                            name=item.name, data=data[start : start + OUTPUT_CHUNK]
+                        )
+                    )
+            else:
+                yield enclave_pb2.RunJobResponse(result_statement=item)
 
 
 def add_to_server(server: Any, runtime: Runtime, identity: EnclaveIdentity) -> None:

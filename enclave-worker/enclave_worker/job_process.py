@@ -1,0 +1,292 @@
+"""One child process per job (libos.process): a crashing job never takes the worker down.
+
+The worker's service (the parent) checks consent (jobs.accept) and receives
+the ciphertext; the job process decrypts, joins, trains, seals the outputs and
+signs the result statement with the enclave's key. The parent hands it the
+identity keys in the spawn payload — over the pipe, never a file or the
+environment — so the child shares the enclave's keys without attesting again.
+
+The job protocol on top of libos.process's pipe frames:
+
+parent → child
+    payload (at spawn)  JSON: ``identity`` (signing, hpke and optional hpke_pq
+                        private keys as hex, backend, mrenclave), ``terms``,
+                        ``approvals``, ``manifests`` (hex envelopes) and
+                        ``accepted_at`` (the time the parent checked consent)
+    ``chunk``           u16 length of the data set id ‖ id ‖ ciphertext bytes
+    ``end``             empty: every data set has arrived
+child → parent
+    ``progress``        JSON ``{"kind", "text"}``, forwarded as a gRPC Progress
+    ``output``          u16 length of the output name ‖ name ‖ up to 1 MiB of ciphertext
+    ``statement``       the signed result statement (last)
+
+The child runs jobs.accept again on the same bytes (and the parent's clock),
+so the job it trains is one that passed every consent check in its own
+process. A child that crashes is reported as :class:`JobCrashedError`; one
+whose code raised an unexpected exception as :class:`JobFailedError`, with
+the details in ``logs/job-<id>.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from enclave_worker import jobs
+from enclave_worker.identity import EnclaveIdentity
+from libos import process
+from protocols import canonical
+from protocols.errors import DetenteError, FormatError, IntegrityError, PolicyError
+from protocols.keys import HpkePrivateKey, SigningKey
+
+if TYPE_CHECKING:
+    from libos.efs import EncryptedFS
+
+log = logging.getLogger("enclave_worker.job_process")
+
+TARGET = "enclave_worker.job_process:job_main"
+PAYLOAD_VERSION = 1
+OUTPUT_PIECE = 1 << 20
+_NAME_SIZE = struct.Struct(">H")
+
+
+class JobCrashedError(DetenteError):
+    """The job's process ended without finishing (killed, crashed, out of memory)."""
+
+
+class JobFailedError(DetenteError):
+    """The job's process hit an unexpected internal error (details in the enclave's log)."""
+
+
+def _named(name: str, data: bytes) -> bytes:
+    raw = name.encode("utf-8")
+    return _NAME_SIZE.pack(len(raw)) + raw + data
+
+
+def _unnamed(body: bytes, what: str) -> tuple[str, bytes]:
+    if len(body) < _NAME_SIZE.size:
+        raise FormatError(f"a {what} message is too short")
+    (size,) = _NAME_SIZE.unpack_from(body)
+    end = _NAME_SIZE.size + size
+    if len(body) < end:
+        raise FormatError(f"a {what} message is truncated")
+    try:
+        return body[_NAME_SIZE.size : end].decode("utf-8"), body[end:]
+    except UnicodeDecodeError:
+        raise FormatError(f"a {what} message has a name that is not UTF-8") from None
+
+
+def _payload(
+    identity: EnclaveIdentity,
+    terms: bytes,
+    approvals: list[bytes],
+    manifests: list[bytes],
+    accepted_at: float,
+) -> bytes:
+    pq = identity.hpke_pq_key
+    return json.dumps(
+        {
+            "version": PAYLOAD_VERSION,
+            "identity": {
+                "signing": identity.signing_key.private_raw().hex(),
+                "hpke": identity.hpke_key.private_raw().hex(),
+                "hpke_pq": pq.private_raw().hex() if pq is not None else None,
+                "backend": identity.backend,
+                "mrenclave": identity.mrenclave,
+            },
+            "terms": terms.hex(),
+            "approvals": [a.hex() for a in approvals],
+            "manifests": [m.hex() for m in manifests],
+            "accepted_at": accepted_at,
+        }
+    ).encode()
+
+
+class JobProcess:
+    """The parent's view of one job running in its own process."""
+
+    def __init__(self, child: process.ChildHandle, job_id: str) -> None:
+        self._child = child
+        self.job_id = job_id
+
+    @classmethod
+    def start(
+        cls,
+        identity: EnclaveIdentity,
+        job: jobs.AcceptedJob,
+        approvals: list[bytes],
+        manifests: list[bytes],
+        accepted_at: float,
+    ) -> JobProcess:
+        """Spawn the job's process and hand it the keys and the accepted job's documents."""
+        payload = _payload(
+            identity, job.terms_envelope.to_bytes(), approvals, manifests, accepted_at
+        )
+        job_id = job.terms.job_id
+        name = (job_id if job_id.startswith("job") else f"job-{job_id}")[:128]
+        try:
+            child = process.spawn(TARGET, payload, name=name)
+        except process.ChildError as exc:
+            raise _translate(exc) from None
+        log.info("job %s runs in process %d", job.terms.job_id, child.pid)
+        return cls(child, job.terms.job_id)
+
+    @property
+    def pid(self) -> int:
+        return self._child.pid
+
+    def send_chunk(self, dataset_id: str, data: bytes) -> None:
+        try:
+            self._child.send("chunk", _named(dataset_id, data))
+        except process.ChildError as exc:
+            raise _translate(exc) from None
+
+    def results(self) -> Iterator[jobs.Progress | jobs.ReleasedOutput | bytes]:
+        """Progress, output pieces (consecutive pieces of one output), then the statement."""
+        try:
+            self._child.send("end")
+            for message in self._child.messages():
+                if message.kind == "progress":
+                    report = canonical.loads(message.body, "job progress")
+                    yield jobs.Progress(str(report.get("kind")), str(report.get("text")))
+                elif message.kind == "output":
+                    name, data = _unnamed(message.body, "job output")
+                    yield jobs.ReleasedOutput(name, data)
+                elif message.kind == "statement":
+                    yield message.body
+                else:
+                    raise FormatError(f"the job process sent an unknown {message.kind!r} message")
+        except process.ChildError as exc:
+            raise _translate(exc) from None
+
+    def kill(self) -> None:
+        """Stop the job now (the call was cancelled). Safe from any thread."""
+        self._child.kill()
+
+    def close(self) -> None:
+        self._child.close()
+
+    def __enter__(self) -> JobProcess:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _translate(exc: process.ChildError) -> DetenteError:
+    if isinstance(exc, process.ChildLimitError):
+        return exc  # already says which limit and what to do
+    if isinstance(exc, process.ChildCrashedError) and exc.ended is not None:
+        log.warning("job process crashed: %s", exc)
+        ended = exc.ended
+        return JobCrashedError(
+            f"the job process crashed: {ended.describe()}, peak memory "
+            f"{ended.peak_rss_bytes / 2**20:.1f} MiB; the worker is still serving: run the job "
+            "again, and if it crashes again ask the enclave operator to check logs/"
+        )
+    log.warning("job process failed: %s", exc)
+    return JobFailedError(
+        "the job process failed with an internal error; the enclave operator finds the "
+        "details in logs/ (job ids and stages only)"
+    )
+
+
+# --- in the job process ----------------------------------------------------------------
+
+
+def _decode_payload(payload: bytes) -> tuple[EnclaveIdentity, dict[str, Any]]:
+    doc = canonical.loads(payload, "job payload")
+    if doc.get("version") != PAYLOAD_VERSION:
+        raise FormatError(f"job payload version {doc.get('version')!r} is not {PAYLOAD_VERSION}")
+    keys = canonical.field(doc, "identity", dict, "job payload")
+    pq = keys.get("hpke_pq")
+    identity = EnclaveIdentity(
+        SigningKey.from_raw(canonical.unhex(keys.get("signing"), "signing key")),
+        HpkePrivateKey.from_raw(canonical.unhex(keys.get("hpke"), "HPKE key")),
+        str(keys.get("backend")),
+        str(keys.get("mrenclave")),
+        HpkePrivateKey.from_raw(canonical.unhex(pq, "PQ HPKE key")) if pq else None,
+    )
+    return identity, doc
+
+
+class MountCheckpoints:
+    """Checkpoints in an encrypted mount (libos.efs): the host sees neither names nor bytes,
+    and a changed, swapped or rolled-back checkpoint fails to read."""
+
+    def __init__(self, fs: EncryptedFS) -> None:
+        self._fs = fs
+
+    def read(self, name: str) -> bytes | None:
+        return self._fs.read_bytes(name) if self._fs.is_file(name) else None
+
+    def write(self, name: str, data: bytes) -> None:
+        self._fs.write_bytes(name, data)
+
+
+def _environment(channel: process.Channel) -> jobs.JobEnvironment:
+    """What this enclave's LibOS offers the job: memory limit, peak memory, checkpoints.
+
+    Checkpoints go to the first encrypted mount of the image's config (``/data``
+    by default). An image without mounts, or a backend that refuses libos.efs
+    mounts (gramine: no rollback counter, docs/libos.md), trains without them.
+    A mount that fails its integrity checks is not skipped: the job fails.
+    """
+    from libos import runtime
+
+    def emit(progress: jobs.Progress) -> None:
+        channel.send("progress", canonical.dumps({"kind": progress.kind, "text": progress.text}))
+
+    rt = runtime.current()
+    checkpoints = None
+    if rt.mounts:
+        try:
+            checkpoints = MountCheckpoints(rt.mount(rt.mounts[0].path))
+        except PolicyError as exc:
+            log.warning("training without checkpoints: %s", exc)
+    return jobs.JobEnvironment(emit=emit, checkpoints=checkpoints)
+
+
+def job_main(channel: process.Channel, payload: bytes) -> None:
+    """The job process: accept the job again, receive its data, run it, stream the results."""
+    from libos import runtime
+
+    rt = runtime.current()
+    identity, doc = _decode_payload(payload)
+    if identity.mrenclave != rt.mrenclave.hex():
+        raise IntegrityError("the job payload names another enclave measurement")
+    job = jobs.accept(
+        identity,
+        canonical.unhex(doc.get("terms"), "job terms"),
+        [canonical.unhex(a, "approval") for a in canonical.field(doc, "approvals", list, "job")],
+        [canonical.unhex(m, "manifest") for m in canonical.field(doc, "manifests", list, "job")],
+        now=float(canonical.field(doc, "accepted_at", float, "job payload")),
+    )
+    del payload, doc
+    while True:
+        message = channel.recv()
+        if message.kind == "end":
+            break
+        if message.kind != "chunk":
+            raise FormatError(f"the worker sent an unknown {message.kind!r} message")
+        dataset_id, data = _unnamed(message.body, "data chunk")
+        job.add_chunk(dataset_id, data)
+    log.info("job %s: all data sets received", job.terms.job_id)
+    for item in jobs.run(identity, job, _environment(channel)):
+        if isinstance(item, jobs.Progress):
+            channel.send("progress", canonical.dumps({"kind": item.kind, "text": item.text}))
+        elif isinstance(item, jobs.ReleasedOutput):
+            data = item.ciphertext
+            for start in range(0, max(len(data), 1), OUTPUT_PIECE):
+                channel.send("output", _named(item.name, data[start : start + OUTPUT_PIECE]))
+        else:
+            channel.send("statement", item)
