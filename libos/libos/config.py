@@ -46,7 +46,6 @@ DEFAULTS: dict[str, Any] = {
         "allow_write": ["*.port", "*.port.tmp"],
     },
 }
-_NOT_MEASURED = ("signer_key", "signer_public_key")
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -383,7 +382,7 @@ packages = {_toml_list(d["packages"])}
 distributions = {_toml_list(d["distributions"])}
 
 # Backend: "sim" is a SIMULATION of SGX and gives NO hardware protection.
-# "gramine": run under gramine-sgx (`detente libos export --target gramine DIR`).
+# "gramine": run under gramine-sgx (`detente libos export --target gramine DIR OUT`).
 backend = "{d["backend"]}"
 
 # Debug images set the SGX DEBUG attribute in their quotes; verifiers refuse
