@@ -271,6 +271,7 @@ class ChildHandle:
         self._finished = False
         self._started = False  # the child's hello came
         self._killed_by_parent = False
+        self._closed = False
         self._reap_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -295,6 +296,7 @@ class ChildHandle:
         self._send(kind, body)
 
     def _send(self, kind: str, body: bytes) -> None:
+        self._check_open()
         try:
             _write_frame(self._to_child, kind, body)
         except (BrokenPipeError, OSError):
@@ -323,7 +325,13 @@ class ChildHandle:
         while (message := self.recv()) is not None:
             yield message
 
+    def _check_open(self) -> None:
+        # The pipes' descriptor numbers may belong to other files once closed.
+        if self._closed:
+            raise ChildError(f"the handle of child process {self.name!r} is closed")
+
     def _read(self, timeout: float | None) -> Message | None:
+        self._check_open()
         try:
             message = self._reader.read(timeout)
         except FormatError:
@@ -412,12 +420,10 @@ class ChildHandle:
 
     def close(self) -> ChildExit:
         """Close the pipes (a child still running exits: its parent is gone) and reap it."""
-        for fd in (self._to_child, self._from_child):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._to_child = self._from_child = -1
+        if not self._closed:
+            self._closed = True
+            os.close(self._to_child)
+            os.close(self._from_child)
         if self._ended is None and not self._finished:
             self._killed_by_parent = True
         return self.wait(_STOP_GRACE)
