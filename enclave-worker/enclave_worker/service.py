@@ -62,7 +62,7 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                 ) as running:
                     # A cancelled call (client gone, server stopping) stops its job.
                     context.add_callback(running.kill)
-                    yield from self._relay(running, job, request_iterator, context)
+                    yield from self._relay(running, job, request_iterator)
             except job_process.JobCrashedError as exc:
                 log.warning("job failed: %s", exc)
                 context.abort(grpc.StatusCode.ABORTED, str(exc))
@@ -81,7 +81,6 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
         running: job_process.JobProcess,
         job: jobs.AcceptedJob,
         request_iterator: Iterator[Any],
-        context: Any,
     ) -> Iterator[Any]:
         for request in request_iterator:
             if not request.HasField("chunk"):
