@@ -208,7 +208,7 @@ class PartyRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     signing_key: Mapped[str] = mapped_column(String(64), unique=True)
-    hpke_key: Mapped[str] = mapped_column(String(64))
+    hpke_key: Mapped[str] = mapped_column(Text)  # a PQ key is 2436 hex characters
     registration: Mapped[bytes] = mapped_column(LargeBinary)
     registered_at: Mapped[int] = mapped_column(BigInteger)
 
