@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from protocols import canonical, ratls, statements, tls
 from protocols.attestation import Evidence, report_data_for
 from protocols.documents import IdentityDocument
-from protocols.errors import FormatError
+from protocols.errors import DetenteError, FormatError
 from protocols.keys import HpkePrivateKey, HpkePublicKey, Kem, SigningKey, write_secret_file
 
 _SEALED_NAME = "identity.sealed"
@@ -94,14 +94,54 @@ def ratls_credentials(
     return key, ratls.create_certificate(key, evidence)
 
 
-def load_or_create(runtime: Runtime) -> EnclaveIdentity:
-    """Unseal the identity keys, or create and seal them on first start."""
+_EFS_NAME = "keys/identity.sealed"
+
+
+def _encrypted_mount(runtime: Runtime) -> Any:
+    """The first encrypted mount, where sealed keys live (issue 3), or None.
+
+    Without a usable mount (none configured, or a backend such as Gramine that
+    offers no rollback-safe mount) the sealed blob stays in ``sealed/``.
+    """
+    mounts = getattr(runtime, "mounts", ())
+    if not mounts:
+        return None
+    try:
+        return runtime.mount(mounts[0].path)  # type: ignore[attr-defined]
+    except DetenteError:
+        return None
+
+
+def _read_sealed(runtime: Runtime) -> bytes | None:
     from pathlib import Path
 
-    path = Path(str(runtime.sealed_dir)) / _SEALED_NAME
+    fs = _encrypted_mount(runtime)
+    if fs is not None and fs.exists(_EFS_NAME):
+        return bytes(fs.read_bytes(_EFS_NAME))
+    legacy = Path(str(runtime.sealed_dir)) / _SEALED_NAME
+    return legacy.read_bytes() if legacy.exists() else None
+
+
+def _write_sealed(runtime: Runtime, sealed: bytes) -> None:
+    from pathlib import Path
+
+    fs = _encrypted_mount(runtime)
+    if fs is not None:
+        fs.write_bytes(_EFS_NAME, sealed)
+    else:
+        write_secret_file(Path(str(runtime.sealed_dir)) / _SEALED_NAME, sealed)
+
+
+def load_or_create(runtime: Runtime) -> EnclaveIdentity:
+    """Unseal the identity keys, or create and seal them on first start.
+
+    The sealed blob lives in the encrypted file system when the image mounts
+    one, so the host sees neither the blob nor its name and cannot roll it back.
+    """
     mrenclave = runtime.mrenclave.hex()
-    if path.exists():
-        keys = json.loads(runtime.unseal(path.read_bytes(), _SEAL_LABEL))
+    blob = _read_sealed(runtime)
+    if blob is not None:
+        keys = json.loads(runtime.unseal(blob, _SEAL_LABEL))
         try:
             signing = SigningKey.from_raw(canonical.unhex(keys["signing"], "sealed signing key"))
             hpke = HpkePrivateKey.from_raw(canonical.unhex(keys["hpke"], "sealed HPKE key"))
@@ -123,5 +163,5 @@ def load_or_create(runtime: Runtime) -> EnclaveIdentity:
         ).encode(),
         _SEAL_LABEL,
     )
-    write_secret_file(path, sealed)
+    _write_sealed(runtime, sealed)
     return EnclaveIdentity(signing, hpke, runtime.backend, mrenclave, pq_key)
