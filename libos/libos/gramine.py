@@ -58,7 +58,7 @@ from libos.image import (
 )
 from libos.launch import interpreter_command, python_path
 from libos.limits import Limits, malloc_arena_max
-from libos.runtime import FLAG_INIT, NotInEnclaveError
+from libos.runtime import FLAG_INIT, MeasuredRuntime, NotInEnclaveError, check_report_data
 from libos.sealing import Sealer
 from protocols import quote as sgx_quote
 from protocols.errors import AttestationError, FormatError, PolicyError
@@ -93,7 +93,7 @@ _LAUNCHER_ENV = ("PYTHONPATH", "OMP_NUM_THREADS", "MALLOC_ARENA_MAX")
 # --- the runtime --------------------------------------------------------------------
 
 
-class GramineRuntime:
+class GramineRuntime(MeasuredRuntime):
     """The enclave's view of itself under Gramine, through ``device_dir`` (/dev/attestation).
 
     Same interface as ``libos.runtime.EnclaveRuntime``; ``simulation`` is False.
@@ -123,21 +123,19 @@ class GramineRuntime:
             )
         own = self._quote(bytes(64))[1].report
         self._report = own
-        self._measurement = Measurement(
-            mrenclave=own.mr_enclave,
-            mrsigner=own.mr_signer,
-            backend=self.backend,
-            debug=own.debug,
-            isv_prod_id=own.isv_prod_id,
-            isv_svn=own.isv_svn,
-            file_count=0,
+        super().__init__(
+            Measurement(
+                mrenclave=own.mr_enclave,
+                mrsigner=own.mr_signer,
+                backend=self.backend,
+                debug=own.debug,
+                isv_prod_id=own.isv_prod_id,
+                isv_svn=own.isv_svn,
+                file_count=0,
+            ),
+            instance_dir,
+            mounts,
         )
-        self._mounts = {m.path: m for m in mounts}
-        self.instance_dir = Path(instance_dir)
-        self.sealed_dir = self.instance_dir / "sealed"
-        self.log_dir = self.instance_dir / "logs"
-        self.sealed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"<GramineRuntime {self.device_dir} mrenclave={self.mrenclave.hex()[:16]}…>"
@@ -146,30 +144,6 @@ class GramineRuntime:
         raise TypeError("GramineRuntime reads sealing keys and cannot be pickled")
 
     # --- identity (from the enclave's own quote) ---
-
-    @property
-    def measurement(self) -> Measurement:
-        return self._measurement
-
-    @property
-    def mrenclave(self) -> bytes:
-        return self._measurement.mrenclave
-
-    @property
-    def mrsigner(self) -> bytes:
-        return self._measurement.mrsigner
-
-    @property
-    def debug(self) -> bool:
-        return self._measurement.debug
-
-    @property
-    def isv_prod_id(self) -> int:
-        return self._measurement.isv_prod_id
-
-    @property
-    def isv_svn(self) -> int:
-        return self._measurement.isv_svn
 
     @property
     def root_fingerprint(self) -> str:
@@ -182,9 +156,7 @@ class GramineRuntime:
     # --- quotes ---
 
     def _quote(self, report_data: bytes) -> tuple[bytes, sgx_quote.Quote]:
-        if not isinstance(report_data, bytes | bytearray) or len(report_data) != 64:
-            size = len(report_data) if isinstance(report_data, bytes | bytearray) else None
-            raise FormatError(f"report_data must be exactly 64 bytes, got {size or report_data!r}")
+        report_data = check_report_data(report_data)
         # One write-then-read at a time: the device holds one user_report_data.
         with self._lock:
             with open(self.device_dir / "user_report_data", "wb") as out:
@@ -254,10 +226,6 @@ class GramineRuntime:
         return self.sealer(policy).unseal(blob, label)
 
     # --- mounts ---
-
-    @property
-    def mounts(self) -> tuple[Mount, ...]:
-        return tuple(self._mounts.values())
 
     def mount(self, path: str) -> NoReturn:
         """Refused: Gramine encrypts these mounts itself but has no rollback counter.

@@ -39,36 +39,28 @@ class NotInEnclaveError(DetenteError):
     """Code asked for the enclave runtime outside an enclave started by libos."""
 
 
-class EnclaveRuntime:
-    """The enclave's view of itself.
+def check_report_data(report_data: bytes) -> bytes:
+    """REPORTDATA is exactly 64 bytes (SGX report body layout)."""
+    if not isinstance(report_data, bytes | bytearray) or len(report_data) != 64:
+        size = len(report_data) if isinstance(report_data, bytes | bytearray) else None
+        raise FormatError(f"report_data must be exactly 64 bytes, got {size or report_data!r}")
+    return bytes(report_data)
 
-    On the ``sim`` backend this is a SIMULATION and gives no hardware protection.
-    """
+
+class MeasuredRuntime:
+    """What every backend's runtime shares: its measurement, folders and mounts."""
 
     def __init__(
-        self,
-        measurement: Measurement,
-        instance_dir: Path,
-        platform: SimPlatform,
-        mounts: Sequence[Mount] = (),
+        self, measurement: Measurement, instance_dir: Path, mounts: Sequence[Mount]
     ) -> None:
         self._measurement = measurement
-        self._platform = platform
         # The measured [[mounts]] of the verified image, never the host's libos.toml.
         self._mounts = {m.path: m for m in mounts}
-        self._mounted: dict[str, EncryptedFS] = {}
         self.instance_dir = Path(instance_dir)
         self.sealed_dir = self.instance_dir / "sealed"
         self.log_dir = self.instance_dir / "logs"
         self.sealed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-
-    def __repr__(self) -> str:
-        sim = " SIMULATION" if self.simulation else ""
-        return f"<EnclaveRuntime{sim} mrenclave={self.mrenclave.hex()[:16]}…>"
-
-    def __reduce__(self) -> NoReturn:
-        raise TypeError("EnclaveRuntime holds platform secrets and cannot be pickled")
 
     @property
     def measurement(self) -> Measurement:
@@ -87,20 +79,50 @@ class EnclaveRuntime:
         return self._measurement.debug
 
     @property
-    def backend(self) -> str:
-        return self._measurement.backend
-
-    @property
-    def simulation(self) -> bool:
-        return self.backend == "sim"
-
-    @property
     def isv_prod_id(self) -> int:
         return self._measurement.isv_prod_id
 
     @property
     def isv_svn(self) -> int:
         return self._measurement.isv_svn
+
+    @property
+    def mounts(self) -> tuple[Mount, ...]:
+        """The encrypted mounts the image's config declares."""
+        return tuple(self._mounts.values())
+
+
+class EnclaveRuntime(MeasuredRuntime):
+    """The enclave's view of itself.
+
+    On the ``sim`` backend this is a SIMULATION and gives no hardware protection.
+    """
+
+    def __init__(
+        self,
+        measurement: Measurement,
+        instance_dir: Path,
+        platform: SimPlatform,
+        mounts: Sequence[Mount] = (),
+    ) -> None:
+        super().__init__(measurement, instance_dir, mounts)
+        self._platform = platform
+        self._mounted: dict[str, EncryptedFS] = {}
+
+    def __repr__(self) -> str:
+        sim = " SIMULATION" if self.simulation else ""
+        return f"<EnclaveRuntime{sim} mrenclave={self.mrenclave.hex()[:16]}…>"
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("EnclaveRuntime holds platform secrets and cannot be pickled")
+
+    @property
+    def backend(self) -> str:
+        return self._measurement.backend
+
+    @property
+    def simulation(self) -> bool:
+        return self.backend == "sim"
 
     @property
     def root_fingerprint(self) -> str:
@@ -112,9 +134,7 @@ class EnclaveRuntime:
         return flags.to_bytes(8, "little") + XFRM_DEFAULT.to_bytes(8, "little")
 
     def report(self, report_data: bytes) -> sgx_quote.ReportBody:
-        if not isinstance(report_data, bytes | bytearray) or len(report_data) != 64:
-            size = len(report_data) if isinstance(report_data, bytes | bytearray) else None
-            raise FormatError(f"report_data must be exactly 64 bytes, got {size or report_data!r}")
+        report_data = check_report_data(report_data)
         return sgx_quote.ReportBody(
             cpu_svn=bytes(16),
             misc_select=0,
@@ -139,11 +159,6 @@ class EnclaveRuntime:
     def unseal(self, blob: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
         """Raise IntegrityError if the blob is not this enclave's or was altered."""
         return self.sealer(policy).unseal(blob, label)
-
-    @property
-    def mounts(self) -> tuple[Mount, ...]:
-        """The encrypted mounts the image's config declares."""
-        return tuple(self._mounts.values())
 
     def mount(self, path: str) -> EncryptedFS:
         """The encrypted file system mounted at ``path`` (one object per process).
