@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
+from worker_testkit import Owner, make_table
 
 from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
@@ -18,7 +19,6 @@ from protocols.documents import (
     Approval,
     DatasetManifest,
     JobTerms,
-    Recipient,
     ResultStatement,
     schema_sha256,
 )
@@ -27,25 +27,6 @@ from protocols.keys import HpkePrivateKey, SigningKey
 from protocols.statements import Envelope
 
 MRENCLAVE = "ab" * 32
-
-
-class Owner:
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.signing = SigningKey.generate()
-        self.hpke = HpkePrivateKey.generate()
-
-    def recipient(self) -> Recipient:
-        return Recipient(self.name, self.signing.verify_key, self.hpke.public_key)
-
-
-def make_table(rows: int, seed: int) -> pa.Table:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 3))
-    y = (x[:, 0] + rng.normal(scale=0.5, size=rows) > 0).astype(np.int64)
-    return pa.table(
-        {"id": np.arange(rows) + seed * 1000, "a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": y}
-    )
 
 
 def seal(
@@ -208,7 +189,7 @@ def test_the_model_equals_plaintext_xgboost_on_the_joined_rows(world):
     model = xgb.Booster()
     model.load_model(bytearray(stream.open_stream(key, output.ciphertext, b"job-1/model")))
     joined = pa.concat_tables(tables)
-    names = ["a", "b", "c"]
+    names = ["f0", "f1", "f2"]
     x = np.column_stack([joined.column(n).to_numpy().astype(np.float32) for n in names])
     y = joined.column("label").to_numpy().astype(np.float32)
     plain = xgb.train(
