@@ -20,7 +20,6 @@ quotes: a hardware quote's verification adds its collateral checks.
 from __future__ import annotations
 
 import argparse
-import json
 import secrets
 import shutil
 import statistics
@@ -31,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.enclave_client import CHANNEL_OPTIONS, EnclaveClient
-from experiments.demo import cluster, write_policy
+from experiments.demo import cluster, start_enclave
 from protocols import ratls, tls
 from protocols.attestation import AttestationPolicy
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
@@ -95,19 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     try:
         with cluster(root) as c:
-            host = root / "enclave-host"
-            instance = host / "instance"
-            c.run(["libos", "init", str(instance)])
-            c.run(["libos", "build", str(instance)])
-            measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
-            port_file = host / "enclave.port"
-            port = c.spawn(
-                "enclave",
-                ["libos", "run", str(instance), "--", "--port-file", str(port_file)],
-                port_file,
-                host / "logs",
-            )
-            policy = AttestationPolicy.load(write_policy(root / "policy.toml", measured))
+            port, _, policy_path = start_enclave(c, root)
+            policy = AttestationPolicy.load(policy_path)
             results = measure(f"127.0.0.1:{port}", policy, args.repeat)
     finally:
         if args.workdir is None:

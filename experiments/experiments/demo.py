@@ -125,12 +125,11 @@ def write_policy(path: Path, measured: dict[str, Any]) -> Path:
     return path
 
 
-def start_roles(c: Cluster, root: Path) -> Roles:
-    """Build the enclave image and start the worker and the coordinator, each a process.
+def start_enclave(c: Cluster, root: Path) -> tuple[int, dict[str, Any], Path]:
+    """Build the enclave image in ``enclave-host/`` and start the worker as a process.
 
-    Each role gets its own folder: ``enclave-host/`` and ``coordinator/``. The
-    coordinator checks the enclave's RA-TLS certificate with the same policy
-    the parties get (``policy.toml``).
+    Returns its port, `detente libos measure --json` and the policy file that
+    trusts exactly this build (``policy.toml``).
     """
     host = root / "enclave-host"
     instance = host / "instance"
@@ -138,13 +137,22 @@ def start_roles(c: Cluster, root: Path) -> Roles:
     c.run(["libos", "build", str(instance)])
     measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
     port_file = host / "enclave.port"
-    enclave_port = c.spawn(
+    port = c.spawn(
         "enclave",
         ["libos", "run", str(instance), "--", "--port-file", str(port_file)],
         port_file,
         host / "logs",
     )
-    policy = write_policy(root / "policy.toml", measured)
+    return port, measured, write_policy(root / "policy.toml", measured)
+
+
+def start_roles(c: Cluster, root: Path) -> Roles:
+    """Start the enclave worker and the coordinator, each a process in its own folder.
+
+    The coordinator checks the enclave's RA-TLS certificate with the same policy
+    the parties get (``policy.toml``).
+    """
+    enclave_port, measured, policy = start_enclave(c, root)
     coord = root / "coordinator"
     serve = ["coordinator", "serve", "--home", str(coord), "--port-file", str(coord / "port")]
     coord_port = c.spawn(

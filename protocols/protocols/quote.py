@@ -96,6 +96,11 @@ INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 SIMULATION_QE_VENDOR_ID = b"DETENTE-SIM-QE\x00\x00"
 
 
+def pack_header(quote: Any) -> bytes:
+    """The 48-byte quote header (shared by SGX v3 and TDX v4/v5) from a quote's fields."""
+    return HEADER.pack({f.name: getattr(quote, f.name) for f in HEADER.fields})
+
+
 @dataclass(frozen=True)
 class ReportBody:
     cpu_svn: bytes
@@ -179,17 +184,7 @@ class Quote:
         return self.report.debug
 
     def header_bytes(self) -> bytes:
-        return HEADER.pack(
-            {
-                "version": self.version,
-                "attestation_key_type": self.attestation_key_type,
-                "tee_type": self.tee_type,
-                "qe_svn": self.qe_svn,
-                "pce_svn": self.pce_svn,
-                "qe_vendor_id": self.qe_vendor_id,
-                "user_data": self.user_data,
-            }
-        )
+        return pack_header(self)
 
     def signed_bytes(self) -> bytes:
         """Header ‖ report body: the bytes the attestation key signs."""

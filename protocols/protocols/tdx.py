@@ -36,6 +36,7 @@ from protocols.quote import (
     REPORT_BODY,
     TEE_TYPE_TDX,
     ReportBody,
+    pack_header,
 )
 
 QUOTE_VERSION_4 = 4
@@ -215,17 +216,7 @@ class TdxQuote:
         return self.td_report.debug
 
     def header_bytes(self) -> bytes:
-        return HEADER.pack(
-            {
-                "version": self.version,
-                "attestation_key_type": self.attestation_key_type,
-                "tee_type": self.tee_type,
-                "qe_svn": self.qe_svn,
-                "pce_svn": self.pce_svn,
-                "qe_vendor_id": self.qe_vendor_id,
-                "user_data": self.user_data,
-            }
-        )
+        return pack_header(self)
 
     def signed_bytes(self) -> bytes:
         """Everything before the signature data length: what the attestation key signs."""
