@@ -30,8 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from libos.sim import SimPlatform
-from protocols import quote as sgx_quote
-from protocols import statements
+from protocols import quote_layout, quote_verify, statements
 from protocols.attestation import AttestationPolicy, Evidence, report_data_for, verify_evidence
 from protocols.collateral import Collateral
 from protocols.documents import IdentityDocument
@@ -64,7 +63,7 @@ def simulated_evidence(directory: Path) -> tuple[Evidence, bytes, AttestationPol
     ).to_dict()
     envelope = statements.sign(statements.IDENTITY, identity, key)
     mrenclave = hashlib.sha256(b"bench enclave").digest()
-    report = sgx_quote.ReportBody(
+    report = quote_layout.ReportBody(
         cpu_svn=bytes(16),
         misc_select=0,
         attributes=(0x05).to_bytes(8, "little") + (0x03).to_bytes(8, "little"),
@@ -91,7 +90,7 @@ def main() -> None:
     parser.add_argument("--vectors", type=Path, default=DEFAULT_VECTORS)
     args = parser.parse_args()
 
-    intel = [sgx_quote.intel_sgx_root()]
+    intel = [quote_verify.intel_sgx_root()]
     sgx = (args.vectors / "sgx_quote").read_bytes()
     sgx_text = (args.vectors / "sgx_quote_collateral.json").read_text()
     sgx_collateral = Collateral.from_json(sgx_text)
@@ -105,7 +104,7 @@ def main() -> None:
             (
                 "SIMULATION SGX quote: chain + signatures",
                 len(evidence.quote),
-                lambda: sgx_quote.verify_quote(evidence.quote, sim_root),
+                lambda: quote_verify.verify_quote(evidence.quote, sim_root),
             ),
             (
                 "SIMULATION evidence: verify_evidence (all rules)",
@@ -115,17 +114,17 @@ def main() -> None:
             (
                 "real SGX quote v3: chain + signatures",
                 len(sgx),
-                lambda: sgx_quote.verify_quote(sgx, intel, IN_WINDOW),
+                lambda: quote_verify.verify_quote(sgx, intel, IN_WINDOW),
             ),
             (
                 "real SGX quote v3 + collateral (dcap-qvl)",
                 len(sgx),
-                lambda: sgx_quote.verify_quote(sgx, intel, IN_WINDOW, collateral=sgx_collateral),
+                lambda: quote_verify.verify_quote(sgx, intel, IN_WINDOW, collateral=sgx_collateral),
             ),
             (
                 "real TDX quote v4 + collateral (dcap-qvl)",
                 len(tdx),
-                lambda: sgx_quote.verify_quote(tdx, intel, IN_WINDOW, collateral=tdx_collateral),
+                lambda: quote_verify.verify_quote(tdx, intel, IN_WINDOW, collateral=tdx_collateral),
             ),
             (
                 "load + validate SGX collateral JSON",

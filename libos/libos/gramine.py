@@ -60,7 +60,7 @@ from libos.launch import interpreter_command, python_path
 from libos.limits import Limits, malloc_arena_max
 from libos.runtime import FLAG_INIT, MeasuredRuntime, NotInEnclaveError, check_report_data
 from libos.sealing import Sealer
-from protocols import quote as sgx_quote
+from protocols import quote_layout, quote_verify
 from protocols.errors import AttestationError, FormatError, PolicyError
 
 DEVICE_DIR = Path("/dev/attestation")
@@ -148,14 +148,14 @@ class GramineRuntime(MeasuredRuntime):
     @property
     def root_fingerprint(self) -> str:
         """SHA-256 hex of the Intel SGX Root CA that DCAP quotes chain to."""
-        return sgx_quote.certificate_fingerprint(sgx_quote.intel_sgx_root())
+        return quote_verify.certificate_fingerprint(quote_verify.intel_sgx_root())
 
     def attributes(self) -> bytes:
         return self._report.attributes
 
     # --- quotes ---
 
-    def _quote(self, report_data: bytes) -> tuple[bytes, sgx_quote.Quote]:
+    def _quote(self, report_data: bytes) -> tuple[bytes, quote_layout.Quote]:
         report_data = check_report_data(report_data)
         # One write-then-read at a time: the device holds one user_report_data.
         with self._lock:
@@ -163,8 +163,8 @@ class GramineRuntime(MeasuredRuntime):
                 out.write(bytes(report_data))
             with open(self.device_dir / "quote", "rb") as src:
                 data = src.read()
-        parsed = sgx_quote.parse_quote(data)
-        if not isinstance(parsed, sgx_quote.Quote):
+        parsed = quote_layout.parse_quote(data)
+        if not isinstance(parsed, quote_layout.Quote):
             raise AttestationError(
                 f"{self.device_dir / 'quote'} returned a TDX quote; the gramine backend runs "
                 "in SGX enclaves"
@@ -178,7 +178,7 @@ class GramineRuntime(MeasuredRuntime):
             raise AttestationError("the quote's enclave is not initialised (ATTRIBUTES.INIT)")
         return data, parsed
 
-    def _raw_quote(self, report_data: bytes) -> tuple[bytes, sgx_quote.Quote]:
+    def _raw_quote(self, report_data: bytes) -> tuple[bytes, quote_layout.Quote]:
         data, parsed = self._quote(report_data)
         own = getattr(self, "_measurement", None)
         if own is not None and (
@@ -190,7 +190,7 @@ class GramineRuntime(MeasuredRuntime):
             )
         return data, parsed
 
-    def report(self, report_data: bytes) -> sgx_quote.ReportBody:
+    def report(self, report_data: bytes) -> quote_layout.ReportBody:
         return self._raw_quote(report_data)[1].report
 
     def quote(self, report_data: bytes) -> bytes:

@@ -24,7 +24,7 @@ from libos.efs import EncryptedFS, MountKey
 from libos.image import Measurement
 from libos.sealing import Sealer
 from libos.sim import SimPlatform
-from protocols import quote as sgx_quote
+from protocols import quote_layout
 from protocols.errors import DetenteError, FormatError, PolicyError
 
 # SGX ATTRIBUTES.FLAGS bits (Intel SDM Vol. 3D, 34.7.1): INIT and MODE64BIT are
@@ -130,12 +130,12 @@ class EnclaveRuntime(MeasuredRuntime):
         return self._platform.root_fingerprint
 
     def attributes(self) -> bytes:
-        flags = FLAG_INIT | FLAG_MODE64BIT | (sgx_quote.ATTRIBUTE_DEBUG if self.debug else 0)
+        flags = FLAG_INIT | FLAG_MODE64BIT | (quote_layout.ATTRIBUTE_DEBUG if self.debug else 0)
         return flags.to_bytes(8, "little") + XFRM_DEFAULT.to_bytes(8, "little")
 
-    def report(self, report_data: bytes) -> sgx_quote.ReportBody:
+    def report(self, report_data: bytes) -> quote_layout.ReportBody:
         report_data = check_report_data(report_data)
-        return sgx_quote.ReportBody(
+        return quote_layout.ReportBody(
             cpu_svn=bytes(16),
             misc_select=0,
             attributes=self.attributes(),

@@ -14,7 +14,7 @@ whoever runs the host: anyone with that access can forge quotes and unseal
 data. Verifiers therefore refuse evidence chaining to this root unless their
 policy explicitly allows simulation (DESIGN.md §1, §5).
 
-Quotes use the Intel SGX ECDSA quote v3 layout (protocols.quote), so the same
+Quotes use the Intel SGX ECDSA quote v3 layout (protocols.quote_layout), so the same
 parser and verifier serve simulated and real evidence.
 """
 
@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from protocols import quote as sgx_quote
+from protocols import quote_layout, quote_verify
 from protocols.errors import FormatError
 from protocols.keys import write_secret_file
 
@@ -209,17 +209,17 @@ class SimPlatform:
     @property
     def root_fingerprint(self) -> str:
         """SHA-256 hex of the SIMULATION root certificate's DER."""
-        return sgx_quote.certificate_fingerprint(self.root_certificate)
+        return quote_verify.certificate_fingerprint(self.root_certificate)
 
     @property
     def sealing_secret(self) -> bytes:
         return self._sealing_secret
 
-    def quote(self, report: sgx_quote.ReportBody) -> bytes:
+    def quote(self, report: quote_layout.ReportBody) -> bytes:
         """A v3 quote over ``report``, as the simulated Quoting Enclave would sign it."""
         attestation_key = _raw_public(self._attestation_key)
         qe_auth_data = hashlib.sha256(b"Detente SIMULATION QE auth data").digest()
-        qe_report = sgx_quote.ReportBody(
+        qe_report = quote_layout.ReportBody(
             cpu_svn=bytes(16),
             misc_select=0,
             attributes=(0x05).to_bytes(8, "little") + (0x03).to_bytes(8, "little"),
@@ -227,15 +227,15 @@ class SimPlatform:
             mr_signer=SIM_QE_MRSIGNER,
             isv_prod_id=1,
             isv_svn=SIM_QE_SVN,
-            report_data=sgx_quote.qe_report_data_for(attestation_key, qe_auth_data),
+            report_data=quote_layout.qe_report_data_for(attestation_key, qe_auth_data),
         )
-        unsigned = sgx_quote.Quote(
-            version=sgx_quote.QUOTE_VERSION,
-            attestation_key_type=sgx_quote.ATTESTATION_KEY_ECDSA_P256,
-            tee_type=sgx_quote.TEE_TYPE_SGX,
+        unsigned = quote_layout.Quote(
+            version=quote_layout.QUOTE_VERSION,
+            attestation_key_type=quote_layout.ATTESTATION_KEY_ECDSA_P256,
+            tee_type=quote_layout.TEE_TYPE_SGX,
             qe_svn=SIM_QE_SVN,
             pce_svn=SIM_PCE_SVN,
-            qe_vendor_id=sgx_quote.SIMULATION_QE_VENDOR_ID,
+            qe_vendor_id=quote_layout.SIMULATION_QE_VENDOR_ID,
             user_data=bytes(20),
             report=report,
             isv_signature=bytes(64),
@@ -243,7 +243,7 @@ class SimPlatform:
             qe_report=qe_report,
             qe_report_signature=_raw_signature(self._pck_key, qe_report.to_bytes()),
             qe_auth_data=qe_auth_data,
-            cert_data_type=sgx_quote.CERT_DATA_PCK_CHAIN,
+            cert_data_type=quote_layout.CERT_DATA_PCK_CHAIN,
             cert_data=self._pck_pem
             + self.root_certificate.public_bytes(serialization.Encoding.PEM),
         )

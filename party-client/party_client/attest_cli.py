@@ -24,7 +24,7 @@ from rich.markup import escape
 from protocols.attestation import AttestationPolicy, QuoteAssessment, Rule, assess_quote
 from protocols.collateral import Collateral
 from protocols.errors import DetenteError
-from protocols.quote import describe_quote
+from protocols.quote_verify import describe_quote
 
 app = typer.Typer(
     # Tracebacks must never print local variables.

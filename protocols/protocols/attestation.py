@@ -39,13 +39,12 @@ from protocols.collateral import (
 )
 from protocols.documents import IdentityDocument
 from protocols.errors import AttestationError, DetenteError, PolicyError
-from protocols.quote import (
-    Quote,
+from protocols.quote_layout import Quote, parse_quote
+from protocols.quote_verify import (
     VerifiedQuote,
     certificate_fingerprint,
     check_collateral,
     intel_sgx_root,
-    parse_quote,
     pck_chain,
     verify_quote,
 )

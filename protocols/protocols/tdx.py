@@ -6,8 +6,8 @@ Library" reference (quote format v4, Appendix A; v5 adds a body descriptor):
     v4:  header (48) ‖ TD report 1.0 body (584)                       ‖ u32 L ‖ signature data (L)
     v5:  header (48) ‖ body type (u16) ‖ body size (u32) ‖ TD report body ‖ u32 L ‖ signature data
 
-The 48-byte header is the SGX quote header (protocols.quote.HEADER) with TEE
-type 0x81; in TDX quotes its QE SVN and PCE SVN words are reserved (zero).
+The 48-byte header is the SGX quote header (protocols.quote_layout.HEADER) with
+TEE type 0x81; in TDX quotes its QE SVN and PCE SVN words are reserved (zero).
 The signature data holds the ECDSA signature of everything before L, the
 attestation key, then certification data of type 6 ("QE report certification
 data") which nests the QE report, its PCK signature, the QE auth data and,
@@ -18,7 +18,7 @@ Real TDX quote buffers are padded with zero bytes after the signature data
 parser accepts it only when every padding byte is zero, and keeps its length
 so ``to_bytes`` gives back the exact input.
 
-Verification lives in protocols.quote.verify_quote, shared with SGX quotes.
+Verification lives in protocols.quote_verify.verify_quote, shared with SGX quotes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from protocols.errors import FormatError
 from protocols.layout import Field, Layout
-from protocols.quote import (
+from protocols.quote_layout import (
     ATTRIBUTE_DEBUG_TD,
     CERT_DATA_PCK_CHAIN,
     CERT_DATA_QE_REPORT,
@@ -182,7 +182,10 @@ class TdReport:
 
 @dataclass(frozen=True)
 class TdxQuote:
-    """A parsed TDX quote (v4 or v5). Field names of the QE parts match protocols.quote.Quote."""
+    """A parsed TDX quote (v4 or v5).
+
+    Field names of the QE parts match protocols.quote_layout.Quote.
+    """
 
     version: int
     attestation_key_type: int

@@ -28,7 +28,7 @@ from libos.cli import app
 from libos.gramine import GramineRuntime
 from libos.runtime import FLAG_INIT, FLAG_MODE64BIT, NotInEnclaveError
 from libos.sim import SimPlatform
-from protocols import quote as sgx_quote
+from protocols import quote_layout, quote_verify
 from protocols.errors import AttestationError, FormatError, IntegrityError, PolicyError
 
 FAKE_MRENCLAVE = hashlib.sha256(b"FAKE gramine enclave").digest()
@@ -70,7 +70,7 @@ class FakeDevAttestation:
             if self._stop.is_set():
                 return
             self.last_report_data = data
-            report = sgx_quote.ReportBody(
+            report = quote_layout.ReportBody(
                 cpu_svn=bytes(16),
                 misc_select=0,
                 attributes=(FLAG_INIT | FLAG_MODE64BIT).to_bytes(8, "little")
@@ -117,7 +117,9 @@ def test_identity_comes_from_the_enclaves_own_quote(
     assert (rt.isv_prod_id, rt.isv_svn) == (7, 3)
     assert rt.backend == "gramine" and rt.simulation is False and rt.debug is False
     assert rt.measurement.mrenclave == FAKE_MRENCLAVE
-    assert rt.root_fingerprint == sgx_quote.certificate_fingerprint(sgx_quote.intel_sgx_root())
+    assert rt.root_fingerprint == quote_verify.certificate_fingerprint(
+        quote_verify.intel_sgx_root()
+    )
     assert rt.sealed_dir.is_dir() and rt.log_dir.is_dir()
     assert FAKE_MRENCLAVE.hex()[:16] in repr(rt)
     with pytest.raises(TypeError):
@@ -133,7 +135,7 @@ def test_quotes_carry_the_report_data_written_to_the_device(
     report_data = bytes(range(64))
     quote = rt.quote(report_data)
     assert fake_dev_attestation.last_report_data == report_data
-    verified = sgx_quote.verify_quote(quote, [fake_dev_attestation.platform.root_certificate])
+    verified = quote_verify.verify_quote(quote, [fake_dev_attestation.platform.root_certificate])
     assert verified.report.report_data == report_data
     assert verified.report.mr_enclave == FAKE_MRENCLAVE
     assert rt.report(bytes(64)).mr_signer == FAKE_MRSIGNER

@@ -12,7 +12,7 @@ from libos_testkit import make_instance, run_cli, write_config
 
 from libos import image, launch, runtime
 from libos.sim import SimPlatform
-from protocols import quote as sgx_quote
+from protocols import quote_verify
 from protocols.errors import IntegrityError
 
 REPORT_DATA = bytes(range(64))
@@ -42,7 +42,7 @@ def test_probe_reports_the_built_measurement(
 
     platform = SimPlatform(instance / "platform")
     assert out["simulation_root_sha256"] == platform.root_fingerprint
-    verified = sgx_quote.verify_quote(
+    verified = quote_verify.verify_quote(
         base64.b64decode(str(out["quote"])), [platform.root_certificate]
     )
     assert verified.report.mr_enclave == measurement.mrenclave
@@ -64,7 +64,7 @@ def test_debug_image_sets_the_debug_bit(tmp_path: Path) -> None:
     out, _ = probe(instance, "--quote", REPORT_DATA.hex())
     assert out["debug"] is True
     platform = SimPlatform(instance / "platform")
-    verified = sgx_quote.verify_quote(
+    verified = quote_verify.verify_quote(
         base64.b64decode(str(out["quote"])), [platform.root_certificate]
     )
     assert verified.report.debug

@@ -9,16 +9,16 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from libos.sim import SimPlatform
-from protocols import quote as sgx_quote
+from protocols import quote_layout, quote_verify
 from protocols.errors import AttestationError, FormatError
 
 MRENCLAVE = hashlib.sha256(b"enclave").digest()
 MRSIGNER = hashlib.sha256(b"signer").digest()
 
 
-def report(debug: bool = False, report_data: bytes = bytes(range(64))) -> sgx_quote.ReportBody:
-    flags = 0x05 | (sgx_quote.ATTRIBUTE_DEBUG if debug else 0)
-    return sgx_quote.ReportBody(
+def report(debug: bool = False, report_data: bytes = bytes(range(64))) -> quote_layout.ReportBody:
+    flags = 0x05 | (quote_layout.ATTRIBUTE_DEBUG if debug else 0)
+    return quote_layout.ReportBody(
         cpu_svn=bytes(16), misc_select=0,
         attributes=flags.to_bytes(8, "little") + (3).to_bytes(8, "little"),
         mr_enclave=MRENCLAVE, mr_signer=MRSIGNER, isv_prod_id=7, isv_svn=3,
@@ -42,7 +42,7 @@ def test_platform_files_are_private_and_labelled(platform: SimPlatform) -> None:
     pck_cn = platform.pck_certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0]
     assert pck_cn.value == "Detente SIMULATION PCK"
     assert "SIMULATION" in repr(platform)
-    assert platform.root_fingerprint == sgx_quote.certificate_fingerprint(root)
+    assert platform.root_fingerprint == quote_verify.certificate_fingerprint(root)
     # Reloading the same directory gives the same platform.
     again = SimPlatform(platform.directory)
     assert again.root_fingerprint == platform.root_fingerprint
@@ -51,17 +51,19 @@ def test_platform_files_are_private_and_labelled(platform: SimPlatform) -> None:
 
 def test_quote_verifies_and_carries_the_report(platform: SimPlatform) -> None:
     data = platform.quote(report())
-    verified = sgx_quote.verify_quote(data, [platform.root_certificate])
+    verified = quote_verify.verify_quote(data, [platform.root_certificate])
     q = verified.quote
     assert verified.root_fingerprint == platform.root_fingerprint
-    assert q.qe_vendor_id == sgx_quote.SIMULATION_QE_VENDOR_ID
+    assert q.qe_vendor_id == quote_layout.SIMULATION_QE_VENDOR_ID
     assert q.attestation_key_type == 2 and q.tee_type == 0 and q.version == 3
     assert verified.report.mr_enclave == MRENCLAVE
     assert verified.report.mr_signer == MRSIGNER
     assert verified.report.report_data == bytes(range(64))
     assert (verified.report.isv_prod_id, verified.report.isv_svn) == (7, 3)
     assert not verified.report.debug
-    debug = sgx_quote.verify_quote(platform.quote(report(debug=True)), [platform.root_certificate])
+    debug = quote_verify.verify_quote(
+        platform.quote(report(debug=True)), [platform.root_certificate]
+    )
     assert debug.report.debug
 
 
@@ -69,9 +71,9 @@ def test_quote_from_another_platform_fails(platform: SimPlatform, tmp_path: Path
     other = SimPlatform(tmp_path / "other")
     assert other.root_fingerprint != platform.root_fingerprint
     with pytest.raises(AttestationError, match="untrusted root"):
-        sgx_quote.verify_quote(other.quote(report()), [platform.root_certificate])
+        quote_verify.verify_quote(other.quote(report()), [platform.root_certificate])
     with pytest.raises(AttestationError, match="untrusted root"):
-        sgx_quote.verify_quote(platform.quote(report()), [sgx_quote.intel_sgx_root()])
+        quote_verify.verify_quote(platform.quote(report()), [quote_verify.intel_sgx_root()])
 
 
 def test_flipped_bytes_fail(platform: SimPlatform) -> None:
@@ -84,4 +86,4 @@ def test_flipped_bytes_fail(platform: SimPlatform) -> None:
         bad = bytearray(data)
         bad[offset] ^= 0x01
         with pytest.raises((AttestationError, FormatError)):
-            sgx_quote.verify_quote(bytes(bad), [platform.root_certificate])
+            quote_verify.verify_quote(bytes(bad), [platform.root_certificate])

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from detente.cli import app
 from libos.sim import SimPlatform
-from protocols import quote as q
+from protocols import quote_layout
 
 pytest.importorskip("dcap_qvl")
 
@@ -139,7 +139,7 @@ def test_policy_refusal_changes_the_exit_status(tmp_path: Path) -> None:
 def test_tdx_quote_shows_mrtd_and_rtmrs() -> None:
     result = inspect(TDX, "--collateral", TDX_COLLATERAL, "--at", FIRST)
     assert result.exit_code == 0, result.stdout
-    parsed = q.parse_quote(TDX.read_bytes())
+    parsed = quote_layout.parse_quote(TDX.read_bytes())
     assert f"mrtd               {parsed.td_report.mr_td.hex()}" in result.stdout  # type: ignore[union-attr]
     assert "rtmr" in result.stdout and "TCB status: UpToDate" in result.stdout
 
@@ -161,7 +161,7 @@ def test_intel_synthetic_sample_is_rejected() -> None:
 def test_simulated_quote(tmp_path: Path) -> None:
     platform = SimPlatform(tmp_path / "platform")
     mrenclave = hashlib.sha256(b"inspect me").digest()
-    report = q.ReportBody(
+    report = quote_layout.ReportBody(
         cpu_svn=bytes(16),
         misc_select=0,
         attributes=(0x05).to_bytes(8, "little") + (3).to_bytes(8, "little"),

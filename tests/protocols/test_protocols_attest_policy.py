@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 
 from libos.sim import SimPlatform
-from protocols import quote as q
-from protocols import statements
+from protocols import quote_layout, statements
 from protocols.attestation import (
     AttestationPolicy,
     Evidence,
@@ -159,7 +158,7 @@ def test_without_a_policy_only_verification_counts() -> None:
 
 
 def test_tdx_measurement_and_tcb() -> None:
-    mrtd = q.parse_quote(TDX_QUOTE).td_report.mr_td.hex()  # type: ignore[union-attr]
+    mrtd = quote_layout.parse_quote(TDX_QUOTE).td_report.mr_td.hex()  # type: ignore[union-attr]
     tdx_policy = AttestationPolicy.from_dict({"mrtd": [mrtd]})
     ok = assess_quote(TDX_QUOTE, tdx_policy, collateral=TDX_COLLATERAL, now=IN_WINDOW)
     assert ok.passed, ok.verdict
@@ -171,7 +170,7 @@ def test_tdx_measurement_and_tcb() -> None:
 
 
 def test_outdated_tdx_sample_is_refused_under_any_policy() -> None:
-    mrtd = q.parse_quote(TDX_OUTDATED).td_report.mr_td.hex()  # type: ignore[union-attr]
+    mrtd = quote_layout.parse_quote(TDX_OUTDATED).td_report.mr_td.hex()  # type: ignore[union-attr]
     lenient = AttestationPolicy.from_dict(
         {"mrtd": [mrtd], "accept_tcb_status": ["OutOfDate", "OutOfDateConfigurationNeeded"]}
     )
@@ -194,7 +193,7 @@ def test_mrsigner_rule() -> None:
 
 def test_debug_is_refused_by_default_and_each_rule_is_reported() -> None:
     debug_quote = bytearray(SGX_QUOTE)
-    debug_quote[96] |= q.ATTRIBUTE_DEBUG  # breaks the signature too: both rules fail
+    debug_quote[96] |= quote_layout.ATTRIBUTE_DEBUG  # breaks the signature too: both rules fail
     result = assess_quote(bytes(debug_quote), policy(), collateral=SGX_COLLATERAL, now=IN_WINDOW)
     got = rules(result.verdict)
     assert not got["quote"][0] and "ISV report signature" in got["quote"][1]
@@ -233,8 +232,8 @@ class SimEnclave:
         ).to_dict()
         doc.update(extra)
         envelope = statements.sign(statements.IDENTITY, doc, self.key)
-        flags = 0x05 | (q.ATTRIBUTE_DEBUG if self.debug else 0)
-        report = q.ReportBody(
+        flags = 0x05 | (quote_layout.ATTRIBUTE_DEBUG if self.debug else 0)
+        report = quote_layout.ReportBody(
             cpu_svn=bytes(16),
             misc_select=0,
             attributes=flags.to_bytes(8, "little") + (3).to_bytes(8, "little"),

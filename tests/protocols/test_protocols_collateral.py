@@ -16,7 +16,7 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import quote as q
+from protocols import quote_verify
 from protocols.collateral import (
     INSTALL_HINT,
     Collateral,
@@ -49,8 +49,10 @@ def at(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def verify(data: bytes, collateral: Collateral, seconds: int) -> q.VerifiedQuote:
-    return q.verify_quote(data, [q.intel_sgx_root()], at(seconds), collateral=collateral)
+def verify(data: bytes, collateral: Collateral, seconds: int) -> quote_verify.VerifiedQuote:
+    return quote_verify.verify_quote(
+        data, [quote_verify.intel_sgx_root()], at(seconds), collateral=collateral
+    )
 
 
 def flip(data: bytes, index: int, mask: int = 0x01) -> bytes:
@@ -73,7 +75,12 @@ def test_vectors_load_and_round_trip(name: str) -> None:
 def test_what_the_collateral_says() -> None:
     tcb = SGX_COLLATERAL.tcb_info_summary()
     assert (tcb["id"], tcb["version"], tcb["fmspc"]) == ("SGX", 3, "00a067110000")
-    assert tcb["fmspc"] == q.verify_quote(SGX_QUOTE, [q.intel_sgx_root()], at(SGX_FIRST)).fmspc
+    assert (
+        tcb["fmspc"]
+        == quote_verify.verify_quote(
+            SGX_QUOTE, [quote_verify.intel_sgx_root()], at(SGX_FIRST)
+        ).fmspc
+    )
     qe = SGX_COLLATERAL.qe_identity_summary()
     assert (qe["id"], qe["isv_prod_id"]) == ("QE", 1)
     assert TDX_COLLATERAL.tcb_info_summary()["id"] == "TDX"
@@ -194,7 +201,7 @@ def test_outdated_tdx_sample_is_rejected_for_its_tcb_level() -> None:
     window = OUTDATED_COLLATERAL.validity()
     middle = (window.not_before + window.not_after) // 2
     # Its own signatures and chain are fine: the refusal is the collateral's.
-    q.verify_quote(TDX_OUTDATED, [q.intel_sgx_root()], at(middle))
+    quote_verify.verify_quote(TDX_OUTDATED, [quote_verify.intel_sgx_root()], at(middle))
     with pytest.raises(AttestationError, match="No matching TCB level found"):
         verify(TDX_OUTDATED, OUTDATED_COLLATERAL, middle)
     with pytest.raises(AttestationError, match="is not valid at"):
@@ -226,7 +233,9 @@ def test_dcap_qvl_alone_refuses_flipped_signed_bytes() -> None:
     """The collateral check does not lean on ours for the signed parts of the quote."""
     for i in (112, 368, 436, 564, 1000, 2000):
         with pytest.raises(AttestationError, match="collateral does not verify"):
-            verify_collateral(flip(SGX_QUOTE, i), SGX_COLLATERAL, SGX_FIRST, q.intel_sgx_root())
+            verify_collateral(
+                flip(SGX_QUOTE, i), SGX_COLLATERAL, SGX_FIRST, quote_verify.intel_sgx_root()
+            )
 
 
 def test_pem_framing_flips_pass_dcap_qvl_but_not_us() -> None:
@@ -236,7 +245,9 @@ def test_pem_framing_flips_pass_dcap_qvl_but_not_us() -> None:
     newline = SGX_QUOTE.index(b"\n", 1020 + 40)
     for i in (newline, len(SGX_QUOTE) - 1):
         altered = flip(SGX_QUOTE, i)
-        assert verify_collateral(altered, SGX_COLLATERAL, SGX_FIRST, q.intel_sgx_root()).status
+        assert verify_collateral(
+            altered, SGX_COLLATERAL, SGX_FIRST, quote_verify.intel_sgx_root()
+        ).status
         with pytest.raises(AttestationError, match="canonical PEM"):
             verify(altered, SGX_COLLATERAL, SGX_FIRST)
 
@@ -269,19 +280,19 @@ def test_intel_synthetic_sample_is_rejected_under_the_production_root() -> None:
     data = (INTEL / "quote.dat").read_bytes()
     now = datetime(2024, 1, 1, tzinfo=UTC)
     with pytest.raises(AttestationError, match="untrusted root"):
-        q.verify_quote(data, [q.intel_sgx_root()], now, collateral=collateral)
+        quote_verify.verify_quote(data, [quote_verify.intel_sgx_root()], now, collateral=collateral)
     with pytest.raises(AttestationError, match="collateral does not verify"):
-        verify_collateral(data, collateral, int(now.timestamp()), q.intel_sgx_root())
+        verify_collateral(data, collateral, int(now.timestamp()), quote_verify.intel_sgx_root())
     # Under its own test root the quote's chain and signatures do verify: the
     # refusal above is the root's, not a parsing accident.
     test_root = x509.load_pem_x509_certificate((INTEL / "trustedRootCaCert.pem").read_bytes())
-    verified = q.verify_quote(
+    verified = quote_verify.verify_quote(
         data, [test_root], now, pck_certificate_chain=collateral.pck_certificate_chain
     )
     assert verified.fmspc == collateral.tcb_info_summary()["fmspc"] == "00707f000000"
     # Without a chain in the quote or the collateral there is nothing to verify.
     with pytest.raises(AttestationError, match="certification data type 1 carries no PCK chain"):
-        q.verify_quote(data, [test_root], now)
+        quote_verify.verify_quote(data, [test_root], now)
 
 
 def test_pcs_response_signature_is_cut_out_byte_for_byte() -> None:
@@ -311,7 +322,10 @@ def test_missing_dcap_qvl_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch
         verify(SGX_QUOTE, SGX_COLLATERAL, SGX_FIRST)
     assert INSTALL_HINT == "pip install detente[sgx]"
     # The quote's own checks need no dcap-qvl.
-    assert q.verify_quote(SGX_QUOTE, [q.intel_sgx_root()], at(SGX_FIRST)).tcb is None
+    assert (
+        quote_verify.verify_quote(SGX_QUOTE, [quote_verify.intel_sgx_root()], at(SGX_FIRST)).tcb
+        is None
+    )
 
 
 # --- properties: the loader takes anything and raises only DetenteError ------------

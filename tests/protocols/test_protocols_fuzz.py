@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import canonical, quote, stream
+from protocols import canonical, quote_layout, quote_verify, stream
 from protocols.documents import (
     Approval,
     DatasetManifest,
@@ -70,13 +70,13 @@ def mutated(draw: st.DrawFn, base: bytes) -> bytes:
 @SETTINGS
 @given(st.binary(max_size=2048))
 def test_quote_random_bytes(data: bytes) -> None:
-    only_detente_errors(lambda: quote.Quote.from_bytes(data))
+    only_detente_errors(lambda: quote_layout.Quote.from_bytes(data))
 
 
 @SETTINGS
 @given(st.one_of(mutated(SGX_QUOTE), mutated(QVL_QUOTE)))
 def test_quote_mutated(data: bytes) -> None:
-    only_detente_errors(lambda: quote.Quote.from_bytes(data))
+    only_detente_errors(lambda: quote_layout.Quote.from_bytes(data))
 
 
 @settings(max_examples=60, deadline=None)
@@ -85,8 +85,8 @@ def test_verify_quote_mutated(data: bytes) -> None:
     from datetime import UTC, datetime
 
     only_detente_errors(
-        lambda: quote.verify_quote(
-            data, [quote.intel_sgx_root()], now=datetime(2025, 7, 1, tzinfo=UTC)
+        lambda: quote_verify.verify_quote(
+            data, [quote_verify.intel_sgx_root()], now=datetime(2025, 7, 1, tzinfo=UTC)
         )
     )
 
@@ -212,7 +212,12 @@ def test_valid_documents_parse() -> None:
 
 # --- layouts ------------------------------------------------------------------------
 
-LAYOUTS = [stream.HEADER, quote.HEADER, quote.REPORT_BODY, quote.SIGNATURE_FIXED]
+LAYOUTS = [
+    stream.HEADER,
+    quote_layout.HEADER,
+    quote_layout.REPORT_BODY,
+    quote_layout.SIGNATURE_FIXED,
+]
 
 
 @SETTINGS

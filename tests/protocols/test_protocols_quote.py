@@ -1,4 +1,4 @@
-"""SGX ECDSA quote v3 (protocols/quote.py) against real quotes in tests/vectors/."""
+"""SGX ECDSA quote v3 (protocols.quote_layout, quote_verify) against quotes in tests/vectors/."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from protocols import quote as q
+from protocols import quote_layout, quote_verify
 from protocols.errors import AttestationError, FormatError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
@@ -25,8 +25,8 @@ OFF_MRENCLAVE, OFF_MRSIGNER, OFF_REPORTDATA = 112, 176, 368
 OFF_ISV_SIG, OFF_ATT_KEY, OFF_QE_REPORT, OFF_QE_SIG, OFF_AUTH_LEN = 436, 500, 564, 948, 1012
 
 
-def verify(data: bytes, now: datetime = NOW) -> q.VerifiedQuote:
-    return q.verify_quote(data, [q.intel_sgx_root()], now=now)
+def verify(data: bytes, now: datetime = NOW) -> quote_verify.VerifiedQuote:
+    return quote_verify.verify_quote(data, [quote_verify.intel_sgx_root()], now=now)
 
 
 def flip(data: bytes, index: int, mask: int = 0x01) -> bytes:
@@ -39,26 +39,26 @@ def flip(data: bytes, index: int, mask: int = 0x01) -> bytes:
 
 
 def test_layout_sizes_and_offsets() -> None:
-    assert q.HEADER.size == 48
-    assert q.REPORT_BODY.size == 384
-    assert q.SIGNED_SIZE == 432
-    assert q.REPORT_BODY.offsets["mr_enclave"] + 48 == OFF_MRENCLAVE
-    assert q.REPORT_BODY.offsets["mr_signer"] + 48 == OFF_MRSIGNER
-    assert q.REPORT_BODY.offsets["isv_prod_id"] + 48 == 304
-    assert q.REPORT_BODY.offsets["isv_svn"] + 48 == 306
-    assert q.REPORT_BODY.offsets["report_data"] + 48 == OFF_REPORTDATA
-    assert q.REPORT_BODY.offsets["attributes"] + 48 == 96
-    assert q.SIGNATURE_FIXED.offsets["qe_report"] + 436 == OFF_QE_REPORT
-    assert q.SIGNATURE_FIXED.size + 436 == OFF_AUTH_LEN
+    assert quote_layout.HEADER.size == 48
+    assert quote_layout.REPORT_BODY.size == 384
+    assert quote_layout.SIGNED_SIZE == 432
+    assert quote_layout.REPORT_BODY.offsets["mr_enclave"] + 48 == OFF_MRENCLAVE
+    assert quote_layout.REPORT_BODY.offsets["mr_signer"] + 48 == OFF_MRSIGNER
+    assert quote_layout.REPORT_BODY.offsets["isv_prod_id"] + 48 == 304
+    assert quote_layout.REPORT_BODY.offsets["isv_svn"] + 48 == 306
+    assert quote_layout.REPORT_BODY.offsets["report_data"] + 48 == OFF_REPORTDATA
+    assert quote_layout.REPORT_BODY.offsets["attributes"] + 48 == 96
+    assert quote_layout.SIGNATURE_FIXED.offsets["qe_report"] + 436 == OFF_QE_REPORT
+    assert quote_layout.SIGNATURE_FIXED.size + 436 == OFF_AUTH_LEN
 
 
 def test_parse_real_sgx_quote() -> None:
-    quote = q.Quote.from_bytes(SGX_QUOTE)
+    quote = quote_layout.Quote.from_bytes(SGX_QUOTE)
     assert len(SGX_QUOTE) == 4600
     assert quote.version == 3
-    assert quote.attestation_key_type == q.ATTESTATION_KEY_ECDSA_P256
-    assert quote.tee_type == q.TEE_TYPE_SGX
-    assert quote.qe_vendor_id == q.INTEL_QE_VENDOR_ID
+    assert quote.attestation_key_type == quote_layout.ATTESTATION_KEY_ECDSA_P256
+    assert quote.tee_type == quote_layout.TEE_TYPE_SGX
+    assert quote.qe_vendor_id == quote_layout.INTEL_QE_VENDOR_ID
     assert quote.report.mr_enclave.hex() == MRENCLAVE
     assert quote.report.mr_signer.hex() == MRSIGNER
     assert quote.report.report_data == b"Hello, world!" + bytes(51)
@@ -66,7 +66,7 @@ def test_parse_real_sgx_quote() -> None:
     assert quote.report.isv_prod_id == int.from_bytes(SGX_QUOTE[304:306], "little")
     assert quote.report.isv_svn == int.from_bytes(SGX_QUOTE[306:308], "little")
     assert (quote.report.isv_prod_id, quote.report.isv_svn) == (0, 0)
-    assert quote.cert_data_type == q.CERT_DATA_PCK_CHAIN == 5
+    assert quote.cert_data_type == quote_layout.CERT_DATA_PCK_CHAIN == 5
     assert quote.cert_data.startswith(b"-----BEGIN CERTIFICATE-----")
     assert quote.attestation_key == SGX_QUOTE[OFF_ATT_KEY : OFF_ATT_KEY + 64]
     assert quote.isv_signature == SGX_QUOTE[OFF_ISV_SIG : OFF_ISV_SIG + 64]
@@ -77,19 +77,19 @@ def test_parse_real_sgx_quote() -> None:
 
 
 def test_to_bytes_round_trips_byte_for_byte() -> None:
-    assert q.Quote.from_bytes(SGX_QUOTE).to_bytes() == SGX_QUOTE
-    assert q.Quote.from_bytes(SGX_QUOTE).signed_bytes() == SGX_QUOTE[:432]
+    assert quote_layout.Quote.from_bytes(SGX_QUOTE).to_bytes() == SGX_QUOTE
+    assert quote_layout.Quote.from_bytes(SGX_QUOTE).signed_bytes() == SGX_QUOTE[:432]
 
 
 def test_debug_flag_is_attribute_bit_1() -> None:
-    debug = q.Quote.from_bytes(flip(SGX_QUOTE, 96, q.ATTRIBUTE_DEBUG))
+    debug = quote_layout.Quote.from_bytes(flip(SGX_QUOTE, 96, quote_layout.ATTRIBUTE_DEBUG))
     assert debug.report.debug is True
 
 
 def test_dcap_qvl_cross_check() -> None:
     dcap_qvl = pytest.importorskip("dcap_qvl")
     theirs = dcap_qvl.parse_quote(SGX_QUOTE)
-    ours = q.Quote.from_bytes(SGX_QUOTE)
+    ours = quote_layout.Quote.from_bytes(SGX_QUOTE)
     assert bytes(theirs.report.mr_enclave) == ours.report.mr_enclave
     assert bytes(theirs.report.mr_signer) == ours.report.mr_signer
     assert bytes(theirs.report.report_data) == ours.report.report_data
@@ -99,7 +99,7 @@ def test_dcap_qvl_cross_check() -> None:
 
 
 def test_intel_qvl_sample_parses() -> None:
-    quote = q.Quote.from_bytes(QVL_QUOTE)
+    quote = quote_layout.Quote.from_bytes(QVL_QUOTE)
     assert quote.version == 3
     assert quote.cert_data_type == 1
     assert quote.report.mr_enclave == bytes(32)
@@ -119,8 +119,8 @@ def test_tdx_quotes_refused_by_v3_parser_but_parsed_by_parse_quote(name: str) ->
     version = int.from_bytes(data[:2], "little")
     assert version in (4, 5)
     with pytest.raises(FormatError, match=f"unsupported quote version {version}"):
-        q.Quote.from_bytes(data)
-    parsed = q.parse_quote(data)
+        quote_layout.Quote.from_bytes(data)
+    parsed = quote_layout.parse_quote(data)
     assert parsed.tee == "TDX"
     assert parsed.version == version
 
@@ -129,7 +129,7 @@ def test_tdx_quotes_refused_by_v3_parser_but_parsed_by_parse_quote(name: str) ->
 def test_parse_quote_refuses_unknown_versions(version: int) -> None:
     data = version.to_bytes(2, "little") + SGX_QUOTE[2:]
     with pytest.raises(FormatError, match=f"unsupported quote version {version} "):
-        q.parse_quote(data)
+        quote_layout.parse_quote(data)
 
 
 @pytest.mark.parametrize(
@@ -144,31 +144,31 @@ def test_parse_quote_refuses_unknown_versions(version: int) -> None:
 )
 def test_malformed_quotes(data: bytes, message: str) -> None:
     with pytest.raises(FormatError, match=message):
-        q.Quote.from_bytes(data)
+        quote_layout.Quote.from_bytes(data)
 
 
 def test_cert_data_length_mismatch() -> None:
-    quote = q.Quote.from_bytes(SGX_QUOTE)
-    pos = 436 + q.SIGNATURE_FIXED.size + 2 + len(quote.qe_auth_data) + 2
+    quote = quote_layout.Quote.from_bytes(SGX_QUOTE)
+    pos = 436 + quote_layout.SIGNATURE_FIXED.size + 2 + len(quote.qe_auth_data) + 2
     bad = bytearray(SGX_QUOTE)
     bad[pos : pos + 4] = (len(quote.cert_data) - 1).to_bytes(4, "little")
     with pytest.raises(FormatError, match="certification data length"):
-        q.Quote.from_bytes(bytes(bad))
+        quote_layout.Quote.from_bytes(bytes(bad))
 
 
 def test_auth_data_length_past_end() -> None:
     bad = bytearray(SGX_QUOTE)
     bad[OFF_AUTH_LEN : OFF_AUTH_LEN + 2] = (0xFFFF).to_bytes(2, "little")
     with pytest.raises(FormatError, match="QE auth data runs past the end"):
-        q.Quote.from_bytes(bytes(bad))
+        quote_layout.Quote.from_bytes(bytes(bad))
 
 
 # --- verification ------------------------------------------------------------------
 
 
 def test_intel_root_fingerprint() -> None:
-    root = q.intel_sgx_root()
-    assert q.certificate_fingerprint(root) == ROOT_FP
+    root = quote_verify.intel_sgx_root()
+    assert quote_verify.certificate_fingerprint(root) == ROOT_FP
     vector_root = (VECTORS / "sgx-dcap" / "Intel_SGX_RootCA.der").read_bytes()
     assert hashlib.sha256(vector_root).hexdigest() == ROOT_FP
 
@@ -178,13 +178,13 @@ def test_verify_real_quote() -> None:
     assert verified.root_fingerprint == ROOT_FP
     assert verified.report.mr_enclave.hex() == MRENCLAVE
     assert len(verified.chain) == 3
-    assert q.certificate_fingerprint(verified.chain[-1]) == ROOT_FP
+    assert quote_verify.certificate_fingerprint(verified.chain[-1]) == ROOT_FP
 
 
 def test_verified_quote_cannot_be_forged() -> None:
-    quote = q.Quote.from_bytes(SGX_QUOTE)
+    quote = quote_layout.Quote.from_bytes(SGX_QUOTE)
     with pytest.raises(TypeError, match="made only by"):
-        q.VerifiedQuote(quote, ROOT_FP, [])
+        quote_verify.VerifiedQuote(quote, ROOT_FP, [])
 
 
 def test_untrusted_root() -> None:
@@ -194,9 +194,9 @@ def test_untrusted_root() -> None:
         (VECTORS / "intel-qvl-sample" / "trustedRootCaCert.pem").read_bytes()
     )
     with pytest.raises(AttestationError, match="untrusted root"):
-        q.verify_quote(SGX_QUOTE, [other_root], now=NOW)
+        quote_verify.verify_quote(SGX_QUOTE, [other_root], now=NOW)
     with pytest.raises(AttestationError, match="untrusted root"):
-        q.verify_quote(SGX_QUOTE, [], now=NOW)
+        quote_verify.verify_quote(SGX_QUOTE, [], now=NOW)
 
 
 @pytest.mark.parametrize(
@@ -267,7 +267,7 @@ def test_every_flipped_byte_of_header_and_report_body_is_refused() -> None:
     as zeros, so a quote whose reserved bytes were altered still verifies today.
     """
     accepted = []
-    for i in range(q.SIGNED_SIZE):
+    for i in range(quote_layout.SIGNED_SIZE):
         try:
             verify(flip(SGX_QUOTE, i))
         except (AttestationError, FormatError):
@@ -297,7 +297,7 @@ def test_every_flipped_byte_of_qe_report_is_refused() -> None:
 def test_quote_with_nonzero_reserved_bytes_round_trips() -> None:
     """to_bytes() must give back the bytes that were parsed, reserved fields included."""
     data = flip(SGX_QUOTE, 68)  # report body reserved1
-    assert q.Quote.from_bytes(data).to_bytes() == data
+    assert quote_layout.Quote.from_bytes(data).to_bytes() == data
 
 
 @pytest.mark.parametrize("offset", [OFF_ISV_SIG, OFF_ISV_SIG + 40, OFF_ISV_SIG + 63])
@@ -327,7 +327,7 @@ def test_flipped_qe_parts(offset: int, message: str) -> None:
 
 
 def test_flipped_byte_in_pck_certificate() -> None:
-    quote = q.Quote.from_bytes(SGX_QUOTE)
+    quote = quote_layout.Quote.from_bytes(SGX_QUOTE)
     start = SGX_QUOTE.index(quote.cert_data)
     # A byte well inside the base64 of the first certificate's signature.
     pem_end = quote.cert_data.index(b"-----END CERTIFICATE-----")
@@ -339,7 +339,7 @@ def test_flipped_byte_in_pck_certificate() -> None:
 
 
 def test_cert_data_not_pem() -> None:
-    quote = q.Quote.from_bytes(SGX_QUOTE)
+    quote = quote_layout.Quote.from_bytes(SGX_QUOTE)
     start = SGX_QUOTE.index(quote.cert_data)
     data = SGX_QUOTE[:start] + b"x" * len(quote.cert_data)
     with pytest.raises(AttestationError, match="not valid PEM"):
@@ -347,7 +347,7 @@ def test_cert_data_not_pem() -> None:
 
 
 def test_chain_with_only_one_certificate() -> None:
-    quote = q.Quote.from_bytes(SGX_QUOTE)
+    quote = quote_layout.Quote.from_bytes(SGX_QUOTE)
     first_end = quote.cert_data.index(b"-----END CERTIFICATE-----") + 25
     cert_data = quote.cert_data[:first_end]
     from dataclasses import replace
@@ -361,7 +361,7 @@ def test_chain_with_intermediate_removed() -> None:
     """Leaf directly under the root: the issuer check must fail."""
     from dataclasses import replace
 
-    quote = q.Quote.from_bytes(SGX_QUOTE)
+    quote = quote_layout.Quote.from_bytes(SGX_QUOTE)
     pems = quote.cert_data.rstrip(b"\x00").split(b"-----END CERTIFICATE-----\n")
     pems = [p + b"-----END CERTIFICATE-----\n" for p in pems if p.strip()]
     assert len(pems) == 3

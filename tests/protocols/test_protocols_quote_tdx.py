@@ -10,8 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocols import quote as q
-from protocols import tdx
+from protocols import pck, quote_layout, quote_verify, tdx
 from protocols.errors import AttestationError, DetenteError, FormatError
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "sgx-dcap"
@@ -62,19 +61,19 @@ def test_layout_sizes_and_offsets() -> None:
 
 def test_parse_v4() -> None:
     quote = tdx.TdxQuote.from_bytes(TDX_V4)
-    assert (quote.version, quote.tee_type, quote.tee) == (4, q.TEE_TYPE_TDX, "TDX")
-    assert quote.attestation_key_type == q.ATTESTATION_KEY_ECDSA_P256
-    assert quote.qe_vendor_id == q.INTEL_QE_VENDOR_ID
+    assert (quote.version, quote.tee_type, quote.tee) == (4, quote_layout.TEE_TYPE_TDX, "TDX")
+    assert quote.attestation_key_type == quote_layout.ATTESTATION_KEY_ECDSA_P256
+    assert quote.qe_vendor_id == quote_layout.INTEL_QE_VENDOR_ID
     assert quote.body_type == tdx.BODY_TYPE_TD_REPORT_10
     assert quote.td_report.tee_tcb_svn2 is None
-    assert quote.outer_cert_data_type == q.CERT_DATA_QE_REPORT == 6
-    assert quote.cert_data_type == q.CERT_DATA_PCK_CHAIN == 5
+    assert quote.outer_cert_data_type == quote_layout.CERT_DATA_QE_REPORT == 6
+    assert quote.cert_data_type == quote_layout.CERT_DATA_PCK_CHAIN == 5
     assert quote.cert_data.startswith(b"-----BEGIN CERTIFICATE-----")
     assert quote.padding == 70  # the sample's zero padding after the signature data
     assert quote.td_report.mr_td == TDX_V4[48 + 136 : 48 + 184]
     assert quote.report_data == TDX_V4[48 + 520 : 48 + 584]
     assert quote.debug is False
-    assert quote.qe_report.report_data == q.qe_report_data_for(
+    assert quote.qe_report.report_data == quote_layout.qe_report_data_for(
         quote.attestation_key, quote.qe_auth_data
     )
 
@@ -92,7 +91,7 @@ def test_parse_v5_td_report_15() -> None:
 
 @pytest.mark.parametrize("data", [TDX_V4, TDX_V5], ids=["v4", "v5"])
 def test_round_trip(data: bytes) -> None:
-    quote = q.parse_quote(data)
+    quote = quote_layout.parse_quote(data)
     assert quote.to_bytes() == data
     # The ISV signature covers everything before the signature data length.
     end = SIG_V4 if quote.version == 4 else SIG_V5
@@ -103,7 +102,7 @@ def test_round_trip(data: bytes) -> None:
 def test_dcap_qvl_cross_check(data: bytes) -> None:
     dcap_qvl = pytest.importorskip("dcap_qvl")
     theirs = dcap_qvl.parse_quote(data)
-    ours = q.parse_quote(data)
+    ours = quote_layout.parse_quote(data)
     assert isinstance(ours, tdx.TdxQuote)
     assert theirs.is_tdx()
     assert theirs.header.version == ours.version
@@ -117,12 +116,15 @@ def test_dcap_qvl_cross_check(data: bytes) -> None:
     if ours.version == 5:
         assert bytes(theirs.report.tee_tcb_svn2) == ours.td_report.tee_tcb_svn2
         assert bytes(theirs.report.mr_service_td) == ours.td_report.mr_service_td
-    assert theirs.fmspc().lower() == q.pck_extension(q.pck_chain(ours)[0]).fmspc.hex()
+    assert theirs.fmspc().lower() == pck.pck_extension(quote_verify.pck_chain(ours)[0]).fmspc.hex()
 
 
 def test_td_debug_is_td_attributes_bit_0() -> None:
     offset = 48 + tdx.TD_REPORT_10.offsets["td_attributes"]
-    assert q.parse_quote(flip(TDX_V4, offset, q.ATTRIBUTE_DEBUG_TD)).debug is True
+    assert (
+        quote_layout.parse_quote(flip(TDX_V4, offset, quote_layout.ATTRIBUTE_DEBUG_TD)).debug
+        is True
+    )
 
 
 @pytest.mark.parametrize(
@@ -167,9 +169,9 @@ def test_oversized_quote() -> None:
 
 @pytest.mark.parametrize(("data", "now"), [(TDX_V4, NOW), (TDX_V5, NOW_V5)], ids=["v4", "v5"])
 def test_verify_tdx_chain_and_signatures(data: bytes, now: datetime) -> None:
-    verified = q.verify_quote(data, [q.intel_sgx_root()], now)
+    verified = quote_verify.verify_quote(data, [quote_verify.intel_sgx_root()], now)
     assert verified.tee == "TDX"
-    assert verified.td_report.mr_td == q.parse_quote(data).td_report.mr_td  # type: ignore[union-attr]
+    assert verified.td_report.mr_td == quote_layout.parse_quote(data).td_report.mr_td  # type: ignore[union-attr]
     assert verified.fmspc == ("b0c06f000000" if data is TDX_V4 else "90c06f000000")
     assert verified.tcb is None
     with pytest.raises(AttestationError, match="no SGX enclave report"):
@@ -189,19 +191,19 @@ def test_verify_tdx_chain_and_signatures(data: bytes, now: datetime) -> None:
 )
 def test_flipped_td_report_byte_is_refused(offset: int) -> None:
     with pytest.raises(AttestationError, match="TD report signature does not verify"):
-        q.verify_quote(flip(TDX_V4, offset), [q.intel_sgx_root()], NOW)
+        quote_verify.verify_quote(flip(TDX_V4, offset), [quote_verify.intel_sgx_root()], NOW)
 
 
 def test_flipped_v5_body_byte_is_refused() -> None:
     offset = 48 + 6 + tdx.TD_REPORT_15.offsets["mr_service_td"]
     with pytest.raises(AttestationError, match="TD report signature does not verify"):
-        q.verify_quote(flip(TDX_V5, offset), [q.intel_sgx_root()], NOW_V5)
+        quote_verify.verify_quote(flip(TDX_V5, offset), [quote_verify.intel_sgx_root()], NOW_V5)
 
 
 def test_flipped_qe_report_byte_is_refused() -> None:
     offset = SIG_V4 + 4 + 134 + 100
     with pytest.raises(AttestationError, match="QE report signature does not verify"):
-        q.verify_quote(flip(TDX_V4, offset), [q.intel_sgx_root()], NOW)
+        quote_verify.verify_quote(flip(TDX_V4, offset), [quote_verify.intel_sgx_root()], NOW)
 
 
 def test_flipped_bytes_across_the_tdx_quote_are_refused() -> None:
@@ -209,7 +211,7 @@ def test_flipped_bytes_across_the_tdx_quote_are_refused() -> None:
     accepted = []
     for i in range(0, len(TDX_V4), 17):
         try:
-            q.verify_quote(flip(TDX_V4, i), [q.intel_sgx_root()], NOW)
+            quote_verify.verify_quote(flip(TDX_V4, i), [quote_verify.intel_sgx_root()], NOW)
         except DetenteError:
             continue
         accepted.append(i)
@@ -219,9 +221,9 @@ def test_flipped_bytes_across_the_tdx_quote_are_refused() -> None:
 def test_tdx_quote_with_sgx_tee_type_v3_refused() -> None:
     """A v3 quote claiming TEE type TDX is refused by the SGX verifier path."""
     with pytest.raises(AttestationError, match=r"TEE type 0x81 is not SGX"):
-        q.verify_quote(
+        quote_verify.verify_quote(
             SGX_QUOTE[:4] + (0x81).to_bytes(4, "little") + SGX_QUOTE[8:],
-            [q.intel_sgx_root()],
+            [quote_verify.intel_sgx_root()],
             NOW,
         )
 
@@ -261,7 +263,7 @@ def mutated(draw: st.DrawFn, base: bytes) -> bytes:
 
 def parses_or_detente_error(data: bytes) -> None:
     try:
-        quote = q.parse_quote(data)
+        quote = quote_layout.parse_quote(data)
     except DetenteError:
         return
     # Whatever parses gives back exactly the bytes it came from.
@@ -285,7 +287,7 @@ def test_mutated_tdx_quotes(data: bytes) -> None:
 @given(mutated(TDX_V4))
 def test_verify_mutated_tdx_quotes(data: bytes) -> None:
     try:
-        q.verify_quote(data, [q.intel_sgx_root()], NOW)
+        quote_verify.verify_quote(data, [quote_verify.intel_sgx_root()], NOW)
     except DetenteError:
         return
-    assert data == TDX_V4 or q.parse_quote(data).to_bytes() == data
+    assert data == TDX_V4 or quote_layout.parse_quote(data).to_bytes() == data

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from libos.sim import SimPlatform
-from protocols import quote, ratls, statements, tls
+from protocols import quote_layout, ratls, statements, tls
 from protocols.attestation import AttestationPolicy, Evidence, report_data_for
 from protocols.documents import IdentityDocument
 from protocols.errors import AttestationError, DetenteError, FormatError
@@ -52,7 +52,7 @@ def evidence_for(
         "sim", HpkePrivateKey.generate().public_key, signing.verify_key, tls_key_sha256
     )
     envelope = statements.sign(statements.IDENTITY, document.to_dict(), signing)
-    report = quote.ReportBody(
+    report = quote_layout.ReportBody(
         cpu_svn=bytes(16),
         misc_select=0,
         attributes=(0x05).to_bytes(8, "little") + (0x03).to_bytes(8, "little"),

@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from protocols import canonical, hpke, statements, stream
-from protocols import quote as q
+from protocols import canonical, hpke, quote_layout, statements, stream
 from protocols.documents import (
     Approval,
     DatasetManifest,
@@ -355,7 +354,7 @@ def test_layout_table_is_contiguous() -> None:
     assert offset == 1014  # QE auth data starts here (SPEC §6.3)
 
 
-def _parsed(quote: q.Quote, field: str) -> Any:
+def _parsed(quote: quote_layout.Quote, field: str) -> Any:
     if field == "signature_data_length":
         return len(quote.to_bytes()) - 436
     if field == "qe_auth_data_length":
@@ -392,7 +391,7 @@ def test_parser_reads_each_field_at_its_table_offset() -> None:
             data[start : start + size] = value.to_bytes(size, "little")
         expected[field["field"]] = value
     data[1014:] = auth + (5).to_bytes(2, "little") + len(cert).to_bytes(4, "little") + cert
-    quote = q.Quote.from_bytes(bytes(data))
+    quote = quote_layout.Quote.from_bytes(bytes(data))
     for field in FIXED:
         assert _parsed(quote, field["field"]) == expected[field["field"]], field["field"]
     assert (quote.qe_auth_data, quote.cert_data_type, quote.cert_data) == (auth, 5, cert)
@@ -403,7 +402,7 @@ def test_real_quote_values_at_the_table_offsets() -> None:
     info = LAYOUT["sgx_quote"]
     assert len(SGX_QUOTE) == info["size"]
     assert hashlib.sha256(SGX_QUOTE).hexdigest() == info["sha256"]
-    quote = q.Quote.from_bytes(SGX_QUOTE)
+    quote = quote_layout.Quote.from_bytes(SGX_QUOTE)
     for field in FIXED:
         raw = SGX_QUOTE[field["offset"] : field["offset"] + field["size"]]
         sliced = raw.hex() if field["kind"] == "bytes" else int.from_bytes(raw, "little")
