@@ -173,6 +173,17 @@ def test_intel_root_fingerprint() -> None:
     assert hashlib.sha256(vector_root).hexdigest() == ROOT_FP
 
 
+def test_intel_root_is_package_data() -> None:
+    # quote_verify reads the root with importlib.resources, which finds it in an
+    # installed wheel only if setuptools ships it as package data.
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert "intel_sgx_root_ca.der" in pyproject["tool"]["setuptools"]["package-data"]["protocols"]
+    package = Path(quote_verify.__file__).parent
+    assert (package / "intel_sgx_root_ca.der").is_file()
+
+
 def test_verify_real_quote() -> None:
     verified = verify(SGX_QUOTE)
     assert verified.root_fingerprint == ROOT_FP
