@@ -54,8 +54,8 @@ def serve(
     `detente party init --coordinator-cert FILE`.
     """
     from coordinator.server import serve as run
-    from protocols.attestation import AttestationPolicy
     from protocols.errors import DetenteError, PolicyError
+    from protocols.policy import AttestationPolicy
 
     policy = None
     if enclave is None:

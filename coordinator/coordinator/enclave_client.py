@@ -22,8 +22,9 @@ import grpc
 
 from coordinator.errors import EnclaveUnavailable
 from protocols import ratls, tls
-from protocols.attestation import AttestationPolicy, VerifiedEnclave
+from protocols.attestation import VerifiedEnclave
 from protocols.errors import AttestationError, FormatError
+from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,9 @@ from coordinator.handler import CoordinatorHandler
 from coordinator.servicer import CoordinatorServicer, request_authenticator
 from coordinator.store import SqlStore
 from protocols import tls
-from protocols.attestation import AttestationPolicy
 from protocols.errors import PolicyError
 from protocols.keys import write_secret_file
+from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")

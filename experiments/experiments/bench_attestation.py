@@ -31,10 +31,11 @@ from pathlib import Path
 
 from libos.sim import SimPlatform
 from protocols import quote_layout, quote_verify, statements
-from protocols.attestation import AttestationPolicy, Evidence, report_data_for, verify_evidence
+from protocols.attestation import Evidence, report_data_for, verify_evidence
 from protocols.collateral import Collateral
 from protocols.documents import IdentityDocument
 from protocols.keys import HpkePrivateKey, SigningKey
+from protocols.policy import AttestationPolicy
 
 DEFAULT_VECTORS = Path(__file__).resolve().parents[2] / "tests" / "vectors" / "sgx-dcap"
 # Inside both samples' collateral windows (tests/vectors/README.md).

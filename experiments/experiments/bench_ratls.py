@@ -32,7 +32,7 @@ from pathlib import Path
 from coordinator.enclave_client import CHANNEL_OPTIONS, EnclaveClient
 from experiments.demo import cluster, start_enclave
 from protocols import ratls, tls
-from protocols.attestation import AttestationPolicy
+from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
 WARMUP = 3

@@ -21,9 +21,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from protocols.attestation import AttestationPolicy, QuoteAssessment, Rule, assess_quote
+from protocols.attestation import QuoteAssessment, Rule, assess_quote
 from protocols.collateral import Collateral
 from protocols.errors import DetenteError
+from protocols.policy import AttestationPolicy
 from protocols.quote_verify import describe_quote
 
 app = typer.Typer(

@@ -17,9 +17,10 @@ from typing import Any
 from cryptography import x509
 
 from protocols import canonical, tls
-from protocols.attestation import AttestationPolicy, Evidence, VerifiedEnclave, verify_evidence
+from protocols.attestation import Evidence, VerifiedEnclave, verify_evidence
 from protocols.errors import DetenteError, PolicyError
 from protocols.keys import HpkePrivateKey, Kem, SigningKey, VerifyKey, write_secret_file
+from protocols.policy import AttestationPolicy
 
 
 class SetupError(DetenteError):

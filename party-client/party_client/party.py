@@ -17,7 +17,7 @@ from party_client import tables
 from party_client.home import PartyHome, SetupError, write_atomic
 from party_client.remote import Coordinator
 from protocols import hpke, stream
-from protocols.attestation import AttestationPolicy, Evidence, VerifiedEnclave, verify_evidence
+from protocols.attestation import Evidence, VerifiedEnclave, verify_evidence
 from protocols.documents import (
     Approval,
     DatasetManifest,
@@ -29,6 +29,7 @@ from protocols.documents import (
     schema_sha256,
 )
 from protocols.errors import ConsentError, IntegrityError
+from protocols.policy import AttestationPolicy
 from protocols.statements import Envelope
 
 

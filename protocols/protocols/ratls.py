@@ -36,7 +36,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from protocols import canonical, tls
 from protocols.attestation import (
-    AttestationPolicy,
     Evidence,
     EvidenceRefused,
     Rule,
@@ -44,6 +43,7 @@ from protocols.attestation import (
     verify_evidence,
 )
 from protocols.errors import AttestationError, DetenteError, FormatError
+from protocols.policy import AttestationPolicy
 
 GRAMINE_QUOTE_OID = x509.ObjectIdentifier("1.2.840.113741.1337.6")
 TCG_DICE_TAGGED_EVIDENCE_OID = x509.ObjectIdentifier("2.23.133.5.4.9")

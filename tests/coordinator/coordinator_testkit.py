@@ -41,10 +41,10 @@ from libos.image import Measurement
 from libos.runtime import EnclaveRuntime
 from libos.sim import SimPlatform
 from protocols import hpke, tls
-from protocols.attestation import AttestationPolicy
 from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, Registration
 from protocols.errors import DetenteError
 from protocols.keys import HpkePrivateKey, SigningKey
+from protocols.policy import AttestationPolicy
 from protocols.request_auth import RequestSigner
 from protocols.statements import Envelope
 from protocols.stream import seal_stream

@@ -14,7 +14,7 @@ from coordinator.enclave_client import EnclaveClient
 from experiments.demo import DEFAULT_DATA, Cluster, cluster, start_roles
 from party_client.home import PartyHome
 from party_client.remote import Coordinator
-from protocols.attestation import AttestationPolicy
+from protocols.policy import AttestationPolicy
 
 LABEL = "default.payment.next.month"
 

@@ -13,7 +13,8 @@ import pyarrow.csv as pacsv
 import pytest
 
 from experiments.demo import DEFAULT_DATA
-from protocols.attestation import AttestationPolicy, Evidence, EvidenceRefused, verify_evidence
+from protocols.attestation import Evidence, EvidenceRefused, verify_evidence
+from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import coordinator_pb2, enclave_pb2, enclave_pb2_grpc
 from tests.e2e.conftest import LABEL
 

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from experiments.demo import detente_command
 from party_client.home import PartyHome
 from protocols import ratls, statements, tls
-from protocols.attestation import AttestationPolicy, Evidence, verify_evidence
+from protocols.attestation import Evidence, verify_evidence
 from protocols.documents import IdentityDocument
+from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 from tests.e2e.conftest import Running
 

@@ -21,9 +21,9 @@ from libos import image, launch
 from libos.sim import SimPlatform
 from party_client.tables import schema_columns, to_ipc
 from protocols import hpke, stream
-from protocols.attestation import AttestationPolicy
 from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, schema_sha256
 from protocols.keys import HpkePrivateKey, HpkePublicKey, SigningKey, VerifyKey
+from protocols.policy import AttestationPolicy
 from protocols.statements import Envelope
 
 START_TIMEOUT = 120.0

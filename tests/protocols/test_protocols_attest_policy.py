@@ -17,7 +17,6 @@ import pytest
 from libos.sim import SimPlatform
 from protocols import quote_layout, statements
 from protocols.attestation import (
-    AttestationPolicy,
     Evidence,
     EvidenceRefused,
     assess_quote,
@@ -28,6 +27,7 @@ from protocols.collateral import Collateral, TcbStatus
 from protocols.documents import IdentityDocument
 from protocols.errors import PolicyError
 from protocols.keys import HpkePrivateKey, SigningKey
+from protocols.policy import AttestationPolicy
 
 pytest.importorskip("dcap_qvl")
 

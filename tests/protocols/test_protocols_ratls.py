@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 
 from libos.sim import SimPlatform
 from protocols import quote_layout, ratls, statements, tls
-from protocols.attestation import AttestationPolicy, Evidence, report_data_for
+from protocols.attestation import Evidence, report_data_for
 from protocols.documents import IdentityDocument
 from protocols.errors import AttestationError, DetenteError, FormatError
 from protocols.keys import HpkePrivateKey, SigningKey
+from protocols.policy import AttestationPolicy
 
 MRENCLAVE = bytes.fromhex("5e" * 32)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
