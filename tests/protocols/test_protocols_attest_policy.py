@@ -1,5 +1,5 @@
-"""Attestation policy and verdict (protocols/attestation.py): TCB statuses, advisories,
-simulation, debug, evidence age, and the rule-by-rule verdict.
+"""Attestation policy and verdict (protocols.policy, protocols.attestation): TCB statuses,
+advisories, simulation, debug, evidence age, and the rule-by-rule verdict.
 
 Hardware cases use the real quotes and collateral of tests/vectors/sgx-dcap/;
 simulated evidence comes from a real SIMULATION platform (libos.sim).
