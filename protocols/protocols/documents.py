@@ -15,6 +15,7 @@ from protocols import canonical, statements
 from protocols.canonical import field as get
 from protocols.errors import AttestationError, ConsentError, FormatError, SignatureError
 from protocols.keys import HpkePublicKey, Kem, SigningKey, VerifyKey
+from protocols.objectives import LabelSummary
 from protocols.statements import Envelope
 
 VERSION = 1
@@ -30,6 +31,15 @@ def check_id(value: Any, what: str) -> str:
 def _version(doc: dict[str, Any], what: str) -> None:
     if get(doc, "version", int, what) != VERSION:
         raise FormatError(f"{what} has unsupported version {doc['version']!r}")
+
+
+def party_fingerprint(signing_key: VerifyKey, hpke_key: HpkePublicKey) -> str:
+    """A party's fingerprint: SHA-256 over its two public keys (protocols/SPEC.md §3.1).
+
+    Parties compare fingerprints out of band and pin them per name, so a
+    coordinator cannot list another key under a name they know.
+    """
+    return canonical.sha256_hex(b"detente-party-fingerprint-v1\0" + signing_key.raw + hpke_key.raw)
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,10 @@ class Registration:
             VerifyKey.from_hex(get(doc, "signing_key", str, what)),
             HpkePublicKey.from_hex(get(doc, "hpke_key", str, what)),
         )
+
+    @property
+    def fingerprint(self) -> str:
+        return party_fingerprint(self.signing_key, self.hpke_key)
 
     def sign(self, key: SigningKey) -> Envelope:
         return statements.sign(statements.REGISTRATION, self.to_dict(), key)
@@ -145,6 +159,7 @@ class DatasetManifest:
     sealed_to_hpke_key: HpkePublicKey
     public_schema: list[dict[str, str]] | None = None
     created_at: int = 0
+    label: LabelSummary | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -165,6 +180,8 @@ class DatasetManifest:
         }
         if self.public_schema is not None:
             doc["public_schema"] = self.public_schema
+        if self.label is not None:
+            doc["label"] = self.label.to_dict()
         return doc
 
     @classmethod
@@ -196,6 +213,7 @@ class DatasetManifest:
             sealed_to_hpke_key=HpkePublicKey.from_hex(get(sealed, "hpke_key", str, what)),
             public_schema=schema,
             created_at=get(doc, "created_at", int, what),
+            label=LabelSummary.from_dict(doc["label"]) if doc.get("label") is not None else None,
         )
 
     def sign(self, key: SigningKey) -> Envelope:
@@ -238,9 +256,18 @@ class Recipient:
             HpkePublicKey.from_hex(get(doc, "hpke_key", str, what)),
         )
 
+    @property
+    def fingerprint(self) -> str:
+        return party_fingerprint(self.signing_key, self.hpke_key)
+
 
 JOINS = ("horizontal",)
 OUTPUTS = ("model", "metrics")
+# Who the terms release to: exactly the data owners, or the recipients they name.
+RELEASE_TO_OWNERS = "owners"
+RELEASE_TO_NAMED = "named"
+RELEASE_TO = (RELEASE_TO_OWNERS, RELEASE_TO_NAMED)
+MAX_ROUNDS = 100_000
 
 
 @dataclass(frozen=True)
@@ -262,6 +289,8 @@ class JobTerms:
     id_column: str | None = None
     proposer: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    release_to: str = RELEASE_TO_NAMED
+    max_seconds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -279,8 +308,10 @@ class JobTerms:
             "release": {
                 "outputs": self.outputs,
                 "recipients": [r.to_dict() for r in self.recipients],
+                "to": self.release_to,
             },
             "expires_at": self.expires_at,
+            "max_seconds": self.max_seconds,
             "proposer": self.proposer,
         }
 
@@ -315,8 +346,21 @@ class JobTerms:
         if id_column is not None and not isinstance(id_column, str):
             raise FormatError("job terms id_column must be a string or null")
         rounds = get(doc, "num_rounds", int, what)
-        if not 1 <= rounds <= 100_000:
-            raise FormatError(f"job terms num_rounds must be 1–100000, got {rounds}")
+        if not 1 <= rounds <= MAX_ROUNDS:
+            raise FormatError(f"job terms num_rounds must be 1–{MAX_ROUNDS}, got {rounds}")
+        release_to = release.get("to", RELEASE_TO_NAMED)
+        if release_to not in RELEASE_TO:
+            raise FormatError(
+                f"job terms release.to {release_to!r} is not one of {', '.join(RELEASE_TO)}"
+            )
+        keys = [r.signing_key for r in recipients]
+        if len(set(keys)) != len(keys) or len({r.name for r in recipients}) != len(keys):
+            raise FormatError("job terms name a recipient (name or key) twice")
+        max_seconds = doc.get("max_seconds")
+        if max_seconds is not None and (
+            isinstance(max_seconds, bool) or not isinstance(max_seconds, int) or max_seconds < 1
+        ):
+            raise FormatError("job terms max_seconds must be a positive integer or null")
         return cls(
             job_id=check_id(get(doc, "job_id", str, what), "job id"),
             datasets=datasets,
@@ -332,6 +376,8 @@ class JobTerms:
             expires_at=get(doc, "expires_at", int, what),
             id_column=id_column,
             proposer=str(doc.get("proposer", "")),
+            release_to=release_to,
+            max_seconds=max_seconds,
         )
 
     def sign(self, key: SigningKey) -> Envelope:
@@ -366,6 +412,31 @@ class Approval:
 
     def sign(self, key: SigningKey) -> Envelope:
         return statements.sign(statements.APPROVAL, self.to_dict(), key)
+
+
+def check_release(terms: JobTerms, owners: set[VerifyKey]) -> None:
+    """Raise ConsentError if terms that release to the owners name other recipients.
+
+    With ``release.to = "owners"`` the recipients must be exactly the data
+    owners (by signing key): nobody added, nobody left out. The enclave checks
+    this against the signed manifests; each approving party checks it too.
+    """
+    if terms.release_to != RELEASE_TO_OWNERS:
+        return
+    named = {r.signing_key for r in terms.recipients}
+    extra, missing = named - owners, owners - named
+    if extra or missing:
+        parts = []
+        if missing:
+            keys = ", ".join(sorted(k.hex[:16] + "…" for k in missing))
+            parts.append(f"leave out the data owner(s) {keys}")
+        if extra:
+            names = ", ".join(sorted(r.name for r in terms.recipients if r.signing_key in extra))
+            parts.append(f"add recipient(s) who own no data set of the job: {names}")
+        raise ConsentError(
+            f"job {terms.job_id!r} releases to its data owners, but its recipients "
+            + " and ".join(parts)
+        )
 
 
 def check_approvals(

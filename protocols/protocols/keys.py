@@ -8,7 +8,6 @@ identified by their lowercase hex encoding.
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -17,6 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 
+from protocols.durable import write_atomic
 from protocols.errors import FormatError, SignatureError
 
 
@@ -257,13 +257,4 @@ class HpkePrivateKey(_Secret):
 
 def write_secret_file(path: Path, data: bytes) -> None:
     """Write key material with mode 0600, atomically, never readable by others."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=0o600)

@@ -38,6 +38,7 @@ from protocols.documents import (
     ResultStatement,
 )
 from protocols.keys import HpkePrivateKey, Kem, SigningKey
+from protocols.objectives import LabelSummary
 
 HERE = Path(__file__).resolve().parent
 SGX_QUOTE = HERE.parent / "sgx-dcap" / "sgx_quote"
@@ -234,8 +235,9 @@ def documents(hpke_file: list[dict[str, Any]]) -> list[tuple[str, str, dict[str,
         wrapped_key=_wrapped("mlkem768x25519 data-key", hpke_file),
         sealed_to_mrenclave=MRENCLAVE,
         sealed_to_hpke_key=pq_pub,
-        public_schema=[{"name": "age", "type": "int64"}, {"name": "label", "type": "int64"}],
+        public_schema=[{"name": "age", "type": "float"}, {"name": "label", "type": "float"}],
         created_at=CREATED_AT,
+        label=LabelSummary("label", "binary", 2, True, True, False),
     )
     manifest_envelope = manifest.sign(key)
     terms = JobTerms(
@@ -249,10 +251,15 @@ def documents(hpke_file: list[dict[str, Any]]) -> list[tuple[str, str, dict[str,
         seed=7,
         allowed_mrenclaves=[MRENCLAVE],
         outputs=["model", "metrics"],
-        recipients=[Recipient("bank-a", me, x_pub), Recipient("bank-pq", me, pq_pub)],
+        recipients=[
+            Recipient("bank-a", me, x_pub),
+            Recipient("bank-pq", SigningKey.from_raw(_label("second-signer")).verify_key, pq_pub),
+        ],
         expires_at=EXPIRES_AT,
         id_column="id",
         proposer=me.hex,
+        release_to="named",
+        max_seconds=600,
     )
     terms_envelope = terms.sign(key)
     approval = Approval("job-vector", terms_envelope.digest)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from protocols.wire.v1 import enclave_pb2 as protocols_dot_wire_dot_v1_dot_enclave__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protocols/wire/v1/coordinator.proto\x12\ndetente.v1\x1a\x1fprotocols/wire/v1/enclave.proto\",\n\x14RegisterPartyRequest\x12\x14\n\x0cregistration\x18\x01 \x01(\x0c\"i\n\x05Party\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsigning_key\x18\x02 \x01(\t\x12\x10\n\x08hpke_key\x18\x03 \x01(\t\x12\x15\n\rregistered_at\x18\x04 \x01(\x03\x12\x14\n\x0cregistration\x18\x05 \x01(\x0c\"\x14\n\x12ListPartiesRequest\"9\n\x13ListPartiesResponse\x12\"\n\x07parties\x18\x01 \x03(\x0b\x32\x11.detente.v1.Party\"#\n\x12GetEvidenceRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"H\n\x14UploadDatasetRequest\x12\x12\n\x08manifest\x18\x01 \x01(\x0cH\x00\x12\x14\n\nciphertext\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x92\x01\n\x07\x44\x61taset\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x11\n\towner_key\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x10\n\x08manifest\x18\x04 \x01(\x0c\x12\x13\n\x0b\x62lob_sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x12\n\ncreated_at\x18\x07 \x01(\x03\"\x15\n\x13ListDatasetsRequest\"=\n\x14ListDatasetsResponse\x12%\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x13.detente.v1.Dataset\"\"\n\x11ProposeJobRequest\x12\r\n\x05terms\x18\x01 \x01(\x0c\"5\n\x11\x41pproveJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproval\x18\x02 \x01(\x0c\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.detente.v1.Job\"2\n\x08JobEvent\x12\n\n\x02\x61t\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"9\n\x06Output\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x62lob_sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\x94\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05terms\x18\x03 \x01(\x0c\x12\x14\n\x0cterms_digest\x18\x04 \x01(\t\x12\x1a\n\x12required_approvers\x18\x05 \x03(\t\x12\x11\n\tapprovals\x18\x06 \x03(\x0c\x12\x18\n\x10result_statement\x18\x07 \x01(\x0c\x12#\n\x07outputs\x18\x08 \x03(\x0b\x32\x12.detente.v1.Output\x12$\n\x06\x65vents\x18\t \x03(\x0b\x32\x14.detente.v1.JobEvent\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\x03\x12\x12\n\nupdated_at\x18\x0c \x01(\x03\"2\n\x12\x46\x65tchOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1a\n\nBytesChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xc7\x05\n\x0b\x43oordinator\x12\x44\n\rRegisterParty\x12 .detente.v1.RegisterPartyRequest\x1a\x11.detente.v1.Party\x12N\n\x0bListParties\x12\x1e.detente.v1.ListPartiesRequest\x1a\x1f.detente.v1.ListPartiesResponse\x12\x43\n\x0bGetEvidence\x12\x1e.detente.v1.GetEvidenceRequest\x1a\x14.detente.v1.Evidence\x12H\n\rUploadDataset\x12 .detente.v1.UploadDatasetRequest\x1a\x13.detente.v1.Dataset(\x01\x12Q\n\x0cListDatasets\x12\x1f.detente.v1.ListDatasetsRequest\x1a .detente.v1.ListDatasetsResponse\x12<\n\nProposeJob\x12\x1d.detente.v1.ProposeJobRequest\x1a\x0f.detente.v1.Job\x12<\n\nApproveJob\x12\x1d.detente.v1.ApproveJobRequest\x1a\x0f.detente.v1.Job\x12\x34\n\x06GetJob\x12\x19.detente.v1.GetJobRequest\x1a\x0f.detente.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.detente.v1.ListJobsRequest\x1a\x1c.detente.v1.ListJobsResponse\x12G\n\x0b\x46\x65tchOutput\x12\x1e.detente.v1.FetchOutputRequest\x1a\x16.detente.v1.BytesChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#protocols/wire/v1/coordinator.proto\x12\ndetente.v1\x1a\x1fprotocols/wire/v1/enclave.proto\"F\n\x14RegisterPartyRequest\x12\x14\n\x0cregistration\x18\x01 \x01(\x0c\x12\x18\n\x10\x65nrollment_token\x18\x02 \x01(\t\"i\n\x05Party\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsigning_key\x18\x02 \x01(\t\x12\x10\n\x08hpke_key\x18\x03 \x01(\t\x12\x15\n\rregistered_at\x18\x04 \x01(\x03\x12\x14\n\x0cregistration\x18\x05 \x01(\x0c\"\x14\n\x12ListPartiesRequest\"9\n\x13ListPartiesResponse\x12\"\n\x07parties\x18\x01 \x03(\x0b\x32\x11.detente.v1.Party\"#\n\x12GetEvidenceRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"H\n\x14UploadDatasetRequest\x12\x12\n\x08manifest\x18\x01 \x01(\x0cH\x00\x12\x14\n\nciphertext\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x92\x01\n\x07\x44\x61taset\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x11\n\towner_key\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x10\n\x08manifest\x18\x04 \x01(\x0c\x12\x13\n\x0b\x62lob_sha256\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x12\n\ncreated_at\x18\x07 \x01(\x03\"\x15\n\x13ListDatasetsRequest\"=\n\x14ListDatasetsResponse\x12%\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x13.detente.v1.Dataset\"\'\n\x11GetDatasetRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\"\"\n\x11ProposeJobRequest\x12\r\n\x05terms\x18\x01 \x01(\x0c\"5\n\x11\x41pproveJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x61pproval\x18\x02 \x01(\x0c\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.detente.v1.Job\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"!\n\x0fRetryJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x08JobEvent\x12\n\n\x02\x61t\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"9\n\x06Output\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x62lob_sha256\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"\xb8\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\r\n\x05terms\x18\x03 \x01(\x0c\x12\x14\n\x0cterms_digest\x18\x04 \x01(\t\x12\x1a\n\x12required_approvers\x18\x05 \x03(\t\x12\x11\n\tapprovals\x18\x06 \x03(\x0c\x12\x18\n\x10result_statement\x18\x07 \x01(\x0c\x12#\n\x07outputs\x18\x08 \x03(\x0b\x32\x12.detente.v1.Output\x12$\n\x06\x65vents\x18\t \x03(\x0b\x32\x14.detente.v1.JobEvent\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x12\n\ncreated_at\x18\x0b \x01(\x03\x12\x12\n\nupdated_at\x18\x0c \x01(\x03\x12\x10\n\x08proposer\x18\r \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0e \x01(\x05\"2\n\x12\x46\x65tchOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1a\n\nBytesChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xff\x06\n\x0b\x43oordinator\x12\x44\n\rRegisterParty\x12 .detente.v1.RegisterPartyRequest\x1a\x11.detente.v1.Party\x12N\n\x0bListParties\x12\x1e.detente.v1.ListPartiesRequest\x1a\x1f.detente.v1.ListPartiesResponse\x12\x43\n\x0bGetEvidence\x12\x1e.detente.v1.GetEvidenceRequest\x1a\x14.detente.v1.Evidence\x12H\n\rUploadDataset\x12 .detente.v1.UploadDatasetRequest\x1a\x13.detente.v1.Dataset(\x01\x12Q\n\x0cListDatasets\x12\x1f.detente.v1.ListDatasetsRequest\x1a .detente.v1.ListDatasetsResponse\x12@\n\nGetDataset\x12\x1d.detente.v1.GetDatasetRequest\x1a\x13.detente.v1.Dataset\x12<\n\nProposeJob\x12\x1d.detente.v1.ProposeJobRequest\x1a\x0f.detente.v1.Job\x12<\n\nApproveJob\x12\x1d.detente.v1.ApproveJobRequest\x1a\x0f.detente.v1.Job\x12\x34\n\x06GetJob\x12\x19.detente.v1.GetJobRequest\x1a\x0f.detente.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.detente.v1.ListJobsRequest\x1a\x1c.detente.v1.ListJobsResponse\x12:\n\tCancelJob\x12\x1c.detente.v1.CancelJobRequest\x1a\x0f.detente.v1.Job\x12\x38\n\x08RetryJob\x12\x1b.detente.v1.RetryJobRequest\x1a\x0f.detente.v1.Job\x12G\n\x0b\x46\x65tchOutput\x12\x1e.detente.v1.FetchOutputRequest\x1a\x16.detente.v1.BytesChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,43 +34,49 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protocols.wire.v1.coordinat
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REGISTERPARTYREQUEST']._serialized_start=84
-  _globals['_REGISTERPARTYREQUEST']._serialized_end=128
-  _globals['_PARTY']._serialized_start=130
-  _globals['_PARTY']._serialized_end=235
-  _globals['_LISTPARTIESREQUEST']._serialized_start=237
-  _globals['_LISTPARTIESREQUEST']._serialized_end=257
-  _globals['_LISTPARTIESRESPONSE']._serialized_start=259
-  _globals['_LISTPARTIESRESPONSE']._serialized_end=316
-  _globals['_GETEVIDENCEREQUEST']._serialized_start=318
-  _globals['_GETEVIDENCEREQUEST']._serialized_end=353
-  _globals['_UPLOADDATASETREQUEST']._serialized_start=355
-  _globals['_UPLOADDATASETREQUEST']._serialized_end=427
-  _globals['_DATASET']._serialized_start=430
-  _globals['_DATASET']._serialized_end=576
-  _globals['_LISTDATASETSREQUEST']._serialized_start=578
-  _globals['_LISTDATASETSREQUEST']._serialized_end=599
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=601
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=662
-  _globals['_PROPOSEJOBREQUEST']._serialized_start=664
-  _globals['_PROPOSEJOBREQUEST']._serialized_end=698
-  _globals['_APPROVEJOBREQUEST']._serialized_start=700
-  _globals['_APPROVEJOBREQUEST']._serialized_end=753
-  _globals['_GETJOBREQUEST']._serialized_start=755
-  _globals['_GETJOBREQUEST']._serialized_end=786
-  _globals['_LISTJOBSREQUEST']._serialized_start=788
-  _globals['_LISTJOBSREQUEST']._serialized_end=805
-  _globals['_LISTJOBSRESPONSE']._serialized_start=807
-  _globals['_LISTJOBSRESPONSE']._serialized_end=856
-  _globals['_JOBEVENT']._serialized_start=858
-  _globals['_JOBEVENT']._serialized_end=908
-  _globals['_OUTPUT']._serialized_start=910
-  _globals['_OUTPUT']._serialized_end=967
-  _globals['_JOB']._serialized_start=970
-  _globals['_JOB']._serialized_end=1246
-  _globals['_FETCHOUTPUTREQUEST']._serialized_start=1248
-  _globals['_FETCHOUTPUTREQUEST']._serialized_end=1298
-  _globals['_BYTESCHUNK']._serialized_start=1300
-  _globals['_BYTESCHUNK']._serialized_end=1326
-  _globals['_COORDINATOR']._serialized_start=1329
-  _globals['_COORDINATOR']._serialized_end=2040
+  _globals['_REGISTERPARTYREQUEST']._serialized_end=154
+  _globals['_PARTY']._serialized_start=156
+  _globals['_PARTY']._serialized_end=261
+  _globals['_LISTPARTIESREQUEST']._serialized_start=263
+  _globals['_LISTPARTIESREQUEST']._serialized_end=283
+  _globals['_LISTPARTIESRESPONSE']._serialized_start=285
+  _globals['_LISTPARTIESRESPONSE']._serialized_end=342
+  _globals['_GETEVIDENCEREQUEST']._serialized_start=344
+  _globals['_GETEVIDENCEREQUEST']._serialized_end=379
+  _globals['_UPLOADDATASETREQUEST']._serialized_start=381
+  _globals['_UPLOADDATASETREQUEST']._serialized_end=453
+  _globals['_DATASET']._serialized_start=456
+  _globals['_DATASET']._serialized_end=602
+  _globals['_LISTDATASETSREQUEST']._serialized_start=604
+  _globals['_LISTDATASETSREQUEST']._serialized_end=625
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=627
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=688
+  _globals['_GETDATASETREQUEST']._serialized_start=690
+  _globals['_GETDATASETREQUEST']._serialized_end=729
+  _globals['_PROPOSEJOBREQUEST']._serialized_start=731
+  _globals['_PROPOSEJOBREQUEST']._serialized_end=765
+  _globals['_APPROVEJOBREQUEST']._serialized_start=767
+  _globals['_APPROVEJOBREQUEST']._serialized_end=820
+  _globals['_GETJOBREQUEST']._serialized_start=822
+  _globals['_GETJOBREQUEST']._serialized_end=853
+  _globals['_LISTJOBSREQUEST']._serialized_start=855
+  _globals['_LISTJOBSREQUEST']._serialized_end=872
+  _globals['_LISTJOBSRESPONSE']._serialized_start=874
+  _globals['_LISTJOBSRESPONSE']._serialized_end=923
+  _globals['_CANCELJOBREQUEST']._serialized_start=925
+  _globals['_CANCELJOBREQUEST']._serialized_end=975
+  _globals['_RETRYJOBREQUEST']._serialized_start=977
+  _globals['_RETRYJOBREQUEST']._serialized_end=1010
+  _globals['_JOBEVENT']._serialized_start=1012
+  _globals['_JOBEVENT']._serialized_end=1062
+  _globals['_OUTPUT']._serialized_start=1064
+  _globals['_OUTPUT']._serialized_end=1121
+  _globals['_JOB']._serialized_start=1124
+  _globals['_JOB']._serialized_end=1436
+  _globals['_FETCHOUTPUTREQUEST']._serialized_start=1438
+  _globals['_FETCHOUTPUTREQUEST']._serialized_end=1488
+  _globals['_BYTESCHUNK']._serialized_start=1490
+  _globals['_BYTESCHUNK']._serialized_end=1516
+  _globals['_COORDINATOR']._serialized_start=1519
+  _globals['_COORDINATOR']._serialized_end=2414
 # @@protoc_insertion_point(module_scope)

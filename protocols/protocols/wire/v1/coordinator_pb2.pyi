@@ -9,10 +9,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterPartyRequest(_message.Message):
-    __slots__ = ("registration",)
+    __slots__ = ("registration", "enrollment_token")
     REGISTRATION_FIELD_NUMBER: _ClassVar[int]
+    ENROLLMENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     registration: bytes
-    def __init__(self, registration: _Optional[bytes] = ...) -> None: ...
+    enrollment_token: str
+    def __init__(self, registration: _Optional[bytes] = ..., enrollment_token: _Optional[str] = ...) -> None: ...
 
 class Party(_message.Message):
     __slots__ = ("name", "signing_key", "hpke_key", "registered_at", "registration")
@@ -80,6 +82,12 @@ class ListDatasetsResponse(_message.Message):
     datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
     def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
 
+class GetDatasetRequest(_message.Message):
+    __slots__ = ("dataset_id",)
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    def __init__(self, dataset_id: _Optional[str] = ...) -> None: ...
+
 class ProposeJobRequest(_message.Message):
     __slots__ = ("terms",)
     TERMS_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +118,20 @@ class ListJobsResponse(_message.Message):
     jobs: _containers.RepeatedCompositeFieldContainer[Job]
     def __init__(self, jobs: _Optional[_Iterable[_Union[Job, _Mapping]]] = ...) -> None: ...
 
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RetryJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
 class JobEvent(_message.Message):
     __slots__ = ("at", "kind", "text")
     AT_FIELD_NUMBER: _ClassVar[int]
@@ -131,7 +153,7 @@ class Output(_message.Message):
     def __init__(self, name: _Optional[str] = ..., blob_sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "terms", "terms_digest", "required_approvers", "approvals", "result_statement", "outputs", "events", "error", "created_at", "updated_at")
+    __slots__ = ("job_id", "state", "terms", "terms_digest", "required_approvers", "approvals", "result_statement", "outputs", "events", "error", "created_at", "updated_at", "proposer", "attempts")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TERMS_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +166,8 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PROPOSER_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     terms: bytes
@@ -156,7 +180,9 @@ class Job(_message.Message):
     error: str
     created_at: int
     updated_at: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., terms: _Optional[bytes] = ..., terms_digest: _Optional[str] = ..., required_approvers: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[bytes]] = ..., result_statement: _Optional[bytes] = ..., outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ...) -> None: ...
+    proposer: str
+    attempts: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., terms: _Optional[bytes] = ..., terms_digest: _Optional[str] = ..., required_approvers: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[bytes]] = ..., result_statement: _Optional[bytes] = ..., outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., proposer: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class FetchOutputRequest(_message.Message):
     __slots__ = ("job_id", "name")

@@ -61,6 +61,11 @@ class CoordinatorStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListDatasetsRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListDatasetsResponse.FromString,
                 _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/detente.v1.Coordinator/GetDataset',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.FromString,
+                _registered_method=True)
         self.ProposeJob = channel.unary_unary(
                 '/detente.v1.Coordinator/ProposeJob',
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ProposeJobRequest.SerializeToString,
@@ -81,6 +86,16 @@ class CoordinatorStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/detente.v1.Coordinator/CancelJob',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.FromString,
+                _registered_method=True)
+        self.RetryJob = channel.unary_unary(
+                '/detente.v1.Coordinator/RetryJob',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.RetryJobRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.FromString,
+                _registered_method=True)
         self.FetchOutput = channel.unary_stream(
                 '/detente.v1.Coordinator/FetchOutput',
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.FetchOutputRequest.SerializeToString,
@@ -92,14 +107,16 @@ class CoordinatorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def RegisterParty(self, request, context):
-        """Register a party: a registration statement signed by the party's key.
+        """Register a party: a registration statement signed by the party's key,
+        with the one-time enrollment token the operator issued for its name.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListParties(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The consortium's members: names and public keys (registrations).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -120,7 +137,16 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDatasets(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The caller's own data sets and those of the jobs it takes part in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """One data set's public metadata (its signed manifest), by id: what a
+        proposer needs to name it in job terms.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -138,7 +164,8 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Jobs are visible to their proposer, data owners and recipients only.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -149,8 +176,22 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelJob(self, request, context):
+        """The proposer cancels a job that has not finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryJob(self, request, context):
+        """The proposer runs a failed job again with the same terms and approvals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def FetchOutput(self, request, context):
-        """Stream one released (encrypted) output of a finished job.
+        """Stream one released (encrypted) output of a finished job (recipients only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -184,6 +225,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListDatasetsRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListDatasetsResponse.SerializeToString,
             ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetDatasetRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.SerializeToString,
+            ),
             'ProposeJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ProposeJob,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ProposeJobRequest.FromString,
@@ -203,6 +249,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CancelJobRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
+            ),
+            'RetryJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryJob,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.RetryJobRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
             ),
             'FetchOutput': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchOutput,
@@ -356,6 +412,33 @@ class Coordinator:
             _registered_method=True)
 
     @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/GetDataset',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetDatasetRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ProposeJob(request,
             target,
             options=(),
@@ -453,6 +536,60 @@ class Coordinator:
             '/detente.v1.Coordinator/ListJobs',
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/CancelJob',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.CancelJobRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/RetryJob',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.RetryJobRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
