@@ -44,6 +44,28 @@ class _Received:
     message: Any
 
 
+class AuthenticatedContext:
+    """A servicer context whose request signature was checked, with the signer's key.
+
+    The servicer learns who calls only from here (``caller``, hex Ed25519 key),
+    never from unchecked metadata. Everything else is the gRPC context's.
+    """
+
+    def __init__(self, context: Any, caller: str) -> None:
+        self._context = context
+        self.caller = caller
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def caller_of(context: Any) -> str:
+    """The checked signer of the request ``context`` belongs to."""
+    if not isinstance(context, AuthenticatedContext):
+        raise UnauthenticatedRequest("this request was not authenticated by the interceptor")
+    return context.caller
+
+
 def _capture(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], _Received]:
     def parse(raw: bytes) -> _Received:
         return _Received(
@@ -99,15 +121,17 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
         self._nonces.remember(key, request.nonce, request.timestamp, now)
         return key
 
-    def _guard(self, method: str, metadata: Any, received: _Received, context: Any) -> None:
+    def _guard(self, method: str, metadata: Any, received: _Received, context: Any) -> Any:
+        """The context wrapped with the checked caller (an AuthenticatedContext), or abort."""
         try:
-            self.check(method, metadata, received)
+            return AuthenticatedContext(context, self.check(method, metadata, received))
         except UnauthenticatedRequest as exc:
             log.info("%s refused: UNAUTHENTICATED (%s)", method, exc)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except ReplayCacheFull as exc:
             log.warning("%s refused: %s", method, exc)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        raise AssertionError("context.abort returned")  # pragma: no cover
 
     # -- wiring ---------------------------------------------------------------
 
@@ -128,16 +152,15 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
             unary_unary = handler.unary_unary
 
             def unary(request: _Received, context: Any) -> Any:
-                guard(method, metadata, request, context)
-                return unary_unary(request.message, context)
+                return unary_unary(request.message, guard(method, metadata, request, context))
 
             return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
         if handler.unary_stream is not None:
             unary_stream = handler.unary_stream
 
             def server_stream(request: _Received, context: Any) -> Iterator[Any]:
-                guard(method, metadata, request, context)
-                yield from unary_stream(request.message, context)
+                checked = guard(method, metadata, request, context)
+                yield from unary_stream(request.message, checked)
 
             return grpc.unary_stream_rpc_method_handler(
                 server_stream, parse, handler.response_serializer
@@ -155,8 +178,7 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
                     "a streaming request must start with the message its signature covers",
                 )
             assert first is not None
-            guard(method, metadata, first, context)
-            return messages(first, requests), context
+            return messages(first, requests), guard(method, metadata, first, context)
 
         if handler.stream_unary is not None:
             stream_unary = handler.stream_unary

@@ -11,11 +11,11 @@ trusted either.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -54,6 +54,8 @@ class BlobWriter:
         self._hash = hashlib.sha256()
         self._size = 0
         fd, name = tempfile.mkstemp(prefix=".incoming-", dir=store.root)
+        # Held until the file is closed: a live write is never taken for a stale one.
+        fcntl.flock(fd, fcntl.LOCK_EX)
         self._tmp = Path(name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
 
@@ -119,13 +121,26 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._remove_stale_incoming()
 
-    def _remove_stale_incoming(self, older_than: float = 3600.0) -> None:
-        """Drop temp files of writes cut off by a crash (never those of a live write)."""
-        cutoff = time.time() - older_than
+    def _remove_stale_incoming(self) -> None:
+        """Drop temp files of writes cut off by a crash, at start.
+
+        A live write (of another coordinator sharing this folder) holds an
+        exclusive lock on its file, so only files nobody holds are removed.
+        """
         for tmp in self.root.glob(".incoming-*"):
-            with contextlib.suppress(FileNotFoundError):
-                if tmp.stat().st_mtime < cutoff:
+            try:
+                fd = os.open(tmp, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live write
+            else:
+                with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
+            finally:
+                os.close(fd)
 
     def path(self, sha256: str) -> Path:
         name = _check_name(sha256)

@@ -7,7 +7,7 @@ and :mod:`coordinator.store`, imported lazily so `detente --help` stays fast.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -21,15 +21,16 @@ app = typer.Typer(
 HomeOption = Annotated[
     Path, typer.Option("--home", help="Directory for the database, blobs and log.")
 ]
+DbUrlOption = Annotated[
+    str | None,
+    typer.Option("--db-url", help="SQLAlchemy URL (default: SQLite file in --home)."),
+]
 
 
 @app.command()
 def serve(
     home: HomeOption = Path("coordinator-home"),
-    db_url: Annotated[
-        str | None,
-        typer.Option("--db-url", help="SQLAlchemy URL (default: SQLite file in --home)."),
-    ] = None,
+    db_url: DbUrlOption = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks one.")] = 0,
     enclave: Annotated[
@@ -47,12 +48,29 @@ def serve(
             "(required with --enclave).",
         ),
     ] = None,
+    max_job_seconds: Annotated[
+        int,
+        typer.Option(
+            "--max-job-seconds",
+            min=1,
+            help="Longest a job may hold the enclave; job terms may ask for less.",
+        ),
+    ] = 3600,
+    max_work: Annotated[
+        int,
+        typer.Option(
+            "--max-work",
+            min=1,
+            help="Largest job accepted, as rounds × rows (checked when it is proposed).",
+        ),
+    ] = 10_000_000_000,
 ) -> None:
     """Serve the coordinator API over TLS until SIGTERM or SIGINT.
 
     The TLS certificate is made once in --home; parties pin it with
     `detente party init --coordinator-cert FILE`.
     """
+    from coordinator.handler import JobLimits
     from coordinator.server import serve as run
     from protocols.errors import DetenteError, PolicyError
     from protocols.policy import AttestationPolicy
@@ -78,21 +96,25 @@ def serve(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
     try:
-        run(home, db_url, host, port, enclave, port_file, policy)
+        run(
+            home,
+            db_url,
+            host,
+            port,
+            enclave,
+            port_file,
+            policy,
+            JobLimits(max_job_seconds, max_work),
+        )
     except DetenteError as exc:  # e.g. a TLS key readable by others, or not matching its cert
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
 
 
-@app.command("audit-verify")
-def audit_verify(
-    home: HomeOption = Path("coordinator-home"),
-    db_url: Annotated[str | None, typer.Option("--db-url", help="SQLAlchemy URL.")] = None,
-) -> None:
-    """Check the hash chain of the audit log; print ok or the first broken entry."""
+def _open_store(home: Path, db_url: str | None) -> Any:
+    """The coordinator's store, opened directly (the operator's own machine)."""
     from coordinator.server import default_db_url
     from coordinator.store import SqlStore
-    from protocols.errors import IntegrityError
 
     if db_url is None and not (home / "coordinator.db").exists():
         typer.echo(
@@ -100,7 +122,82 @@ def audit_verify(
             err=True,
         )
         raise typer.Exit(2)
-    store = SqlStore(db_url or default_db_url(home))
+    return SqlStore(db_url or default_db_url(home))
+
+
+@app.command()
+def enroll(
+    name: Annotated[str, typer.Option("--name", help="The name the party will register.")],
+    home: HomeOption = Path("coordinator-home"),
+    db_url: DbUrlOption = None,
+    expires_in: Annotated[
+        int, typer.Option("--expires-in", min=1, help="Seconds the token stays valid.")
+    ] = 7 * 24 * 3600,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Stable machine-readable output")
+    ] = False,
+) -> None:
+    """Issue a one-time enrollment token for a party name.
+
+    Registration is closed to anyone without a token: give the token to the
+    party over a channel you trust; it passes it to
+    `detente party init --enrollment-token TOKEN`. The coordinator keeps only
+    its SHA-256. Issuing again for a name not yet registered replaces the token.
+    """
+    import json
+
+    from coordinator.handler import issue_enrollment
+    from protocols.errors import DetenteError
+
+    store = _open_store(home, db_url)
+    try:
+        token, record = issue_enrollment(store, name, expires_in)
+    except DetenteError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    if json_out:
+        print(json.dumps({"name": name, "token": token, "expires_at": record.expires_at // 1000}))
+    else:
+        typer.echo(f"enrollment token for {name!r} (valid {expires_in} s, usable once):")
+        typer.echo(token)
+        typer.echo(f"the party runs: detente party init --name {name} --enrollment-token TOKEN …")
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job to cancel.")],
+    home: HomeOption = Path("coordinator-home"),
+    db_url: DbUrlOption = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the job's events).")] = "",
+) -> None:
+    """Cancel a job as the operator: at once if it waits, within a second if it runs."""
+    from protocols.errors import DetenteError
+
+    store = _open_store(home, db_url)
+    try:
+        job = store.request_cancel(job_id, reason[:500], by="the operator")
+    except DetenteError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    if job.state == "running":
+        typer.echo(f"cancel requested for {job_id}: the coordinator stops it within a second")
+    else:
+        typer.echo(f"{job_id} cancelled")
+
+
+@app.command("audit-verify")
+def audit_verify(
+    home: HomeOption = Path("coordinator-home"),
+    db_url: DbUrlOption = None,
+) -> None:
+    """Check the hash chain of the audit log; print ok or the first broken entry."""
+    from protocols.errors import IntegrityError
+
+    store = _open_store(home, db_url)
     try:
         count = store.verify_audit_chain()
     except IntegrityError as exc:

@@ -4,14 +4,22 @@ The scheduler relays: it sends the signed terms, approvals and manifests and
 the ciphertext of each data set, and stores what the enclave streams back
 (progress text, encrypted outputs, the signed result statement). It decides
 nothing about consent; the enclave re-checks everything (DESIGN.md §3.5).
+
+Fairness. Waiting jobs are taken round-robin by proposer, so a party that
+queues many jobs delays only its own; and a running job holds the enclave at
+most its time limit (:class:`coordinator.handler.JobLimits`): a watchdog
+cancels the enclave call when the limit passes or when the job's proposer or
+the operator cancels it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from coordinator.blobs import BlobStore, BlobWriter
 from coordinator.enclave_client import (
@@ -24,29 +32,81 @@ from coordinator.enclave_client import (
 )
 from coordinator.store import (
     APPROVED,
+    CANCELLED,
     FAILED,
     RUNNING,
     CoordinatorStore,
     JobRecord,
     OutputRecord,
 )
+from protocols.documents import JobTerms
 from protocols.errors import DetenteError
+from protocols.statements import Envelope
+
+if TYPE_CHECKING:
+    from coordinator.handler import JobLimits
 
 log = logging.getLogger(__name__)
 DATASET_CHUNK = 1 << 20
-_STOP = object()
+WATCH_INTERVAL = 0.25
+
+
+class FairQueue:
+    """Job ids waiting to run, handed out round-robin by proposer."""
+
+    def __init__(self) -> None:
+        self._by_proposer: dict[str, collections.deque[str]] = {}
+        self._turns: collections.deque[str] = collections.deque()
+        self._ready = threading.Condition()
+        self._closed = False
+
+    def put(self, proposer: str, job_id: str) -> None:
+        with self._ready:
+            if proposer not in self._by_proposer:
+                self._by_proposer[proposer] = collections.deque()
+                self._turns.append(proposer)
+            self._by_proposer[proposer].append(job_id)
+            self._ready.notify()
+
+    def get(self) -> str | None:
+        """The next job id (None once closed): the next proposer's oldest waiting job."""
+        with self._ready:
+            while not self._turns and not self._closed:
+                self._ready.wait()
+            if self._closed:
+                return None
+            proposer = self._turns.popleft()
+            waiting = self._by_proposer[proposer]
+            job_id = waiting.popleft()
+            if waiting:
+                self._turns.append(proposer)  # its next job waits for everyone else's turn
+            else:
+                del self._by_proposer[proposer]
+            return job_id
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
 
 
 class Scheduler:
-    """A queue of approved job ids and the one thread that runs them."""
+    """A fair queue of approved job ids and the one thread that runs them."""
 
     def __init__(
-        self, store: CoordinatorStore, blobs: BlobStore, enclave: EnclaveClient | None
+        self,
+        store: CoordinatorStore,
+        blobs: BlobStore,
+        enclave: EnclaveClient | None,
+        limits: JobLimits | None = None,
     ) -> None:
+        from coordinator.handler import JobLimits
+
         self._store = store
         self._blobs = blobs
         self._enclave = enclave
-        self._queue: queue.Queue[object] = queue.Queue()
+        self._limits = limits or JobLimits()
+        self._queue = FairQueue()
         self._queued: set[str] = set()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -54,6 +114,7 @@ class Scheduler:
         self._idle = threading.Event()
         self._idle.set()
         self._cancel: Callable[[], object] | None = None
+        self._stop_reason: str | None = None  # why the watchdog cancelled the current call
 
     @property
     def enabled(self) -> bool:
@@ -67,8 +128,12 @@ class Scheduler:
         self._thread.start()
 
     def recover(self) -> None:
-        """After a restart: jobs left ``running`` go back to ``approved``; schedule all approved."""
+        """After a restart: jobs left ``running`` go back to ``approved`` (or to ``cancelled``
+        if a cancel was requested); schedule all approved."""
         for job_id in self._store.job_ids_in_states([RUNNING]):
+            reason = self._store.get_job(job_id).cancel_reason
+            if reason and self._store.transition(job_id, [RUNNING], CANCELLED, reason):
+                continue
             if self._store.transition(
                 job_id,
                 [RUNNING],
@@ -88,13 +153,13 @@ class Scheduler:
                 return
             self._queued.add(job_id)
             self._idle.clear()
-        self._queue.put(job_id)
+        self._queue.put(self._store.get_job(job_id).proposer, job_id)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the current job; a job cut off here stays ``running`` and
         goes back to ``approved`` at the next start (see :meth:`recover`)."""
         self._stopping.set()
-        self._queue.put(_STOP)
+        self._queue.close()
         cancel = self._cancel
         if cancel is not None:
             cancel()
@@ -107,10 +172,9 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            item = self._queue.get()
-            if item is _STOP:
+            job_id = self._queue.get()
+            if job_id is None:
                 return
-            job_id = str(item)
             try:
                 self._run(job_id)
             except Exception:
@@ -123,16 +187,30 @@ class Scheduler:
 
     def _run(self, job_id: str) -> None:
         assert self._enclave is not None
-        if not self._store.transition(job_id, [APPROVED], RUNNING, RUNNING):
+        if not self._store.start_job(job_id):
             log.info("job %s is no longer approved: not run", job_id)
             return
         log.info("job %s running on enclave %s", job_id, self._enclave.address)
         job = self._store.get_job(job_id)
+        terms = JobTerms.verify(Envelope.from_bytes(job.terms, "job terms"))
+        limit = self._limits.seconds_for(terms)
+        self._stop_reason = None
+        watching = threading.Event()
+        watchdog = threading.Thread(
+            target=self._watch,
+            args=(job_id, time.monotonic() + limit, limit, watching),
+            name=f"watch-{job_id}"[:32],
+            daemon=True,
+        )
+        watchdog.start()
         try:
             outputs, result = self._relay(job)
         except EnclaveCallError as exc:
             if self._stopping.is_set():
                 log.info("job %s interrupted by shutdown: it will run again at restart", job_id)
+                return
+            if self._stop_reason is not None:
+                self._stopped(job_id)
                 return
             log.warning("job %s failed on the enclave: %s", job_id, exc.code)
             self._store.transition(
@@ -148,6 +226,9 @@ class Scheduler:
             log.warning("job %s failed: %s", job_id, type(exc).__name__)
             self._store.transition(job_id, [RUNNING], FAILED, FAILED, error=str(exc))
             return
+        finally:
+            watching.set()
+            watchdog.join()
         if result is None:
             self._store.transition(
                 job_id,
@@ -159,6 +240,43 @@ class Scheduler:
             return
         self._store.finish_job(job_id, outputs, result)
         log.info("job %s succeeded with %d output(s)", job_id, len(outputs))
+
+    def _watch(self, job_id: str, deadline: float, limit: int, done: threading.Event) -> None:
+        """While the job runs: cancel its enclave call on a cancel request or at its deadline."""
+        while not done.wait(WATCH_INTERVAL):
+            reason = None
+            if time.monotonic() >= deadline:
+                reason = "timeout"
+                log.warning("job %s passed its time limit of %d s: stopping it", job_id, limit)
+            elif self._store.get_job(job_id).cancel_reason:
+                reason = "cancel"
+                log.info("job %s cancelled while running: stopping it", job_id)
+            if reason is not None:
+                self._stop_reason = f"{reason}:{limit}"
+                cancel = self._cancel
+                if cancel is not None:
+                    cancel()
+                return
+
+    def _stopped(self, job_id: str) -> None:
+        """Record why the watchdog stopped the job: a cancel, or its time limit."""
+        kind, _, limit = (self._stop_reason or "").partition(":")
+        job = self._store.get_job(job_id)
+        if kind == "cancel":
+            self._store.transition(job_id, [RUNNING], CANCELLED, job.cancel_reason or CANCELLED)
+            return
+        self._store.transition(
+            job_id,
+            [RUNNING],
+            FAILED,
+            FAILED,
+            error=(
+                f"the job ran longer than its time limit of {limit} s and was stopped; its "
+                f"proposer can resume it from its last checkpoint with `detente party retry "
+                f"{job_id}`"
+            ),
+            audit_detail={"code": "DEADLINE_EXCEEDED", "limit_seconds": int(limit)},
+        )
 
     def _datasets(self, job: JobRecord) -> Iterator[tuple[str, Iterable[bytes]]]:
         for dataset_id in job.dataset_ids:
@@ -206,7 +324,7 @@ class Scheduler:
 
     def _set_cancel(self, cancel: Callable[[], object]) -> None:
         self._cancel = cancel
-        if self._stopping.is_set():
+        if self._stopping.is_set() or self._stop_reason is not None:
             cancel()
 
     @staticmethod

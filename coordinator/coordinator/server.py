@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.blobs import BlobStore
 from coordinator.enclave_client import CHANNEL_OPTIONS, EnclaveClient
-from coordinator.handler import CoordinatorHandler
+from coordinator.handler import CoordinatorHandler, JobLimits
 from coordinator.servicer import CoordinatorServicer, request_authenticator
 from coordinator.store import SqlStore
 from protocols import tls
@@ -137,6 +137,7 @@ def start(
     port_file: Path | None = None,
     log_to_file: bool = True,
     enclave_policy: AttestationPolicy | None = None,
+    limits: JobLimits | None = None,
 ) -> RunningCoordinator:
     """Start a coordinator in this process; returns once it is serving.
 
@@ -155,7 +156,7 @@ def start(
     store = SqlStore(db_url or default_db_url(home))
     blobs = BlobStore(home / "blobs")
     client = EnclaveClient(enclave, enclave_policy) if enclave and enclave_policy else None
-    handler = CoordinatorHandler(store, blobs, client)
+    handler = CoordinatorHandler(store, blobs, client, limits)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=8),
         options=SERVER_OPTIONS,
@@ -188,9 +189,12 @@ def serve(
     enclave: str | None,
     port_file: Path | None,
     enclave_policy: AttestationPolicy | None = None,
+    limits: JobLimits | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
-    running = start(home, db_url, host, port, enclave, port_file, enclave_policy=enclave_policy)
+    running = start(
+        home, db_url, host, port, enclave, port_file, enclave_policy=enclave_policy, limits=limits
+    )
     print(
         f"coordinator serving TLS on {host}:{running.port}; its certificate is "
         f"{running.certificate_path.resolve()} (parties pin it: `detente party init "

@@ -13,7 +13,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from coordinator.auth import RequestAuthInterceptor
+from coordinator.auth import RequestAuthInterceptor, caller_of
 from coordinator.blobs import CHUNK_SIZE
 from coordinator.errors import (
     AlreadyExists,
@@ -124,6 +124,8 @@ def job_pb(j: JobRecord) -> coordinator_pb2.Job:
         error=j.error,
         created_at=j.created_at,
         updated_at=j.updated_at,
+        proposer=j.proposer,
+        attempts=j.attempts,
     )
 
 
@@ -141,15 +143,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def RegisterParty(
         self, request: coordinator_pb2.RegisterPartyRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Party:
-        registration = request.registration
+        registration, token = request.registration, request.enrollment_token
         return party_pb(
-            _call(context, "RegisterParty", lambda: self.handler.register_party(registration))
+            _call(
+                context, "RegisterParty", lambda: self.handler.register_party(registration, token)
+            )
         )
 
     def ListParties(
         self, request: coordinator_pb2.ListPartiesRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListPartiesResponse:
-        parties = _call(context, "ListParties", self.handler.list_parties)
+        parties = _call(
+            context, "ListParties", lambda: self.handler.list_parties(caller_of(context))
+        )
         return coordinator_pb2.ListPartiesResponse(parties=[party_pb(p) for p in parties])
 
     def GetEvidence(
@@ -167,20 +173,41 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             first = next(request_iterator, None)
             if first is None or first.WhichOneof("part") != "manifest":
                 raise FormatError("an upload must start with the signed dataset manifest")
-            return self.handler.upload_dataset(first.manifest, _ciphertext(request_iterator))
+            return self.handler.upload_dataset(
+                caller_of(context), first.manifest, _ciphertext(request_iterator)
+            )
 
         return dataset_pb(_call(context, "UploadDataset", upload))
 
     def ListDatasets(
         self, request: coordinator_pb2.ListDatasetsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListDatasetsResponse:
-        datasets = _call(context, "ListDatasets", self.handler.list_datasets)
+        datasets = _call(
+            context, "ListDatasets", lambda: self.handler.list_datasets(caller_of(context))
+        )
         return coordinator_pb2.ListDatasetsResponse(datasets=[dataset_pb(d) for d in datasets])
+
+    def GetDataset(
+        self, request: coordinator_pb2.GetDatasetRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Dataset:
+        return dataset_pb(
+            _call(
+                context,
+                "GetDataset",
+                lambda: self.handler.get_dataset(caller_of(context), request.dataset_id),
+            )
+        )
 
     def ProposeJob(
         self, request: coordinator_pb2.ProposeJobRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Job:
-        return job_pb(_call(context, "ProposeJob", lambda: self.handler.propose_job(request.terms)))
+        return job_pb(
+            _call(
+                context,
+                "ProposeJob",
+                lambda: self.handler.propose_job(caller_of(context), request.terms),
+            )
+        )
 
     def ApproveJob(
         self, request: coordinator_pb2.ApproveJobRequest, context: grpc.ServicerContext
@@ -189,26 +216,55 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             _call(
                 context,
                 "ApproveJob",
-                lambda: self.handler.approve_job(request.job_id, request.approval),
+                lambda: self.handler.approve_job(
+                    caller_of(context), request.job_id, request.approval
+                ),
             )
         )
 
     def GetJob(
         self, request: coordinator_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Job:
-        return job_pb(_call(context, "GetJob", lambda: self.handler.get_job(request.job_id)))
+        return job_pb(
+            _call(
+                context, "GetJob", lambda: self.handler.get_job(caller_of(context), request.job_id)
+            )
+        )
 
     def ListJobs(
         self, request: coordinator_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListJobsResponse:
-        jobs = _call(context, "ListJobs", self.handler.list_jobs)
+        jobs = _call(context, "ListJobs", lambda: self.handler.list_jobs(caller_of(context)))
         return coordinator_pb2.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
+
+    def CancelJob(
+        self, request: coordinator_pb2.CancelJobRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Job:
+        return job_pb(
+            _call(
+                context,
+                "CancelJob",
+                lambda: self.handler.cancel_job(caller_of(context), request.job_id, request.reason),
+            )
+        )
+
+    def RetryJob(
+        self, request: coordinator_pb2.RetryJobRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Job:
+        return job_pb(
+            _call(
+                context,
+                "RetryJob",
+                lambda: self.handler.retry_job(caller_of(context), request.job_id),
+            )
+        )
 
     def FetchOutput(
         self, request: coordinator_pb2.FetchOutputRequest, context: grpc.ServicerContext
     ) -> Iterator[coordinator_pb2.BytesChunk]:
         try:
-            for data in self.handler.fetch_output(request.job_id, request.name):
+            chunks = self.handler.fetch_output(caller_of(context), request.job_id, request.name)
+            for data in chunks:
                 for i in range(0, len(data), CHUNK_SIZE):
                     yield coordinator_pb2.BytesChunk(data=data[i : i + CHUNK_SIZE])
         except Exception as exc:

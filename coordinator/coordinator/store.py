@@ -14,6 +14,7 @@ dropping or reordering any row breaks every hash after it.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import threading
 import time
@@ -38,19 +39,22 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from coordinator.errors import AlreadyExists, NotFound
+from coordinator.errors import AlreadyExists, NotAllowed, NotFound, WrongState
 from protocols import canonical
 from protocols.errors import IntegrityError
 
 GENESIS_HASH = "00" * 32
 
-# Job states (DESIGN.md §3.4–3.5): proposed → approved → running → succeeded | failed.
+# Job states (DESIGN.md §3.4–3.5): proposed → approved → running → succeeded | failed;
+# a job not yet finished can be cancelled; a failed job can go back to approved (retry).
 PROPOSED = "proposed"
 APPROVED = "approved"
 RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
-JOB_STATES = (PROPOSED, APPROVED, RUNNING, SUCCEEDED, FAILED)
+CANCELLED = "cancelled"
+JOB_STATES = (PROPOSED, APPROVED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
 
 def now_ms() -> int:
@@ -68,6 +72,18 @@ class PartyRecord:
     hpke_key: str
     registration: bytes
     registered_at: int
+
+
+@dataclass(frozen=True)
+class EnrollmentRecord:
+    """A one-time token the operator issued for a party name (only its SHA-256 is kept)."""
+
+    name: str
+    token_sha256: str
+    created_at: int
+    expires_at: int
+    used_at: int | None = None
+    used_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,14 @@ class JobRecord:
     approvals: list[ApprovalRecord] = field(default_factory=list)
     outputs: list[OutputRecord] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)  # hex signing keys, terms order
+    attempts: int = 0
+    started_at: int | None = None
+    cancel_reason: str = ""
+
+    def takes_part(self, key: str) -> bool:
+        """Whether ``key`` is this job's proposer, one of its data owners or a recipient."""
+        return key == self.proposer or key in self.required_approvers or key in self.recipients
 
 
 @dataclass(frozen=True)
@@ -159,7 +183,11 @@ class Audit:
 class CoordinatorStore(Protocol):
     """What the handler needs from persistent state."""
 
-    def add_party(self, party: PartyRecord, audit: Audit) -> None: ...
+    def add_enrollment(self, enrollment: EnrollmentRecord, audit: Audit) -> None: ...
+    def list_enrollments(self) -> list[EnrollmentRecord]: ...
+    def add_party(
+        self, party: PartyRecord, audit: Audit, enrollment_token_sha256: str | None = None
+    ) -> None: ...
     def get_party_by_key(self, signing_key: str) -> PartyRecord | None: ...
     def get_party_by_name(self, name: str) -> PartyRecord | None: ...
     def list_parties(self) -> list[PartyRecord]: ...
@@ -186,6 +214,8 @@ class CoordinatorStore(Protocol):
         audit_detail: dict[str, Any] | None = None,
     ) -> bool: ...
     def add_event(self, job_id: str, kind: str, text: str) -> None: ...
+    def start_job(self, job_id: str) -> bool: ...
+    def request_cancel(self, job_id: str, reason: str, by: str) -> JobRecord: ...
     def finish_job(
         self, job_id: str, outputs: list[OutputRecord], result_statement: bytes | None
     ) -> None: ...
@@ -213,6 +243,17 @@ class PartyRow(Base):
     registered_at: Mapped[int] = mapped_column(BigInteger)
 
 
+class EnrollmentRow(Base):
+    __tablename__ = "enrollments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
 class DatasetRow(Base):
     __tablename__ = "datasets"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -234,7 +275,11 @@ class JobRow(Base):
     proposer: Mapped[str] = mapped_column(String(64))
     dataset_ids: Mapped[str] = mapped_column(Text)  # JSON list, terms order
     required_approvers: Mapped[str] = mapped_column(Text)  # JSON list of hex keys
+    recipients: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of hex keys
     state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cancel_reason: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
@@ -362,11 +407,67 @@ class SqlStore:
             )
         )
 
+    # enrollments ----------------------------------------------------------
+
+    def add_enrollment(self, enrollment: EnrollmentRecord, audit: Audit) -> None:
+        """Issue a token for a name; a name that is not yet registered may be re-issued."""
+        with self._write() as s:
+            if s.scalars(select(PartyRow.id).where(PartyRow.name == enrollment.name)).first():
+                raise AlreadyExists(f"a party named {enrollment.name!r} is already registered")
+            old = s.scalars(
+                select(EnrollmentRow).where(EnrollmentRow.name == enrollment.name)
+            ).first()
+            if old is not None:
+                s.delete(old)
+                s.flush()
+            s.add(
+                EnrollmentRow(
+                    name=enrollment.name,
+                    token_sha256=enrollment.token_sha256,
+                    created_at=enrollment.created_at,
+                    expires_at=enrollment.expires_at,
+                )
+            )
+            s.flush()
+            self._append_audit(s, audit, enrollment.created_at)
+
+    def list_enrollments(self) -> list[EnrollmentRecord]:
+        with self._read() as s:
+            return [
+                EnrollmentRecord(
+                    r.name, r.token_sha256, r.created_at, r.expires_at, r.used_at, r.used_by
+                )
+                for r in s.scalars(select(EnrollmentRow).order_by(EnrollmentRow.id))
+            ]
+
+    @staticmethod
+    def _use_enrollment(s: Session, party: PartyRecord, token_sha256: str) -> None:
+        """Consume the name's enrollment token, or raise NotAllowed saying why not."""
+        row = s.scalars(select(EnrollmentRow).where(EnrollmentRow.name == party.name)).first()
+        hint = (
+            f"ask the coordinator's operator for a new one (`detente coordinator enroll "
+            f"--name {party.name}`) and pass it to `detente party init --enrollment-token`"
+        )
+        if row is None or not hmac.compare_digest(row.token_sha256, token_sha256):
+            raise NotAllowed(f"no valid enrollment token for the name {party.name!r}: {hint}")
+        if row.used_at is not None:
+            raise NotAllowed(f"the enrollment token for {party.name!r} was already used: {hint}")
+        if row.expires_at <= party.registered_at:
+            raise NotAllowed(f"the enrollment token for {party.name!r} has expired: {hint}")
+        row.used_at = party.registered_at
+        row.used_by = party.signing_key
+
     # parties --------------------------------------------------------------
 
-    def add_party(self, party: PartyRecord, audit: Audit) -> None:
+    def add_party(
+        self, party: PartyRecord, audit: Audit, enrollment_token_sha256: str | None = None
+    ) -> None:
+        """Add a party; with ``enrollment_token_sha256``, consume its name's token in the
+        same transaction (a registration and its token are used together or not at all)."""
         try:
             with self._write() as s:
+                if enrollment_token_sha256 is not None:
+                    self._use_enrollment(s, party, enrollment_token_sha256)
                 s.add(
                     PartyRow(
                         name=party.name,
@@ -453,6 +554,7 @@ class SqlStore:
                         proposer=job.proposer,
                         dataset_ids=json.dumps(job.dataset_ids),
                         required_approvers=json.dumps(job.required_approvers),
+                        recipients=json.dumps(job.recipients),
                         state=job.state,
                         error=job.error,
                         created_at=job.created_at,
@@ -495,6 +597,10 @@ class SqlStore:
             approvals=[ApprovalRecord(a.approver, a.envelope, a.at) for a in approvals],
             outputs=[OutputRecord(o.name, o.blob_sha256, o.size) for o in outputs],
             events=[EventRecord(e.at, e.kind, e.text) for e in events],
+            recipients=list(json.loads(row.recipients or "[]")),
+            attempts=row.attempts or 0,
+            started_at=row.started_at,
+            cancel_reason=row.cancel_reason or "",
         )
 
     def _job_row(self, s: Session, job_id: str) -> JobRow:
@@ -566,6 +672,8 @@ class SqlStore:
             row.state = to_state
             row.updated_at = at
             row.error = error
+            if to_state == APPROVED:  # a retry starts with no cancel request pending
+                row.cancel_reason = ""
             s.add(JobEventRow(job_id=job_id, at=at, kind="state", text=text))
             if error:
                 s.add(JobEventRow(job_id=job_id, at=at, kind="error", text=error))
@@ -577,6 +685,56 @@ class SqlStore:
         with self._write() as s:
             self._job_row(s, job_id)
             s.add(JobEventRow(job_id=job_id, at=now_ms(), kind=kind, text=text))
+
+    def start_job(self, job_id: str) -> bool:
+        """``approved`` → ``running``, counting the attempt; False if the job was not approved."""
+        at = now_ms()
+        with self._write() as s:
+            row = self._job_row(s, job_id)
+            if row.state != APPROVED:
+                return False
+            row.state = RUNNING
+            row.updated_at = at
+            row.started_at = at
+            row.attempts = (row.attempts or 0) + 1
+            s.add(JobEventRow(job_id=job_id, at=at, kind="state", text=RUNNING))
+            detail = {"from": APPROVED, "to": RUNNING, "attempt": row.attempts}
+            self._append_audit(s, Audit("job.state", job_id, detail), at)
+            return True
+
+    def request_cancel(self, job_id: str, reason: str, by: str) -> JobRecord:
+        """Cancel a job that has not finished.
+
+        A proposed or approved job is ``cancelled`` at once; a running job is
+        marked, and the scheduler that runs it stops its enclave call and marks
+        it ``cancelled`` (or the next start does, if the coordinator is down).
+        """
+        at = now_ms()
+        text = f"cancelled by {by}" + (f": {reason}" if reason else "")
+        with self._write() as s:
+            row = self._job_row(s, job_id)
+            if row.state in FINISHED_STATES:
+                raise WrongState(
+                    f"job {job_id!r} is {row.state}; only an unfinished job is cancelled"
+                )
+            detail = {"by": by, "reason": reason}
+            if row.state == RUNNING:
+                if row.cancel_reason:
+                    return self._job(s, row)
+                row.cancel_reason = text
+                s.add(JobEventRow(job_id=job_id, at=at, kind="cancel", text=text))
+                self._append_audit(s, Audit("job.cancel_requested", job_id, detail), at)
+            else:
+                old = row.state
+                row.state = CANCELLED
+                row.updated_at = at
+                row.cancel_reason = text
+                s.add(JobEventRow(job_id=job_id, at=at, kind="state", text=CANCELLED))
+                s.add(JobEventRow(job_id=job_id, at=at, kind="cancel", text=text))
+                detail = {"from": old, "to": CANCELLED, **detail}
+                self._append_audit(s, Audit("job.state", job_id, detail), at)
+            s.flush()
+            return self._job(s, row)
 
     def finish_job(
         self, job_id: str, outputs: list[OutputRecord], result_statement: bytes | None

@@ -12,13 +12,16 @@ image is built), so the coordinator's RA-TLS check runs for real.
 
 Every call through ``Harness.stub`` is TLS pinned to the coordinator's
 certificate and signed like a party's: RegisterParty by the key it registers,
-everything else by a registered party's key (or, when nobody is registered
-yet, by an unregistered key, which the coordinator refuses).
+an upload, proposal or approval by the key that signed its statement,
+anything else by ``Harness.acting`` (by default the first registered party;
+when nobody is registered yet, an unregistered key, which the coordinator
+refuses).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
 import os
@@ -35,6 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.enclave_client import CHANNEL_OPTIONS
+from coordinator.handler import issue_enrollment
 from coordinator.server import RunningCoordinator, start
 from enclave_worker.identity import EnclaveIdentity, ratls_credentials
 from libos.image import Measurement
@@ -184,6 +188,7 @@ class Harness:
         self.channel: grpc.Channel | None = None
         self.stub: Any = None
         self.unregistered = SigningKey.generate()
+        self.acting: Party | None = None
         self.start()
 
     def start(self) -> None:
@@ -197,12 +202,25 @@ class Harness:
         )
 
     def signing_key_for(self, method: str, request: Any) -> SigningKey | None:
-        """RegisterParty: the key it registers; anything else: a registered party's key."""
+        """The key a party would sign ``request`` with (see the module docstring)."""
+        statement = {
+            "/RegisterParty": "registration",
+            "/UploadDataset": "manifest",
+            "/ProposeJob": "terms",
+            "/ApproveJob": "approval",
+        }
+        for suffix, name in statement.items():
+            if method.endswith(suffix):
+                try:
+                    signer = Envelope.from_bytes(getattr(request, name)).signer.hex
+                except DetenteError:
+                    break
+                if signer in KEYS:
+                    return KEYS[signer]
         if method.endswith("/RegisterParty"):
-            try:
-                return KEYS.get(Envelope.from_bytes(request.registration).signer.hex)
-            except DetenteError:
-                return None
+            return None
+        if self.acting is not None:
+            return self.acting.key
         assert self.running is not None
         for party in self.running.store.list_parties():
             if party.signing_key in KEYS:
@@ -224,11 +242,28 @@ class Harness:
         self.start()
 
     # conveniences
+    def enroll(self, name: str) -> str:
+        """A one-time enrollment token for ``name``, as `detente coordinator enroll` issues."""
+        assert self.running is not None
+        token, _ = issue_enrollment(self.running.store, name)
+        return token
+
     def register(self, *parties: Party) -> None:
         for p in parties:
             self.stub.RegisterParty(
-                coordinator_pb2.RegisterPartyRequest(registration=p.registration())
+                coordinator_pb2.RegisterPartyRequest(
+                    registration=p.registration(), enrollment_token=self.enroll(p.name)
+                )
             )
+
+    @contextlib.contextmanager
+    def as_party(self, party: Party) -> Iterator[Any]:
+        """Sign the calls made in this block (that carry no statement) as ``party``."""
+        previous, self.acting = self.acting, party
+        try:
+            yield self.stub
+        finally:
+            self.acting = previous
 
     def upload(self, dataset: SealedDataset) -> coordinator_pb2.Dataset:
         return self.stub.UploadDataset(upload_requests(dataset.manifest_bytes, dataset.ciphertext))

@@ -73,11 +73,11 @@ def test_manifest_signed_by_another_key_is_refused(
 def test_unregistered_owner_is_refused(
     coord: Harness, home: Path, alice: Party, bob: Party
 ) -> None:
-    coord.register(bob)  # the request is signed by registered Bob; the owner is not registered
+    coord.register(bob)  # the owner (who signs the upload) is not registered
     sealed = seal_dataset(alice, "alice-2024")
     with pytest.raises(grpc.RpcError) as err:
         coord.upload(sealed)
-    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert "not a registered party" in err.value.details()
     assert datasets(coord) == [] and blob_files(home) == []
 

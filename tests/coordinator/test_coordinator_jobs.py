@@ -74,7 +74,9 @@ def test_terms_signed_by_another_key_are_refused(
 def test_unregistered_proposer_is_refused(coord: Harness, sealed: list[SealedDataset]) -> None:
     with pytest.raises(grpc.RpcError) as err:
         coord.propose(job_terms(Party("stranger"), "job-1", sealed))
-    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    # The proposer signs the request too: an unknown key is refused at the door.
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert "not a registered party" in err.value.details()
 
 
 def test_approval_over_different_terms_names_the_digest(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -50,10 +51,23 @@ def test_serve_process_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
         # TLS pinned to the certificate the coordinator made in its home; signed requests.
         certificate = tls.load_certificate((home / "coordinator-tls.crt").read_bytes(), "cert")
         party = Party("process-checker")
+        # The operator enrolls the name with the CLI while the coordinator runs.
+        enrolled = subprocess.run(
+            [sys.executable, "-m", "coordinator", "enroll", "--home", str(home)]
+            + ["--name", party.name, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        token = json.loads(enrolled.stdout)["token"]
         with tls.pinned_channel(f"127.0.0.1:{port}", certificate) as channel:
             signed = grpc.intercept_channel(channel, RequestSigner(party.key))
             stub = coordinator_pb2_grpc.CoordinatorStub(signed)
-            request = coordinator_pb2.RegisterPartyRequest(registration=party.registration())
+            request = coordinator_pb2.RegisterPartyRequest(
+                registration=party.registration(), enrollment_token=token
+            )
             stub.RegisterParty(request)
             listed = stub.ListParties(coordinator_pb2.ListPartiesRequest()).parties
             assert [p.name for p in listed] == ["process-checker"]

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import grpc
 import pytest
 from coordinator_testkit import Harness, Party
 
+from protocols.documents import Registration
 from protocols.statements import Envelope, pae
 from protocols.wire.v1 import coordinator_pb2
 
 
-def register(coord: Harness, registration: bytes) -> coordinator_pb2.Party:
-    return coord.stub.RegisterParty(coordinator_pb2.RegisterPartyRequest(registration=registration))
+def register(
+    coord: Harness, registration: bytes, token: str | None = None
+) -> coordinator_pb2.Party:
+    """Register with ``token``, or by default a fresh one for the registration's name."""
+    if token is None:
+        token = coord.enroll(
+            Registration.from_dict(json.loads(Envelope.from_bytes(registration).payload)).name
+        )
+    return coord.stub.RegisterParty(
+        coordinator_pb2.RegisterPartyRequest(registration=registration, enrollment_token=token)
+    )
 
 
 def test_register_party(coord: Harness, alice: Party) -> None:
@@ -28,7 +41,7 @@ def test_register_party(coord: Harness, alice: Party) -> None:
 
 def test_same_registration_twice_is_idempotent(coord: Harness, alice: Party) -> None:
     first = register(coord, alice.registration())
-    second = register(coord, alice.registration())
+    second = register(coord, alice.registration(), token="")  # no token needed to re-register
     assert second.registered_at == first.registered_at
     assert len(coord.stub.ListParties(coordinator_pb2.ListPartiesRequest()).parties) == 1
 
@@ -44,7 +57,7 @@ def test_forged_registration_is_refused(coord: Harness, alice: Party) -> None:
         mallory.key.sign(pae(genuine.payload_type, genuine.payload)),
     )
     with pytest.raises(grpc.RpcError) as err:
-        register(coord, forged.to_bytes())
+        register(coord, forged.to_bytes(), token=coord.enroll("alice-bank"))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "signature does not verify" in err.value.details()
     assert coord.running is not None and coord.running.store.list_parties() == []
@@ -52,7 +65,7 @@ def test_forged_registration_is_refused(coord: Harness, alice: Party) -> None:
 
 def test_garbage_registration_is_invalid_argument(coord: Harness) -> None:
     with pytest.raises(grpc.RpcError) as err:
-        register(coord, b"not json")
+        register(coord, b"not json", token="")
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -60,6 +73,81 @@ def test_taken_name_is_refused(coord: Harness, alice: Party) -> None:
     register(coord, alice.registration())
     impostor = Party("alice-bank")
     with pytest.raises(grpc.RpcError) as err:
-        register(coord, impostor.registration())
+        register(coord, impostor.registration(), token="")
     assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
     assert "alice-bank" in err.value.details()
+
+
+# --------------------------------------------------------------------------- enrollment
+
+
+def refused_registration(coord: Harness, party: Party, token: str) -> str:
+    with pytest.raises(grpc.RpcError) as err:
+        register(coord, party.registration(), token=token)
+    assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED, err.value.details()
+    return str(err.value.details())
+
+
+def test_registration_without_a_token_is_refused_and_names_the_command(
+    coord: Harness, alice: Party
+) -> None:
+    message = refused_registration(coord, alice, "")
+    assert "detente coordinator enroll --name alice-bank" in message
+    assert "--enrollment-token" in message
+    assert coord.running is not None and coord.running.store.list_parties() == []
+
+
+def test_a_wrong_or_foreign_token_is_refused(coord: Harness, alice: Party, bob: Party) -> None:
+    coord.enroll("alice-bank")
+    assert "no valid enrollment token" in refused_registration(coord, alice, "guessed-token")
+    # Bob's token does not register Alice: a token is for one name.
+    bobs = coord.enroll("bob-insurer")
+    assert "no valid enrollment token" in refused_registration(coord, alice, bobs)
+    register(coord, bob.registration(), token=bobs)
+    assert coord.running is not None
+    assert [p.name for p in coord.running.store.list_parties()] == ["bob-insurer"]
+
+
+def test_a_token_registers_once(coord: Harness, alice: Party) -> None:
+    token = coord.enroll("alice-bank")
+    register(coord, alice.registration(), token=token)
+    # Another key under the same name with the same token: the name is taken, and
+    # the token is spent.
+    thief = Party("alice-bank")
+    with pytest.raises(grpc.RpcError) as err:
+        register(coord, thief.registration(), token=token)
+    assert err.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert coord.running is not None
+    (used,) = coord.running.store.list_enrollments()
+    assert used.used_by == alice.hex and used.token_sha256 != token
+
+
+def test_an_expired_token_is_refused(coord: Harness, alice: Party) -> None:
+    from coordinator.handler import issue_enrollment
+
+    assert coord.running is not None
+    token, _ = issue_enrollment(coord.running.store, "alice-bank", ttl_seconds=1)
+    import time
+
+    time.sleep(1.1)
+    assert "has expired" in refused_registration(coord, alice, token)
+    assert coord.running.store.list_parties() == []
+
+
+def test_the_operator_cli_issues_a_token_that_registers(
+    coord: Harness, home: Path, alice: Party
+) -> None:
+    from typer.testing import CliRunner
+
+    from coordinator.cli import app
+
+    result = CliRunner().invoke(
+        app, ["enroll", "--name", "alice-bank", "--home", str(home), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    token = json.loads(result.output)["token"]
+    assert register(coord, alice.registration(), token=token).name == "alice-bank"
+    # The database keeps only the token's hash.
+    assert token.encode() not in (home / "coordinator.db").read_bytes()
+    again = CliRunner().invoke(app, ["enroll", "--name", "alice-bank", "--home", str(home)])
+    assert again.exit_code == 1 and "already registered" in again.output

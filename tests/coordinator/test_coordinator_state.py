@@ -55,14 +55,16 @@ def test_audit_log_records_ids_and_verifies(
     assert store.verify_audit_chain() == len(store.audit_entries())
     events = [(e.event, e.subject) for e in store.audit_entries()]
     assert events == [
+        ("party.enrollment_issued", "alice-bank"),
         ("party.registered", alice.hex),
+        ("party.enrollment_issued", "bob-insurer"),
         ("party.registered", bob.hex),
         ("dataset.uploaded", "alice-2024"),
         ("dataset.uploaded", "bob-2024"),
         ("job.proposed", "job-1"),
         ("approval.recorded", "job-1"),
     ]
-    uploaded = store.audit_entries()[2].detail
+    uploaded = store.audit_entries()[4].detail
     assert set(uploaded) == {"owner_key", "manifest_digest", "blob_sha256", "size"}
 
 
@@ -110,7 +112,7 @@ def test_cli_audit_verify_ok(coord: Harness, home: Path, alice: Party, bob: Part
     coord.stop()
     result = CliRunner().invoke(app, ["audit-verify", "--home", str(home)])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("ok: 6 audit log entries")
+    assert result.output.startswith("ok: 8 audit log entries")
 
 
 def test_cli_audit_verify_without_database(tmp_path: Path) -> None:

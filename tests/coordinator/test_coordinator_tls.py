@@ -236,7 +236,7 @@ def _party_home(root: Path, address: str, pinned: Path) -> PartyHome:
 def test_party_with_the_pinned_certificate_registers(coord: Harness, tmp_path: Path) -> None:
     assert coord.running is not None
     home = _party_home(tmp_path / "party", coord.running.address, coord.running.certificate_path)
-    registration = register(home)
+    registration = register(home, coord.enroll("tls-party"))
     assert [p.name for p in coord.running.store.list_parties()] == ["tls-party"]
     assert registration.name == "tls-party"
 

@@ -50,12 +50,14 @@ def signed(key: SigningKey, method: str, request: Any, **kwargs: Any) -> list[tu
     return sign_request(key, SERVICE + method, request.SerializeToString(), **kwargs)
 
 
-def refused(call: Any, *args: Any, **kwargs: Any) -> str:
+def refused(
+    call: Any, *args: Any, code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED, **kwargs: Any
+) -> str:
     with pytest.raises(grpc.RpcError) as err:
         result = call(*args, timeout=10, **kwargs)
         if isinstance(result, Iterator):
             list(result)
-    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED, err.value.details()
+    assert err.value.code() is code, err.value.details()
     return str(err.value.details())
 
 
@@ -154,7 +156,9 @@ def test_replayed_nonce_is_refused(coord: Harness, raw: Any, alice: Party) -> No
 def test_registration_must_be_signed_by_the_key_it_registers(
     coord: Harness, raw: Any, alice: Party
 ) -> None:
-    request = pb.RegisterPartyRequest(registration=alice.registration())
+    request = pb.RegisterPartyRequest(
+        registration=alice.registration(), enrollment_token=coord.enroll(alice.name)
+    )
     mallory = SigningKey.generate()
     message = refused(
         raw.RegisterParty, request, metadata=signed(mallory, "RegisterParty", request)
@@ -185,13 +189,16 @@ def test_upload_signature_covers_the_manifest(
         upload_requests(mine.manifest_bytes, mine.ciphertext), metadata=metadata
     )
     assert done.dataset_id == "alice-2024"
-    # And any registered party may relay it: the request signer need not own the data.
+    # Another registered party cannot upload in Alice's name, even with her signed manifest.
     relayed = pb.UploadDatasetRequest(manifest=other.manifest_bytes)
-    done = raw.UploadDataset(
+    message = refused(
+        raw.UploadDataset,
         upload_requests(other.manifest_bytes, other.ciphertext),
         metadata=signed(bob.key, "UploadDataset", relayed),
+        code=grpc.StatusCode.PERMISSION_DENIED,
     )
-    assert done.owner_key == alice.hex
+    assert "only its owner uploads it" in message
+    assert [d.dataset_id for d in coord.running.store.list_datasets()] == ["alice-2024"]
 
 
 @pytest.mark.parametrize(
