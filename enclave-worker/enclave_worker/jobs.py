@@ -6,6 +6,12 @@ and not be expired; each data set's manifest must be the one the terms name,
 signed by its owner and sealed to this enclave; and every owner must have
 approved these exact terms. Only then are data keys unwrapped.
 
+Errors leave the enclave (as the job's error, in events and in the host's
+logs), so every error raised here names the data set, the column and the kind
+of problem, never a value; exceptions of numpy, Arrow and XGBoost, whose
+texts may quote values, are turned into such errors at each stage
+(:func:`_stage`) and their text is dropped.
+
 The worker runs :func:`run` in a child process per job (enclave_worker.job_process);
 what the code needs from where it runs — the memory limit, peak memory, a way
 to report rounds while XGBoost trains, checkpoint storage — comes in a
@@ -14,6 +20,7 @@ to report rounds while XGBoost trains, checkpoint storage — comes in a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -32,9 +39,11 @@ from protocols.documents import (
     OutputRecord,
     ResultStatement,
     check_approvals,
+    check_release,
     schema_sha256,
 )
-from protocols.errors import ConsentError, DatasetError, FormatError, IntegrityError
+from protocols.errors import ConsentError, DatasetError, DetenteError, FormatError, IntegrityError
+from protocols.objectives import check_labels, check_objective, summarize_labels
 from protocols.statements import Envelope
 
 log = logging.getLogger("enclave_worker.jobs")
@@ -167,6 +176,11 @@ def accept(
     check_approvals(
         terms_envelope, owners, [Envelope.from_bytes(a, "job approval") for a in approvals]
     )
+    check_release(terms, owners)
+    try:
+        check_objective(terms.objective)
+    except DatasetError as exc:
+        raise ConsentError(str(exc)) from None
     log.info("job %s accepted: %d data sets, all owners approved", terms.job_id, len(accepted))
     return AcceptedJob(terms_envelope, terms, accepted)
 
@@ -194,9 +208,10 @@ def _open_dataset(identity: EnclaveIdentity, manifest: DatasetManifest, blob: by
     plaintext = stream.open_stream(key, blob, manifest.dataset_id.encode())
     try:
         table = pa.ipc.open_stream(io.BytesIO(plaintext)).read_all()
-    except pa.ArrowException as exc:
+    except (pa.ArrowException, ValueError, OSError):
+        # Arrow's text may quote bytes of the data: only the kind of problem leaves.
         raise FormatError(
-            f"data set {manifest.dataset_id!r} is not an Arrow IPC stream: {exc}"
+            f"data set {manifest.dataset_id!r} is not a readable Arrow IPC stream"
         ) from None
     columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
     if schema_sha256(columns) != manifest.schema_sha256:
@@ -206,6 +221,73 @@ def _open_dataset(identity: EnclaveIdentity, manifest: DatasetManifest, blob: by
             f"data set {manifest.dataset_id!r} row count differs from its manifest"
         )
     return table
+
+
+@contextlib.contextmanager
+def _stage(what: str) -> Iterator[None]:
+    """Turn any non-Detente exception of ``what`` into a DatasetError without its text.
+
+    Texts of numpy, Arrow and XGBoost errors may quote data values; our own
+    errors never do. The exception type is kept: it says the kind of problem.
+    """
+    try:
+        yield
+    except DetenteError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:
+        raise DatasetError(
+            f"{what} failed ({type(exc).__name__}); the enclave withholds the library's "
+            "message, which may quote data values"
+        ) from None
+
+
+def _is_numeric(kind: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(
+        pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+    )
+
+
+def check_table(dataset_id: str, table: Any, terms: JobTerms) -> None:
+    """Check one data set before any join: label present and fit for the objective,
+    every feature numeric and finite. Errors name the data set and column."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    where = f"data set {dataset_id!r}"
+    if terms.label not in table.column_names:
+        raise DatasetError(f"{where} has no label column {terms.label!r}")
+    for name in table.column_names:
+        if name == terms.id_column:
+            continue
+        kind = table.schema.field(name).type
+        if not _is_numeric(kind):
+            hint = (
+                "if it identifies rows, propose the job with --id naming it"
+                if name != terms.label
+                else "labels must be numbers"
+            )
+            raise DatasetError(f"{where} column {name!r} holds {kind} values, not numbers: {hint}")
+        if name != terms.label and pa.types.is_floating(kind):
+            with _stage(f"checking {where} column {name!r}"):
+                infinite = int(pc.sum(pc.is_inf(table.column(name))).as_py() or 0)
+            if infinite:
+                raise DatasetError(
+                    f"{where} column {name!r} has {infinite} infinite values; XGBoost needs "
+                    "finite numbers or missing values"
+                )
+    column = table.column(terms.label)
+    if column.null_count:
+        raise DatasetError(
+            f"{where} label column {terms.label!r} has {column.null_count} missing values"
+        )
+    with _stage(f"reading {where} label column {terms.label!r}"):
+        labels = column.to_numpy(zero_copy_only=False).astype(np.float64)
+    check_labels(terms.objective, summarize_labels(terms.label, labels, where), terms.params, where)
 
 
 def feature_matrix(table: Any, label: str, id_column: str | None) -> tuple[Any, Any, list[str]]:
@@ -222,9 +304,31 @@ def feature_matrix(table: Any, label: str, id_column: str | None) -> tuple[Any, 
         raise DatasetError(f"label column {label!r} is not in the data")
     x = np.empty((table.num_rows, len(names)), dtype=np.float32)
     for j, name in enumerate(names):
-        x[:, j] = table.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
-    y = table.column(label).to_numpy(zero_copy_only=False).astype(np.float32)
+        with _stage(f"converting column {name!r} to numbers"):
+            x[:, j] = table.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+    with _stage(f"converting label column {label!r} to numbers"):
+        y = table.column(label).to_numpy(zero_copy_only=False).astype(np.float32)
     return x, y, names
+
+
+def _first_difference(schema: Any, other: Any) -> str:
+    """Where ``other`` first differs from ``schema``: a column name and what differs."""
+    for position in range(max(len(schema), len(other))):
+        if position >= len(schema):
+            return f"has an extra column {other.field(position).name!r}"
+        if position >= len(other):
+            return f"lacks the column {schema.field(position).name!r}"
+        mine, theirs = schema.field(position), other.field(position)
+        if mine.name != theirs.name:
+            return (
+                f"has column {theirs.name!r} where the first data set has {mine.name!r} "
+                f"(column {position + 1})"
+            )
+        if not mine.type.equals(theirs.type):
+            return (
+                f"has column {theirs.name!r} of type {theirs.type}, the first data set {mine.type}"
+            )
+    return "differs in column metadata"
 
 
 def _join(tables: list[Any], job: AcceptedJob) -> Any:
@@ -241,10 +345,12 @@ def _join(tables: list[Any], job: AcceptedJob) -> Any:
     for (dataset_id, _), table in zip(job.terms.datasets, tables, strict=True):
         if not table.schema.equals(first):
             raise DatasetError(
-                f"horizontal join needs equal schemas; data set {dataset_id!r} differs from "
-                f"{job.terms.datasets[0][0]!r}"
+                f"horizontal join needs equal schemas; data set {dataset_id!r} "
+                f"{_first_difference(first, table.schema)} (first data set "
+                f"{job.terms.datasets[0][0]!r})"
             )
-    return pa.concat_tables(tables)
+    with _stage("joining the data sets"):
+        return pa.concat_tables(tables)
 
 
 def train_params(terms: JobTerms) -> dict[str, Any]:
@@ -412,7 +518,6 @@ def run(
     identity: EnclaveIdentity, job: AcceptedJob, env: JobEnvironment | None = None
 ) -> Iterator[Progress | ReleasedOutput | bytes]:
     """Decrypt, join, train and release; yields progress, outputs, then the signed statement."""
-    import numpy as np
     import xgboost as xgb
 
     env = env or JobEnvironment()
@@ -421,8 +526,10 @@ def run(
     tables = []
     for dataset_id, _ in terms.datasets:
         blob = bytes(job.received.pop(dataset_id, b""))
-        tables.append(_open_dataset(identity, job.manifests[dataset_id], blob))
+        table = _open_dataset(identity, job.manifests[dataset_id], blob)
         del blob  # the ciphertext is no longer needed: keep the peak down
+        check_table(dataset_id, table, terms)
+        tables.append(table)
     joined = _join(tables, job)
     del tables
     rows = joined.num_rows
@@ -440,22 +547,29 @@ def run(
     )
     x, y, names = feature_matrix(joined, terms.label, terms.id_column)
     del joined
-    if terms.objective.startswith("binary:") and not np.isin(y, (0.0, 1.0)).all():
-        raise DatasetError(f"label {terms.label!r} must be 0 or 1 for {terms.objective}")
+    # Each data set passed check_table; the joined labels are checked again as one.
+    check_labels(
+        terms.objective,
+        summarize_labels(terms.label, y, "the joined data"),
+        terms.params,
+        "the joined data",
+    )
     opened = time.perf_counter()
     yield Progress("timing", f"decrypt+join {opened - started:.3f}s")
     yield Progress(
         "progress",
         f"training on {x.shape[0]} rows, {x.shape[1]} features, {terms.num_rounds} rounds",
     )
-    dtrain = xgb.DMatrix(x, label=y, feature_names=names)
+    with _stage("building XGBoost's training matrix"):
+        dtrain = xgb.DMatrix(x, label=y, feature_names=names)
     booster: Any = None
     history: dict[str, Any] = {}
-    for item in _train(job, dtrain, env):
-        if isinstance(item, Progress):
-            yield item
-        else:
-            booster, history = item
+    with _stage("training with XGBoost"):
+        for item in _train(job, dtrain, env):
+            if isinstance(item, Progress):
+                yield item
+            else:
+                booster, history = item
     trained = time.perf_counter()
     yield Progress("timing", f"train {trained - opened:.3f}s")
     artefacts: dict[str, bytes] = {}
