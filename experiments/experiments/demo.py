@@ -112,6 +112,32 @@ class Roles:
     measured: dict[str, Any]  # `detente libos measure --json`
     policy: Path  # the attestation policy the coordinator and the parties use
     coordinator_cert: Path  # the coordinator's TLS certificate, pinned by the parties
+    coordinator_home: Path  # the coordinator's folder (database, blobs, log)
+
+    def enroll(self, c: Cluster, name: str) -> str:
+        """Issue a one-time enrollment token for ``name``, as the operator does."""
+        args = ["coordinator", "enroll", "--home", str(self.coordinator_home), "--name", name]
+        return str(json.loads(c.run([*args, "--json"]))["token"])
+
+    def init_party(self, c: Cluster, name: str, home: Path, policy: Path | None = None) -> None:
+        """Enroll ``name`` and run `detente party init` in ``home`` with that token."""
+        c.run(
+            [
+                "party",
+                "init",
+                "--name",
+                name,
+                "--coordinator",
+                self.coordinator,
+                "--policy",
+                str(policy or self.policy),
+                "--coordinator-cert",
+                str(self.coordinator_cert),
+                "--enrollment-token",
+                self.enroll(c, name),
+            ],
+            home,
+        )
 
 
 def write_policy(path: Path, measured: dict[str, Any]) -> Path:
@@ -146,7 +172,25 @@ def start_enclave(c: Cluster, root: Path) -> tuple[int, dict[str, Any], Path]:
     return port, measured, write_policy(root / "policy.toml", measured)
 
 
-def start_roles(c: Cluster, root: Path) -> Roles:
+def start_coordinator(
+    c: Cluster,
+    coord: Path,
+    enclave: str,
+    policy: Path,
+    extra: list[str] | None = None,
+    name: str = "coordinator",
+) -> int:
+    """Start a coordinator process in ``coord`` that runs jobs on ``enclave``; its port."""
+    serve = ["coordinator", "serve", "--home", str(coord), "--port-file", str(coord / "port")]
+    return c.spawn(
+        name,
+        [*serve, "--enclave", enclave, "--enclave-policy", str(policy), *(extra or [])],
+        coord / "port",
+        coord,
+    )
+
+
+def start_roles(c: Cluster, root: Path, coordinator_args: list[str] | None = None) -> Roles:
     """Start the enclave worker and the coordinator, each a process in its own folder.
 
     The coordinator checks the enclave's RA-TLS certificate with the same policy
@@ -154,22 +198,13 @@ def start_roles(c: Cluster, root: Path) -> Roles:
     """
     enclave_port, measured, policy = start_enclave(c, root)
     coord = root / "coordinator"
-    serve = ["coordinator", "serve", "--home", str(coord), "--port-file", str(coord / "port")]
-    coord_port = c.spawn(
-        "coordinator",
-        [*serve, "--enclave", f"127.0.0.1:{enclave_port}", "--enclave-policy", str(policy)],
-        coord / "port",
-        coord,
-    )
+    enclave = f"127.0.0.1:{enclave_port}"
+    coord_port = start_coordinator(c, coord, enclave, policy, coordinator_args)
     from coordinator.server import certificate_path
 
     # The coordinator makes its certificate before it writes its port file.
     return Roles(
-        f"127.0.0.1:{coord_port}",
-        f"127.0.0.1:{enclave_port}",
-        measured,
-        policy,
-        certificate_path(coord),
+        f"127.0.0.1:{coord_port}", enclave, measured, policy, certificate_path(coord), coord
     )
 
 
@@ -273,7 +308,7 @@ def _run(
     from sklearn.model_selection import train_test_split
 
     from party_client.home import PartyHome
-    from party_client.party import fetch_terms
+    from party_client.party import fetch_job
 
     started = time.perf_counter()
     print("SIMULATION enclave: this demo shows the protocol, not hardware protection.")
@@ -291,7 +326,7 @@ def _run(
 
     with cluster(root) as c:
         roles = start_roles(c, root)
-        address, policy = roles.coordinator, roles.policy
+
         c.timings["start"] = time.perf_counter() - started
 
         homes: dict[str, Path] = {}
@@ -303,21 +338,7 @@ def _run(
             home.mkdir()
             csv_path = home / f"{name}.csv"
             pacsv.write_csv(part, csv_path)
-            c.run(
-                [
-                    "party",
-                    "init",
-                    "--name",
-                    name,
-                    "--coordinator",
-                    address,
-                    "--policy",
-                    str(policy),
-                    "--coordinator-cert",
-                    str(roles.coordinator_cert),
-                ],
-                home,
-            )
+            roles.init_party(c, name, home)
             t0 = time.perf_counter()
             c.run(["party", "attest", "--explain"], home)
             t1 = time.perf_counter()
@@ -383,7 +404,7 @@ def _run(
             models[name] = Path(written["model"]).read_bytes()
         c.timings["job"] = time.perf_counter() - t0
         status = json.loads(c.run(["party", "status", job_id, "--json"], first))
-        _, terms, _ = _with_home(first, lambda: fetch_terms(PartyHome.default(), job_id))
+        terms = _with_home(first, lambda: fetch_job(PartyHome.default(), job_id)).terms
 
     if len(set(models.values())) != 1:
         raise DemoError("recipients decrypted different models")

@@ -16,8 +16,10 @@ from typing import Any
 
 from cryptography import x509
 
+from party_client.pins import KnownParties
 from protocols import canonical, tls
 from protocols.attestation import Evidence, VerifiedEnclave, verify_evidence
+from protocols.durable import write_atomic
 from protocols.errors import DetenteError, PolicyError
 from protocols.keys import HpkePrivateKey, Kem, SigningKey, VerifyKey, write_secret_file
 from protocols.policy import AttestationPolicy
@@ -30,13 +32,6 @@ class SetupError(DetenteError):
 def home_dir() -> Path:
     env = os.environ.get("DETENTE_HOME")
     return Path(env) if env else Path.home() / ".config" / "detente"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -62,6 +57,11 @@ class PartyHome:
     @property
     def coordinator_cert_path(self) -> Path:
         return self.root / "coordinator.crt"
+
+    @property
+    def known_parties(self) -> KnownParties:
+        """The fingerprint pinned for each party name (party_client.pins)."""
+        return KnownParties(self.root / "known-parties.json")
 
     # -- the coordinator's pinned TLS certificate -------------------------------
 

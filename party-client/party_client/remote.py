@@ -4,11 +4,15 @@ Nothing received here is trusted: evidence, manifests, terms and result
 statements are verified by the caller before use. The channel is TLS pinned
 to the coordinator certificate the party copied at `detente party init`, and
 every request is signed with the party's key (protocols/SPEC.md §14).
+
+This module is the party's gRPC edge: only it touches protobuf; it hands the
+rest of the client plain dataclasses of the bytes received.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,6 +33,78 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 UPLOAD_CHUNK = 1 << 20
 DIAGNOSE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class RemoteParty:
+    """A registration as the coordinator lists it (verify ``registration`` before use)."""
+
+    name: str
+    signing_key: str
+    registration: bytes
+
+
+@dataclass(frozen=True)
+class RemoteDataset:
+    """A data set as the coordinator lists it (verify ``manifest`` before use)."""
+
+    dataset_id: str
+    owner_key: str
+    manifest: bytes
+    size: int
+
+
+@dataclass(frozen=True)
+class RemoteEvent:
+    at: int
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RemoteJob:
+    """A job as the coordinator reports it: signed bytes to verify, and its bookkeeping."""
+
+    job_id: str
+    state: str
+    terms: bytes
+    required_approvers: list[str]
+    approvals: list[bytes]
+    result_statement: bytes
+    events: list[RemoteEvent]
+    error: str
+    proposer: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class RemoteEvidence:
+    identity: bytes
+    quote: bytes
+    backend: str
+
+
+def _party(p: Any) -> RemoteParty:
+    return RemoteParty(p.name, p.signing_key, bytes(p.registration))
+
+
+def _dataset(d: Any) -> RemoteDataset:
+    return RemoteDataset(d.dataset_id, d.owner_key, bytes(d.manifest), int(d.size))
+
+
+def _job(j: Any) -> RemoteJob:
+    return RemoteJob(
+        job_id=j.job_id,
+        state=j.state,
+        terms=bytes(j.terms),
+        required_approvers=list(j.required_approvers),
+        approvals=[bytes(a) for a in j.approvals],
+        result_statement=bytes(j.result_statement),
+        events=[RemoteEvent(e.at, e.kind, e.text) for e in j.events],
+        error=j.error,
+        proposer=j.proposer,
+        attempts=int(j.attempts),
+    )
 
 
 class CoordinatorError(DetenteError):
@@ -113,41 +189,64 @@ class Coordinator:
             )
         return CoordinatorError(f"coordinator: {exc.details()}", code)
 
-    def register(self, registration: bytes) -> Any:
-        return self._call(
-            self._stub.RegisterParty, pb.RegisterPartyRequest(registration=registration)
+    def register(self, registration: bytes, enrollment_token: str = "") -> RemoteParty:
+        return _party(
+            self._call(
+                self._stub.RegisterParty,
+                pb.RegisterPartyRequest(
+                    registration=registration, enrollment_token=enrollment_token
+                ),
+            )
         )
 
-    def parties(self) -> list[Any]:
-        return list(self._call(self._stub.ListParties, pb.ListPartiesRequest()).parties)
+    def parties(self) -> list[RemoteParty]:
+        reply = self._call(self._stub.ListParties, pb.ListPartiesRequest())
+        return [_party(p) for p in reply.parties]
 
-    def evidence(self, nonce: bytes) -> Any:
-        return self._call(self._stub.GetEvidence, pb.GetEvidenceRequest(nonce=nonce))
+    def evidence(self, nonce: bytes) -> RemoteEvidence:
+        reply = self._call(self._stub.GetEvidence, pb.GetEvidenceRequest(nonce=nonce))
+        return RemoteEvidence(bytes(reply.identity), bytes(reply.quote), reply.backend)
 
-    def upload(self, manifest: bytes, ciphertext: bytes) -> Any:
+    def upload(self, manifest: bytes, ciphertext: bytes) -> RemoteDataset:
         def messages() -> Iterator[Any]:
             yield pb.UploadDatasetRequest(manifest=manifest)
             for start in range(0, len(ciphertext), UPLOAD_CHUNK):
                 yield pb.UploadDatasetRequest(ciphertext=ciphertext[start : start + UPLOAD_CHUNK])
 
-        return self._call(self._stub.UploadDataset, messages())
+        return _dataset(self._call(self._stub.UploadDataset, messages()))
 
-    def datasets(self) -> list[Any]:
-        return list(self._call(self._stub.ListDatasets, pb.ListDatasetsRequest()).datasets)
+    def datasets(self) -> list[RemoteDataset]:
+        reply = self._call(self._stub.ListDatasets, pb.ListDatasetsRequest())
+        return [_dataset(d) for d in reply.datasets]
 
-    def propose(self, terms: bytes) -> Any:
-        return self._call(self._stub.ProposeJob, pb.ProposeJobRequest(terms=terms))
-
-    def approve(self, job_id: str, approval: bytes) -> Any:
-        return self._call(
-            self._stub.ApproveJob, pb.ApproveJobRequest(job_id=job_id, approval=approval)
+    def dataset(self, dataset_id: str) -> RemoteDataset:
+        return _dataset(
+            self._call(self._stub.GetDataset, pb.GetDatasetRequest(dataset_id=dataset_id))
         )
 
-    def job(self, job_id: str) -> Any:
-        return self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id))
+    def propose(self, terms: bytes) -> RemoteJob:
+        return _job(self._call(self._stub.ProposeJob, pb.ProposeJobRequest(terms=terms)))
 
-    def jobs(self) -> list[Any]:
-        return list(self._call(self._stub.ListJobs, pb.ListJobsRequest()).jobs)
+    def approve(self, job_id: str, approval: bytes) -> RemoteJob:
+        return _job(
+            self._call(
+                self._stub.ApproveJob, pb.ApproveJobRequest(job_id=job_id, approval=approval)
+            )
+        )
+
+    def job(self, job_id: str) -> RemoteJob:
+        return _job(self._call(self._stub.GetJob, pb.GetJobRequest(job_id=job_id)))
+
+    def jobs(self) -> list[RemoteJob]:
+        return [_job(j) for j in self._call(self._stub.ListJobs, pb.ListJobsRequest()).jobs]
+
+    def cancel(self, job_id: str, reason: str) -> RemoteJob:
+        return _job(
+            self._call(self._stub.CancelJob, pb.CancelJobRequest(job_id=job_id, reason=reason))
+        )
+
+    def retry(self, job_id: str) -> RemoteJob:
+        return _job(self._call(self._stub.RetryJob, pb.RetryJobRequest(job_id=job_id)))
 
     def fetch_output(self, job_id: str, name: str) -> bytes:
         def read() -> bytes:

@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pytest
 
 from coordinator.enclave_client import EnclaveClient
-from experiments.demo import DEFAULT_DATA, Cluster, cluster, start_roles
+from experiments.demo import DEFAULT_DATA, Cluster, Roles, cluster, start_roles
 from party_client.home import PartyHome
 from party_client.remote import Coordinator
 from protocols.policy import AttestationPolicy
@@ -29,23 +29,16 @@ def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 class Running:
-    def __init__(
-        self,
-        c: Cluster,
-        root: Path,
-        address: str,
-        enclave: str,
-        measured: dict,
-        coordinator_cert: Path | None = None,
-    ) -> None:
-        self.c, self.root, self.address, self.enclave, self.measured = (
-            c,
-            root,
-            address,
-            enclave,
-            measured,
-        )
-        self.coordinator_cert = coordinator_cert
+    def __init__(self, c: Cluster, root: Path, roles: Roles) -> None:
+        self.c, self.root, self.roles = c, root, roles
+        self.address, self.enclave, self.measured = roles.coordinator, roles.enclave, roles.measured
+        self.coordinator_cert = roles.coordinator_cert
+        self.coordinator_home = roles.coordinator_home
+
+    @property
+    def db(self) -> Path:
+        """The coordinator's SQLite file (what a malicious operator edits)."""
+        return self.coordinator_home / "coordinator.db"
 
     def policy(self, mrenclave: str | None = None, simulation: bool = True) -> Path:
         path = self.root / f"policy-{mrenclave or 'ok'}-{simulation}.toml"
@@ -57,23 +50,10 @@ class Running:
         return path
 
     def party(self, name: str) -> Path:
+        """A party enrolled by the operator and initialised through the real CLI."""
         home = self.root / f"party-{name}"
         home.mkdir()
-        self.c.run(
-            [
-                "party",
-                "init",
-                "--name",
-                name,
-                "--coordinator",
-                self.address,
-                "--policy",
-                str(self.policy()),
-                "--coordinator-cert",
-                str(self.coordinator_cert),
-            ],
-            home,
-        )
+        self.roles.init_party(self.c, name, home, self.policy())
         return home
 
     def remote(self, home: Path) -> Coordinator:
@@ -91,10 +71,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A coordinator and a SIMULATION enclave worker, each its own process."""
     root = tmp_path_factory.mktemp("cluster")
     with cluster(root) as c:
-        roles = start_roles(c, root)
-        yield Running(
-            c, root, roles.coordinator, roles.enclave, roles.measured, roles.coordinator_cert
-        )
+        yield Running(c, root, start_roles(c, root))
 
 
 def write_csv(table: pa.Table, path: Path) -> Path:

@@ -25,6 +25,7 @@ def _init(running: Running, name: str, pq: bool) -> Path:
     args = ["party", "init", "--name", name, "--coordinator", running.address]
     args += ["--policy", str(running.policy()), "--coordinator-cert", str(running.coordinator_cert)]
     args += ["--pq"] if pq else []
+    args += ["--enrollment-token", running.roles.enroll(running.c, name)]
     out = running.c.run(args, home)
     assert f"HPKE suite: {'mlkem768x25519' if pq else 'x25519'}" in out
     return home
@@ -70,8 +71,8 @@ def test_a_pq_party_seals_to_the_enclave_pq_key_and_gets_pq_wrapped_results(
             )
         }
         manifests = {
-            d.dataset_id: DatasetManifest.verify(Envelope.from_bytes(bytes(d.manifest)))
-            for d in remote.datasets()
+            i: DatasetManifest.verify(Envelope.from_bytes(remote.dataset(i).manifest))
+            for i in ("bank-pq-ds", "bank-x-ds")
         }
         evidence = remote.evidence(bytes(32))
     identity = IdentityDocument.from_dict(
