@@ -29,6 +29,7 @@ from libos.efs import (
     blob_size,
     merkle_root,
 )
+from libos.efs.index import MountIndex
 from libos.image import Measurement
 from libos.runtime import EnclaveRuntime
 from libos.sim import SimPlatform
@@ -407,7 +408,7 @@ def test_index_deleted_or_counter_reset(tmp_path: Path) -> None:
     fs.write_bytes("a", b"1")
     fs.write_bytes("b", b"2")
     index = (fs.host_dir / "index").read_bytes()
-    counter = SimCounter(tmp_path / "platform" / "counters", fs._counter.name)
+    counter = SimCounter(tmp_path / "platform" / "counters", fs._mount.counter.name)
     counter_file = counter.path.read_text()
 
     (fs.host_dir / "index").unlink()
@@ -530,16 +531,16 @@ def test_index_write_failure_after_the_counter_moved_is_finished_later(
 ) -> None:
     fs = runtime_for(tmp_path).mount("/data")
     fs.write_bytes("model", b"old")
-    real = EncryptedFS._write_index
+    real = MountIndex._write_index
     calls = []
 
-    def fail_once(self: EncryptedFS, blob: bytes) -> None:
+    def fail_once(self: MountIndex, blob: bytes) -> None:
         calls.append(1)
         if len(calls) == 1:
             raise OSError("simulated failure: disk full")
         real(self, blob)
 
-    monkeypatch.setattr(EncryptedFS, "_write_index", fail_once)
+    monkeypatch.setattr(MountIndex, "_write_index", fail_once)
     with pytest.raises(OSError, match="disk full"):
         fs.write_bytes("model", b"new")
     # The counter moved, so the commit point was passed: the next operation

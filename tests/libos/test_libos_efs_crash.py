@@ -33,7 +33,7 @@ CHILD = r"""
 import os, sys
 from pathlib import Path
 import libos.counter as counter
-import libos.efs as efs
+import libos.efs.index as efs_index
 from libos.config import Mount
 from libos.image import Measurement
 from libos.runtime import EnclaveRuntime
@@ -58,14 +58,14 @@ if where == "mid-stream":
 if where == "before-counter":
     counter.SimCounter.increment = die
 elif where == "before-index-write":
-    efs.EncryptedFS._write_index = die
+    efs_index.MountIndex._write_index = die
 elif where == "before-index-rename":
-    real = efs._replace
+    real = efs_index.replace_durably
     def replace(source, target):
-        if target.name == efs.INDEX_NAME:
+        if target.name == efs_index.INDEX_NAME:
             die()
         real(source, target)
-    efs._replace = replace
+    efs_index.replace_durably = replace
 fs.write_bytes("model", new)
 """
 
