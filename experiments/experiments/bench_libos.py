@@ -20,7 +20,7 @@ xgboost-cpu, cryptography and their requirements) and prints:
   measured). So a second baseline imports the same module set: the plain
   interpreter with a finder that refuses the same unmeasured top-level names,
   and checks nothing. The verified start is
-  what ``detente libos run`` does up to the entry point (``libos.launch``
+  what ``detente libos run`` does up to the entry point (``libos.enclave_start``
   started with ``--startup-probe enclave_worker.main xgboost pyarrow grpc``):
   check the manifest's signature and signer, hash the image's files and every
   dependency file that is not a module, then import the same modules with each
@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from libos import image, launch
+from libos import enclave_start, image, launcher
 
 MODULES = ("enclave_worker.main", "xgboost", "pyarrow", "grpc")
 
@@ -103,13 +103,13 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             measurement = image.build(instance)
             builds.append(time.perf_counter() - started)
-        cache = instance / launch.CACHE_DIR / launch.BYTECODE_DIR
+        cache = instance / enclave_start.CACHE_DIR / enclave_start.BYTECODE_DIR
 
         def verified(cold: bool) -> Callable[[], float]:
             def run() -> float:
                 if cold:
                     shutil.rmtree(cache, ignore_errors=True)
-                return launch.startup_probe(instance, MODULES[1:]).wall_seconds
+                return launcher.startup_probe(instance, MODULES[1:]).wall_seconds
 
             return run
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         same = _times(lambda: _plain_start(allowed), args.repeat)
         cold = _times(verified(cold=True), args.repeat)
         warm = _times(verified(cold=False), args.repeat)
-        report = launch.startup_probe(instance, MODULES[1:])
+        report = launcher.startup_probe(instance, MODULES[1:])
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)

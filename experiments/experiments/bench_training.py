@@ -141,7 +141,7 @@ def _bench_process(
     from pathlib import Path
 
     from enclave_worker import job_process
-    from libos import image, launch, runtime
+    from libos import image, launcher, runtime
     from libos.sim import SimPlatform
 
     with tempfile.TemporaryDirectory(prefix="detente-bench-") as tmp:
@@ -154,7 +154,7 @@ def _bench_process(
         rt = runtime.EnclaveRuntime(
             measurement,
             instance,
-            SimPlatform(launch.platform_dir(instance)),
+            SimPlatform(launcher.platform_dir(instance)),
             verified.config.mounts,
         )
         runtime._install(rt)

@@ -63,7 +63,7 @@ def build(
     """Copy the sources into DIR/image, measure every file, sign the manifest, print the result."""
     import time
 
-    from libos import image, launch, limits
+    from libos import image, launcher, limits
     from libos.config import InstanceConfig
     from protocols.errors import DetenteError
 
@@ -91,7 +91,7 @@ def build(
     )
     if not skip_start_probe and config.backend == "sim":
         try:
-            report = launch.startup_probe(dir)
+            report = launcher.startup_probe(dir)
         except DetenteError as exc:
             raise _fail(exc) from None
         typer.echo(
@@ -150,13 +150,13 @@ def measure(
     as_json: Annotated[bool, typer.Option("--json", help="stable JSON output")] = False,
 ) -> None:
     """Compute MRENCLAVE/MRSIGNER from the sources without building or running."""
-    from libos import image, launch
+    from libos import image, launcher
     from libos.sim import SimPlatform
     from protocols.errors import DetenteError
 
     try:
         m = image.measure(dir)
-        root = SimPlatform(launch.platform_dir(dir)).root_fingerprint if m.simulation else None
+        root = SimPlatform(launcher.platform_dir(dir)).root_fingerprint if m.simulation else None
     except DetenteError as exc:
         raise _fail(exc) from None
     doc = {
@@ -185,11 +185,11 @@ def run(
     ] = None,
 ) -> None:
     """Verify DIR's image and run its entry point with ARGS; exit with its exit code."""
-    from libos import launch
+    from libos import launcher
     from protocols.errors import DetenteError
 
     try:
-        code = launch.run(dir, args or [])
+        code = launcher.run(dir, args or [])
     except DetenteError as exc:
         typer.echo(f"error: refusing to run: {exc}", err=True)
         raise typer.Exit(70) from None

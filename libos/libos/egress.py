@@ -2,7 +2,7 @@
 
 ``install(policy)`` adds a Python audit hook (PEP 578, ``sys.addaudithook``) to
 the enclave process. The launcher installs it before it imports the entry
-point (``libos.launch.enter``), so the worker and every library it imports run
+point (``libos.enclave_start.enter``), so the worker and every library it imports run
 under it. From then on the hook refuses, by raising :class:`EgressError`:
 
 - opening a file for writing (``open``/``os.open`` with a write, create, append

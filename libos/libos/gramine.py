@@ -4,7 +4,7 @@ Two halves:
 
 - :func:`export` writes ``detente-worker.manifest.template``, a Gramine
   manifest (TOML; Gramine 1.8+ syntax, docs ``manifest-syntax.rst``) that runs
-  ``python -B -P -S -m libos.launch DIR --`` inside an SGX enclave: every file
+  ``python -B -P -S -m libos.enclave_start DIR --`` inside an SGX enclave: every file
   of the image manifest (the image's packages and every dependency file) is a
   ``sgx.trusted_files`` entry with its SHA-256, so Gramine refuses any other
   bytes; the encrypted mounts of libos.toml are ``fs.mounts`` of type
@@ -56,7 +56,7 @@ from libos.image import (
     VerifiedImage,
     site_dirs,
 )
-from libos.launch import interpreter_command, python_path
+from libos.launcher import ENCLAVE_MODULE, interpreter_command, python_path
 from libos.limits import Limits, malloc_arena_max
 from libos.runtime import FLAG_INIT, MeasuredRuntime, NotInEnclaveError, check_report_data
 from libos.sealing import Sealer
@@ -343,7 +343,7 @@ def manifest_text(
     mounts.append({"type": "tmpfs", "path": "/tmp"})  # noqa: S108 (in-enclave memory, not the host's /tmp)
 
     allowed = [f"file:{instance / d}/" for d in ("logs", "sealed", "cache")]
-    launch_argv = ["python3", *interpreter_command("libos.launch")[1:], str(instance), "--", *argv]
+    launch_argv = ["python3", *interpreter_command(ENCLAVE_MODULE)[1:], str(instance), "--", *argv]
 
     lines = [
         "# Gramine manifest (template) for the Detente enclave worker.",

@@ -27,7 +27,7 @@ is refused at build time.
 pinned by libos.toml, the image's own files and every dependency file that is
 not a Python module (shared libraries, data), before anything of the image
 runs; then every module file, of the image and of its dependencies, when it is
-imported (libos.launch).
+imported (libos.verified_imports).
 """
 
 from __future__ import annotations

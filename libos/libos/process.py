@@ -15,9 +15,9 @@ and the child runs ``job_main(channel, payload)``, talking back with
 ``channel.send(kind, body)`` and ``channel.recv()``.
 
 How a child starts. It is a fresh interpreter started the way the launcher
-starts the enclave (libos.launch): ``python -B -P -m libos.process DIR RFD WFD
+starts the enclave (libos.launcher): ``python -B -P -m libos.process DIR RFD WFD
 TARGET`` with the image root as the only ``PYTHONPATH`` entry, which calls
-``libos.launch.enter(DIR)`` — image verification, verified imports, the
+``libos.enclave_start.enter(DIR)`` — image verification, verified imports, the
 runtime from the same verified image and platform — before it imports the
 target through the verifying finder.
 
@@ -458,7 +458,7 @@ def spawn(
     has received ``payload``. The target is called as ``function(channel,
     payload)``. ``name`` names the log file (``logs/<name>.log``).
     """
-    from libos import launch, limits, runtime
+    from libos import launcher, limits, runtime
 
     rt = runtime.current()
     if not isinstance(target, str) or not _TARGET.fullmatch(target):
@@ -476,11 +476,11 @@ def spawn(
         _live[0] += 1
     instance_dir = rt.instance_dir.resolve()
     root = instance_dir / "image" / "root"
-    # The enclave's environment is the one the launcher made (libos.launch.command);
+    # The enclave's environment is the one the launcher made (libos.launcher.command);
     # the import settings are restated so the child can only start from the image.
     env = dict(os.environ)
     env.update(
-        PYTHONPATH=launch.python_path(root),
+        PYTHONPATH=launcher.python_path(root),
         PYTHONDONTWRITEBYTECODE="1",
         PYTHONNOUSERSITE="1",
         PYTHONSAFEPATH="1",
@@ -491,7 +491,7 @@ def spawn(
     try:
         popen = subprocess.Popen(
             [
-                *launch.interpreter_command("libos.process"),
+                *launcher.interpreter_command("libos.process"),
                 str(instance_dir),
                 str(child_read),
                 str(child_write),
@@ -614,7 +614,7 @@ def _finish(channel: Channel, kind: str, body: bytes) -> int:
 def _child_main(argv: list[str]) -> int:
     import importlib
 
-    from libos import launch
+    from libos import enclave_start
 
     instance_dir, read_fd, write_fd, target = Path(argv[0]), int(argv[1]), int(argv[2]), argv[3]
     # Inherited for this process only: grandchildren (OpenMP helpers, anything the
@@ -630,7 +630,7 @@ def _child_main(argv: list[str]) -> int:
         format=f"%(asctime)s %(levelname)s [pid {os.getpid()}] %(name)s: %(message)s",
     )
     try:
-        verified = launch.enter(instance_dir.resolve())
+        verified = enclave_start.enter(instance_dir.resolve())
     except DetenteError as exc:
         print(f"detente libos: refusing to run child: {exc}", file=sys.stderr, flush=True)
         _finish(channel, _ERROR, _report(exc))

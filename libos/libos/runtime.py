@@ -201,6 +201,6 @@ def current() -> EnclaveRuntime:
 
 
 def _install(rt: EnclaveRuntime | None) -> None:
-    """Set (or clear) the process's runtime. Used by libos.launch, and by tests."""
+    """Set (or clear) the process's runtime. Used by libos.enclave_start, and by tests."""
     global _current
     _current = rt

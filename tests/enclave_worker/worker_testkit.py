@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from coordinator.enclave_client import EnclaveClient, JobSpec, OutputChunk, ResultStatement
-from libos import image, launch
+from libos import image, launcher
 from libos.sim import SimPlatform
 from party_client.tables import schema_columns, to_ipc
 from protocols import hpke, stream
@@ -203,7 +203,7 @@ class Worker:
     def start(self) -> Worker:
         port_file = self.instance / "worker.port"
         port_file.unlink(missing_ok=True)
-        cmd, env = launch.command(self.instance, ["--port-file", str(port_file)])
+        cmd, env = launcher.command(self.instance, ["--port-file", str(port_file)])
         log = (self.instance / "worker-test.out").open("ab")
         self.popen = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -219,7 +219,7 @@ class Worker:
         return self
 
     def client(self) -> EnclaveClient:
-        root = SimPlatform(launch.platform_dir(self.instance)).root_fingerprint
+        root = SimPlatform(launcher.platform_dir(self.instance)).root_fingerprint
         policy = AttestationPolicy(
             mrenclave=(self.measured.mrenclave.hex(),),
             allow_simulation=True,

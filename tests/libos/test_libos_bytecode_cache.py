@@ -8,7 +8,8 @@ from pathlib import Path
 
 from libos_testkit import run_cli
 
-from libos import launch
+from libos import enclave_start
+from libos.verified_imports import BytecodeCache
 
 
 def probe(instance: Path) -> dict[str, object]:
@@ -19,7 +20,7 @@ def probe(instance: Path) -> dict[str, object]:
 
 
 def test_planted_bytecode_is_never_run(probe_copy: Path) -> None:
-    cache = probe_copy / launch.CACHE_DIR / launch.BYTECODE_DIR
+    cache = probe_copy / enclave_start.CACHE_DIR / enclave_start.BYTECODE_DIR
     probe(probe_copy)
     entries = sorted(cache.iterdir())
     assert entries, "the first start fills the cache"
@@ -36,8 +37,8 @@ def test_planted_bytecode_is_never_run(probe_copy: Path) -> None:
 
 
 def test_cache_key_binds_the_secret_and_the_manifest() -> None:
-    key = launch.BytecodeCache.key_for(b"s" * 32, b"manifest")
-    assert key != launch.BytecodeCache.key_for(b"t" * 32, b"manifest")
-    assert key != launch.BytecodeCache.key_for(b"s" * 32, b"manifest2")
-    shown = repr(launch.BytecodeCache(Path("/x"), key))
+    key = BytecodeCache.key_for(b"s" * 32, b"manifest")
+    assert key != BytecodeCache.key_for(b"t" * 32, b"manifest")
+    assert key != BytecodeCache.key_for(b"s" * 32, b"manifest2")
+    shown = repr(BytecodeCache(Path("/x"), key))
     assert "key not shown" in shown and key.hex() not in shown

@@ -40,7 +40,7 @@ def main(argv):
 DRIVER = """
 import sys
 from pathlib import Path
-from libos import image, launch
+from libos import image, launcher
 from libos_testkit import make_instance
 command, instance = sys.argv[1], Path(sys.argv[2])
 if command == "build":
@@ -49,7 +49,7 @@ if command == "build":
                   distributions=["cryptography"])
     image.build(instance)
 else:
-    sys.exit(launch.run(instance, sys.argv[3:]))
+    sys.exit(launcher.run(instance, sys.argv[3:]))
 """
 
 DISTRIBUTIONS = ("cryptography", "cffi", "pycparser", "packaging")

@@ -224,7 +224,8 @@ def test_export_is_valid_toml_with_every_required_key(
     instance = str(gramine_instance.resolve())
     assert doc["loader"]["entrypoint"]["uri"] == "file:{{ gramine.libos }}"
     assert Path(doc["libos"]["entrypoint"]).name.startswith("python")
-    assert doc["loader"]["argv"][1:] == ["-B", "-P", "-S", "-m", "libos.launch", instance, "--"]
+    argv = ["-B", "-P", "-S", "-m", "libos.enclave_start", instance, "--"]
+    assert doc["loader"]["argv"][1:] == argv
     assert doc["sgx"]["debug"] is False
     assert doc["sgx"]["remote_attestation"] == "dcap"
     assert doc["sgx"]["enclave_size"] == "4G"  # 3000 MiB rounded up to a power of two
@@ -280,9 +281,9 @@ def test_export_refuses_a_tampered_image(gramine_instance: Path, tmp_path: Path)
 
     copy = tmp_path / "copy"
     shutil.copytree(gramine_instance, copy)
-    target = copy / "image" / "root" / "libos" / "launch.py"
+    target = copy / "image" / "root" / "libos" / "enclave_start.py"
     target.write_text(target.read_text() + "\n# changed\n")
-    with pytest.raises(IntegrityError, match=r"libos/launch\.py"):
+    with pytest.raises(IntegrityError, match=r"libos/enclave_start\.py"):
         gramine.export(copy, tmp_path / "out")
 
 

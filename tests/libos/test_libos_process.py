@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from libos_testkit import make_instance, write_config
 
-from libos import image, launch, process
+from libos import image, launcher, process
 from libos.runtime import NotInEnclaveError
 from protocols.errors import FormatError
 
@@ -41,7 +41,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, image.Measure
 
 def _start(instance: Path, *scenarios: str) -> subprocess.Popen[str]:
     """The enclave process itself (not a launcher in between), so the test holds its pid."""
-    cmd, env = launch.command(instance, list(scenarios))
+    cmd, env = launcher.command(instance, list(scenarios))
     return subprocess.Popen(
         cmd,
         env=env,

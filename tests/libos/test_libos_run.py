@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from libos_testkit import make_instance, run_cli, write_config
 
-from libos import image, launch, runtime
+from libos import image, launcher, runtime
 from libos.sim import SimPlatform
+from libos.verified_imports import VerifyingFinder
 from protocols import quote_verify
 from protocols.errors import IntegrityError
 
@@ -55,7 +56,7 @@ def test_probe_reports_the_built_measurement(
 def test_exit_code_is_forwarded(built_probe: tuple[Path, image.Measurement]) -> None:
     instance, _ = built_probe
     assert run_cli("run", str(instance), "--exit", "5").returncode == 5
-    assert launch.run(instance, ["--exit", "4"]) == 4
+    assert launcher.run(instance, ["--exit", "4"]) == 4
 
 
 def test_debug_image_sets_the_debug_bit(tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_verifying_finder_rechecks_files_at_import(tmp_path: Path) -> None:
         "libos_fakepkg/__init__.py": hashlib.sha256(b"").hexdigest(),
         "libos_fakepkg/mod.py": hashlib.sha256(b"VALUE = 2\n").hexdigest(),
     }
-    finder = launch._VerifyingFinder(tmp_path, ["libos_fakepkg"])
+    finder = VerifyingFinder(tmp_path, ["libos_fakepkg"])
     finder.bind(files, ["libos_fakepkg"], None, None)
     spec = finder.find_spec("libos_fakepkg.mod")
     assert spec is not None and spec.loader is not None
