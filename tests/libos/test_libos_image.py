@@ -77,6 +77,8 @@ def test_manifest_contents(built_probe: tuple[Path, image.Measurement]) -> None:
     paths = [f["path"] for f in doc["files"]]
     assert paths == sorted(paths)
     assert "libos/runtime.py" in paths and "protocols/quote_verify.py" in paths
+    # Files of sub-packages are measured like any other.
+    assert "libos/image/verifier.py" in paths and "libos/efs/index.py" in paths
     assert "protocols/intel_sgx_root_ca.der" in paths
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in paths)
     for f in doc["files"][:5]:
