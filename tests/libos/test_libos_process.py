@@ -19,6 +19,7 @@ import pytest
 from libos_testkit import make_instance, write_config
 
 from libos import image, launcher, process
+from libos.process import framing
 from libos.runtime import NotInEnclaveError
 from protocols.errors import FormatError
 
@@ -216,23 +217,23 @@ def test_spawn_needs_an_enclave_and_a_well_formed_target():
     with pytest.raises(NotInEnclaveError):
         process.spawn("libos.process_probe:echo", b"")
     with pytest.raises(FormatError, match="message kind"):
-        process._write_frame(1, "bad kind!", b"")
+        framing.write_frame(1, "bad kind!", b"")
 
 
 def test_a_truncated_or_oversized_frame_is_refused():
     read_fd, write_fd = os.pipe()
     try:
-        os.write(write_fd, process._HEADER.pack(4, 10) + b"data" + b"short")
+        os.write(write_fd, framing._HEADER.pack(4, 10) + b"data" + b"short")
         os.close(write_fd)
         with pytest.raises(FormatError, match="truncated frame"):
-            process._FrameReader(read_fd, "test peer").read(timeout=5)
+            framing.FrameReader(read_fd, "test peer").read(timeout=5)
     finally:
         os.close(read_fd)
     read_fd, write_fd = os.pipe()
     try:
-        os.write(write_fd, process._HEADER.pack(4, process.MAX_BODY + 1) + b"data")
+        os.write(write_fd, framing._HEADER.pack(4, framing.MAX_BODY + 1) + b"data")
         with pytest.raises(FormatError, match="announced a frame"):
-            process._FrameReader(read_fd, "test peer").read(timeout=5)
+            framing.FrameReader(read_fd, "test peer").read(timeout=5)
     finally:
         os.close(read_fd)
         os.close(write_fd)
