@@ -11,10 +11,12 @@ from typing import Any
 from libos import image
 
 REPO = Path(__file__).resolve().parents[2]
-# A small image: the probe entry point needs only libos and protocols.
+# A small image: the probe entry point (test support, in libos_test_probes/)
+# needs only libos and protocols besides its own package.
+PROBES = "libos_test_probes"
 PROBE = {
-    "entry_point": "libos.probe:main",
-    "packages": ["libos", "protocols"],
+    "entry_point": f"{PROBES}.probe:main",
+    "packages": ["libos", "protocols", PROBES],
     "distributions": ["cryptography"],
 }
 

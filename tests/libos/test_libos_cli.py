@@ -38,7 +38,9 @@ def test_init_build_measure(tmp_path: Path) -> None:
     assert re.search(r"\d+ files of \d+ distributions, [\d,.]+ MiB, each hashed", result.output)
     assert re.search(r"built in  \d+\.\d\d s", result.output)
     assert "limits    memory 4096 MiB (address space capped at" in result.output
-    peak = re.search(r"idle peak ([\d,.]+) MiB resident after importing libos.probe", result.output)
+    peak = re.search(
+        r"idle peak ([\d,.]+) MiB resident after importing libos_test_probes\.probe", result.output
+    )
     assert peak is not None and 5 < float(peak.group(1).replace(",", "")) < 4096
 
     human = runner.invoke(app, ["measure", str(instance)])

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from libos_testkit import write_config
+from libos_testkit import PROBE, write_config
 
 from libos import image
 from libos.config import InstanceConfig
@@ -178,8 +178,7 @@ def test_config_names_a_bad_pattern(tmp_path: Path) -> None:
 
 def test_egress_config_is_measured(tmp_path: Path) -> None:
     image.init(tmp_path)
-    write_config(tmp_path, entry_point="libos.probe:main", packages=["libos", "protocols"],
-                 distributions=[])  # fmt: skip
+    write_config(tmp_path, **{**PROBE, "distributions": []})
     before = image.measure(tmp_path).mrenclave
     config = InstanceConfig.load(tmp_path)
     write_config(

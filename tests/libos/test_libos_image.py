@@ -5,9 +5,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from libos_testkit import make_instance, write_config
+from libos_testkit import PROBE, make_instance, write_config
 
 from libos import image
+from libos.config import InstanceConfig
 from protocols.errors import PolicyError
 from protocols.keys import SigningKey
 
@@ -72,7 +73,7 @@ def test_manifest_contents(built_probe: tuple[Path, image.Measurement]) -> None:
     assert hashlib.sha256(data).digest() == measurement.mrenclave
     doc = json.loads(data)
     assert doc["version"] == 2
-    assert doc["config"]["entry_point"] == "libos.probe:main"
+    assert doc["config"]["entry_point"] == "libos_test_probes.probe:main"
     assert "signer_key" not in doc["config"]
     paths = [f["path"] for f in doc["files"]]
     assert paths == sorted(paths)
@@ -107,6 +108,15 @@ def test_manifest_contents(built_probe: tuple[Path, image.Measurement]) -> None:
     assert hashlib.sha256(bytes.fromhex(pub)).digest() == measurement.mrsigner
 
 
+def test_the_default_image_holds_no_test_support() -> None:
+    # The crash probes are test support (tests/libos/libos_test_probes): only
+    # test images list their package; the worker's default image measures none.
+    rels = [rel for rel, _ in image.source_files(InstanceConfig.from_dict({}))]
+    assert "libos/runtime.py" in rels and "enclave_worker/main.py" in rels
+    assert PROBE["packages"][-1] not in InstanceConfig.from_dict({}).packages
+    assert not [rel for rel in rels if "probe" in rel.rsplit("/", 1)[-1]]
+
+
 def test_default_distributions_include_transitive_requirements() -> None:
     entries = image.resolve_distributions(("xgboost-cpu", "grpcio"))
     names = [e["name"] for e in entries]
@@ -131,12 +141,7 @@ def test_given_signer_key_is_used(tmp_path: Path) -> None:
     config = image.init(tmp_path / "a", signer_key=path)
     assert not (tmp_path / "a" / "signer.key").exists()
     assert config.signer_key_path(tmp_path / "a") == path.resolve()
-    write_config(
-        tmp_path / "a",
-        entry_point="libos.probe:main",
-        packages=["libos", "protocols"],
-        distributions=[],
-    )
+    write_config(tmp_path / "a", **{**PROBE, "distributions": []})
     assert image.build(tmp_path / "a").mrsigner == image.mrsigner_of(key.verify_key)
 
 

@@ -1,6 +1,6 @@
 """libos.process on real images: children inside the enclave, every way they can end.
 
-Each test runs an enclave whose entry point is libos.process_probe:main; it
+Each test runs an enclave whose entry point is libos_test_probes.process_probe:main; it
 spawns children with the targets of that module and prints one JSON line per
 child saying what the parent saw.
 """
@@ -29,7 +29,7 @@ PROCESSES = 2  # [resources] processes of the probe images
 def _build(directory: Path) -> tuple[Path, image.Measurement]:
     instance = make_instance(
         directory,
-        entry_point="libos.process_probe:main",
+        entry_point="libos_test_probes.process_probe:main",
         resources={"memory_mb": 4096, "threads": 2, "processes": PROCESSES},
     )
     return instance, image.build(instance)
@@ -215,7 +215,7 @@ def test_a_child_of_another_measurement_gets_no_payload(tmp_path):
 
 def test_spawn_needs_an_enclave_and_a_well_formed_target():
     with pytest.raises(NotInEnclaveError):
-        process.spawn("libos.process_probe:echo", b"")
+        process.spawn("libos_test_probes.process_probe:echo", b"")
     with pytest.raises(FormatError, match="message kind"):
         framing.write_frame(1, "bad kind!", b"")
 

@@ -80,9 +80,9 @@ def refused(instance: Path) -> str:
 
 
 def test_tampered_file_is_refused_by_name(probe_copy: Path) -> None:
-    target = probe_copy / "image" / "root" / "libos" / "probe.py"
+    target = probe_copy / "image" / "root" / "libos_test_probes" / "probe.py"
     target.write_text(target.read_text() + "\n# changed\n")
-    assert "'libos/probe.py' differs" in refused(probe_copy)
+    assert "'libos_test_probes/probe.py' differs" in refused(probe_copy)
 
 
 def test_extra_file_is_refused_by_name(probe_copy: Path) -> None:
@@ -92,10 +92,10 @@ def test_extra_file_is_refused_by_name(probe_copy: Path) -> None:
 
 
 def test_planted_bytecode_is_refused(probe_copy: Path) -> None:
-    cache = probe_copy / "image" / "root" / "libos" / "__pycache__"
+    cache = probe_copy / "image" / "root" / "libos_test_probes" / "__pycache__"
     cache.mkdir()
     (cache / "probe.cpython-311.pyc").write_bytes(b"\x00" * 32)
-    assert "libos/__pycache__/probe.cpython-311.pyc" in refused(probe_copy)
+    assert "libos_test_probes/__pycache__/probe.cpython-311.pyc" in refused(probe_copy)
 
 
 def test_missing_file_is_refused_by_name(probe_copy: Path) -> None:

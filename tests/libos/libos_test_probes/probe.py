@@ -1,7 +1,8 @@
 """A diagnostic entry point: prints the enclave's view of itself as JSON.
 
-Set ``entry_point = "libos.probe:main"`` in an instance's libos.toml to check
-an image end to end. ``--quote HEX`` also prints a quote over that 64-byte
+Set ``entry_point = "libos_test_probes.probe:main"`` (and add
+``libos_test_probes`` to ``packages``) in an instance's libos.toml to check an
+image end to end. ``--quote HEX`` also prints a quote over that 64-byte
 report data (base64); ``--exit N`` returns N; ``--efs-write MOUNT PATH HEX``
 and ``--efs-read MOUNT PATH`` write and read a file of an encrypted mount.
 """

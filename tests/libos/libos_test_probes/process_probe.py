@@ -1,11 +1,12 @@
 """A diagnostic entry point for in-enclave child processes (libos.process).
 
-Set ``entry_point = "libos.process_probe:main"`` in an instance's libos.toml
-and run ``detente libos run DIR -- SCENARIO...``: for each scenario the
-enclave spawns a child running one of the targets below and prints one JSON
-line saying what the parent saw (the messages, or the error it got). The
-same enclave process goes on to the next scenario, which shows that a child's
-crash leaves its parent serving. ``wait`` reads a line from stdin first (so a
+Set ``entry_point = "libos_test_probes.process_probe:main"`` (and add
+``libos_test_probes`` to ``packages``) in an instance's libos.toml and run
+``detente libos run DIR -- SCENARIO...``: for each scenario the enclave spawns
+a child running one of the targets below and prints one JSON line saying what
+the parent saw (the messages, or the error it got). The same enclave process
+goes on to the next scenario, which shows that a child's crash leaves its
+parent serving. ``wait`` reads a line from stdin first (so a
 test can change the image meanwhile); ``orphan`` spawns a child that sleeps
 and leaves without closing it (the child must exit on its own); ``limit``
 starts children until ``[resources] processes`` refuses one.
@@ -24,6 +25,8 @@ import time
 
 from libos import process, runtime
 from protocols.errors import DetenteError, IntegrityError
+
+SLEEP = "libos_test_probes.process_probe:sleep"
 
 SCENARIOS = {
     "echo": "echo",
@@ -83,7 +86,7 @@ def sleep(channel: process.Channel, payload: bytes) -> None:
 
 
 def _run(scenario: str) -> dict[str, object]:
-    target = f"libos.process_probe:{SCENARIOS[scenario]}"
+    target = f"libos_test_probes.process_probe:{SCENARIOS[scenario]}"
     out: dict[str, object] = {"scenario": scenario, "messages": []}
     messages: list[list[str]] = []
     try:
@@ -113,7 +116,7 @@ def _limit() -> dict[str, object]:
     out: dict[str, object] = {"scenario": "limit"}
     try:
         for _ in range(64):
-            children.append(process.spawn("libos.process_probe:sleep", b"", name="limit"))
+            children.append(process.spawn(SLEEP, b"", name="limit"))
     except process.ChildLimitError as exc:
         out["message"] = str(exc)
     finally:
@@ -134,7 +137,7 @@ def main(argv: list[str]) -> int:
             print(json.dumps(_limit()), flush=True)
             continue
         if scenario == "orphan":
-            child = process.spawn("libos.process_probe:sleep", b"", name="orphan")
+            child = process.spawn(SLEEP, b"", name="orphan")
             started = child.recv(timeout=60)
             pid = int(started.body) if started is not None else child.pid
             print(json.dumps({"scenario": "orphan", "pid": pid}), flush=True)
