@@ -149,16 +149,35 @@ def measure(
     dir: DirArg,
     as_json: Annotated[bool, typer.Option("--json", help="stable JSON output")] = False,
 ) -> None:
-    """Compute MRENCLAVE/MRSIGNER from the sources without building or running."""
+    """Print MRENCLAVE/MRSIGNER of the image built in DIR (what `run` starts); warn if stale."""
     from libos import image, launcher
     from libos.sim import SimPlatform
     from protocols.errors import DetenteError
 
     try:
-        m = image.measure(dir)
+        m = image.built_measurement(dir)
         root = SimPlatform(launcher.platform_dir(dir)).root_fingerprint if m.simulation else None
     except DetenteError as exc:
         raise _fail(exc) from None
+    # The sources are measured only to say whether the built image is still theirs.
+    try:
+        current = image.measure(dir)
+    except DetenteError as exc:
+        typer.echo(
+            f"warning: measured the image built in {dir / 'image'}; the current sources could "
+            f"not be measured to compare: {exc}",
+            err=True,
+        )
+    else:
+        if (current.mrenclave, current.mrsigner) != (m.mrenclave, m.mrsigner):
+            typer.echo(
+                f"warning: the sources or libos.toml changed since the image in {dir / 'image'} "
+                f"was built (they would give MRENCLAVE {current.mrenclave.hex()}, MRSIGNER "
+                f"{current.mrsigner.hex()}); measured the built image, which is what `detente "
+                f"libos run {dir}` starts. Run `detente libos build {dir}` to build and measure "
+                "the current sources",
+                err=True,
+            )
     doc = {
         "mrenclave": m.mrenclave.hex(),
         "mrsigner": m.mrsigner.hex(),
@@ -170,6 +189,7 @@ def measure(
         return
     typer.echo(f"MRENCLAVE {doc['mrenclave']}")
     typer.echo(f"MRSIGNER  {doc['mrsigner']}")
+    typer.echo(f"image     {dir / 'image'} (built, signed manifest)")
     if root is not None:
         typer.echo(f"SIMULATION root CA SHA-256 {root}")
         typer.echo("SIMULATION backend: no hardware protection")

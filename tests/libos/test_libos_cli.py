@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
 
-from libos_testkit import PROBE, write_config
+import pytest
+from libos_testkit import PROBE, make_instance, write_config
 from typer.testing import CliRunner
 
+from libos import image
 from libos.cli import app
 from libos.sim import SimPlatform
+from protocols.errors import PolicyError
 
 runner = CliRunner()
 
@@ -20,17 +24,10 @@ def test_init_build_measure(tmp_path: Path) -> None:
     assert "detente libos build" in result.output
     write_config(instance, **PROBE)
 
-    result = runner.invoke(app, ["measure", str(instance), "--json"])
-    assert result.exit_code == 0, result.output
-    measured = json.loads(result.output)
-    assert set(measured) == {"mrenclave", "mrsigner", "backend", "simulation_root_sha256"}
-    assert measured["backend"] == "sim"
-    assert measured["simulation_root_sha256"] == SimPlatform(instance / "platform").root_fingerprint
-
     result = runner.invoke(app, ["build", str(instance)])
     assert result.exit_code == 0, result.output
-    assert f"MRENCLAVE {measured['mrenclave']}" in result.output
-    assert f"MRSIGNER  {measured['mrsigner']}" in result.output
+    built = re.search(r"MRENCLAVE ([0-9a-f]{64})\nMRSIGNER  ([0-9a-f]{64})", result.output)
+    assert built is not None
     assert "SIMULATION backend: no hardware protection" in result.output
     assert "files" in result.output
     # Every dependency file is measured; the build reports its time, the limits
@@ -43,8 +40,93 @@ def test_init_build_measure(tmp_path: Path) -> None:
     )
     assert peak is not None and 5 < float(peak.group(1).replace(",", "")) < 4096
 
+    result = runner.invoke(app, ["measure", str(instance), "--json"])
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.stdout)
+    assert set(measured) == {"mrenclave", "mrsigner", "backend", "simulation_root_sha256"}
+    assert (measured["mrenclave"], measured["mrsigner"]) == built.groups()
+    assert measured["backend"] == "sim"
+    assert measured["simulation_root_sha256"] == SimPlatform(instance / "platform").root_fingerprint
+
     human = runner.invoke(app, ["measure", str(instance)])
     assert "SIMULATION" in human.output
+
+
+# --- measure: the built image, not the sources ----------------------------------------
+
+
+def test_measure_reports_the_built_image(tmp_path: Path) -> None:
+    instance = make_instance(tmp_path / "i")
+    built = image.build(instance)
+    manifest = (instance / "image" / "manifest.json").read_bytes()
+    assert built.mrenclave == hashlib.sha256(manifest).digest()
+
+    result = runner.invoke(app, ["measure", str(instance), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["mrenclave"], doc["mrsigner"]) == (built.mrenclave.hex(), built.mrsigner.hex())
+    assert result.stderr == ""  # the sources still give this image: nothing to warn about
+
+    human = runner.invoke(app, ["measure", str(instance)])
+    assert human.exit_code == 0, human.output
+    assert f"MRENCLAVE {built.mrenclave.hex()}" in human.stdout
+    assert f"MRSIGNER  {built.mrsigner.hex()}" in human.stdout
+    assert f"image     {instance / 'image'} (built, signed manifest)" in human.stdout
+
+
+def test_measure_after_a_source_edit_reports_the_built_image_and_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    package = src / "libos_test_measure"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "main.py").write_text("def main(argv):\n    return 0\n")
+    monkeypatch.syspath_prepend(str(src))
+    instance = make_instance(
+        tmp_path / "i",
+        entry_point="libos_test_measure.main:main",
+        packages=["libos", "protocols", "libos_test_measure"],
+    )
+    built = image.build(instance)
+
+    (package / "main.py").write_text("def main(argv):\n    return 1\n")
+    edited = image.measure(instance)  # what the edited sources would build
+    assert edited.mrenclave != built.mrenclave
+
+    for args in (["--json"], []):
+        result = runner.invoke(app, ["measure", str(instance), *args])
+        assert result.exit_code == 0, result.output
+        # Still the built image's identity, the one `detente libos run` starts...
+        if args:
+            assert json.loads(result.stdout)["mrenclave"] == built.mrenclave.hex()
+        else:
+            assert f"MRENCLAVE {built.mrenclave.hex()}" in result.stdout
+        assert edited.mrenclave.hex() not in result.stdout
+        # ...and a warning that says so, with the sources' value and the command to run.
+        warning = result.stderr
+        assert "the sources or libos.toml changed since the image" in warning
+        assert f"they would give MRENCLAVE {edited.mrenclave.hex()}" in warning
+        assert "measured the built image" in warning
+        assert f"`detente libos build {instance}`" in warning
+
+    rebuilt = image.build(instance)
+    assert rebuilt.mrenclave == edited.mrenclave
+    again = runner.invoke(app, ["measure", str(instance), "--json"])
+    assert json.loads(again.stdout)["mrenclave"] == rebuilt.mrenclave.hex()
+    assert again.stderr == ""
+
+
+def test_measure_without_a_built_image_names_the_build_command(tmp_path: Path) -> None:
+    instance = make_instance(tmp_path / "i")
+    for args in (["--json"], []):
+        result = runner.invoke(app, ["measure", str(instance), *args])
+        assert result.exit_code == 1
+        assert result.stdout == ""  # no measurement of anything
+        assert f"no image has been built in {instance} yet" in result.stderr
+        assert f"run `detente libos build {instance}` first" in result.stderr
+    with pytest.raises(PolicyError, match="detente libos build"):
+        image.built_measurement(instance)
 
 
 def test_errors_are_reported_not_raised(tmp_path: Path) -> None:
@@ -57,7 +139,6 @@ def test_errors_are_reported_not_raised(tmp_path: Path) -> None:
 
 
 def test_init_with_signer_key(tmp_path: Path) -> None:
-    from libos import image
     from protocols.keys import SigningKey
 
     key = tmp_path / "k.pem"

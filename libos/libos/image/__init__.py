@@ -41,6 +41,7 @@ from libos.image.manifest import (
 from libos.image.verifier import (
     DependencyCheck,
     VerifiedImage,
+    built_measurement,
     check_dependency_files,
     check_distributions,
     check_files,
@@ -62,6 +63,7 @@ __all__ = [
     "Measurement",
     "VerifiedImage",
     "build",
+    "built_measurement",
     "check_dependency_files",
     "check_distributions",
     "check_files",

@@ -224,18 +224,10 @@ def _compare_configs(image_config: InstanceConfig, local: InstanceConfig, where:
             )
 
 
-def verify_image(instance_dir: Path, dependencies: DependencyCheck = "all") -> VerifiedImage:
-    """Check the image against its signed manifest and pinned signer, or raise.
-
-    ``dependencies``: "all" hashes every dependency file; "non-modules" every
-    one except Python module files (the launcher checks those when they are
-    imported); "versions" only checks that each distribution is installed at
-    the measured version (the host's quick pre-check before it starts the
-    enclave, which then checks the files itself).
-    """
-    instance_dir = Path(instance_dir).resolve()
-    local = InstanceConfig.load(instance_dir)
-    manifest, signer = _read_manifest(instance_dir, expected_signer(instance_dir, local))
+def _parse_manifest(
+    instance_dir: Path, manifest: bytes, local: InstanceConfig
+) -> tuple[dict[str, Any], InstanceConfig]:
+    """The manifest's document and the config it measured (with the local, unmeasured keys)."""
     document = canonical.loads(manifest, "image manifest")
     if document.get("version") != MANIFEST_VERSION or canonical.dumps(document) != manifest:
         raise FormatError(
@@ -251,6 +243,43 @@ def verify_image(instance_dir: Path, dependencies: DependencyCheck = "all") -> V
         },
         "image manifest",
     )
+    return document, config
+
+
+def built_measurement(instance_dir: Path) -> Measurement:
+    """MRENCLAVE and MRSIGNER of the image built in ``instance_dir`` (what ``run`` starts).
+
+    Read from the signed manifest ``detente libos build`` wrote, after checking
+    its signature and that the signer libos.toml pins made it; the image's
+    files are checked when it runs (:func:`verify_image`). Unlike
+    ``builder.measure``, the current sources play no part: edit a source after
+    the build and this still measures the built image.
+    """
+    instance_dir = Path(instance_dir)
+    local = InstanceConfig.load(instance_dir)
+    if not (instance_dir / IMAGE_DIR / MANIFEST_NAME).exists():
+        raise PolicyError(
+            f"no image has been built in {instance_dir} yet: run "
+            f"`detente libos build {instance_dir}` first, then measure it"
+        )
+    manifest, signer = _read_manifest(instance_dir, expected_signer(instance_dir, local))
+    document, config = _parse_manifest(instance_dir, manifest, local)
+    return measurement_of(config, manifest, signer, document)
+
+
+def verify_image(instance_dir: Path, dependencies: DependencyCheck = "all") -> VerifiedImage:
+    """Check the image against its signed manifest and pinned signer, or raise.
+
+    ``dependencies``: "all" hashes every dependency file; "non-modules" every
+    one except Python module files (the launcher checks those when they are
+    imported); "versions" only checks that each distribution is installed at
+    the measured version (the host's quick pre-check before it starts the
+    enclave, which then checks the files itself).
+    """
+    instance_dir = Path(instance_dir).resolve()
+    local = InstanceConfig.load(instance_dir)
+    manifest, signer = _read_manifest(instance_dir, expected_signer(instance_dir, local))
+    document, config = _parse_manifest(instance_dir, manifest, local)
     _compare_configs(config, local, instance_dir / CONFIG_NAME)
     if (
         document.get("python") != python_info()
