@@ -19,8 +19,8 @@ app = typer.Typer(
     help="Contribute data, approve jobs and collect results as a party.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines stay whole when piped or grepped
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 SIMULATION_WARNING = (

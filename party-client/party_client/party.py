@@ -469,8 +469,8 @@ def review(home: PartyHome, policy: AttestationPolicy, job: JobView) -> Review:
     another manifest, a measurement its policy does not allow, expired terms,
     a recipient under this party's name (or key) with other keys, a recipient
     whose keys differ from the ones pinned for its name, terms releasing to
-    the owners whose recipients are not exactly the owners. Warnings: this
-    party or another data owner receives nothing.
+    the owners whose recipients are not exactly the owners. Warning: this
+    party receives nothing (it must confirm that explicitly).
     """
     terms = job.terms
     found = Review(job)
@@ -479,7 +479,12 @@ def review(home: PartyHome, policy: AttestationPolicy, job: JobView) -> Review:
     my_fingerprint = party_fingerprint(me, home.hpke_key().public_key)
     mine = home.dataset_manifests()
     if job.state != "proposed":
-        found.refusals.append(f"job {job.job_id!r} is {job.state}: it takes no approvals")
+        hint = (
+            f"; its proposer can run it again with `detente party retry {job.job_id}`"
+            if job.state == "failed"
+            else ""
+        )
+        found.refusals.append(f"job {job.job_id!r} is {job.state}: it takes no approvals{hint}")
     if terms.expires_at <= time.time():
         found.refusals.append(f"the terms expired at {terms.expires_at}")
     for mrenclave in terms.allowed_mrenclaves:
@@ -547,12 +552,8 @@ def review(home: PartyHome, policy: AttestationPolicy, job: JobView) -> Review:
             "you receive nothing from this job: it releases "
             f"{', '.join(terms.outputs)} only to {', '.join(r.name for r in terms.recipients)}"
         )
-    left_out = owners - {r.signing_key for r in terms.recipients} - {me}
-    for key in sorted(left_out, key=lambda k: k.hex):
-        owner = registrations.get(key.hex)
-        found.warnings.append(
-            f"the data owner {owner.name if owner else key.hex[:16] + '…'} receives nothing"
-        )
+    # Another owner left out of named recipients is shown (datasets and recipients
+    # list who receives what) but is that owner's own decision when it approves.
     return found
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pyarrow as pa
@@ -77,3 +80,105 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 def write_csv(table: pa.Table, path: Path) -> Path:
     pacsv.write_csv(table, path)
     return path
+
+
+# --------------------------------------------------------------------------- attack kit
+
+
+def detente(args: list[str], home: Path | None = None, check: bool = True, **kw: Any) -> Any:
+    """Run the real CLI in a fresh process as the party in ``home``."""
+    import subprocess
+    import sys
+
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    if home is not None:
+        env["DETENTE_HOME"] = str(home)
+    done = subprocess.run(
+        [sys.executable, "-m", "detente", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
+    )
+    if check:
+        assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def credit_rows(start: int, count: int) -> pa.Table:
+    return pacsv.read_csv(DEFAULT_DATA).slice(start, count)
+
+
+def contribute(
+    running: Running, name: str, table: pa.Table, tmp: Path, id_column: str | None = "ID"
+) -> tuple[Path, str]:
+    """A party enrolled, initialised, attested, with ``table`` uploaded as ``<name>-ds``."""
+    home = running.party(name)
+    detente(["party", "attest"], home)
+    csv = write_csv(table, tmp / f"{name}.csv")
+    args = ["party", "upload", str(csv), "--label", LABEL, "--dataset-id", f"{name}-ds"]
+    detente([*args, *(["--id", id_column] if id_column else [])], home)
+    return home, f"{name}-ds"
+
+
+def propose(home: Path, datasets: list[str], *extra: str, check: bool = True) -> Any:
+    """`detente party propose` over ``datasets``; returns the job id (or the process)."""
+    args = ["party", "propose", "--label", LABEL, "--json", *extra]
+    for dataset in datasets:
+        args += ["--dataset", dataset]
+    done = detente(args, home, check=check)
+    if not check:
+        return done
+    return json.loads(done.stdout)["job_id"]
+
+
+def wait_state(home: Path, job_id: str, states: tuple[str, ...], timeout: float = 120) -> dict:
+    """Poll `detente party status --json` until the job is in one of ``states``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = json.loads(detente(["party", "status", job_id, "--json"], home).stdout)
+        if status["state"] in states:
+            return status
+        assert time.monotonic() < deadline, f"job {job_id} stayed {status['state']}"
+        time.sleep(0.3)
+
+
+def canary_encodings(text: str | None = None, number: int | None = None) -> dict[str, bytes]:
+    """The byte forms a planted value could take in a file, log or database."""
+    import struct
+
+    found: dict[str, bytes] = {}
+    if text is not None:
+        found["text as UTF-8"] = text.encode()
+        found["text as UTF-16"] = text.encode("utf-16-le")
+    if number is not None:
+        found.update(
+            {
+                "number as text": str(number).encode(),
+                "number as int64": struct.pack("<q", number),
+                "number as int32": struct.pack("<i", number),
+                "number as float64": struct.pack("<d", float(number)),
+                "number as float32": struct.pack("<f", float(number)),
+                "number as big-endian int64": struct.pack(">q", number),
+            }
+        )
+    return found
+
+
+def untrusted_files(running: Running) -> list[Path]:
+    """Every file of the coordinator (database, blobs, logs) and of the enclave's host."""
+    folders = [running.coordinator_home, running.root / "enclave-host"]
+    return [p for folder in folders for p in folder.rglob("*") if p.is_file()]
+
+
+def assert_nowhere(encodings: dict[str, bytes], files: list[Path]) -> None:
+    assert any(p.suffix == ".db" for p in files), "the coordinator's database must be searched"
+    assert any(p.name.endswith((".log", ".out")) for p in files), "logs must be searched"
+    for path in files:
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            continue
+        for what, pattern in encodings.items():
+            assert pattern not in content, f"canary ({what}) found in {path}"

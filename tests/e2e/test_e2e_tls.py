@@ -145,7 +145,9 @@ def test_coordinator_refuses_an_enclave_outside_its_policy(
         address = f"127.0.0.1:{int(port_file.read_text())}"
         cert = home / "coordinator-tls.crt"
         party = tmp_path / "party-strict"
-        enrolled = detente(["coordinator", "enroll", "--home", str(home), "--name", "strict"], party)
+        enrolled = detente(
+            ["coordinator", "enroll", "--home", str(home), "--name", "strict"], party
+        )
         token = enrolled.stdout.splitlines()[1]
         done = detente(
             [
