@@ -15,7 +15,8 @@ certificate and signed like a party's: RegisterParty by the key it registers,
 an upload, proposal or approval by the key that signed its statement,
 anything else by ``Harness.acting`` (by default the first registered party;
 when nobody is registered yet, an unregistered key, which the coordinator
-refuses).
+refuses). ``Harness.sent_by(party)`` signs every call with ``party``'s key,
+statement or not, to send a statement signed by someone else.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.enclave_client import CHANNEL_OPTIONS
-from coordinator.handler import issue_enrollment
+from coordinator.handler import JobLimits, issue_enrollment
 from coordinator.server import RunningCoordinator, start
 from enclave_worker.identity import EnclaveIdentity, ratls_credentials
 from libos.image import Measurement
@@ -133,6 +135,7 @@ def job_terms(
     signer: SigningKey | None = None,
     digests: dict[str, str] | None = None,
     num_rounds: int = 5,
+    max_seconds: int | None = None,
 ) -> Envelope:
     digests = digests or {}
     terms = JobTerms(
@@ -149,6 +152,7 @@ def job_terms(
         recipients=[p.recipient() for p in (recipients or [proposer])],
         expires_at=4_000_000_000,
         proposer=proposer.hex,
+        max_seconds=max_seconds,
     )
     return terms.sign(signer or proposer.key)
 
@@ -173,6 +177,7 @@ class Harness:
 
     With an enclave, the coordinator's enclave policy is ``enclave_policy`` or,
     by default, one that trusts the FAKE enclave's SIMULATION evidence.
+    ``limits`` are the operator's job limits (the coordinator's defaults if None).
     """
 
     def __init__(
@@ -180,20 +185,25 @@ class Harness:
         home: Path,
         enclave: str | None = None,
         enclave_policy: AttestationPolicy | None = None,
+        limits: JobLimits | None = None,
     ) -> None:
         self.home = home
         self.enclave = enclave
         self.enclave_policy = enclave_policy
+        self.limits = limits
         self.running: RunningCoordinator | None = None
         self.channel: grpc.Channel | None = None
         self.stub: Any = None
         self.unregistered = SigningKey.generate()
         self.acting: Party | None = None
+        self.sender: Party | None = None
         self.start()
 
     def start(self) -> None:
         policy = self.enclave_policy or (fake_enclave_policy() if self.enclave else None)
-        self.running = start(self.home, enclave=self.enclave, enclave_policy=policy)
+        self.running = start(
+            self.home, enclave=self.enclave, enclave_policy=policy, limits=self.limits
+        )
         certificate = tls.load_certificate(self.running.certificate_path.read_bytes(), "cert")
         self.channel = tls.pinned_channel(self.running.address, certificate, CHANNEL_OPTIONS)
         signer = RequestSigner(self.unregistered, key_for=self.signing_key_for)
@@ -203,6 +213,8 @@ class Harness:
 
     def signing_key_for(self, method: str, request: Any) -> SigningKey | None:
         """The key a party would sign ``request`` with (see the module docstring)."""
+        if self.sender is not None:
+            return self.sender.key
         statement = {
             "/RegisterParty": "registration",
             "/UploadDataset": "manifest",
@@ -264,6 +276,15 @@ class Harness:
             yield self.stub
         finally:
             self.acting = previous
+
+    @contextlib.contextmanager
+    def sent_by(self, party: Party) -> Iterator[Any]:
+        """Sign every call made in this block as ``party``, whoever signed its statement."""
+        previous, self.sender = self.sender, party
+        try:
+            yield self.stub
+        finally:
+            self.sender = previous
 
     def upload(self, dataset: SealedDataset) -> coordinator_pb2.Dataset:
         return self.stub.UploadDataset(upload_requests(dataset.manifest_bytes, dataset.ciphertext))
@@ -336,7 +357,11 @@ def fake_enclave_policy(mrenclave: str = MRENCLAVE) -> AttestationPolicy:
 
 
 class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
-    """FAKE enclave: records what it is sent and answers from a script."""
+    """FAKE enclave: records what it is sent and answers from a script.
+
+    A call waits for ``release`` (at most 10 s) before its script runs; a call
+    the coordinator cancels while it waits sets ``cancelled`` and ends.
+    """
 
     def __init__(self) -> None:
         self.specs: list[enclave_pb2.JobSpec] = []
@@ -347,6 +372,7 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
         self.release = threading.Event()
         self.release.set()
         self.started = threading.Event()
+        self.cancelled = threading.Event()
 
     def GetEvidence(self, request: Any, context: grpc.ServicerContext) -> enclave_pb2.Evidence:
         self.nonces.append(request.nonce)
@@ -361,7 +387,11 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
             else:
                 self.chunks.append((request.chunk.dataset_id, request.chunk.data))
         self.started.set()
-        self.release.wait(10)
+        deadline = time.monotonic() + 10
+        while not self.release.wait(0.05) and time.monotonic() < deadline:
+            if not context.is_active():
+                self.cancelled.set()
+                return
         yield from self.script(self, context)
 
     def received(self, dataset_id: str) -> bytes:
