@@ -53,9 +53,12 @@ class BlobWriter:
         self._what = what
         self._hash = hashlib.sha256()
         self._size = 0
-        fd, name = tempfile.mkstemp(prefix=".incoming-", dir=store.root)
-        # Held until the file is closed: a live write is never taken for a stale one.
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Created and locked under the folder's shared lock, so a cleanup (which takes
+        # it exclusively) never sees this file unlocked; the file's own lock is held
+        # until it is closed: a live write is never taken for a stale one.
+        with store.folder_lock(fcntl.LOCK_SH):
+            fd, name = tempfile.mkstemp(prefix=".incoming-", dir=store.root)
+            fcntl.flock(fd, fcntl.LOCK_EX)
         self._tmp = Path(name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
 
@@ -127,20 +130,34 @@ class BlobStore:
         A live write (of another coordinator sharing this folder) holds an
         exclusive lock on its file, so only files nobody holds are removed.
         """
-        for tmp in self.root.glob(".incoming-*"):
-            try:
-                fd = os.open(tmp, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live write
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-            finally:
-                os.close(fd)
+        with self.folder_lock(fcntl.LOCK_EX):
+            for tmp in self.root.glob(".incoming-*"):
+                try:
+                    fd = os.open(tmp, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live write
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        tmp.unlink()
+                finally:
+                    os.close(fd)
+
+    @contextlib.contextmanager
+    def folder_lock(self, mode: int) -> Iterator[None]:
+        """The blob folder's lock: shared while a writer creates its file, exclusive
+        while stale files are removed."""
+        # Beside the folder, not in it: the folder holds blobs and upload files only.
+        lock = self.root.with_name(self.root.name + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, mode)
+            yield
+        finally:
+            os.close(fd)
 
     def path(self, sha256: str) -> Path:
         name = _check_name(sha256)

@@ -52,36 +52,44 @@ WATCH_INTERVAL = 0.25
 
 
 class FairQueue:
-    """Job ids waiting to run, handed out round-robin by proposer."""
+    """Job ids waiting to run, handed out to the proposer served least recently.
+
+    Each proposer's jobs run in the order they came; between proposers, the
+    one whose job was taken longest ago (or never) goes first, so a party
+    that queues many jobs, or queues again right after its job started,
+    waits for everyone else's turn.
+    """
 
     def __init__(self) -> None:
-        self._by_proposer: dict[str, collections.deque[str]] = {}
-        self._turns: collections.deque[str] = collections.deque()
+        self._by_proposer: dict[str, collections.deque[tuple[int, str]]] = {}
+        self._last_served: dict[str, int] = {}
+        self._tick = 0  # counts puts and gets: a logical clock
         self._ready = threading.Condition()
         self._closed = False
 
     def put(self, proposer: str, job_id: str) -> None:
         with self._ready:
-            if proposer not in self._by_proposer:
-                self._by_proposer[proposer] = collections.deque()
-                self._turns.append(proposer)
-            self._by_proposer[proposer].append(job_id)
+            self._tick += 1
+            self._by_proposer.setdefault(proposer, collections.deque()).append((self._tick, job_id))
             self._ready.notify()
 
     def get(self) -> str | None:
-        """The next job id (None once closed): the next proposer's oldest waiting job."""
+        """The next job id (None once closed)."""
         with self._ready:
-            while not self._turns and not self._closed:
+            while not self._by_proposer and not self._closed:
                 self._ready.wait()
             if self._closed:
                 return None
-            proposer = self._turns.popleft()
+            proposer = min(
+                self._by_proposer,
+                key=lambda p: (self._last_served.get(p, 0), self._by_proposer[p][0][0]),
+            )
             waiting = self._by_proposer[proposer]
-            job_id = waiting.popleft()
-            if waiting:
-                self._turns.append(proposer)  # its next job waits for everyone else's turn
-            else:
+            _, job_id = waiting.popleft()
+            if not waiting:
                 del self._by_proposer[proposer]
+            self._tick += 1
+            self._last_served[proposer] = self._tick
             return job_id
 
     def close(self) -> None:
@@ -107,7 +115,10 @@ class Scheduler:
         self._enclave = enclave
         self._limits = limits or JobLimits()
         self._queue = FairQueue()
+        # Ids waiting in the queue (not the one running: a retry of the running job,
+        # once it failed, must be queued again).
         self._queued: set[str] = set()
+        self._running: str | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -175,13 +186,16 @@ class Scheduler:
             job_id = self._queue.get()
             if job_id is None:
                 return
+            with self._lock:
+                self._queued.discard(job_id)
+                self._running = job_id
             try:
                 self._run(job_id)
             except Exception:
                 log.exception("scheduler failed on job %s", job_id)
             finally:
                 with self._lock:
-                    self._queued.discard(job_id)
+                    self._running = None
                     if not self._queued:
                         self._idle.set()
 

@@ -1,4 +1,4 @@
-"""`detente demo` (and later `detente experiment …`)."""
+"""`detente demo`: the three-party flow on real processes (experiments.demo)."""
 
 from __future__ import annotations
 

@@ -53,8 +53,10 @@ def test_serve_process_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
         party = Party("process-checker")
         # The operator enrolls the name with the CLI while the coordinator runs.
         enrolled = subprocess.run(
-            [sys.executable, "-m", "coordinator", "enroll", "--home", str(home)]
-            + ["--name", party.name, "--json"],
+            [
+                *(sys.executable, "-m", "coordinator", "enroll", "--home", str(home)),
+                *("--name", party.name, "--json"),
+            ],
             env=env,
             capture_output=True,
             text=True,
