@@ -30,6 +30,7 @@ def _write_port(path: Path, port: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from libos import logs
     from libos import runtime as libos_runtime
 
     parser = argparse.ArgumentParser(prog="enclave-worker")
@@ -41,10 +42,9 @@ def main(argv: list[str]) -> int:
     rt = libos_runtime.current()
     log_dir = Path(rt.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        filename=log_dir / "worker.log",
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    # worker.log is a host file: its tracebacks withhold foreign exception texts.
+    logs.configure(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", filename=log_dir / "worker.log"
     )
     me = identity.load_or_create(rt)
     # TLS only, with an RA-TLS certificate: clients verify the quote inside it

@@ -170,7 +170,7 @@ def enter(instance_dir: Path) -> VerifiedImage:
     )
     sys.meta_path.insert(0, finder)
 
-    from libos import egress, limits, runtime
+    from libos import egress, limits, logs, runtime
     from libos.image import top_level_modules, verify_image
 
     verified = verify_image(instance_dir, dependencies="non-modules")
@@ -212,6 +212,8 @@ def enter(instance_dir: Path) -> VerifiedImage:
             )
 
     limits.install(limits.Limits.from_resources(config.resources))
+    # Uncaught exceptions print to stderr, a host file: without foreign messages.
+    logs.install_hooks()
     egress.install(
         egress.EgressPolicy.for_instance(
             instance_dir,

@@ -23,11 +23,11 @@ import queue
 import resource
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from libos import logs
 from libos.process.framing import (
     DONE,
     ERROR,
@@ -132,10 +132,9 @@ def child_main(argv: list[str]) -> int:
     channel = Channel(read_fd, write_fd)
     # A segfault prints the Python stack of every thread to the child's log.
     faulthandler.enable(file=sys.stderr, all_threads=True)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s [pid {os.getpid()}] %(name)s: %(message)s",
+    # The log is a host file: tracebacks in it withhold foreign exception texts.
+    logs.configure(
+        f"%(asctime)s %(levelname)s [pid {os.getpid()}] %(name)s: %(message)s", stream=sys.stderr
     )
     try:
         verified = enclave_start.enter(instance_dir.resolve())
@@ -161,7 +160,7 @@ def child_main(argv: list[str]) -> int:
         if isinstance(exc, DetenteError):
             log.warning("child target failed: %s", exc)
         else:
-            traceback.print_exc(file=sys.stderr)
+            sys.stderr.write(logs.describe_exception(exc))
         return _finish(channel, ERROR, _report(exc)) or 1
     return _finish(channel, DONE, json.dumps({"peak_rss_bytes": _peak_rss_of_self()}).encode())
 

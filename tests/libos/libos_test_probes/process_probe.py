@@ -141,6 +141,7 @@ def main(argv: list[str]) -> int:
             started = child.recv(timeout=60)
             pid = int(started.body) if started is not None else child.pid
             print(json.dumps({"scenario": "orphan", "pid": pid}), flush=True)
+            sys.stdin.readline()  # the test looks at the child first
             os._exit(0)  # leave without closing the handle: the child must notice
         print(json.dumps(_run(scenario)), flush=True)
     return 0
