@@ -63,7 +63,7 @@ def test_duplicate_ids_are_refused_naming_the_rows(tmp_path):
 def test_a_header_that_is_not_utf8_is_a_clear_error(tmp_path):
     path = tmp_path / "latin1.csv"
     path.write_bytes("identifiant,donn\xe9e,y\n1,2,0\n".encode("latin-1"))
-    with pytest.raises(DatasetError, match="is not UTF-8 text.*save it as UTF-8"):
+    with pytest.raises(DatasetError, match=r"is not UTF-8 text.*save it as UTF-8"):
         read_table(path, "y", None)
 
 
