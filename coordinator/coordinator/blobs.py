@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from coordinator.errors import NotFound
+from protocols.durable import fsync_dir
 from protocols.errors import IntegrityError
+from protocols.stream import CHUNK_SIZE
 
-CHUNK_SIZE = 1 << 20
 _NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -99,7 +100,7 @@ class BlobWriter:
         path = self._store.path(sha256)
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._tmp, path)
-        self._store.fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return sha256, self._size
 
     def abort(self) -> None:
@@ -162,14 +163,6 @@ class BlobStore:
     def path(self, sha256: str) -> Path:
         name = _check_name(sha256)
         return self.root / name[:2] / name[2:]
-
-    @staticmethod
-    def fsync_dir(directory: Path) -> None:
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def writer(
         self,

@@ -25,15 +25,11 @@ from protocols import ratls, tls
 from protocols.attestation import VerifiedEnclave
 from protocols.errors import AttestationError, FormatError
 from protocols.policy import AttestationPolicy
+from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 8 << 20
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-]
 EVIDENCE_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from coordinator.blobs import CHUNK_SIZE, BlobStore
+from coordinator.blobs import BlobStore
 from coordinator.enclave_client import EnclaveClient, Evidence
 from coordinator.errors import (
     AlreadyExists,
@@ -54,6 +54,7 @@ from protocols.documents import (
 from protocols.errors import ConsentError, IntegrityError
 from protocols.keys import VerifyKey
 from protocols.statements import Envelope
+from protocols.stream import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
 NONCE_SIZE = 32

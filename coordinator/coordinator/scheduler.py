@@ -42,12 +42,12 @@ from coordinator.store import (
 from protocols.documents import JobTerms
 from protocols.errors import DetenteError
 from protocols.statements import Envelope
+from protocols.stream import CHUNK_SIZE
 
 if TYPE_CHECKING:
     from coordinator.handler import JobLimits
 
 log = logging.getLogger(__name__)
-DATASET_CHUNK = 1 << 20
 WATCH_INTERVAL = 0.25
 
 
@@ -297,7 +297,7 @@ class Scheduler:
             record = self._store.get_dataset(dataset_id)
             if record is None:
                 raise DetenteError(f"data set {dataset_id!r} of job {job.job_id!r} is gone")
-            yield dataset_id, self._blobs.iter_chunks(record.blob_sha256, DATASET_CHUNK)
+            yield dataset_id, self._blobs.iter_chunks(record.blob_sha256, CHUNK_SIZE)
 
     def _relay(self, job: JobRecord) -> tuple[list[OutputRecord], bytes | None]:
         assert self._enclave is not None

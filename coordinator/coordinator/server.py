@@ -12,7 +12,6 @@ a party (:mod:`coordinator.auth`).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,18 +24,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.blobs import BlobStore
-from coordinator.enclave_client import CHANNEL_OPTIONS, EnclaveClient
+from coordinator.enclave_client import EnclaveClient
 from coordinator.handler import CoordinatorHandler, JobLimits
 from coordinator.servicer import CoordinatorServicer, request_authenticator
 from coordinator.store import SqlStore
 from protocols import tls
+from protocols.durable import write_atomic
 from protocols.errors import PolicyError
 from protocols.keys import write_secret_file
 from protocols.policy import AttestationPolicy
+from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")
-SERVER_OPTIONS = CHANNEL_OPTIONS
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(threadName)s: %(message)s"
 TLS_KEY_NAME = "coordinator-tls.key"
 TLS_CERT_NAME = "coordinator-tls.crt"
@@ -66,9 +67,7 @@ def tls_identity(home: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifica
     key = tls.generate_key()
     cert = tls.self_signed_certificate(key, TLS_COMMON_NAME)
     write_secret_file(key_path, tls.private_key_pem(key))
-    tmp = cert_path.with_name(f".{cert_path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(tls.certificate_pem(cert))
-    os.replace(tmp, cert_path)
+    write_atomic(cert_path, tls.certificate_pem(cert))
     log.info("created the coordinator's TLS certificate %s", cert_path)
     return key, cert
 
@@ -79,10 +78,7 @@ def default_db_url(home: Path) -> str:
 
 def write_port_file(path: Path, port: int) -> None:
     """Write the bound port atomically, so a reader never sees a partial number."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{port}\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, f"{port}\n".encode())
 
 
 @dataclass
@@ -159,7 +155,7 @@ def start(
     handler = CoordinatorHandler(store, blobs, client, limits)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=8),
-        options=SERVER_OPTIONS,
+        options=CHANNEL_OPTIONS,
         interceptors=[request_authenticator(store)],
     )
     coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorServicer(handler), server)

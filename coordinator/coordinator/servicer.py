@@ -14,7 +14,6 @@ from typing import NoReturn, TypeVar
 import grpc
 
 from coordinator.auth import RequestAuthInterceptor, caller_of
-from coordinator.blobs import CHUNK_SIZE
 from coordinator.errors import (
     AlreadyExists,
     EnclaveUnavailable,
@@ -34,6 +33,7 @@ from protocols.errors import (
     SignatureError,
 )
 from protocols.statements import Envelope
+from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2
 
 log = logging.getLogger(__name__)

@@ -42,6 +42,7 @@ from libos import process
 from protocols import canonical
 from protocols.errors import DetenteError, FormatError, IntegrityError, PolicyError
 from protocols.keys import HpkePrivateKey, SigningKey
+from protocols.stream import CHUNK_SIZE
 
 if TYPE_CHECKING:
     from libos.efs import EncryptedFS
@@ -50,7 +51,6 @@ log = logging.getLogger("enclave_worker.job_process")
 
 TARGET = "enclave_worker.job_process:job_main"
 PAYLOAD_VERSION = 1
-OUTPUT_PIECE = 1 << 20
 _NAME_SIZE = struct.Struct(">H")
 
 
@@ -286,7 +286,7 @@ def job_main(channel: process.Channel, payload: bytes) -> None:
             channel.send("progress", canonical.dumps({"kind": item.kind, "text": item.text}))
         elif isinstance(item, jobs.ReleasedOutput):
             data = item.ciphertext
-            for start in range(0, max(len(data), 1), OUTPUT_PIECE):
-                channel.send("output", _named(item.name, data[start : start + OUTPUT_PIECE]))
+            for start in range(0, max(len(data), 1), CHUNK_SIZE):
+                channel.send("output", _named(item.name, data[start : start + CHUNK_SIZE]))
         else:
             channel.send("statement", item)

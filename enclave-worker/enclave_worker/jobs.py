@@ -40,6 +40,7 @@ from protocols.documents import (
     ResultStatement,
     check_approvals,
     check_release,
+    schema_columns,
     schema_sha256,
 )
 from protocols.errors import ConsentError, DatasetError, DetenteError, FormatError, IntegrityError
@@ -213,7 +214,7 @@ def _open_dataset(identity: EnclaveIdentity, manifest: DatasetManifest, blob: by
         raise FormatError(
             f"data set {manifest.dataset_id!r} is not a readable Arrow IPC stream"
         ) from None
-    columns = [{"name": f.name, "type": str(f.type)} for f in table.schema]
+    columns = schema_columns(table.schema)
     if schema_sha256(columns) != manifest.schema_sha256:
         raise IntegrityError(f"data set {manifest.dataset_id!r} schema differs from its manifest")
     if table.num_rows != manifest.row_count:
@@ -353,10 +354,6 @@ def _join(tables: list[Any], job: AcceptedJob) -> Any:
         return pa.concat_tables(tables)
 
 
-def train_params(terms: JobTerms) -> dict[str, Any]:
-    return {**terms.params, "objective": terms.objective, "seed": terms.seed}
-
-
 def resumable(params: dict[str, Any]) -> bool:
     """Whether training with ``params`` can stop and resume from a checkpoint unchanged.
 
@@ -448,7 +445,7 @@ def _load_checkpoint(job: AcceptedJob, env: JobEnvironment) -> Checkpoint | None
     if data is None:
         return None
     checkpoint = Checkpoint.from_bytes(data, job)
-    if not checkpoint.complete and not resumable(train_params(job.terms)):
+    if not checkpoint.complete and not resumable(job.terms.train_params()):
         log.info("job %s: checkpoint ignored, sampling parameters cannot resume", job.terms.job_id)
         return None
     return checkpoint
@@ -461,7 +458,7 @@ def _train(
     import xgboost as xgb
 
     terms = job.terms
-    params = train_params(terms)
+    params = terms.train_params()
     checkpoint = _load_checkpoint(job, env)
     done = checkpoint.rounds if checkpoint else 0
     history = checkpoint.history if checkpoint else {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,13 +19,12 @@ import grpc
 
 from enclave_worker import identity, service
 from protocols import tls
+from protocols.durable import write_atomic
 from protocols.status import CHANNEL_OPTIONS
 
 
 def _write_port(path: Path, port: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(str(port))
-    os.replace(tmp, path)
+    write_atomic(path, str(port).encode())
 
 
 def main(argv: list[str]) -> int:

@@ -21,10 +21,10 @@ from enclave_worker import job_process, jobs
 from enclave_worker.identity import EnclaveIdentity, Runtime
 from protocols.errors import DetenteError, FormatError
 from protocols.status import code_for
+from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
 log = logging.getLogger("enclave_worker.service")
-OUTPUT_CHUNK = 1 << 20
 
 
 class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
@@ -95,10 +95,10 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                 )
             elif isinstance(item, jobs.ReleasedOutput):
                 data = item.ciphertext
-                for start in range(0, max(len(data), 1), OUTPUT_CHUNK):
+                for start in range(0, max(len(data), 1), CHUNK_SIZE):
                     yield enclave_pb2.RunJobResponse(
                         output=enclave_pb2.OutputChunk(
-                            name=item.name, data=data[start : start + OUTPUT_CHUNK]
+                            name=item.name, data=data[start : start + CHUNK_SIZE]
                         )
                     )
             else:

@@ -31,9 +31,10 @@ from pathlib import Path
 
 import cryptography
 
-from libos.counter import fsync_directory, sim_counter
+from libos.counter import sim_counter
 from libos.efs import EncryptedFS, MountKey
 from libos.sim import SimPlatform
+from protocols.durable import fsync_dir
 
 # A made-up identity: the benchmark measures the file system, not an image.
 _BENCH_MRENCLAVE = hashlib.sha256(b"detente bench_efs enclave").digest()
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
-                fsync_directory(path.parent)
+                fsync_dir(path.parent)
 
         def plain_write_cached() -> None:
             for path, data in zip(plain_paths, payloads, strict=True):

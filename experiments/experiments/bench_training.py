@@ -35,9 +35,16 @@ from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
 from experiments.demo import DEFAULT_DATA, DEFAULT_ID, DEFAULT_LABEL, features, split_parties
 from party_client.party import DEFAULT_PARAMS
-from party_client.tables import schema_columns, to_ipc
+from party_client.tables import to_ipc
 from protocols import hpke, stream
-from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, schema_sha256
+from protocols.documents import (
+    Approval,
+    DatasetManifest,
+    JobTerms,
+    Recipient,
+    schema_columns,
+    schema_sha256,
+)
 from protocols.keys import HpkePrivateKey, SigningKey
 from protocols.statements import Envelope
 
@@ -52,7 +59,7 @@ def _seal(
         dataset_id=dataset_id,
         name=dataset_id,
         owner_key=owner.verify_key,
-        schema_sha256=schema_sha256(schema_columns(table)),
+        schema_sha256=schema_sha256(schema_columns(table.schema)),
         row_count=table.num_rows,
         ciphertext_sha256=hashlib.sha256(blob).hexdigest(),
         ciphertext_size=len(blob),
@@ -115,7 +122,7 @@ def main() -> None:
         t0 = time.perf_counter()
         x, y, names = features(joined, DEFAULT_LABEL, DEFAULT_ID)
         dtrain = xgb.DMatrix(x, label=y, feature_names=names)
-        xgb.train(jobs.train_params(terms), dtrain, num_boost_round=args.rounds)
+        xgb.train(terms.train_params(), dtrain, num_boost_round=args.rounds)
         return time.perf_counter() - t0
 
     enclave_s = min(enclave_path() for _ in range(args.repeat))

@@ -408,7 +408,7 @@ def _run(
 
     if len(set(models.values())) != 1:
         raise DemoError("recipients decrypted different models")
-    params = {**terms.params, "objective": terms.objective, "seed": terms.seed}
+    params = terms.train_params()
     x_test, y_test, names = features(test, label, id_column)
     dtest = xgb.DMatrix(x_test, feature_names=names)
 

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "egress": {
         "allow_connect": ["127.0.0.1:*", "[::1]:*"],
         "allow_listen": ["127.0.0.1:*", "[::1]:*"],
-        "allow_write": ["*.port", "*.port.tmp"],
+        "allow_write": ["*.port", ".*.port.*.tmp"],
     },
 }
 

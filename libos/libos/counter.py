@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
+from protocols.durable import write_atomic
 from protocols.errors import IntegrityError
 
 COUNTERS_DIR = "counters"
@@ -130,24 +131,7 @@ class SimCounter:
             os.close(fd)
 
     def _write(self, value: int) -> None:
-        tmp = self.directory / f".{self._name}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, f"{_HEADER}{value}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        fsync_directory(self.directory)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX needs an fsync of the directory itself)."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_atomic(self.path, f"{_HEADER}{value}\n".encode("ascii"), mode=0o600)
 
 
 def sim_counter(platform_dir: Path, name: str) -> SimCounter:

@@ -61,6 +61,7 @@ from libos.limits import Limits, malloc_arena_max
 from libos.runtime import FLAG_INIT, MeasuredRuntime, NotInEnclaveError, check_report_data
 from libos.sealing import Sealer
 from protocols import quote_layout, quote_verify
+from protocols.durable import write_atomic
 from protocols.errors import AttestationError, FormatError, PolicyError
 
 DEVICE_DIR = Path("/dev/attestation")
@@ -413,7 +414,5 @@ def export(instance_dir: Path, out_dir: Path, argv: Sequence[str] = ()) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / MANIFEST_TEMPLATE_NAME
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(target, text.encode("utf-8"))
     return target

@@ -40,6 +40,7 @@ from pathlib import Path
 from types import CodeType, ModuleType
 from typing import TYPE_CHECKING, Any
 
+from protocols.durable import write_atomic
 from protocols.errors import DetenteError, IntegrityError
 
 if TYPE_CHECKING:
@@ -100,12 +101,11 @@ class BytecodeCache:
     def put(self, source_sha256: str, path: str, code: CodeType) -> None:
         name = self._name(source_sha256, path)
         body = marshal.dumps(code)
-        tmp = self.directory / f".{name}.{os.getpid()}.tmp"
         try:
-            tmp.write_bytes(self._tag(name, body) + body)
-            os.replace(tmp, self.directory / name)
+            # A cache: no fsync, and a failed write only costs a compile.
+            write_atomic(self.directory / name, self._tag(name, body) + body, durable=False)
         except OSError:
-            tmp.unlink(missing_ok=True)  # a cache: a failed write only costs a compile
+            pass
 
 
 class _VerifiedSourceLoader(importlib.machinery.SourceFileLoader):

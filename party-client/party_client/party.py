@@ -35,6 +35,7 @@ from protocols.documents import (
     check_id,
     check_release,
     party_fingerprint,
+    schema_columns,
     schema_sha256,
 )
 from protocols.durable import write_atomic
@@ -156,7 +157,7 @@ def upload(
     id_column: str | None,
     dataset_id: str | None = None,
     publish_schema: bool = False,
-    chunk_size: int = stream.DEFAULT_CHUNK_SIZE,
+    chunk_size: int = stream.CHUNK_SIZE,
     display_name: str = "",
 ) -> Uploaded:
     """Validate, convert to Arrow IPC, seal to the attested enclave, sign, upload.
@@ -167,7 +168,7 @@ def upload(
     enclave, _ = home.attested_enclave(policy)
     prepared = tables.read_table(path, label, id_column)
     table = prepared.table
-    columns = tables.schema_columns(table)
+    columns = schema_columns(table.schema)
     dataset_id = check_id(
         dataset_id or f"{home.config()['name']}-{secrets.token_hex(6)}", "dataset id"
     )

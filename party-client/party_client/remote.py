@@ -24,6 +24,7 @@ from protocols.errors import DetenteError, FormatError
 from protocols.keys import SigningKey
 from protocols.request_auth import RequestSigner
 from protocols.status import CHANNEL_OPTIONS
+from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import coordinator_pb2 as pb
 from protocols.wire.v1 import coordinator_pb2_grpc
 
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from party_client.home import PartyHome
 
 T = TypeVar("T")
-UPLOAD_CHUNK = 1 << 20
 DIAGNOSE_TIMEOUT = 5.0
 
 
@@ -210,8 +210,8 @@ class Coordinator:
     def upload(self, manifest: bytes, ciphertext: bytes) -> RemoteDataset:
         def messages() -> Iterator[Any]:
             yield pb.UploadDatasetRequest(manifest=manifest)
-            for start in range(0, len(ciphertext), UPLOAD_CHUNK):
-                yield pb.UploadDatasetRequest(ciphertext=ciphertext[start : start + UPLOAD_CHUNK])
+            for start in range(0, len(ciphertext), CHUNK_SIZE):
+                yield pb.UploadDatasetRequest(ciphertext=ciphertext[start : start + CHUNK_SIZE])
 
         return _dataset(self._call(self._stub.UploadDataset, messages()))
 

@@ -165,10 +165,6 @@ def _not_numeric(path: Path, name: str, column: Any) -> str:
     return f"{path}: column {name!r} has type {column.type}, which is not numeric"
 
 
-def schema_columns(table: Any) -> list[dict[str, str]]:
-    return [{"name": f.name, "type": str(f.type)} for f in table.schema]
-
-
 def to_ipc(table: Any) -> bytes:
     import pyarrow as pa
 

@@ -380,6 +380,11 @@ class JobTerms:
             max_seconds=max_seconds,
         )
 
+    def train_params(self) -> dict[str, Any]:
+        """The parameters ``xgboost.train`` gets: the terms' params, with the terms' objective
+        and seed taking precedence (the rule the enclave and every plaintext check use)."""
+        return {**self.params, "objective": self.objective, "seed": self.seed}
+
     def sign(self, key: SigningKey) -> Envelope:
         return statements.sign(statements.JOB_TERMS, self.to_dict(), key)
 
@@ -543,6 +548,12 @@ class ResultStatement:
             )
         doc = statements.verify(envelope, statements.RESULT, enclave_key, "result statement")
         return cls.from_dict(doc)
+
+
+def schema_columns(schema: Any) -> list[dict[str, str]]:
+    """The description of an Arrow schema that manifests hash and publish: its columns as
+    ``{"name", "type"}`` (Arrow's type names), in order. One rule for party and enclave."""
+    return [{"name": f.name, "type": str(f.type)} for f in schema]
 
 
 def schema_sha256(columns: list[dict[str, str]]) -> str:

@@ -3,8 +3,9 @@
 A reader sees the old content or the new, never a part: the bytes go to a
 temporary file in the same folder (unique per process and thread), are
 fsynced, renamed over the target, and the folder is fsynced so the rename
-survives a crash. ``mode`` is set before any byte is written, so a secret is
-never readable by others, not even for a moment.
+survives a crash. The temporary file is named ``.NAME.PID.THREAD.tmp``.
+``mode`` is set before any byte is written, so a secret is never readable by
+others, not even for a moment.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically and durably, created with ``mode``."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically (and durably, unless ``durable`` is False,
+    for caches whose loss costs only a recomputation), created with ``mode``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -35,11 +37,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)

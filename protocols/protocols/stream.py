@@ -25,7 +25,9 @@ from protocols.layout import Field, Layout
 
 MAGIC = b"DTNTSTRM"
 VERSION = 1
-DEFAULT_CHUNK_SIZE = 1 << 20
+# The one chunk size of Detente: a sealed STREAM chunk, and a piece of a data set or
+# an output in a gRPC message or a pipe frame (protocols/SPEC.md §5).
+CHUNK_SIZE = 1 << 20
 MIN_CHUNK_SIZE = 16
 MAX_CHUNK_SIZE = 1 << 26
 TAG_SIZE = 16
@@ -73,9 +75,7 @@ def parse_header(header: bytes) -> int:
 class StreamSealer:
     """Seal one stream under ``key``; bytes may be fed in any pieces."""
 
-    def __init__(
-        self, key: bytes, associated_data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE
-    ) -> None:
+    def __init__(self, key: bytes, associated_data: bytes, chunk_size: int = CHUNK_SIZE) -> None:
         self._start(key, associated_data, chunk_size, os.urandom(7))
 
     def _start(
@@ -160,7 +160,7 @@ class StreamOpener:
 
 
 def seal_stream(
-    key: bytes, plaintext: bytes, associated_data: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE
+    key: bytes, plaintext: bytes, associated_data: bytes, chunk_size: int = CHUNK_SIZE
 ) -> bytes:
     """Seal ``plaintext`` into one blob (header ‖ chunks)."""
     sealer = StreamSealer(key, associated_data, chunk_size)

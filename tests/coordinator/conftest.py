@@ -12,8 +12,8 @@ import grpc
 import pytest
 from coordinator_testkit import FakeEnclave, Harness, Party, fake_enclave_credentials
 
-from coordinator.enclave_client import CHANNEL_OPTIONS
 from protocols import tls
+from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import enclave_pb2_grpc
 
 

@@ -39,7 +39,6 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from coordinator.enclave_client import CHANNEL_OPTIONS
 from coordinator.handler import JobLimits, issue_enrollment
 from coordinator.server import RunningCoordinator, start
 from enclave_worker.identity import EnclaveIdentity, ratls_credentials
@@ -53,6 +52,7 @@ from protocols.keys import HpkePrivateKey, SigningKey
 from protocols.policy import AttestationPolicy
 from protocols.request_auth import RequestSigner
 from protocols.statements import Envelope
+from protocols.status import CHANNEL_OPTIONS
 from protocols.stream import seal_stream
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 

@@ -16,7 +16,6 @@ import pytest
 from coordinator_testkit import Harness, Party, seal_dataset, upload_requests
 
 from coordinator.auth import RequestAuthInterceptor
-from coordinator.enclave_client import CHANNEL_OPTIONS
 from protocols import request_auth, tls
 from protocols.keys import SigningKey
 from protocols.request_auth import (
@@ -31,6 +30,7 @@ from protocols.request_auth import (
     sign_request,
     signed_message,
 )
+from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import coordinator_pb2 as pb
 from protocols.wire.v1 import coordinator_pb2_grpc
 

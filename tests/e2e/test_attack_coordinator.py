@@ -240,7 +240,7 @@ def test_a_failed_job_is_retried_with_the_same_terms_and_resumes_from_its_checkp
 
     terms = party.fetch_job(PartyHome(alice), job_id).terms
     x, y, names = features(rows, LABEL, "ID")
-    params = {**terms.params, "objective": terms.objective, "seed": terms.seed}
+    params = terms.train_params()
     plain = xgb.train(params, xgb.DMatrix(x, label=y, feature_names=names), terms.num_rounds)
     dtest = xgb.DMatrix(x, feature_names=names)
     assert np.array_equal(enclave.predict(dtest), plain.predict(dtest))

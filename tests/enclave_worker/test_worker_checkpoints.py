@@ -96,7 +96,7 @@ def _predictions(model_json: bytes, job: Job) -> Any:
 
 def test_resuming_from_any_checkpoint_gives_the_uninterrupted_model_and_metrics(enclave):
     job = _job(enclave, "job-ckpt", {})
-    assert jobs.resumable(jobs.train_params(job.terms))
+    assert jobs.resumable(job.terms.train_params())
     store = DictCheckpoints()
     whole, progress = _run(enclave, job, store)
     ours, plain = _predictions(whole["model"], job)
@@ -133,7 +133,7 @@ def test_a_finished_model_is_reused_without_training_again(enclave):
 
 def test_sampling_parameters_never_resume_mid_way(enclave):
     job = _job(enclave, "job-sampled", {"subsample": 0.8, "colsample_bytree": 0.7})
-    assert not jobs.resumable(jobs.train_params(job.terms))
+    assert not jobs.resumable(job.terms.train_params())
     assert not jobs.resumable({"booster": "dart"})
     assert not jobs.resumable({"subsample": "0.8"})  # not a number: assume the worst
     store = DictCheckpoints()
@@ -145,7 +145,7 @@ def test_sampling_parameters_never_resume_mid_way(enclave):
     # resuming would not continue the random stream, and the model would differ.
     accepted = jobs.accept(enclave, *_spec(job))
     partial = xgb.train(
-        jobs.train_params(job.terms), xgb.DMatrix(np.zeros((4, 3)), label=[0, 1, 0, 1]), 4
+        job.terms.train_params(), xgb.DMatrix(np.zeros((4, 3)), label=[0, 1, 0, 1]), 4
     )
     mid = jobs.Checkpoint(4, False, {}, bytes(partial.save_raw("ubj"))).to_bytes(accepted)
     again, progress = _run(enclave, job, DictCheckpoints({jobs.checkpoint_name(accepted): mid}))

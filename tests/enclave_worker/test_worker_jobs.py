@@ -13,13 +13,14 @@ from worker_testkit import Owner, make_table
 
 from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
-from party_client.tables import schema_columns, to_ipc
+from party_client.tables import to_ipc
 from protocols import hpke, stream
 from protocols.documents import (
     Approval,
     DatasetManifest,
     JobTerms,
     ResultStatement,
+    schema_columns,
     schema_sha256,
 )
 from protocols.errors import ConsentError, IntegrityError, SignatureError
@@ -43,7 +44,7 @@ def seal(
         dataset_id=dataset_id,
         name="t.csv",
         owner_key=owner.signing.verify_key,
-        schema_sha256=schema_sha256(schema_columns(table)),
+        schema_sha256=schema_sha256(schema_columns(table.schema)),
         row_count=table.num_rows,
         ciphertext_sha256=hashlib.sha256(blob).hexdigest(),
         ciphertext_size=len(blob),
@@ -193,7 +194,7 @@ def test_the_model_equals_plaintext_xgboost_on_the_joined_rows(world):
     x = np.column_stack([joined.column(n).to_numpy().astype(np.float32) for n in names])
     y = joined.column("label").to_numpy().astype(np.float32)
     plain = xgb.train(
-        jobs.train_params(terms),
+        terms.train_params(),
         xgb.DMatrix(x, label=y, feature_names=names),
         num_boost_round=terms.num_rounds,
     )

@@ -13,7 +13,7 @@ import pytest
 
 from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
-from party_client.tables import schema_columns, to_ipc
+from party_client.tables import to_ipc
 from protocols import hpke, stream
 from protocols.documents import (
     Approval,
@@ -22,6 +22,7 @@ from protocols.documents import (
     JobTerms,
     Recipient,
     ResultStatement,
+    schema_columns,
     schema_sha256,
 )
 from protocols.errors import ConsentError
@@ -60,7 +61,7 @@ def _seal(
         dataset_id=dataset_id,
         name="t.csv",
         owner_key=owner.verify_key,
-        schema_sha256=schema_sha256(schema_columns(table)),
+        schema_sha256=schema_sha256(schema_columns(table.schema)),
         row_count=table.num_rows,
         ciphertext_sha256=hashlib.sha256(blob).hexdigest(),
         ciphertext_size=len(blob),

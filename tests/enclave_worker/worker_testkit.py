@@ -19,9 +19,16 @@ import pyarrow as pa
 from coordinator.enclave_client import EnclaveClient, JobSpec, OutputChunk, ResultStatement
 from libos import image, launcher
 from libos.sim import SimPlatform
-from party_client.tables import schema_columns, to_ipc
+from party_client.tables import to_ipc
 from protocols import hpke, stream
-from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, schema_sha256
+from protocols.documents import (
+    Approval,
+    DatasetManifest,
+    JobTerms,
+    Recipient,
+    schema_columns,
+    schema_sha256,
+)
 from protocols.keys import HpkePrivateKey, HpkePublicKey, SigningKey, VerifyKey
 from protocols.policy import AttestationPolicy
 from protocols.statements import Envelope
@@ -59,7 +66,7 @@ def seal_for(
         dataset_id=dataset_id,
         name=f"{dataset_id}.csv",
         owner_key=owner.signing.verify_key,
-        schema_sha256=schema_sha256(schema_columns(table)),
+        schema_sha256=schema_sha256(schema_columns(table.schema)),
         row_count=table.num_rows,
         ciphertext_sha256=hashlib.sha256(blob).hexdigest(),
         ciphertext_size=len(blob),
@@ -135,14 +142,12 @@ def plaintext_model(job: Job) -> Any:
     """XGBoost trained in the clear on the joined rows, with the job's parameters."""
     import xgboost as xgb
 
-    from enclave_worker import jobs
-
     joined = pa.concat_tables(job.tables)
     names = [n for n in joined.column_names if n not in ("id", "label")]
     x = np.column_stack([joined.column(n).to_numpy().astype(np.float32) for n in names])
     y = joined.column("label").to_numpy().astype(np.float32)
     dtrain = xgb.DMatrix(x, label=y, feature_names=names)
-    return xgb.train(jobs.train_params(job.terms), dtrain, num_boost_round=job.terms.num_rounds), x
+    return xgb.train(job.terms.train_params(), dtrain, num_boost_round=job.terms.num_rounds), x
 
 
 def released_model(job: Job, outputs: dict[str, bytes], enclave_key: VerifyKey) -> Any:

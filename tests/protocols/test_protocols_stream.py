@@ -47,7 +47,7 @@ def test_round_trip(size: int) -> None:
 def test_default_chunk_size_round_trip() -> None:
     plaintext = os.urandom(100)
     blob = stream.seal_stream(KEY, plaintext, AD)
-    assert stream.parse_header(blob[: stream.HEADER.size]) == stream.DEFAULT_CHUNK_SIZE
+    assert stream.parse_header(blob[: stream.HEADER.size]) == stream.CHUNK_SIZE
     assert stream.open_stream(KEY, blob, AD) == plaintext
 
 

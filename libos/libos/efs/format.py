@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from libos.counter import fsync_directory
+from protocols.durable import fsync_dir
 from protocols.errors import FormatError
 
 # 64 KiB blocks: large enough that the per-block Python work is small next to
@@ -139,4 +139,4 @@ def read_exact(fd: int, buffer: memoryview, offset: int) -> int:
 def replace_durably(source: Path, target: Path) -> None:
     """Rename ``source`` over ``target`` durably. One function, so tests can cut power here."""
     os.replace(source, target)
-    fsync_directory(target.parent)
+    fsync_dir(target.parent)
