@@ -20,9 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from coordinator.errors import NotFound
 from protocols.durable import fsync_dir
-from protocols.errors import IntegrityError
+from protocols.errors import IntegrityError, NotFound
 from protocols.stream import CHUNK_SIZE
 
 _NAME = re.compile(r"^[0-9a-f]{64}$")

@@ -70,7 +70,7 @@ def serve(
     The TLS certificate is made once in --home; parties pin it with
     `detente party init --coordinator-cert FILE`.
     """
-    from coordinator.handler import JobLimits
+    from coordinator.limits import JobLimits
     from coordinator.server import serve as run
     from protocols.errors import DetenteError, PolicyError
     from protocols.policy import AttestationPolicy
@@ -195,11 +195,12 @@ def audit_verify(
     db_url: DbUrlOption = None,
 ) -> None:
     """Check the hash chain of the audit log; print ok or the first broken entry."""
+    from coordinator.store import verify_audit_chain
     from protocols.errors import IntegrityError
 
     store = _open_store(home, db_url)
     try:
-        count = store.verify_audit_chain()
+        count = verify_audit_chain(store.audit_entries())
     except IntegrityError as exc:
         typer.echo(f"audit log BROKEN: {exc}", err=True)
         raise typer.Exit(1) from None

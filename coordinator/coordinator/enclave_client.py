@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import grpc
 
-from coordinator.errors import EnclaveUnavailable
 from protocols import ratls, tls
 from protocols.attestation import VerifiedEnclave
-from protocols.errors import AttestationError, FormatError
+from protocols.errors import AttestationError, EnclaveUnavailable, FormatError
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.policy import AttestationPolicy
-from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,9 @@ CONNECT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
-class Evidence:
+class RelayedEvidence:
+    """The enclave's evidence for a party's nonce, relayed unread (the party verifies it)."""
+
     identity: bytes
     quote: bytes
     backend: str
@@ -43,29 +44,37 @@ class Evidence:
 
 @dataclass(frozen=True)
 class JobSpec:
+    """What starts a job on the enclave: the signed terms, approvals and manifests."""
+
     terms: bytes
     approvals: list[bytes]
     manifests: list[bytes]
 
 
 @dataclass(frozen=True)
-class Progress:
+class EnclaveProgress:
+    """A progress event the enclave streams while a job runs (kept in the job's events)."""
+
     kind: str
     text: str
 
 
 @dataclass(frozen=True)
-class OutputChunk:
+class OutputPiece:
+    """A piece of an encrypted output's bytes, in order, pieces of one output in a row."""
+
     name: str
     data: bytes
 
 
 @dataclass(frozen=True)
-class ResultStatement:
+class SignedResult:
+    """The bytes of the enclave's signed result statement (protocols.documents.ResultStatement)."""
+
     data: bytes
 
 
-EnclaveMessage = Progress | OutputChunk | ResultStatement
+EnclaveMessage = EnclaveProgress | OutputPiece | SignedResult
 
 
 class EnclaveCallError(EnclaveUnavailable):
@@ -124,7 +133,7 @@ class EnclaveClient:
             self.address, tls.load_certificate(der, "enclave certificate"), CHANNEL_OPTIONS
         )
 
-    def get_evidence(self, nonce: bytes) -> Evidence:
+    def get_evidence(self, nonce: bytes) -> RelayedEvidence:
         with self.channel() as channel:
             stub = enclave_pb2_grpc.EnclaveStub(channel)
             try:
@@ -133,7 +142,7 @@ class EnclaveClient:
                 )
             except grpc.RpcError as exc:
                 raise _call_error(exc) from None
-        return Evidence(bytes(reply.identity), bytes(reply.quote), str(reply.backend))
+        return RelayedEvidence(bytes(reply.identity), bytes(reply.quote), str(reply.backend))
 
     def run_job(
         self,
@@ -179,11 +188,11 @@ class EnclaveClient:
                 for reply in call:
                     part = reply.WhichOneof("part")
                     if part == "progress":
-                        yield Progress(reply.progress.kind, reply.progress.text)
+                        yield EnclaveProgress(reply.progress.kind, reply.progress.text)
                     elif part == "output":
-                        yield OutputChunk(reply.output.name, bytes(reply.output.data))
+                        yield OutputPiece(reply.output.name, bytes(reply.output.data))
                     elif part == "result_statement":
-                        yield ResultStatement(bytes(reply.result_statement))
+                        yield SignedResult(bytes(reply.result_statement))
             except grpc.RpcError as exc:
                 if failure:
                     raise failure[0] from None

@@ -7,7 +7,7 @@ nothing about consent; the enclave re-checks everything (DESIGN.md §3.5).
 
 Fairness. Waiting jobs are taken round-robin by proposer, so a party that
 queues many jobs delays only its own; and a running job holds the enclave at
-most its time limit (:class:`coordinator.handler.JobLimits`): a watchdog
+most its time limit (:class:`coordinator.limits.JobLimits`): a watchdog
 cancels the enclave call when the limit passes or when the job's proposer or
 the operator cancels it.
 """
@@ -19,17 +19,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
 
 from coordinator.blobs import BlobStore, BlobWriter
 from coordinator.enclave_client import (
     EnclaveCallError,
     EnclaveClient,
+    EnclaveProgress,
     JobSpec,
-    OutputChunk,
-    Progress,
-    ResultStatement,
+    OutputPiece,
+    SignedResult,
 )
+from coordinator.limits import JobLimits
 from coordinator.store import (
     APPROVED,
     CANCELLED,
@@ -37,15 +37,12 @@ from coordinator.store import (
     RUNNING,
     CoordinatorStore,
     JobRecord,
-    OutputRecord,
+    StoredOutput,
 )
 from protocols.documents import JobTerms
 from protocols.errors import DetenteError
 from protocols.statements import Envelope
 from protocols.stream import CHUNK_SIZE
-
-if TYPE_CHECKING:
-    from coordinator.handler import JobLimits
 
 log = logging.getLogger(__name__)
 WATCH_INTERVAL = 0.25
@@ -108,8 +105,6 @@ class Scheduler:
         enclave: EnclaveClient | None,
         limits: JobLimits | None = None,
     ) -> None:
-        from coordinator.handler import JobLimits
-
         self._store = store
         self._blobs = blobs
         self._enclave = enclave
@@ -299,7 +294,7 @@ class Scheduler:
                 raise DetenteError(f"data set {dataset_id!r} of job {job.job_id!r} is gone")
             yield dataset_id, self._blobs.iter_chunks(record.blob_sha256, CHUNK_SIZE)
 
-    def _relay(self, job: JobRecord) -> tuple[list[OutputRecord], bytes | None]:
+    def _relay(self, job: JobRecord) -> tuple[list[StoredOutput], bytes | None]:
         assert self._enclave is not None
         manifests = []
         for dataset_id in job.dataset_ids:
@@ -308,14 +303,14 @@ class Scheduler:
                 raise DetenteError(f"data set {dataset_id!r} of job {job.job_id!r} is gone")
             manifests.append(record.manifest)
         spec = JobSpec(job.terms, [a.envelope for a in job.approvals], manifests)
-        outputs: list[OutputRecord] = []
+        outputs: list[StoredOutput] = []
         result: bytes | None = None
         current: tuple[str, BlobWriter] | None = None
         try:
             for message in self._enclave.run_job(spec, self._datasets(job), self._set_cancel):
-                if isinstance(message, Progress):
+                if isinstance(message, EnclaveProgress):
                     self._store.add_event(job.job_id, message.kind or "progress", message.text)
-                elif isinstance(message, OutputChunk):
+                elif isinstance(message, OutputPiece):
                     if current is None or current[0] != message.name:
                         if current is not None:
                             outputs.append(self._commit(*current))
@@ -325,7 +320,7 @@ class Scheduler:
                             )
                         current = (message.name, self._blobs.writer(what="output"))
                     current[1].write(message.data)
-                elif isinstance(message, ResultStatement):
+                elif isinstance(message, SignedResult):
                     result = message.data
             if current is not None:
                 outputs.append(self._commit(*current))
@@ -342,6 +337,6 @@ class Scheduler:
             cancel()
 
     @staticmethod
-    def _commit(name: str, writer: BlobWriter) -> OutputRecord:
+    def _commit(name: str, writer: BlobWriter) -> StoredOutput:
         sha256, size = writer.commit()
-        return OutputRecord(name, sha256, size)
+        return StoredOutput(name, sha256, size)

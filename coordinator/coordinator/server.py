@@ -25,15 +25,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.blobs import BlobStore
 from coordinator.enclave_client import EnclaveClient
-from coordinator.handler import CoordinatorHandler, JobLimits
+from coordinator.handler import CoordinatorHandler
+from coordinator.limits import JobLimits
 from coordinator.servicer import CoordinatorServicer, request_authenticator
 from coordinator.store import SqlStore
 from protocols import tls
 from protocols.durable import write_atomic
 from protocols.errors import PolicyError
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import write_secret_file
 from protocols.policy import AttestationPolicy
-from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import coordinator_pb2_grpc
 
 log = logging.getLogger("coordinator")
@@ -76,7 +77,7 @@ def default_db_url(home: Path) -> str:
     return f"sqlite:///{Path(home).resolve() / 'coordinator.db'}"
 
 
-def write_port_file(path: Path, port: int) -> None:
+def _write_port_file(path: Path, port: int) -> None:
     """Write the bound port atomically, so a reader never sees a partial number."""
     write_atomic(path, f"{port}\n".encode())
 
@@ -166,7 +167,7 @@ def start(
     server.start()
     handler.start()
     if port_file is not None:
-        write_port_file(Path(port_file), bound)
+        _write_port_file(Path(port_file), bound)
     log.info(
         "coordinator serving TLS on %s:%d (enclave %s); certificate %s",
         host,

@@ -1,8 +1,9 @@
 """The thin gRPC edge of the coordinator: decode, call the handler, map errors.
 
-The status codes are the API (see :data:`STATUS`). Expected failures carry
-the error's own message, which says what went wrong and what to do; anything
-unexpected is logged with its traceback and the client only sees INTERNAL.
+The status codes are the API (the catalogue in :mod:`protocols.grpc_status`).
+Expected failures carry the error's own message, which says what went wrong
+and what to do; anything unexpected is logged with its traceback and the
+client only sees INTERNAL.
 """
 
 from __future__ import annotations
@@ -14,24 +15,10 @@ from typing import NoReturn, TypeVar
 import grpc
 
 from coordinator.auth import RequestAuthInterceptor, caller_of
-from coordinator.errors import (
-    AlreadyExists,
-    EnclaveUnavailable,
-    InvalidRequest,
-    NotAllowed,
-    NotFound,
-    NotRegistered,
-    WrongState,
-)
 from coordinator.handler import CoordinatorHandler
 from coordinator.store import CoordinatorStore, DatasetRecord, JobRecord, PartyRecord
-from protocols.errors import (
-    ConsentError,
-    DetenteError,
-    FormatError,
-    IntegrityError,
-    SignatureError,
-)
+from protocols import grpc_status
+from protocols.errors import DetenteError, FormatError
 from protocols.statements import Envelope
 from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2
@@ -39,40 +26,16 @@ from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Most specific first: the first matching class decides the code.
-STATUS: list[tuple[type[DetenteError], grpc.StatusCode]] = [
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-    (NotAllowed, grpc.StatusCode.PERMISSION_DENIED),
-    (NotRegistered, grpc.StatusCode.FAILED_PRECONDITION),
-    (WrongState, grpc.StatusCode.FAILED_PRECONDITION),
-    (ConsentError, grpc.StatusCode.PERMISSION_DENIED),
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (FormatError, grpc.StatusCode.INVALID_ARGUMENT),
-    (SignatureError, grpc.StatusCode.INVALID_ARGUMENT),
-    (IntegrityError, grpc.StatusCode.INVALID_ARGUMENT),
-    (EnclaveUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (DetenteError, grpc.StatusCode.FAILED_PRECONDITION),
-]
 INTERNAL_MESSAGE = "internal error, see coordinator log"
 
 
-def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    if isinstance(exc, DetenteError):
-        for kind, code in STATUS:
-            if isinstance(exc, kind):
-                return code, str(exc)
-    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
-
-
 def _abort(context: grpc.ServicerContext, method: str, exc: BaseException) -> NoReturn:
-    code, message = status_for(exc)
-    if code is grpc.StatusCode.INTERNAL:
+    if not isinstance(exc, DetenteError):
         log.error("%s failed unexpectedly", method, exc_info=exc)
-    else:
-        log.info("%s refused: %s (%s)", method, code.name, type(exc).__name__)
-    context.abort(code, message)
-    raise AssertionError("context.abort returned")  # pragma: no cover
+        context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        raise AssertionError("context.abort returned")  # pragma: no cover
+    log.info("%s refused: %s (%s)", method, grpc_status.code_for(exc).name, type(exc).__name__)
+    grpc_status.abort(context, exc)
 
 
 def _call(context: grpc.ServicerContext, method: str, fn: Callable[[], T]) -> T:
@@ -85,7 +48,7 @@ def _call(context: grpc.ServicerContext, method: str, fn: Callable[[], T]) -> T:
 # --------------------------------------------------------------------------- conversions
 
 
-def party_pb(p: PartyRecord) -> coordinator_pb2.Party:
+def _party_pb(p: PartyRecord) -> coordinator_pb2.Party:
     return coordinator_pb2.Party(
         name=p.name,
         signing_key=p.signing_key,
@@ -95,7 +58,7 @@ def party_pb(p: PartyRecord) -> coordinator_pb2.Party:
     )
 
 
-def dataset_pb(d: DatasetRecord) -> coordinator_pb2.Dataset:
+def _dataset_pb(d: DatasetRecord) -> coordinator_pb2.Dataset:
     return coordinator_pb2.Dataset(
         dataset_id=d.dataset_id,
         owner_key=d.owner_key,
@@ -107,7 +70,7 @@ def dataset_pb(d: DatasetRecord) -> coordinator_pb2.Dataset:
     )
 
 
-def job_pb(j: JobRecord) -> coordinator_pb2.Job:
+def _job_pb(j: JobRecord) -> coordinator_pb2.Job:
     return coordinator_pb2.Job(
         job_id=j.job_id,
         state=j.state,
@@ -144,7 +107,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.RegisterPartyRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Party:
         registration, token = request.registration, request.enrollment_token
-        return party_pb(
+        return _party_pb(
             _call(
                 context, "RegisterParty", lambda: self.handler.register_party(registration, token)
             )
@@ -156,7 +119,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         parties = _call(
             context, "ListParties", lambda: self.handler.list_parties(caller_of(context))
         )
-        return coordinator_pb2.ListPartiesResponse(parties=[party_pb(p) for p in parties])
+        return coordinator_pb2.ListPartiesResponse(parties=[_party_pb(p) for p in parties])
 
     def GetEvidence(
         self, request: coordinator_pb2.GetEvidenceRequest, context: grpc.ServicerContext
@@ -177,7 +140,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 caller_of(context), first.manifest, _ciphertext(request_iterator)
             )
 
-        return dataset_pb(_call(context, "UploadDataset", upload))
+        return _dataset_pb(_call(context, "UploadDataset", upload))
 
     def ListDatasets(
         self, request: coordinator_pb2.ListDatasetsRequest, context: grpc.ServicerContext
@@ -185,12 +148,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         datasets = _call(
             context, "ListDatasets", lambda: self.handler.list_datasets(caller_of(context))
         )
-        return coordinator_pb2.ListDatasetsResponse(datasets=[dataset_pb(d) for d in datasets])
+        return coordinator_pb2.ListDatasetsResponse(datasets=[_dataset_pb(d) for d in datasets])
 
     def GetDataset(
         self, request: coordinator_pb2.GetDatasetRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Dataset:
-        return dataset_pb(
+        return _dataset_pb(
             _call(
                 context,
                 "GetDataset",
@@ -201,7 +164,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def ProposeJob(
         self, request: coordinator_pb2.ProposeJobRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Job:
-        return job_pb(
+        return _job_pb(
             _call(
                 context,
                 "ProposeJob",
@@ -212,7 +175,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def ApproveJob(
         self, request: coordinator_pb2.ApproveJobRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Job:
-        return job_pb(
+        return _job_pb(
             _call(
                 context,
                 "ApproveJob",
@@ -225,7 +188,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def GetJob(
         self, request: coordinator_pb2.GetJobRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Job:
-        return job_pb(
+        return _job_pb(
             _call(
                 context, "GetJob", lambda: self.handler.get_job(caller_of(context), request.job_id)
             )
@@ -235,12 +198,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.ListJobsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListJobsResponse:
         jobs = _call(context, "ListJobs", lambda: self.handler.list_jobs(caller_of(context)))
-        return coordinator_pb2.ListJobsResponse(jobs=[job_pb(j) for j in jobs])
+        return coordinator_pb2.ListJobsResponse(jobs=[_job_pb(j) for j in jobs])
 
     def CancelJob(
         self, request: coordinator_pb2.CancelJobRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Job:
-        return job_pb(
+        return _job_pb(
             _call(
                 context,
                 "CancelJob",
@@ -251,7 +214,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def RetryJob(
         self, request: coordinator_pb2.RetryJobRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.Job:
-        return job_pb(
+        return _job_pb(
             _call(
                 context,
                 "RetryJob",
@@ -277,7 +240,7 @@ SERVICE = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
 REGISTER_PARTY = f"/{SERVICE}/RegisterParty"
 
 
-def registration_key(request: coordinator_pb2.RegisterPartyRequest) -> str | None:
+def _registration_key(request: coordinator_pb2.RegisterPartyRequest) -> str | None:
     """The key a RegisterParty request registers: its envelope's key id.
 
     None if the envelope does not even parse; the handler then refuses the
@@ -294,5 +257,5 @@ def request_authenticator(store: CoordinatorStore) -> RequestAuthInterceptor:
     """Every method needs a registered party's signature; RegisterParty, the registering key's."""
     return RequestAuthInterceptor(
         is_registered=lambda key: store.get_party_by_key(key) is not None,
-        self_registering={REGISTER_PARTY: registration_key},
+        self_registering={REGISTER_PARTY: _registration_key},
     )

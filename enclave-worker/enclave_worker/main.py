@@ -20,7 +20,7 @@ import grpc
 from enclave_worker import identity, service
 from protocols import tls
 from protocols.durable import write_atomic
-from protocols.status import CHANNEL_OPTIONS
+from protocols.grpc_status import CHANNEL_OPTIONS
 
 
 def _write_port(path: Path, port: int) -> None:

@@ -19,8 +19,8 @@ import grpc
 
 from enclave_worker import job_process, jobs
 from enclave_worker.identity import EnclaveIdentity, Runtime
+from protocols import grpc_status
 from protocols.errors import DetenteError, FormatError
-from protocols.status import code_for
 from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
@@ -35,7 +35,7 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
 
     def _abort(self, context: Any, exc: DetenteError) -> None:
         log.warning("request refused: %s", exc)
-        context.abort(code_for(exc), str(exc))
+        grpc_status.abort(context, exc)
 
     def GetEvidence(self, request: Any, context: Any) -> Any:
         try:

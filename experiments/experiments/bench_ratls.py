@@ -32,8 +32,8 @@ from pathlib import Path
 from coordinator.enclave_client import EnclaveClient
 from experiments.demo import cluster, start_enclave
 from protocols import ratls, tls
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.policy import AttestationPolicy
-from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
 WARMUP = 3

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from cryptography import x509
 
-from protocols import tls
+from protocols import grpc_status, tls
 from protocols.errors import DetenteError, FormatError
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import SigningKey
 from protocols.request_auth import RequestSigner
-from protocols.status import CHANNEL_OPTIONS
 from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import coordinator_pb2 as pb
 from protocols.wire.v1 import coordinator_pb2_grpc
@@ -108,11 +108,32 @@ def _job(j: Any) -> RemoteJob:
 
 
 class CoordinatorError(DetenteError):
-    """The coordinator refused a request or could not be reached."""
+    """The coordinator refused a request or could not be reached.
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    ``code`` is the gRPC status; ``kind`` the catalogue class the coordinator
+    refused with (:func:`protocols.grpc_status.error_class`), for example
+    ``NotFound``; a plain ``DetenteError`` when the call never reached it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        code: grpc.StatusCode | None = None,
+        kind: type[DetenteError] = DetenteError,
+    ) -> None:
         super().__init__(message)
         self.code = code
+        self.kind = kind
+
+
+def _refused(exc: grpc.RpcError) -> CoordinatorError:
+    """The coordinator's own refusal: its message, code and catalogue class."""
+    code, trailers = exc.code(), exc.trailing_metadata()
+    return CoordinatorError(
+        f"coordinator: {exc.details()}",
+        code,
+        grpc_status.error_class(code, trailers),
+    )
 
 
 class Coordinator:
@@ -162,7 +183,7 @@ class Coordinator:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise self._diagnose(exc) from None
-            raise CoordinatorError(f"coordinator: {exc.details()}", code) from None
+            raise _refused(exc) from None
 
     def _diagnose(self, exc: grpc.RpcError) -> CoordinatorError:
         """Why a call was UNAVAILABLE: no server, a server with another certificate, or
@@ -187,7 +208,7 @@ class Coordinator:
                 "`detente party init --coordinator-cert FILE`",
                 code,
             )
-        return CoordinatorError(f"coordinator: {exc.details()}", code)
+        return _refused(exc)
 
     def register(self, registration: bytes, enrollment_token: str = "") -> RemoteParty:
         return _party(

@@ -13,7 +13,7 @@ import pytest
 from coordinator_testkit import FakeEnclave, Harness, Party, fake_enclave_credentials
 
 from protocols import tls
-from protocols.status import CHANNEL_OPTIONS
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.wire.v1 import enclave_pb2_grpc
 
 

@@ -39,8 +39,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from coordinator.handler import JobLimits, issue_enrollment
-from coordinator.server import RunningCoordinator, start
+from coordinator import JobLimits, RunningCoordinator, issue_enrollment, start
 from enclave_worker.identity import EnclaveIdentity, ratls_credentials
 from libos.image import Measurement
 from libos.runtime import EnclaveRuntime
@@ -48,11 +47,11 @@ from libos.sim import SimPlatform
 from protocols import hpke, tls
 from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, Registration
 from protocols.errors import DetenteError
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import HpkePrivateKey, SigningKey
 from protocols.policy import AttestationPolicy
 from protocols.request_auth import RequestSigner
 from protocols.statements import Envelope
-from protocols.status import CHANNEL_OPTIONS
 from protocols.stream import seal_stream
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 

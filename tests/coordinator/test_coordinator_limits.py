@@ -23,7 +23,8 @@ from coordinator_testkit import (
 from typer.testing import CliRunner
 
 from coordinator.cli import app
-from coordinator.handler import JobLimits
+from coordinator.limits import JobLimits
+from coordinator.store import verify_audit_chain
 from protocols.statements import Envelope
 from protocols.wire.v1 import coordinator_pb2, enclave_pb2
 
@@ -105,7 +106,7 @@ def retry(coord: Harness, party: Party, job_id: str = "job-1") -> coordinator_pb
 def audit(coord: Harness, job_id: str = "job-1") -> list[tuple[str, dict[str, object]]]:
     assert coord.running is not None
     store = coord.running.store
-    assert store.verify_audit_chain() > 0
+    assert verify_audit_chain(store.audit_entries()) > 0
     return [(e.event, e.detail) for e in store.audit_entries() if e.subject == job_id]
 
 

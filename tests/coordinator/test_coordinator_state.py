@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from coordinator.blobs import BlobStore
 from coordinator.cli import app
 from coordinator.server import default_db_url
-from coordinator.store import SqlStore
+from coordinator.store import SqlStore, verify_audit_chain
 from protocols.errors import IntegrityError
 from protocols.statements import Envelope
 from protocols.wire.v1 import coordinator_pb2
@@ -52,7 +52,7 @@ def test_audit_log_records_ids_and_verifies(
     populate(coord, alice, bob)
     assert coord.running is not None
     store = coord.running.store
-    assert store.verify_audit_chain() == len(store.audit_entries())
+    assert verify_audit_chain(store.audit_entries()) == len(store.audit_entries())
     events = [(e.event, e.subject) for e in store.audit_entries()]
     assert events == [
         ("party.enrollment_issued", "alice-bank"),
@@ -99,7 +99,7 @@ def test_tampered_audit_log_is_detected(
     store = SqlStore(default_db_url(home))
     try:
         with pytest.raises(IntegrityError, match="audit log entry"):
-            store.verify_audit_chain()
+            verify_audit_chain(store.audit_entries())
     finally:
         store.close()
     result = CliRunner().invoke(app, ["audit-verify", "--home", str(home)])
@@ -156,14 +156,14 @@ def test_blob_store_refuses_mismatch_and_leaves_nothing(tmp_path: Path) -> None:
 def test_corrupted_output_is_not_served(
     coord: Harness, home: Path, alice: Party, bob: Party
 ) -> None:
-    from coordinator.store import OutputRecord
+    from coordinator.store import StoredOutput
 
     populate(coord, alice, bob)
     assert coord.running is not None
     running = coord.running
     sha, size = running.handler.blobs.put(b"encrypted model")
     running.store.transition("job-1", ["proposed"], "running", "running")
-    running.store.finish_job("job-1", [OutputRecord("model", sha, size)], b"{}")
+    running.store.finish_job("job-1", [StoredOutput("model", sha, size)], b"{}")
     request = coordinator_pb2.FetchOutputRequest(job_id="job-1", name="model")
     assert b"".join(c.data for c in coord.stub.FetchOutput(request)) == b"encrypted model"
     running.handler.blobs.path(sha).write_bytes(b"encrypted modeL")

@@ -29,18 +29,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
 from coordinator import cli
-from coordinator.enclave_client import (
-    CHANNEL_OPTIONS,
-    EnclaveCallError,
-    EnclaveClient,
-    EnclaveNotTrusted,
-)
+from coordinator.enclave_client import EnclaveCallError, EnclaveClient, EnclaveNotTrusted
 from coordinator.server import certificate_path, start, tls_identity
 from party_client.home import PartyHome
 from party_client.party import register
 from party_client.remote import CoordinatorError
 from protocols import ratls, tls
-from protocols.errors import FormatError, PolicyError
+from protocols.errors import DetenteError, FormatError, NotAllowed, PolicyError
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2_grpc
 
 NOT_ALLOWED = "cd" * 32
@@ -257,7 +253,20 @@ def test_wrong_pinned_coordinator_certificate_is_a_clear_error(
         f"the coordinator's TLS certificate is not the one pinned in {home.coordinator_cert_path}"
     )
     assert tls.certificate_sha256(tls.load_certificate(impostor.read_bytes(), "c"))[:16] in message
+    assert info.value.kind is DetenteError  # not the coordinator's refusal
     assert coord.running.store.list_parties() == []
+
+
+def test_party_client_raises_the_catalogue_class_the_coordinator_refused_with(
+    coord: Harness, tmp_path: Path
+) -> None:
+    assert coord.running is not None
+    home = _party_home(tmp_path / "party", coord.running.address, coord.running.certificate_path)
+    with pytest.raises(CoordinatorError) as info:
+        register(home)  # no enrollment token
+    assert info.value.code is grpc.StatusCode.PERMISSION_DENIED
+    assert info.value.kind is NotAllowed
+    assert "needs an enrollment token" in str(info.value)
 
 
 def test_party_without_a_pinned_certificate_is_told_how_to_pin(tmp_path: Path) -> None:
@@ -277,3 +286,4 @@ def test_party_reports_an_unreachable_coordinator(tmp_path: Path, coord: Harness
     with pytest.raises(CoordinatorError) as info:
         register(home)
     assert str(info.value) == "cannot reach the coordinator at 127.0.0.1:1: is it running?"
+    assert info.value.kind is DetenteError

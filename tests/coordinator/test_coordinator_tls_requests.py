@@ -17,6 +17,7 @@ from coordinator_testkit import Harness, Party, seal_dataset, upload_requests
 
 from coordinator.auth import RequestAuthInterceptor
 from protocols import request_auth, tls
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import SigningKey
 from protocols.request_auth import (
     KEY_ID,
@@ -30,7 +31,6 @@ from protocols.request_auth import (
     sign_request,
     signed_message,
 )
-from protocols.status import CHANNEL_OPTIONS
 from protocols.wire.v1 import coordinator_pb2 as pb
 from protocols.wire.v1 import coordinator_pb2_grpc
 

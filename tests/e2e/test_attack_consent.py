@@ -28,6 +28,7 @@ from protocols.documents import (
     Recipient,
     Registration,
 )
+from protocols.errors import InvalidRequest
 from protocols.keys import HpkePrivateKey, SigningKey
 from protocols.statements import Envelope
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
@@ -295,6 +296,7 @@ def test_terms_that_release_to_the_owners_but_leave_one_out_are_refused_everywhe
         with pytest.raises(CoordinatorError) as refused:
             remote.propose(lying.to_bytes())
     assert "leave out the data owner" in str(refused.value)
+    assert refused.value.kind is InvalidRequest
 
     # A malicious coordinator stores the job anyway: Bob's client refuses to approve it.
     b_key = PartyHome(bob).signing_key().verify_key.hex

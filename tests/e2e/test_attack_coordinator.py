@@ -20,6 +20,7 @@ from experiments.demo import Roles, features, start_coordinator
 from party_client.home import PartyHome
 from party_client.remote import CoordinatorError
 from protocols.documents import DatasetManifest
+from protocols.errors import NotFound
 from protocols.statements import Envelope
 from tests.e2e.conftest import (
     LABEL,
@@ -81,6 +82,7 @@ def test_registration_needs_a_token_and_a_party_sees_only_its_own(
         with pytest.raises(CoordinatorError) as refused:
             remote.fetch_output(job_id, "model")
         assert "NOT_FOUND" in str(refused.value.code)
+        assert refused.value.kind is NotFound
         names = {p.name for p in remote.parties()}
         # A data set's public manifest, by the id its owner gave out: no file name in it.
         manifest = DatasetManifest.verify(Envelope.from_bytes(remote.dataset(a_ds).manifest))

@@ -26,7 +26,7 @@ from worker_testkit import (
     run_job,
 )
 
-from coordinator.enclave_client import EnclaveCallError, Progress
+from coordinator.enclave_client import EnclaveCallError, EnclaveProgress
 
 # Jobs the tests stop at their first "round" event (10 % of the rounds): the
 # other 90 % take seconds, so the kill always lands mid-training, and nobody
@@ -57,7 +57,7 @@ def _until_round(messages: Iterator[object]) -> list[object]:
     seen = []
     for message in messages:
         seen.append(message)
-        if isinstance(message, Progress) and message.kind == "round":
+        if isinstance(message, EnclaveProgress) and message.kind == "round":
             return seen
     raise AssertionError(f"the job ended before its first round event: {seen}")
 

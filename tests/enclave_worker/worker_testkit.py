@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from coordinator.enclave_client import EnclaveClient, JobSpec, OutputChunk, ResultStatement
+from coordinator.enclave_client import EnclaveClient, JobSpec, OutputPiece, SignedResult
 from libos import image, launcher
 from libos.sim import SimPlatform
 from party_client.tables import to_ipc
@@ -265,7 +265,7 @@ class Worker:
 
 
 def run_job(worker: Worker, job: Job) -> Iterator[Any]:
-    """The worker's stream for ``job``: Progress, OutputChunk, ResultStatement messages."""
+    """The worker's stream for ``job``: EnclaveProgress, OutputPiece, SignedResult messages."""
     yield from worker.client().run_job(job.spec, job.datasets())
 
 
@@ -275,9 +275,9 @@ def collect(messages: Iterator[Any]) -> tuple[dict[str, bytes], list[tuple[str, 
     progress: list[tuple[str, str]] = []
     statement = b""
     for message in messages:
-        if isinstance(message, OutputChunk):
+        if isinstance(message, OutputPiece):
             outputs.setdefault(message.name, bytearray()).extend(message.data)
-        elif isinstance(message, ResultStatement):
+        elif isinstance(message, SignedResult):
             statement = message.data
         else:
             progress.append((message.kind, message.text))

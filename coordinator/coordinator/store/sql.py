@@ -1,332 +1,53 @@
-"""The coordinator's state: SQLAlchemy 2 over SQLite by default (DESIGN.md §6).
+"""SqlStore: the coordinator's state over SQLAlchemy 2, SQLite by default (DESIGN.md §6).
 
-Everything here is public, ciphertext metadata, or a signed statement; the
-store holds no plaintext and no secret. Each mutating method runs in one
-transaction together with its audit-log entry, so a change and its audit
-record are written together or not at all.
-
-The audit log is append-only and hash-chained: entry *n* stores
-``hash = SHA-256(prev_hash ‖ canonical JSON of the entry)`` where
-``prev_hash`` is entry *n-1*'s hash (32 zero bytes for the first), so editing,
-dropping or reordering any row breaks every hash after it.
+Each mutating method runs in one transaction together with its audit-log
+entry (:mod:`coordinator.store.audit`), so a change and its audit record are
+written together or not at all.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import (
-    BigInteger,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    select,
-)
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
-from coordinator.errors import AlreadyExists, NotAllowed, NotFound, WrongState
+from coordinator.store.audit import Audit, AuditEntry, next_entry
+from coordinator.store.records import (
+    APPROVED,
+    CANCELLED,
+    FINISHED_STATES,
+    RUNNING,
+    SUCCEEDED,
+    ApprovalRecord,
+    DatasetRecord,
+    EnrollmentRecord,
+    EventRecord,
+    JobRecord,
+    PartyRecord,
+    StoredOutput,
+    now_ms,
+)
+from coordinator.store.tables import (
+    ApprovalRow,
+    AuditRow,
+    Base,
+    DatasetRow,
+    EnrollmentRow,
+    JobEventRow,
+    JobRow,
+    OutputRow,
+    PartyRow,
+)
 from protocols import canonical
-from protocols.errors import IntegrityError
-
-GENESIS_HASH = "00" * 32
-
-# Job states (DESIGN.md §3.4–3.5): proposed → approved → running → succeeded | failed;
-# a job not yet finished can be cancelled; a failed job can go back to approved (retry).
-PROPOSED = "proposed"
-APPROVED = "approved"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-JOB_STATES = (PROPOSED, APPROVED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-# --------------------------------------------------------------------------- records
-# Plain values handed to the handler; ORM rows never leave this module.
-
-
-@dataclass(frozen=True)
-class PartyRecord:
-    name: str
-    signing_key: str
-    hpke_key: str
-    registration: bytes
-    registered_at: int
-
-
-@dataclass(frozen=True)
-class EnrollmentRecord:
-    """A one-time token the operator issued for a party name (only its SHA-256 is kept)."""
-
-    name: str
-    token_sha256: str
-    created_at: int
-    expires_at: int
-    used_at: int | None = None
-    used_by: str | None = None
-
-
-@dataclass(frozen=True)
-class DatasetRecord:
-    dataset_id: str
-    owner_key: str
-    manifest: bytes
-    manifest_digest: str
-    blob_sha256: str
-    size: int
-    created_at: int
-
-
-@dataclass(frozen=True)
-class ApprovalRecord:
-    approver: str
-    envelope: bytes
-    at: int
-
-
-@dataclass(frozen=True)
-class OutputRecord:
-    name: str
-    blob_sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    at: int
-    kind: str
-    text: str
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    job_id: str
-    terms: bytes
-    terms_digest: str
-    proposer: str
-    dataset_ids: list[str]
-    required_approvers: list[str]
-    state: str
-    error: str
-    created_at: int
-    updated_at: int
-    result_statement: bytes | None = None
-    approvals: list[ApprovalRecord] = field(default_factory=list)
-    outputs: list[OutputRecord] = field(default_factory=list)
-    events: list[EventRecord] = field(default_factory=list)
-    recipients: list[str] = field(default_factory=list)  # hex signing keys, terms order
-    attempts: int = 0
-    started_at: int | None = None
-    cancel_reason: str = ""
-
-    def takes_part(self, key: str) -> bool:
-        """Whether ``key`` is this job's proposer, one of its data owners or a recipient."""
-        return key == self.proposer or key in self.required_approvers or key in self.recipients
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    seq: int
-    at: int
-    event: str
-    subject: str
-    detail: dict[str, Any]
-    prev_hash: str
-    hash: str
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "at": self.at,
-            "event": self.event,
-            "subject": self.subject,
-            "detail": self.detail,
-        }
-
-
-def audit_hash(prev_hash: str, body: dict[str, Any]) -> str:
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical.dumps(body)).hexdigest()
-
-
-@dataclass(frozen=True)
-class Audit:
-    """What a mutating store call records in the audit log: ids, keys, digests only."""
-
-    event: str
-    subject: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- interface
-
-
-class CoordinatorStore(Protocol):
-    """What the handler needs from persistent state."""
-
-    def add_enrollment(self, enrollment: EnrollmentRecord, audit: Audit) -> None: ...
-    def list_enrollments(self) -> list[EnrollmentRecord]: ...
-    def add_party(
-        self, party: PartyRecord, audit: Audit, enrollment_token_sha256: str | None = None
-    ) -> None: ...
-    def get_party_by_key(self, signing_key: str) -> PartyRecord | None: ...
-    def get_party_by_name(self, name: str) -> PartyRecord | None: ...
-    def list_parties(self) -> list[PartyRecord]: ...
-
-    def add_dataset(self, dataset: DatasetRecord, audit: Audit) -> None: ...
-    def get_dataset(self, dataset_id: str) -> DatasetRecord | None: ...
-    def list_datasets(self) -> list[DatasetRecord]: ...
-    def blob_referenced(self, sha256: str) -> bool: ...
-
-    def add_job(self, job: JobRecord, audit: Audit) -> None: ...
-    def get_job(self, job_id: str) -> JobRecord: ...
-    def list_jobs(self) -> list[JobRecord]: ...
-    def job_ids_in_states(self, states: Sequence[str]) -> list[str]: ...
-    def add_approval(
-        self, job_id: str, approval: ApprovalRecord, audit: Audit, complete: Audit | None
-    ) -> None: ...
-    def transition(
-        self,
-        job_id: str,
-        from_states: Sequence[str],
-        to_state: str,
-        text: str,
-        error: str = "",
-        audit_detail: dict[str, Any] | None = None,
-    ) -> bool: ...
-    def add_event(self, job_id: str, kind: str, text: str) -> None: ...
-    def start_job(self, job_id: str) -> bool: ...
-    def request_cancel(self, job_id: str, reason: str, by: str) -> JobRecord: ...
-    def finish_job(
-        self, job_id: str, outputs: list[OutputRecord], result_statement: bytes | None
-    ) -> None: ...
-    def get_output(self, job_id: str, name: str) -> OutputRecord: ...
-
-    def audit_entries(self) -> list[AuditEntry]: ...
-    def verify_audit_chain(self) -> int: ...
-    def close(self) -> None: ...
-
-
-# --------------------------------------------------------------------------- tables
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class PartyRow(Base):
-    __tablename__ = "parties"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
-    signing_key: Mapped[str] = mapped_column(String(64), unique=True)
-    hpke_key: Mapped[str] = mapped_column(Text)  # a PQ key is 2436 hex characters
-    registration: Mapped[bytes] = mapped_column(LargeBinary)
-    registered_at: Mapped[int] = mapped_column(BigInteger)
-
-
-class EnrollmentRow(Base):
-    __tablename__ = "enrollments"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), unique=True)
-    token_sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[int] = mapped_column(BigInteger)
-    expires_at: Mapped[int] = mapped_column(BigInteger)
-    used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    used_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
-
-
-class DatasetRow(Base):
-    __tablename__ = "datasets"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    dataset_id: Mapped[str] = mapped_column(String(128), unique=True)
-    owner_key: Mapped[str] = mapped_column(String(64), index=True)
-    manifest: Mapped[bytes] = mapped_column(LargeBinary)
-    manifest_digest: Mapped[str] = mapped_column(String(64))
-    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[int] = mapped_column(BigInteger)
-
-
-class JobRow(Base):
-    __tablename__ = "jobs"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[str] = mapped_column(String(128), unique=True)
-    terms: Mapped[bytes] = mapped_column(LargeBinary)
-    terms_digest: Mapped[str] = mapped_column(String(64))
-    proposer: Mapped[str] = mapped_column(String(64))
-    dataset_ids: Mapped[str] = mapped_column(Text)  # JSON list, terms order
-    required_approvers: Mapped[str] = mapped_column(Text)  # JSON list of hex keys
-    recipients: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of hex keys
-    state: Mapped[str] = mapped_column(String(16), index=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    cancel_reason: Mapped[str] = mapped_column(Text, default="")
-    error: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[int] = mapped_column(BigInteger)
-    updated_at: Mapped[int] = mapped_column(BigInteger)
-    result_statement: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-
-
-class ApprovalRow(Base):
-    __tablename__ = "approvals"
-    __table_args__ = (UniqueConstraint("job_id", "approver"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), index=True)
-    approver: Mapped[str] = mapped_column(String(64))
-    envelope: Mapped[bytes] = mapped_column(LargeBinary)
-    at: Mapped[int] = mapped_column(BigInteger)
-
-
-class OutputRow(Base):
-    __tablename__ = "outputs"
-    __table_args__ = (UniqueConstraint("job_id", "name"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), index=True)
-    name: Mapped[str] = mapped_column(String(128))
-    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
-    size: Mapped[int] = mapped_column(BigInteger)
-
-
-class JobEventRow(Base):
-    __tablename__ = "job_events"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), index=True)
-    at: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(32))
-    text: Mapped[str] = mapped_column(Text)
-
-
-class AuditRow(Base):
-    __tablename__ = "audit_log"
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    at: Mapped[int] = mapped_column(BigInteger)
-    event: Mapped[str] = mapped_column(String(64))
-    subject: Mapped[str] = mapped_column(String(128))
-    detail: Mapped[str] = mapped_column(Text)  # canonical JSON
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
-
-
-# --------------------------------------------------------------------------- implementation
+from protocols.errors import AlreadyExists, NotAllowed, NotFound, WrongState
 
 
 def _party(row: PartyRow) -> PartyRecord:
@@ -342,6 +63,12 @@ def _dataset(row: DatasetRow) -> DatasetRecord:
         row.blob_sha256,
         row.size,
         row.created_at,
+    )
+
+
+def _audit_entry(row: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        row.seq, row.at, row.event, row.subject, json.loads(row.detail), row.prev_hash, row.hash
     )
 
 
@@ -386,24 +113,16 @@ class SqlStore:
 
     def _append_audit(self, session: Session, audit: Audit, at: int) -> None:
         last = session.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1)).first()
-        seq = 1 if last is None else last.seq + 1
-        prev = GENESIS_HASH if last is None else last.hash
-        body = {
-            "seq": seq,
-            "at": at,
-            "event": audit.event,
-            "subject": audit.subject,
-            "detail": audit.detail,
-        }
+        entry = next_entry(None if last is None else _audit_entry(last), audit, at)
         session.add(
             AuditRow(
-                seq=seq,
-                at=at,
-                event=audit.event,
-                subject=audit.subject,
-                detail=canonical.dumps(audit.detail).decode("utf-8"),
-                prev_hash=prev,
-                hash=audit_hash(prev, body),
+                seq=entry.seq,
+                at=entry.at,
+                event=entry.event,
+                subject=entry.subject,
+                detail=canonical.dumps(entry.detail).decode("utf-8"),
+                prev_hash=entry.prev_hash,
+                hash=entry.hash,
             )
         )
 
@@ -595,7 +314,7 @@ class SqlStore:
             updated_at=row.updated_at,
             result_statement=row.result_statement,
             approvals=[ApprovalRecord(a.approver, a.envelope, a.at) for a in approvals],
-            outputs=[OutputRecord(o.name, o.blob_sha256, o.size) for o in outputs],
+            outputs=[StoredOutput(o.name, o.blob_sha256, o.size) for o in outputs],
             events=[EventRecord(e.at, e.kind, e.text) for e in events],
             recipients=list(json.loads(row.recipients or "[]")),
             attempts=row.attempts or 0,
@@ -737,7 +456,7 @@ class SqlStore:
             return self._job(s, row)
 
     def finish_job(
-        self, job_id: str, outputs: list[OutputRecord], result_statement: bytes | None
+        self, job_id: str, outputs: list[StoredOutput], result_statement: bytes | None
     ) -> None:
         """Record outputs, the result statement and ``succeeded`` in one transaction."""
         at = now_ms()
@@ -770,7 +489,7 @@ class SqlStore:
             }
             self._append_audit(s, Audit("job.state", job_id, detail), at)
 
-    def get_output(self, job_id: str, name: str) -> OutputRecord:
+    def get_output(self, job_id: str, name: str) -> StoredOutput:
         with self._read() as s:
             self._job_row(s, job_id)
             row = s.scalars(
@@ -778,54 +497,10 @@ class SqlStore:
             ).first()
             if row is None:
                 raise NotFound(f"job {job_id!r} has no output {name!r}")
-            return OutputRecord(row.name, row.blob_sha256, row.size)
+            return StoredOutput(row.name, row.blob_sha256, row.size)
 
     # audit ----------------------------------------------------------------
 
     def audit_entries(self) -> list[AuditEntry]:
         with self._read() as s:
-            return [
-                AuditEntry(
-                    r.seq,
-                    r.at,
-                    r.event,
-                    r.subject,
-                    json.loads(r.detail),
-                    r.prev_hash,
-                    r.hash,
-                )
-                for r in s.scalars(select(AuditRow).order_by(AuditRow.seq))
-            ]
-
-    def verify_audit_chain(self) -> int:
-        """Check every link of the audit chain; return the number of entries.
-
-        Raises IntegrityError naming the first entry that does not link or
-        does not hash to what it records.
-        """
-        prev = GENESIS_HASH
-        expected_seq = 1
-        entries = self.audit_entries()
-        for entry in entries:
-            if entry.seq != expected_seq:
-                raise IntegrityError(
-                    f"audit log entry {expected_seq} is missing (next entry is {entry.seq})"
-                )
-            if entry.prev_hash != prev:
-                raise IntegrityError(
-                    f"audit log entry {entry.seq} ({entry.event} {entry.subject}) does not "
-                    "link to the entry before it: the log was altered"
-                )
-            if audit_hash(prev, entry.body()) != entry.hash:
-                raise IntegrityError(
-                    f"audit log entry {entry.seq} ({entry.event} {entry.subject}) does not "
-                    "match its hash: the log was altered"
-                )
-            prev = entry.hash
-            expected_seq += 1
-        return len(entries)
-
-
-def verify_audit_chain(store: CoordinatorStore) -> int:
-    """Module-level convenience: raise IntegrityError on a broken chain."""
-    return store.verify_audit_chain()
+            return [_audit_entry(r) for r in s.scalars(select(AuditRow).order_by(AuditRow.seq))]

@@ -1,32 +1,14 @@
-"""The coordinator's logic, between the thin gRPC servicer and the store.
-
-Every check here is a convenience that gives a party a clear error early;
-none of it is a security boundary, because the enclave verifies every
-signature, digest and approval itself (DESIGN.md §1, §3.5). The handler
-works with bytes and plain records only; it never sees plaintext.
-"""
+"""The job state machine as parties drive it: propose, approve, see, cancel, retry, outputs."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from coordinator.blobs import BlobStore
-from coordinator.enclave_client import EnclaveClient, Evidence
-from coordinator.errors import (
-    AlreadyExists,
-    EnclaveUnavailable,
-    InvalidRequest,
-    NotAllowed,
-    NotFound,
-    NotRegistered,
-    WrongState,
-)
+from coordinator.limits import JobLimits
 from coordinator.scheduler import Scheduler
 from coordinator.store import (
     APPROVED,
@@ -36,10 +18,7 @@ from coordinator.store import (
     ApprovalRecord,
     Audit,
     CoordinatorStore,
-    DatasetRecord,
-    EnrollmentRecord,
     JobRecord,
-    PartyRecord,
     now_ms,
 )
 from protocols import statements
@@ -47,261 +26,44 @@ from protocols.documents import (
     Approval,
     DatasetManifest,
     JobTerms,
-    Registration,
     check_approvals,
     check_release,
 )
-from protocols.errors import ConsentError, IntegrityError
+from protocols.errors import (
+    ConsentError,
+    InvalidRequest,
+    NotAllowed,
+    NotFound,
+    NotRegistered,
+    WrongState,
+)
 from protocols.keys import VerifyKey
 from protocols.statements import Envelope
 from protocols.stream import CHUNK_SIZE
 
 log = logging.getLogger(__name__)
-NONCE_SIZE = 32
-ENROLLMENT_TTL = 7 * 24 * 3600
 
 
-@dataclass(frozen=True)
-class JobLimits:
-    """The operator's ceilings on one job (``detente coordinator serve --max-…``).
+class Jobs:
+    """Jobs from proposal to outputs; approved jobs go to the scheduler.
 
-    ``max_seconds`` bounds how long a job may hold an enclave (terms may ask for
-    less, never more); ``max_work`` bounds rounds × rows, the size of the
-    training, checked when a job is proposed.
-    """
-
-    max_seconds: int = 3600
-    max_work: int = 10_000_000_000
-
-    def seconds_for(self, terms: JobTerms) -> int:
-        asked = terms.max_seconds
-        return self.max_seconds if asked is None else min(asked, self.max_seconds)
-
-
-def issue_enrollment(
-    store: CoordinatorStore, name: str, ttl_seconds: int = ENROLLMENT_TTL
-) -> tuple[str, EnrollmentRecord]:
-    """Make a one-time enrollment token for ``name``; only its SHA-256 is stored.
-
-    Returns the token (shown once to the operator, who hands it to the party)
-    and its record.
-    """
-    from protocols.documents import check_id
-
-    check_id(name, "party name")
-    if ttl_seconds < 1:
-        raise InvalidRequest("an enrollment token must be valid for at least one second")
-    token = secrets.token_urlsafe(24)
-    at = now_ms()
-    record = EnrollmentRecord(
-        name, _token_sha256(token), created_at=at, expires_at=at + ttl_seconds * 1000
-    )
-    store.add_enrollment(
-        record, Audit("party.enrollment_issued", name, {"expires_at": record.expires_at})
-    )
-    return token, record
-
-
-def _token_sha256(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-class CoordinatorHandler:
-    """Registry, dataset intake, job state machine; hands approved jobs to the scheduler.
-
-    Every method that reads or changes a party's data takes the ``caller``: the
-    key that signed the request (checked by :mod:`coordinator.auth`). A party
-    sees its own data sets, the jobs it takes part in (as proposer, data owner
-    or recipient) and the public metadata of a data set whose id it names;
-    outputs go to recipients only.
+    A party sees the jobs it takes part in (as proposer, data owner or
+    recipient), as if no other job existed; outputs go to recipients only.
     """
 
     def __init__(
         self,
         store: CoordinatorStore,
         blobs: BlobStore,
-        enclave: EnclaveClient | None = None,
-        limits: JobLimits | None = None,
+        scheduler: Scheduler,
+        limits: JobLimits,
     ) -> None:
         self.store = store
         self.blobs = blobs
-        self.enclave = enclave
-        self.limits = limits or JobLimits()
-        self.scheduler = Scheduler(store, blobs, enclave, self.limits)
+        self.scheduler = scheduler
+        self.limits = limits
         # Approvals of one job must not race each other past the completeness check.
         self._approve_lock = threading.Lock()
-
-    def start(self) -> None:
-        """Start the scheduler and re-queue jobs interrupted by a restart."""
-        self.scheduler.start()
-        self.scheduler.recover()
-
-    def stop(self) -> None:
-        self.scheduler.stop()
-
-    # parties --------------------------------------------------------------
-
-    def register_party(self, registration: bytes, enrollment_token: str = "") -> PartyRecord:
-        """Register a party with the one-time token the operator issued for its name.
-
-        Registering again with the same name and keys (``detente party init``
-        re-run) needs no token.
-        """
-        envelope = Envelope.from_bytes(registration, "party registration")
-        reg = Registration.verify(envelope)
-        key = reg.signing_key.hex
-        existing = self.store.get_party_by_key(key)
-        if existing is not None:
-            if existing.name == reg.name and existing.hpke_key == reg.hpke_key.hex:
-                return existing
-            raise AlreadyExists(
-                f"key {key[:16]}… is already registered as {existing.name!r} with other "
-                "details; a key registers once"
-            )
-        by_name = self.store.get_party_by_name(reg.name)
-        if by_name is not None:
-            raise AlreadyExists(
-                f"the name {reg.name!r} is already registered to another key: choose another "
-                "name with `detente party init --name …`"
-            )
-        if not enrollment_token:
-            raise NotAllowed(
-                f"registering {reg.name!r} needs an enrollment token: ask the coordinator's "
-                f"operator to run `detente coordinator enroll --name {reg.name}` and pass the "
-                "token to `detente party init --enrollment-token TOKEN`"
-            )
-        record = PartyRecord(reg.name, key, reg.hpke_key.hex, registration, now_ms())
-        self.store.add_party(
-            record,
-            Audit(
-                "party.registered",
-                key,
-                {
-                    "name": reg.name,
-                    "hpke_key": reg.hpke_key.hex,
-                    "registration_sha256": envelope.digest,
-                },
-            ),
-            _token_sha256(enrollment_token),
-        )
-        log.info("party registered: %s (%s…)", reg.name, key[:16])
-        return record
-
-    def list_parties(self, caller: str) -> list[PartyRecord]:
-        """The consortium's members (names and public keys): every member may see them,
-        since naming recipients needs them."""
-        return self.store.list_parties()
-
-    # evidence -------------------------------------------------------------
-
-    def get_evidence(self, nonce: bytes) -> Evidence:
-        if len(nonce) != NONCE_SIZE:
-            raise InvalidRequest(
-                f"an attestation nonce is {NONCE_SIZE} fresh random bytes, got {len(nonce)}"
-            )
-        if self.enclave is None:
-            raise EnclaveUnavailable(
-                "this coordinator has no enclave configured: start it with "
-                "`detente coordinator serve --enclave HOST:PORT`"
-            )
-        return self.enclave.get_evidence(nonce)
-
-    # datasets -------------------------------------------------------------
-
-    def upload_dataset(
-        self, caller: str, manifest: bytes, ciphertext: Iterable[bytes]
-    ) -> DatasetRecord:
-        """Check the signed manifest, then stream the ciphertext to the blob store.
-
-        The ciphertext must hash to the manifest's ``ciphertext_sha256`` and
-        have its ``ciphertext_size``, or nothing at all is stored. Only the
-        owner uploads its data set.
-        """
-        envelope = Envelope.from_bytes(manifest, "dataset manifest")
-        doc = DatasetManifest.verify(envelope)
-        owner = doc.owner_key.hex
-        if owner != caller:
-            raise NotAllowed(
-                f"data set {doc.dataset_id!r} is owned by {owner[:16]}…: only its owner uploads it"
-            )
-        if self.store.get_party_by_key(owner) is None:
-            raise NotRegistered(
-                f"the owner {owner[:16]}… of data set {doc.dataset_id!r} is not a registered "
-                "party: run `detente party init` first"
-            )
-        if self.store.get_dataset(doc.dataset_id) is not None:
-            raise AlreadyExists(
-                f"data set {doc.dataset_id!r} already exists: choose another dataset id"
-            )
-        if doc.ciphertext_size < 0:
-            raise InvalidRequest("the manifest's ciphertext_size is negative")
-        try:
-            sha256, size = self.blobs.put_stream(
-                ciphertext,
-                expected_sha256=doc.ciphertext_sha256,
-                expected_size=doc.ciphertext_size,
-                what=f"ciphertext of data set {doc.dataset_id!r}",
-            )
-        except IntegrityError as exc:
-            raise IntegrityError(
-                f"ciphertext does not match the signed manifest of data set "
-                f"{doc.dataset_id!r} ({exc}); nothing was stored: re-run the upload"
-            ) from None
-        record = DatasetRecord(
-            doc.dataset_id, owner, manifest, envelope.digest, sha256, size, now_ms()
-        )
-        try:
-            self.store.add_dataset(
-                record,
-                Audit(
-                    "dataset.uploaded",
-                    doc.dataset_id,
-                    {
-                        "owner_key": owner,
-                        "manifest_digest": envelope.digest,
-                        "blob_sha256": sha256,
-                        "size": size,
-                    },
-                ),
-            )
-        except AlreadyExists:
-            # A concurrent upload took the id first; drop our copy unless shared.
-            if not self.store.blob_referenced(sha256):
-                self.blobs.delete(sha256)
-            raise
-        log.info("dataset uploaded: %s (%d bytes, owner %s…)", doc.dataset_id, size, owner[:16])
-        return record
-
-    def list_datasets(self, caller: str) -> list[DatasetRecord]:
-        """The caller's own data sets and those named by jobs it takes part in."""
-        visible = {
-            dataset_id
-            for job in self.store.list_jobs()
-            if job.takes_part(caller)
-            for dataset_id in job.dataset_ids
-        }
-        return [
-            d
-            for d in self.store.list_datasets()
-            if d.owner_key == caller or d.dataset_id in visible
-        ]
-
-    def get_dataset(self, caller: str, dataset_id: str) -> DatasetRecord:
-        """A data set's public metadata (its signed manifest) for a member who names its id.
-
-        The id is what a data owner gives a proposer; knowing it lets a member
-        name the data set in job terms, nothing more (the ciphertext goes only
-        to the enclave).
-        """
-        record = self.store.get_dataset(dataset_id)
-        if record is None:
-            raise NotFound(
-                f"no data set {dataset_id!r}: ask its owner for the id `detente party upload` "
-                "printed"
-            )
-        return record
-
-    # jobs -----------------------------------------------------------------
 
     def propose_job(self, caller: str, terms: bytes) -> JobRecord:
         envelope = Envelope.from_bytes(terms, "job terms")

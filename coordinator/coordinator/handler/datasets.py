@@ -1,0 +1,122 @@
+"""Data set intake (a signed manifest, then ciphertext checked against it) and who sees which."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from coordinator.blobs import BlobStore
+from coordinator.store import Audit, CoordinatorStore, DatasetRecord, now_ms
+from protocols.documents import DatasetManifest
+from protocols.errors import (
+    AlreadyExists,
+    IntegrityError,
+    InvalidRequest,
+    NotAllowed,
+    NotFound,
+    NotRegistered,
+)
+from protocols.statements import Envelope
+
+log = logging.getLogger(__name__)
+
+
+class Datasets:
+    """Takes in owners' data sets and shows each member the ones it may see."""
+
+    def __init__(self, store: CoordinatorStore, blobs: BlobStore) -> None:
+        self.store = store
+        self.blobs = blobs
+
+    def upload_dataset(
+        self, caller: str, manifest: bytes, ciphertext: Iterable[bytes]
+    ) -> DatasetRecord:
+        """Check the signed manifest, then stream the ciphertext to the blob store.
+
+        The ciphertext must hash to the manifest's ``ciphertext_sha256`` and
+        have its ``ciphertext_size``, or nothing at all is stored. Only the
+        owner uploads its data set.
+        """
+        envelope = Envelope.from_bytes(manifest, "dataset manifest")
+        doc = DatasetManifest.verify(envelope)
+        owner = doc.owner_key.hex
+        if owner != caller:
+            raise NotAllowed(
+                f"data set {doc.dataset_id!r} is owned by {owner[:16]}…: only its owner uploads it"
+            )
+        if self.store.get_party_by_key(owner) is None:
+            raise NotRegistered(
+                f"the owner {owner[:16]}… of data set {doc.dataset_id!r} is not a registered "
+                "party: run `detente party init` first"
+            )
+        if self.store.get_dataset(doc.dataset_id) is not None:
+            raise AlreadyExists(
+                f"data set {doc.dataset_id!r} already exists: choose another dataset id"
+            )
+        if doc.ciphertext_size < 0:
+            raise InvalidRequest("the manifest's ciphertext_size is negative")
+        try:
+            sha256, size = self.blobs.put_stream(
+                ciphertext,
+                expected_sha256=doc.ciphertext_sha256,
+                expected_size=doc.ciphertext_size,
+                what=f"ciphertext of data set {doc.dataset_id!r}",
+            )
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"ciphertext does not match the signed manifest of data set "
+                f"{doc.dataset_id!r} ({exc}); nothing was stored: re-run the upload"
+            ) from None
+        record = DatasetRecord(
+            doc.dataset_id, owner, manifest, envelope.digest, sha256, size, now_ms()
+        )
+        try:
+            self.store.add_dataset(
+                record,
+                Audit(
+                    "dataset.uploaded",
+                    doc.dataset_id,
+                    {
+                        "owner_key": owner,
+                        "manifest_digest": envelope.digest,
+                        "blob_sha256": sha256,
+                        "size": size,
+                    },
+                ),
+            )
+        except AlreadyExists:
+            # A concurrent upload took the id first; drop our copy unless shared.
+            if not self.store.blob_referenced(sha256):
+                self.blobs.delete(sha256)
+            raise
+        log.info("dataset uploaded: %s (%d bytes, owner %s…)", doc.dataset_id, size, owner[:16])
+        return record
+
+    def list_datasets(self, caller: str) -> list[DatasetRecord]:
+        """The caller's own data sets and those named by jobs it takes part in."""
+        visible = {
+            dataset_id
+            for job in self.store.list_jobs()
+            if job.takes_part(caller)
+            for dataset_id in job.dataset_ids
+        }
+        return [
+            d
+            for d in self.store.list_datasets()
+            if d.owner_key == caller or d.dataset_id in visible
+        ]
+
+    def get_dataset(self, caller: str, dataset_id: str) -> DatasetRecord:
+        """A data set's public metadata (its signed manifest) for a member who names its id.
+
+        The id is what a data owner gives a proposer; knowing it lets a member
+        name the data set in job terms, nothing more (the ciphertext goes only
+        to the enclave).
+        """
+        record = self.store.get_dataset(dataset_id)
+        if record is None:
+            raise NotFound(
+                f"no data set {dataset_id!r}: ask its owner for the id `detente party upload` "
+                "printed"
+            )
+        return record

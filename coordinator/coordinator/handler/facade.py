@@ -1,0 +1,110 @@
+"""CoordinatorHandler: the one object the servicer calls, over registry, datasets and jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from coordinator.blobs import BlobStore
+from coordinator.enclave_client import EnclaveClient, RelayedEvidence
+from coordinator.handler.datasets import Datasets
+from coordinator.handler.jobs import Jobs
+from coordinator.handler.registry import Registry
+from coordinator.limits import JobLimits
+from coordinator.scheduler import Scheduler
+from coordinator.store import CoordinatorStore, DatasetRecord, JobRecord, PartyRecord
+from protocols.errors import EnclaveUnavailable, InvalidRequest
+
+NONCE_SIZE = 32
+
+
+class CoordinatorHandler:
+    """Registry, dataset intake, job state machine; hands approved jobs to the scheduler.
+
+    Every method that reads or changes a party's data takes the ``caller``: the
+    key that signed the request (checked by :mod:`coordinator.auth`). A party
+    sees its own data sets, the jobs it takes part in (as proposer, data owner
+    or recipient) and the public metadata of a data set whose id it names;
+    outputs go to recipients only.
+    """
+
+    def __init__(
+        self,
+        store: CoordinatorStore,
+        blobs: BlobStore,
+        enclave: EnclaveClient | None = None,
+        limits: JobLimits | None = None,
+    ) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.enclave = enclave
+        self.limits = limits or JobLimits()
+        self.scheduler = Scheduler(store, blobs, enclave, self.limits)
+        self.registry = Registry(store)
+        self.datasets = Datasets(store, blobs)
+        self.jobs = Jobs(store, blobs, self.scheduler, self.limits)
+
+    def start(self) -> None:
+        """Start the scheduler and re-queue jobs interrupted by a restart."""
+        self.scheduler.start()
+        self.scheduler.recover()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    # parties --------------------------------------------------------------
+
+    def register_party(self, registration: bytes, enrollment_token: str = "") -> PartyRecord:
+        return self.registry.register_party(registration, enrollment_token)
+
+    def list_parties(self, caller: str) -> list[PartyRecord]:
+        return self.registry.list_parties(caller)
+
+    # evidence -------------------------------------------------------------
+
+    def get_evidence(self, nonce: bytes) -> RelayedEvidence:
+        if len(nonce) != NONCE_SIZE:
+            raise InvalidRequest(
+                f"an attestation nonce is {NONCE_SIZE} fresh random bytes, got {len(nonce)}"
+            )
+        if self.enclave is None:
+            raise EnclaveUnavailable(
+                "this coordinator has no enclave configured: start it with "
+                "`detente coordinator serve --enclave HOST:PORT`"
+            )
+        return self.enclave.get_evidence(nonce)
+
+    # datasets -------------------------------------------------------------
+
+    def upload_dataset(
+        self, caller: str, manifest: bytes, ciphertext: Iterable[bytes]
+    ) -> DatasetRecord:
+        return self.datasets.upload_dataset(caller, manifest, ciphertext)
+
+    def list_datasets(self, caller: str) -> list[DatasetRecord]:
+        return self.datasets.list_datasets(caller)
+
+    def get_dataset(self, caller: str, dataset_id: str) -> DatasetRecord:
+        return self.datasets.get_dataset(caller, dataset_id)
+
+    # jobs -----------------------------------------------------------------
+
+    def propose_job(self, caller: str, terms: bytes) -> JobRecord:
+        return self.jobs.propose_job(caller, terms)
+
+    def approve_job(self, caller: str, job_id: str, approval: bytes) -> JobRecord:
+        return self.jobs.approve_job(caller, job_id, approval)
+
+    def get_job(self, caller: str, job_id: str) -> JobRecord:
+        return self.jobs.get_job(caller, job_id)
+
+    def list_jobs(self, caller: str) -> list[JobRecord]:
+        return self.jobs.list_jobs(caller)
+
+    def cancel_job(self, caller: str, job_id: str, reason: str) -> JobRecord:
+        return self.jobs.cancel_job(caller, job_id, reason)
+
+    def retry_job(self, caller: str, job_id: str) -> JobRecord:
+        return self.jobs.retry_job(caller, job_id)
+
+    def fetch_output(self, caller: str, job_id: str, name: str) -> Iterator[bytes]:
+        return self.jobs.fetch_output(caller, job_id, name)

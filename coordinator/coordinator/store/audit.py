@@ -1,0 +1,91 @@
+"""The audit log's hash chain: what an entry records, how it is hashed, and the one check.
+
+The audit log is append-only and hash-chained: entry *n* stores
+``hash = SHA-256(prev_hash ‖ canonical JSON of the entry)`` where
+``prev_hash`` is entry *n-1*'s hash (32 zero bytes for the first), so editing,
+dropping or reordering any row breaks every hash after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from protocols import canonical
+from protocols.errors import IntegrityError
+
+GENESIS_HASH = "00" * 32
+
+
+@dataclass(frozen=True)
+class Audit:
+    """What a mutating store call records in the audit log: ids, keys, digests only."""
+
+    event: str
+    subject: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One link of the chain, as stored: what happened, and the hashes that chain it."""
+
+    seq: int
+    at: int
+    event: str
+    subject: str
+    detail: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "event": self.event,
+            "subject": self.subject,
+            "detail": self.detail,
+        }
+
+
+def audit_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    """SHA-256(prev_hash ‖ canonical JSON of the entry's body), hex."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical.dumps(body)).hexdigest()
+
+
+def next_entry(last: AuditEntry | None, audit: Audit, at: int) -> AuditEntry:
+    """The entry that records ``audit`` at ``at`` after ``last`` (None: the log is empty)."""
+    seq = 1 if last is None else last.seq + 1
+    prev = GENESIS_HASH if last is None else last.hash
+    unhashed = AuditEntry(seq, at, audit.event, audit.subject, audit.detail, prev, "")
+    return replace(unhashed, hash=audit_hash(prev, unhashed.body()))
+
+
+def verify_audit_chain(entries: Sequence[AuditEntry]) -> int:
+    """Check every link of the audit chain; return the number of entries.
+
+    Raises IntegrityError naming the first entry that does not link or
+    does not hash to what it records.
+    """
+    prev = GENESIS_HASH
+    expected_seq = 1
+    for entry in entries:
+        if entry.seq != expected_seq:
+            raise IntegrityError(
+                f"audit log entry {expected_seq} is missing (next entry is {entry.seq})"
+            )
+        if entry.prev_hash != prev:
+            raise IntegrityError(
+                f"audit log entry {entry.seq} ({entry.event} {entry.subject}) does not "
+                "link to the entry before it: the log was altered"
+            )
+        if audit_hash(prev, entry.body()) != entry.hash:
+            raise IntegrityError(
+                f"audit log entry {entry.seq} ({entry.event} {entry.subject}) does not "
+                "match its hash: the log was altered"
+            )
+        prev = entry.hash
+        expected_seq += 1
+    return len(entries)

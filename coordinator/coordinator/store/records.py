@@ -1,0 +1,103 @@
+"""The plain, frozen values the store hands the handler (ORM rows never leave the store)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+# Job states (DESIGN.md §3.4–3.5): proposed → approved → running → succeeded | failed;
+# a job not yet finished can be cancelled; a failed job can go back to approved (retry).
+PROPOSED = "proposed"
+APPROVED = "approved"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+JOB_STATES = (PROPOSED, APPROVED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch: the unit of every timestamp the store keeps."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class PartyRecord:
+    name: str
+    signing_key: str
+    hpke_key: str
+    registration: bytes
+    registered_at: int
+
+
+@dataclass(frozen=True)
+class EnrollmentRecord:
+    """A one-time token the operator issued for a party name (only its SHA-256 is kept)."""
+
+    name: str
+    token_sha256: str
+    created_at: int
+    expires_at: int
+    used_at: int | None = None
+    used_by: str | None = None
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    dataset_id: str
+    owner_key: str
+    manifest: bytes
+    manifest_digest: str
+    blob_sha256: str
+    size: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class ApprovalRecord:
+    approver: str
+    envelope: bytes
+    at: int
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    """An output of a finished job: its name and the blob holding its ciphertext."""
+
+    name: str
+    blob_sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    at: int
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    terms: bytes
+    terms_digest: str
+    proposer: str
+    dataset_ids: list[str]
+    required_approvers: list[str]
+    state: str
+    error: str
+    created_at: int
+    updated_at: int
+    result_statement: bytes | None = None
+    approvals: list[ApprovalRecord] = field(default_factory=list)
+    outputs: list[StoredOutput] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
+    recipients: list[str] = field(default_factory=list)  # hex signing keys, terms order
+    attempts: int = 0
+    started_at: int | None = None
+    cancel_reason: str = ""
+
+    def takes_part(self, key: str) -> bool:
+        """Whether ``key`` is this job's proposer, one of its data owners or a recipient."""
+        return key == self.proposer or key in self.required_approvers or key in self.recipients
