@@ -12,7 +12,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	# Put each component folder on sys.path, so `python -m`, mypy and tools
-	# started from the repo root all see the same packages.
+	# started from the repo root all see the same packages: without it the
+	# folders protocols/, libos/, … in the working directory would shadow the
+	# editable packages as empty namespace packages. It also makes the
+	# benchmarks (experiments/, not part of the installed package) importable.
 	printf '%s\n' $(addprefix $(CURDIR)/,$(COMPONENTS)) > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/detente-components.pth"
 	touch $(STAMP)
 

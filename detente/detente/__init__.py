@@ -1,1 +1,1 @@
-"""Detente: the umbrella `detente` command."""
+"""Detente: the umbrella `detente` command, the demo and the cluster harness it runs on."""

@@ -1,1 +1,1 @@
-"""Scripted experiments, benchmarks and the three-party demo."""
+"""Benchmarks against plain baselines (the demo and its cluster harness live in detente)."""

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.enclave_client import EnclaveClient
-from experiments.demo import cluster, start_enclave
+from detente.cluster import cluster, start_enclave
 from protocols import ratls, tls
 from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.policy import AttestationPolicy

@@ -31,9 +31,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import xgboost as xgb
 
+from detente.demo import DEFAULT_ID, DEFAULT_LABEL, default_data, features, split_parties
 from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
-from experiments.demo import DEFAULT_DATA, DEFAULT_ID, DEFAULT_LABEL, features, split_parties
 from party_client.party import DEFAULT_PARAMS
 from party_client.tables import to_ipc
 from protocols import hpke, stream
@@ -79,7 +79,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    table = pacsv.read_csv(DEFAULT_DATA)
+    with default_data() as csv:
+        table = pacsv.read_csv(csv)
     parts = split_parties(table, 3, "EDUCATION")
     enclave = EnclaveIdentity(SigningKey.generate(), HpkePrivateKey.generate(), "sim", "00" * 32)
     owners = [SigningKey.generate() for _ in parts]

@@ -14,7 +14,8 @@ import pyarrow.csv as pacsv
 import pytest
 
 from coordinator.enclave_client import EnclaveClient
-from experiments.demo import DEFAULT_DATA, Cluster, Roles, cluster, start_roles
+from detente.cluster import Cluster, Roles, cluster, start_roles
+from detente.demo import default_data
 from party_client.home import PartyHome
 from party_client.remote import Coordinator
 from protocols.policy import AttestationPolicy
@@ -25,7 +26,7 @@ LABEL = "default.payment.next.month"
 @pytest.fixture(scope="session")
 def small_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """600 rows of the real credit data set (the first rows, all columns)."""
-    table = pacsv.read_csv(DEFAULT_DATA).slice(0, 600)
+    table = credit_rows(0, 600)
     path = tmp_path_factory.mktemp("data") / "credit-600.csv"
     pacsv.write_csv(table, path)
     return path
@@ -107,7 +108,8 @@ def detente(args: list[str], home: Path | None = None, check: bool = True, **kw:
 
 
 def credit_rows(start: int, count: int) -> pa.Table:
-    return pacsv.read_csv(DEFAULT_DATA).slice(start, count)
+    with default_data() as csv:
+        return pacsv.read_csv(csv).slice(start, count)
 
 
 def contribute(

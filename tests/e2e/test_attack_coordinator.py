@@ -16,7 +16,8 @@ import pytest
 import xgboost as xgb
 
 from coordinator.server import certificate_path
-from experiments.demo import Roles, features, start_coordinator
+from detente.cluster import Roles, start_coordinator
+from detente.demo import features
 from party_client.home import PartyHome
 from party_client.remote import CoordinatorError
 from protocols.documents import DatasetManifest

@@ -12,11 +12,10 @@ import grpc
 import pyarrow.csv as pacsv
 import pytest
 
-from experiments.demo import DEFAULT_DATA
 from protocols.attestation import Evidence, EvidenceRefused, verify_evidence
 from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
-from tests.e2e.conftest import LABEL
+from tests.e2e.conftest import LABEL, credit_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +68,7 @@ def test_evidence_for_another_nonce_is_refused(running):
 
 
 def test_a_job_missing_one_approval_never_runs(running, tmp_path):
-    table = pacsv.read_csv(DEFAULT_DATA).slice(0, 400)
+    table = credit_rows(0, 400)
     homes = []
     for n, name in enumerate(["owner-a", "owner-b"]):
         home = running.party(name)

@@ -9,12 +9,11 @@ from pathlib import Path
 import pyarrow.csv as pacsv
 import pytest
 
-from experiments.demo import DEFAULT_DATA
 from party_client.home import PartyHome
 from protocols.documents import DatasetManifest, IdentityDocument, Registration
 from protocols.keys import Kem
 from protocols.statements import Envelope
-from tests.e2e.conftest import LABEL, Running
+from tests.e2e.conftest import LABEL, Running, credit_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +33,7 @@ def _init(running: Running, name: str, pq: bool) -> Path:
 def test_a_pq_party_seals_to_the_enclave_pq_key_and_gets_pq_wrapped_results(
     running: Running, tmp_path: Path
 ) -> None:
-    table = pacsv.read_csv(DEFAULT_DATA).slice(0, 400)
+    table = credit_rows(0, 400)
     homes = {
         "bank-pq": _init(running, "bank-pq", pq=True),
         "bank-x": _init(running, "bank-x", pq=False),

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from experiments.demo import detente_command
+from detente.cluster import detente_command
 from party_client.home import PartyHome
 from protocols import ratls, statements, tls
 from protocols.attestation import Evidence, verify_evidence

@@ -2,221 +2,64 @@
 
 Steps: split a CSV into N parties (by a column's values, or in contiguous
 blocks), hold out a stratified 20 % test set, start a coordinator and a
-SIMULATION enclave worker, then for each party `init`, `attest`, `upload`;
-one party proposes, all approve, all fetch and decrypt the model. Finally
-the demo compares the enclave's model with XGBoost trained in plaintext on
-the same joined rows with the same parameters: predictions must be identical.
+SIMULATION enclave worker (detente.cluster), then for each party `init`,
+`attest`, `upload`; one party proposes, all approve, all fetch and decrypt the
+model. Finally the demo compares the enclave's model with XGBoost trained in
+plaintext on the same joined rows with the same parameters: predictions must
+be identical.
+
+Without ``--data`` the demo uses the UCI credit data shipped with this package
+(``detente/data/``; its README gives provenance and licence).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-DEFAULT_DATA = DATA_DIR / "UCI_Credit_Card.csv"
+from detente.cluster import ClusterError, cluster, start_roles
+from detente.evaluation import roc_auc, stratified_split
+from protocols.errors import DetenteError
+
+__all__ = [
+    "DEFAULT_ID",
+    "DEFAULT_LABEL",
+    "DEFAULT_SPLIT",
+    "DemoError",
+    "default_data",
+    "features",
+    "main",
+    "split_parties",
+]
+
+DEFAULT_DATA_FILE = "UCI_Credit_Card.csv"
 DEFAULT_LABEL = "default.payment.next.month"
 DEFAULT_ID = "ID"
 DEFAULT_SPLIT = "EDUCATION"
-START_TIMEOUT = 120.0
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
 JOB_TIMEOUT = 900.0
 
 
-class DemoError(Exception):
-    pass
-
-
-def detente_command() -> list[str]:
-    return [sys.executable, "-m", "detente"]
-
-
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        """Stop by our own process id: SIGTERM, then SIGKILL after a grace period."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=10)
-
-
-@dataclass
-class Cluster:
-    workdir: Path
-    env: dict[str, str]
-    processes: list[Process] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    seen_messages: set[str] = field(default_factory=set)
-
-    def run(self, args: list[str], home: Path | None = None, check: bool = True) -> str:
-        env = dict(self.env)
-        if home is not None:
-            env["DETENTE_HOME"] = str(home)
-        done = subprocess.run(
-            [*detente_command(), *args], env=env, capture_output=True, text=True, timeout=600
-        )
-        if check and done.returncode != 0:
-            raise DemoError(f"`detente {' '.join(args)}` failed:\n{done.stderr.strip()}")
-        message = done.stderr.strip()
-        if message and message not in self.seen_messages:  # each warning once
-            self.seen_messages.add(message)
-            print(message, file=sys.stderr)
-        return done.stdout
-
-    def spawn(self, name: str, args: list[str], port_file: Path, log_dir: Path) -> int:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        log = log_dir / f"{name}.out"
-        with log.open("wb") as sink:
-            popen = subprocess.Popen(
-                [*detente_command(), *args], env=self.env, stdout=sink, stderr=subprocess.STDOUT
-            )
-        self.processes.append(Process(name, popen, log))
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if port_file.exists():
-                return int(port_file.read_text())
-            if popen.poll() is not None:
-                raise DemoError(
-                    f"{name} exited with {popen.returncode}:\n{log.read_text()[-3000:]}"
-                )
-            time.sleep(0.05)
-        raise DemoError(f"{name} did not start within {START_TIMEOUT:.0f} s")
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            process.stop()
-
-
-@dataclass
-class Roles:
-    coordinator: str  # HOST:PORT
-    enclave: str  # HOST:PORT
-    measured: dict[str, Any]  # `detente libos measure --json`
-    policy: Path  # the attestation policy the coordinator and the parties use
-    coordinator_cert: Path  # the coordinator's TLS certificate, pinned by the parties
-    coordinator_home: Path  # the coordinator's folder (database, blobs, log)
-
-    def enroll(self, c: Cluster, name: str) -> str:
-        """Issue a one-time enrollment token for ``name``, as the operator does."""
-        args = ["coordinator", "enroll", "--home", str(self.coordinator_home), "--name", name]
-        return str(json.loads(c.run([*args, "--json"]))["token"])
-
-    def init_party(self, c: Cluster, name: str, home: Path, policy: Path | None = None) -> None:
-        """Enroll ``name`` and run `detente party init` in ``home`` with that token."""
-        c.run(
-            [
-                "party",
-                "init",
-                "--name",
-                name,
-                "--coordinator",
-                self.coordinator,
-                "--policy",
-                str(policy or self.policy),
-                "--coordinator-cert",
-                str(self.coordinator_cert),
-                "--enrollment-token",
-                self.enroll(c, name),
-            ],
-            home,
-        )
-
-
-def write_policy(path: Path, measured: dict[str, Any]) -> Path:
-    path.write_text(
-        "# Demo policy: trusts exactly this enclave build, and accepts SIMULATION\n"
-        "# evidence (no hardware protection) from this simulated platform only.\n"
-        f'mrenclave = ["{measured["mrenclave"]}"]\n'
-        "allow_simulation = true\n"
-        f'simulation_roots = ["{measured["simulation_root_sha256"]}"]\n'
-    )
-    return path
-
-
-def start_enclave(c: Cluster, root: Path) -> tuple[int, dict[str, Any], Path]:
-    """Build the enclave image in ``enclave-host/`` and start the worker as a process.
-
-    Returns its port, `detente libos measure --json` and the policy file that
-    trusts exactly this build (``policy.toml``).
-    """
-    host = root / "enclave-host"
-    instance = host / "instance"
-    c.run(["libos", "init", str(instance)])
-    c.run(["libos", "build", str(instance)])
-    measured = json.loads(c.run(["libos", "measure", str(instance), "--json"]))
-    port_file = host / "enclave.port"
-    port = c.spawn(
-        "enclave",
-        ["libos", "run", str(instance), "--", "--port-file", str(port_file)],
-        port_file,
-        host / "logs",
-    )
-    return port, measured, write_policy(root / "policy.toml", measured)
-
-
-def start_coordinator(
-    c: Cluster,
-    coord: Path,
-    enclave: str,
-    policy: Path,
-    extra: list[str] | None = None,
-    name: str = "coordinator",
-) -> int:
-    """Start a coordinator process in ``coord`` that runs jobs on ``enclave``; its port."""
-    serve = ["coordinator", "serve", "--home", str(coord), "--port-file", str(coord / "port")]
-    return c.spawn(
-        name,
-        [*serve, "--enclave", enclave, "--enclave-policy", str(policy), *(extra or [])],
-        coord / "port",
-        coord,
-    )
-
-
-def start_roles(c: Cluster, root: Path, coordinator_args: list[str] | None = None) -> Roles:
-    """Start the enclave worker and the coordinator, each a process in its own folder.
-
-    The coordinator checks the enclave's RA-TLS certificate with the same policy
-    the parties get (``policy.toml``).
-    """
-    enclave_port, measured, policy = start_enclave(c, root)
-    coord = root / "coordinator"
-    enclave = f"127.0.0.1:{enclave_port}"
-    coord_port = start_coordinator(c, coord, enclave, policy, coordinator_args)
-    from coordinator.server import certificate_path
-
-    # The coordinator makes its certificate before it writes its port file.
-    return Roles(
-        f"127.0.0.1:{coord_port}", enclave, measured, policy, certificate_path(coord), coord
-    )
+class DemoError(DetenteError):
+    """The demo's data or options do not allow the run (a missing column, too few groups)."""
 
 
 @contextmanager
-def cluster(workdir: Path) -> Iterator[Cluster]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DETENTE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    c = Cluster(workdir, env)
-    try:
-        yield c
-    finally:
-        c.stop()
+def default_data() -> Iterator[Path]:
+    """The bundled UCI credit data set as a file (package data, read where it is installed)."""
+    resource = importlib.resources.files("detente") / "data" / DEFAULT_DATA_FILE
+    with importlib.resources.as_file(resource) as path:
+        yield path
 
 
 def split_parties(table: Any, parties: int, split_by: str | None) -> list[tuple[str, Any]]:
@@ -268,11 +111,13 @@ def main(
     workdir: Path | None,
     rounds: int,
 ) -> int:
+    """Run the demo (`detente demo`); the exit code: 0 when the models are identical."""
     if data is None:
-        data = DEFAULT_DATA
-        label = label or DEFAULT_LABEL
-        id_column = id_column or DEFAULT_ID
-        split_by = split_by or DEFAULT_SPLIT
+        with default_data() as bundled:
+            label = label or DEFAULT_LABEL
+            id_column = id_column or DEFAULT_ID
+            split_by = split_by or DEFAULT_SPLIT
+            return main(bundled, label, id_column, split_by, parties, workdir, rounds)
     if label is None:
         print("error: --label is required with --data", file=sys.stderr)
         return 2
@@ -284,7 +129,7 @@ def main(
     root.mkdir(parents=True, exist_ok=True)
     try:
         return _run(data, label, id_column, split_by, parties, root, rounds)
-    except DemoError as exc:
+    except (DemoError, ClusterError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -304,8 +149,6 @@ def _run(
     import numpy as np
     import pyarrow.csv as pacsv
     import xgboost as xgb
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import train_test_split
 
     from party_client.home import PartyHome
     from party_client.party import fetch_job
@@ -317,9 +160,10 @@ def _run(
         if column is not None and column not in table.column_names:
             raise DemoError(f"column {column!r} is not in {data}")
     y_all = table.column(label).to_numpy(zero_copy_only=False)
-    train_idx, test_idx = train_test_split(
-        np.arange(table.num_rows), test_size=0.2, random_state=0, stratify=y_all
-    )
+    try:
+        train_idx, test_idx = stratified_split(y_all, TEST_FRACTION, SPLIT_SEED)
+    except ValueError as exc:
+        raise DemoError(f"cannot hold out a stratified test set by {label!r}: {exc}") from None
     train = table.take(np.sort(train_idx))
     test = table.take(np.sort(test_idx))
     split = split_parties(train, parties, split_by)
@@ -419,14 +263,14 @@ def _run(
 
     print()
     for name, part in split:
-        auc = roc_auc_score(y_test, fit(part).predict(dtest))
+        auc = roc_auc(y_test, fit(part).predict(dtest))
         print(f"{name} alone ({part.num_rows} rows): AUC {auc:.4f}")
     enclave_model = xgb.Booster()
     enclave_model.load_model(bytearray(next(iter(models.values()))))
     joint = enclave_model.predict(dtest)
     print(
         f"joint model from the enclave ({sum(p.num_rows for _, p in split)} rows): "
-        f"AUC {roc_auc_score(y_test, joint):.4f}"
+        f"AUC {roc_auc(y_test, joint):.4f}"
     )
     import pyarrow as pa
 
