@@ -9,33 +9,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from libos.runtime import Runtime
 from protocols import canonical, ratls, statements, tls
 from protocols.attestation import Evidence, report_data_for
 from protocols.documents import IdentityDocument
-from protocols.errors import DetenteError, FormatError
+from protocols.errors import FormatError
 from protocols.keys import HpkePrivateKey, HpkePublicKey, Kem, SigningKey, write_secret_file
 
 _SEALED_NAME = "identity.sealed"
 _SEAL_LABEL = "enclave-identity/v1"
-
-
-class Runtime(Protocol):
-    """What the worker needs from the LibOS runtime (libos.runtime.EnclaveRuntime)."""
-
-    @property
-    def mrenclave(self) -> bytes: ...
-    @property
-    def backend(self) -> str: ...
-    @property
-    def sealed_dir(self) -> object: ...
-    def quote(self, report_data: bytes) -> bytes: ...
-    def seal(self, data: bytes, label: str) -> bytes: ...
-    def unseal(self, blob: bytes, label: str) -> bytes: ...
 
 
 @dataclass
@@ -97,39 +83,25 @@ def ratls_credentials(
 _EFS_NAME = "keys/identity.sealed"
 
 
-def _encrypted_mount(runtime: Runtime) -> Any:
-    """The first encrypted mount, where sealed keys live (issue 3), or None.
-
-    Without a usable mount (none configured, or a backend such as Gramine that
-    offers no rollback-safe mount) the sealed blob stays in ``sealed/``.
-    """
-    mounts = getattr(runtime, "mounts", ())
-    if not mounts:
-        return None
-    try:
-        return runtime.mount(mounts[0].path)  # type: ignore[attr-defined]
-    except DetenteError:
-        return None
+# The sealed blob lives in the runtime's default encrypted mount (issue 3).
+# Without a usable one (none configured, or a backend such as Gramine that
+# offers no rollback-safe mount: Runtime.default_mount) it stays in ``sealed/``.
 
 
 def _read_sealed(runtime: Runtime) -> bytes | None:
-    from pathlib import Path
-
-    fs = _encrypted_mount(runtime)
+    fs = runtime.default_mount()
     if fs is not None and fs.exists(_EFS_NAME):
         return bytes(fs.read_bytes(_EFS_NAME))
-    legacy = Path(str(runtime.sealed_dir)) / _SEALED_NAME
+    legacy = runtime.sealed_dir / _SEALED_NAME
     return legacy.read_bytes() if legacy.exists() else None
 
 
 def _write_sealed(runtime: Runtime, sealed: bytes) -> None:
-    from pathlib import Path
-
-    fs = _encrypted_mount(runtime)
+    fs = runtime.default_mount()
     if fs is not None:
         fs.write_bytes(_EFS_NAME, sealed)
     else:
-        write_secret_file(Path(str(runtime.sealed_dir)) / _SEALED_NAME, sealed)
+        write_secret_file(runtime.sealed_dir / _SEALED_NAME, sealed)
 
 
 def load_or_create(runtime: Runtime) -> EnclaveIdentity:

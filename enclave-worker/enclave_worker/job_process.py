@@ -40,7 +40,7 @@ from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
 from libos import process
 from protocols import canonical
-from protocols.errors import DetenteError, FormatError, IntegrityError, PolicyError
+from protocols.errors import DetenteError, FormatError, IntegrityError
 from protocols.keys import HpkePrivateKey, SigningKey
 from protocols.stream import CHUNK_SIZE
 
@@ -236,23 +236,21 @@ class MountCheckpoints:
 def _environment(channel: process.Channel) -> jobs.JobEnvironment:
     """What this enclave's LibOS offers the job: memory limit, peak memory, checkpoints.
 
-    Checkpoints go to the first encrypted mount of the image's config (``/data``
-    by default). An image without mounts, or a backend that refuses libos.efs
-    mounts (gramine: no rollback counter, docs/libos.md), trains without them.
-    A mount that fails its integrity checks is not skipped: the job fails.
+    Checkpoints go to the runtime's default encrypted mount, the first of the
+    image's config (``/data`` by default). An image without mounts, or a
+    backend that refuses libos.efs mounts (gramine: no rollback counter,
+    docs/libos.md), trains without them. A mount that fails its integrity
+    checks is not skipped: the job fails.
     """
     from libos import runtime
 
     def emit(progress: jobs.Progress) -> None:
         channel.send("progress", canonical.dumps({"kind": progress.kind, "text": progress.text}))
 
-    rt = runtime.current()
-    checkpoints = None
-    if rt.mounts:
-        try:
-            checkpoints = MountCheckpoints(rt.mount(rt.mounts[0].path))
-        except PolicyError as exc:
-            log.warning("training without checkpoints: %s", exc)
+    fs = runtime.current().default_mount()
+    if fs is None:
+        log.info("training without checkpoints: no usable encrypted mount")
+    checkpoints = MountCheckpoints(fs) if fs is not None else None
     return jobs.JobEnvironment(emit=emit, checkpoints=checkpoints)
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 
 from enclave_worker import job_process, jobs
-from enclave_worker.identity import EnclaveIdentity, Runtime
+from enclave_worker.identity import EnclaveIdentity
+from libos.runtime import Runtime
 from protocols import grpc_status
 from protocols.errors import DetenteError, FormatError
 from protocols.stream import CHUNK_SIZE

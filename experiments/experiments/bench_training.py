@@ -159,7 +159,7 @@ def _bench_process(
         measurement = image.build(instance)
         build_s = time.perf_counter() - started
         verified = image.verify_image(instance)
-        rt = runtime.EnclaveRuntime(
+        rt = runtime.SimRuntime(
             measurement,
             instance,
             SimPlatform(launcher.platform_dir(instance)),
@@ -172,7 +172,9 @@ def _bench_process(
         owners = [SigningKey.generate() for _ in parts]
         recipient = HpkePrivateKey.generate()
         sealed = [_seal(enclave, o, n, t) for o, (n, t) in zip(owners, parts, strict=True)]
-        checkpoints = job_process.MountCheckpoints(rt.mount(rt.mounts[0].path))
+        mount = rt.default_mount()
+        assert mount is not None, "the default image has a /data mount"
+        checkpoints = job_process.MountCheckpoints(mount)
         counter = iter(range(1 << 30))
 
         def fresh() -> tuple[bytes, list[bytes], list[bytes]]:

@@ -189,7 +189,7 @@ def enter(instance_dir: Path) -> VerifiedImage:
         from libos.gramine import GramineRuntime
 
         gramine = GramineRuntime(instance_dir, GRAMINE_DEVICE, config.mounts)
-        runtime._install(gramine)  # type: ignore[arg-type]
+        runtime._install(gramine)
         writable_files.append(str(GRAMINE_DEVICE / "user_report_data"))
         if finder.cache is None:
             finder.cache = BytecodeCache(
@@ -202,7 +202,7 @@ def enter(instance_dir: Path) -> VerifiedImage:
 
         platform = SimPlatform(platform_dir(instance_dir))
         runtime._install(
-            runtime.EnclaveRuntime(verified.measurement, instance_dir, platform, config.mounts)
+            runtime.SimRuntime(verified.measurement, instance_dir, platform, config.mounts)
         )
         # The SIMULATION monotonic counters of the encrypted mounts (libos.counter).
         writable.append(platform.directory / COUNTERS_DIR)

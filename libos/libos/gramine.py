@@ -17,8 +17,8 @@ Two halves:
   are trusted files that ``gramine-sgx-sign`` hashes when it signs.
   It is a template only for ``{{ gramine.libos }}`` and
   ``{{ gramine.runtimedir() }}``, which ``gramine-manifest`` fills in.
-- :class:`GramineRuntime` is the enclave's view of itself under Gramine, with
-  the interface of the SIMULATION ``libos.runtime.EnclaveRuntime``: quotes come
+- :class:`GramineRuntime` is the enclave's view of itself under Gramine, a
+  ``libos.runtime.Runtime`` like the SIMULATION ``SimRuntime``: quotes come
   from writing 64 bytes of report data to ``/dev/attestation/user_report_data``
   and reading ``/dev/attestation/quote`` (DCAP); MRENCLAVE, MRSIGNER, the
   attributes and the ISV ids come from the enclave's own quote; sealing keys
@@ -58,12 +58,19 @@ from libos.image import (
 )
 from libos.launcher import ENCLAVE_MODULE, interpreter_command, python_path
 from libos.limits import Limits, malloc_arena_max
-from libos.runtime import FLAG_INIT, MeasuredRuntime, NotInEnclaveError, check_report_data
+from libos.runtime import (
+    FLAG_INIT,
+    MountUnavailableError,
+    NotInEnclaveError,
+    Runtime,
+    check_report_data,
+)
 from libos.sealing import Sealer
 from protocols import quote_layout, quote_verify
 from protocols.durable import write_atomic
-from protocols.errors import AttestationError, FormatError, PolicyError
+from protocols.errors import AttestationError, FormatError
 
+BACKEND = "gramine"
 DEVICE_DIR = Path("/dev/attestation")
 MANIFEST_TEMPLATE_NAME = "detente-worker.manifest.template"
 # Gramine's /dev/attestation/keys/<name> files hold 128-bit keys (EGETKEY's
@@ -94,14 +101,11 @@ _LAUNCHER_ENV = ("PYTHONPATH", "OMP_NUM_THREADS", "MALLOC_ARENA_MAX")
 # --- the runtime --------------------------------------------------------------------
 
 
-class GramineRuntime(MeasuredRuntime):
+class GramineRuntime(Runtime):
     """The enclave's view of itself under Gramine, through ``device_dir`` (/dev/attestation).
 
-    Same interface as ``libos.runtime.EnclaveRuntime``; ``simulation`` is False.
+    A ``libos.runtime.Runtime`` of the ``gramine`` backend; ``simulation`` is False.
     """
-
-    backend = "gramine"
-    simulation = False
 
     def __init__(
         self, instance_dir: Path, device_dir: Path = DEVICE_DIR, mounts: Sequence[Mount] = ()
@@ -128,7 +132,7 @@ class GramineRuntime(MeasuredRuntime):
             Measurement(
                 mrenclave=own.mr_enclave,
                 mrsigner=own.mr_signer,
-                backend=self.backend,
+                backend=BACKEND,
                 debug=own.debug,
                 isv_prod_id=own.isv_prod_id,
                 isv_svn=own.isv_svn,
@@ -219,13 +223,6 @@ class GramineRuntime(MeasuredRuntime):
     def sealer(self, policy: str = "mrenclave") -> Sealer:
         return Sealer(self.sealing_key(policy), self.mrenclave, self.mrsigner, policy)
 
-    def seal(self, data: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
-        return self.sealer(policy).seal(data, label)
-
-    def unseal(self, blob: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
-        """Raise IntegrityError if the blob is not this enclave's or was altered."""
-        return self.sealer(policy).unseal(blob, label)
-
     # --- mounts ---
 
     def mount(self, path: str) -> NoReturn:
@@ -236,12 +233,12 @@ class GramineRuntime(MeasuredRuntime):
         encrypted and authenticated by Gramine; what Gramine cannot give is the
         monotonic counter libos.efs needs to detect a rollback.
         """
-        config = self._mounts.get(path)
-        where = f" (Gramine encrypts {self.instance_dir / config.host})" if config else ""
-        raise PolicyError(
-            f"encrypted mount {path!r}{where}: libos.efs mounts need a platform monotonic "
-            "counter to detect rollback, which the gramine backend does not have; run jobs "
-            "that need rollback-protected storage on a backend that provides one"
+        config = self._mount_config(path)
+        raise MountUnavailableError(
+            f"encrypted mount {path!r} (Gramine encrypts {self.instance_dir / config.host}): "
+            "libos.efs mounts need a platform monotonic counter to detect rollback, which the "
+            "gramine backend does not have; run jobs that need rollback-protected storage on a "
+            "backend that provides one"
         )
 
 

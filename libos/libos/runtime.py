@@ -7,13 +7,18 @@ The worker does::
     quote = rt.quote(report_data)          # exactly 64 bytes
     blob = rt.seal(data, "label")          # and rt.unseal(blob, "label")
     fs = rt.mount("/data")                 # an encrypted mount of libos.toml (libos.efs)
+    fs = rt.default_mount()                # the first one, or None where there is none
 
 ``current()`` only works in a process started by ``detente libos run``, which
-verifies the image before it installs the runtime.
+verifies the image before it installs the runtime of its backend: a
+:class:`SimRuntime` (SIMULATION) or a ``libos.gramine.GramineRuntime``, both
+:class:`Runtime`.
 """
 
 from __future__ import annotations
 
+import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -26,6 +31,8 @@ from libos.sealing import Sealer
 from libos.sim import SimPlatform
 from protocols import quote_layout
 from protocols.errors import DetenteError, FormatError, PolicyError
+
+log = logging.getLogger("libos.runtime")
 
 # SGX ATTRIBUTES.FLAGS bits (Intel SDM Vol. 3D, 34.7.1): INIT and MODE64BIT are
 # always set for a running 64-bit enclave; DEBUG only for debug images.
@@ -47,8 +54,18 @@ def check_report_data(report_data: bytes) -> bytes:
     return bytes(report_data)
 
 
-class MeasuredRuntime:
-    """What every backend's runtime shares: its measurement, folders and mounts."""
+class MountUnavailableError(PolicyError):
+    """The backend cannot give a rollback-protected encrypted mount (libos.efs) at a path."""
+
+
+class Runtime(ABC):
+    """The enclave's view of itself, whatever the backend: what every backend's runtime offers.
+
+    Its measurement, its folders, quotes over 64 bytes of report data, sealing
+    under the ``mrenclave`` or ``mrsigner`` policy and the encrypted mounts of
+    the image's config. :class:`SimRuntime` is the SIMULATION backend's,
+    ``libos.gramine.GramineRuntime`` Gramine's.
+    """
 
     def __init__(
         self, measurement: Measurement, instance_dir: Path, mounts: Sequence[Mount]
@@ -61,6 +78,8 @@ class MeasuredRuntime:
         self.log_dir = self.instance_dir / "logs"
         self.sealed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # --- identity ---
 
     @property
     def measurement(self) -> Measurement:
@@ -75,6 +94,14 @@ class MeasuredRuntime:
         return self._measurement.mrsigner
 
     @property
+    def backend(self) -> str:
+        return self._measurement.backend
+
+    @property
+    def simulation(self) -> bool:
+        return self.backend == "sim"
+
+    @property
     def debug(self) -> bool:
         return self._measurement.debug
 
@@ -87,15 +114,86 @@ class MeasuredRuntime:
         return self._measurement.isv_svn
 
     @property
+    @abstractmethod
+    def root_fingerprint(self) -> str:
+        """SHA-256 hex of the root certificate this enclave's quotes chain to."""
+
+    @abstractmethod
+    def attributes(self) -> bytes:
+        """The 16 bytes of SGX ATTRIBUTES (FLAGS ‖ XFRM) of this enclave."""
+
+    # --- quotes ---
+
+    @abstractmethod
+    def report(self, report_data: bytes) -> quote_layout.ReportBody:
+        """The report body of this enclave over ``report_data`` (64 bytes)."""
+
+    @abstractmethod
+    def quote(self, report_data: bytes) -> bytes:
+        """A quote of this enclave carrying ``report_data`` (64 bytes)."""
+
+    # --- sealing ---
+
+    @abstractmethod
+    def sealer(self, policy: str = "mrenclave") -> Sealer:
+        """The sealer of this enclave under ``policy`` (``mrenclave`` or ``mrsigner``)."""
+
+    def seal(self, data: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
+        return self.sealer(policy).seal(data, label)
+
+    def unseal(self, blob: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
+        """Raise IntegrityError if the blob is not this enclave's or was altered."""
+        return self.sealer(policy).unseal(blob, label)
+
+    # --- mounts ---
+
+    @property
     def mounts(self) -> tuple[Mount, ...]:
         """The encrypted mounts the image's config declares."""
         return tuple(self._mounts.values())
 
+    def _mount_config(self, path: str) -> Mount:
+        config = self._mounts.get(path)
+        if config is None:
+            known = ", ".join(sorted(self._mounts)) or "none"
+            raise PolicyError(
+                f"no encrypted mount at {path!r} (configured: {known}); add a [[mounts]] table "
+                "to libos.toml and run `detente libos build`"
+            )
+        return config
 
-class EnclaveRuntime(MeasuredRuntime):
-    """The enclave's view of itself.
+    @abstractmethod
+    def mount(self, path: str) -> EncryptedFS:
+        """The encrypted file system mounted at ``path``, one of :attr:`mounts`.
 
-    On the ``sim`` backend this is a SIMULATION and gives no hardware protection.
+        Raise PolicyError for a path the config does not declare, and
+        MountUnavailableError if this backend cannot give a rollback-protected mount.
+        """
+
+    def default_mount(self) -> EncryptedFS | None:
+        """The first encrypted mount of the image's config: where the enclave keeps its own files.
+
+        The enclave's sealed identity keys and the jobs' training checkpoints
+        live here. None when the image declares no ``[[mounts]]``, or when the
+        backend refuses libos.efs mounts (gramine has no monotonic counter: the
+        reason is logged); callers then do without (docs/libos.md). A mount
+        that fails its integrity checks is not skipped: its error is raised.
+        """
+        if not self._mounts:
+            return None
+        first = next(iter(self._mounts))
+        try:
+            return self.mount(first)
+        except MountUnavailableError as exc:
+            log.warning("no encrypted mount for the enclave's own files: %s", exc)
+            return None
+
+
+class SimRuntime(Runtime):
+    """The SIMULATION backend's runtime: quotes, sealing and mounts from a :class:`SimPlatform`.
+
+    This is a SIMULATION and gives no hardware protection: the host can read
+    the platform's keys and the process's memory.
     """
 
     def __init__(
@@ -111,22 +209,14 @@ class EnclaveRuntime(MeasuredRuntime):
 
     def __repr__(self) -> str:
         sim = " SIMULATION" if self.simulation else ""
-        return f"<EnclaveRuntime{sim} mrenclave={self.mrenclave.hex()[:16]}…>"
+        return f"<SimRuntime{sim} mrenclave={self.mrenclave.hex()[:16]}…>"
 
     def __reduce__(self) -> NoReturn:
-        raise TypeError("EnclaveRuntime holds platform secrets and cannot be pickled")
-
-    @property
-    def backend(self) -> str:
-        return self._measurement.backend
-
-    @property
-    def simulation(self) -> bool:
-        return self.backend == "sim"
+        raise TypeError("SimRuntime holds platform secrets and cannot be pickled")
 
     @property
     def root_fingerprint(self) -> str:
-        """SHA-256 hex of the root certificate the quotes chain to (the SIMULATION root on sim)."""
+        """SHA-256 hex of the root certificate the quotes chain to (the SIMULATION root)."""
         return self._platform.root_fingerprint
 
     def attributes(self) -> bytes:
@@ -153,31 +243,18 @@ class EnclaveRuntime(MeasuredRuntime):
     def sealer(self, policy: str = "mrenclave") -> Sealer:
         return Sealer(self._platform.sealing_secret, self.mrenclave, self.mrsigner, policy)
 
-    def seal(self, data: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
-        return self.sealer(policy).seal(data, label)
-
-    def unseal(self, blob: bytes, label: str | bytes, policy: str = "mrenclave") -> bytes:
-        """Raise IntegrityError if the blob is not this enclave's or was altered."""
-        return self.sealer(policy).unseal(blob, label)
-
     def mount(self, path: str) -> EncryptedFS:
         """The encrypted file system mounted at ``path`` (one object per process).
 
         Its key derives from the platform's sealing secret under the mount's
         key policy, and its rollback counter is the platform's monotonic
-        counter (a SIMULATION counter file under the platform directory on
-        ``sim``). Opening it checks the index against that counter.
+        counter (a SIMULATION counter file under the platform directory).
+        Opening it checks the index against that counter.
         """
         mounted = self._mounted.get(path)
         if mounted is not None:
             return mounted
-        config = self._mounts.get(path)
-        if config is None:
-            known = ", ".join(sorted(self._mounts)) or "none"
-            raise PolicyError(
-                f"no encrypted mount at {path!r} (configured: {known}); add a [[mounts]] table "
-                "to libos.toml and run `detente libos build`"
-            )
+        config = self._mount_config(path)
         key = MountKey.derive(
             self._platform.sealing_secret, self.mrenclave, self.mrsigner, config.key_policy, path
         )
@@ -187,10 +264,10 @@ class EnclaveRuntime(MeasuredRuntime):
         return mounted
 
 
-_current: EnclaveRuntime | None = None
+_current: Runtime | None = None
 
 
-def current() -> EnclaveRuntime:
+def current() -> Runtime:
     """The runtime of the enclave this code runs in."""
     if _current is None:
         raise NotInEnclaveError(
@@ -200,7 +277,7 @@ def current() -> EnclaveRuntime:
     return _current
 
 
-def _install(rt: EnclaveRuntime | None) -> None:
+def _install(rt: Runtime | None) -> None:
     """Set (or clear) the process's runtime. Used by libos.enclave_start, and by tests."""
     global _current
     _current = rt

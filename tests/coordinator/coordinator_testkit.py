@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from coordinator import JobLimits, RunningCoordinator, issue_enrollment, start
 from enclave_worker.identity import EnclaveIdentity, ratls_credentials
 from libos.image import Measurement
-from libos.runtime import EnclaveRuntime
+from libos.runtime import SimRuntime
 from libos.sim import SimPlatform
 from protocols import hpke, tls
 from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, Registration
@@ -341,7 +341,7 @@ def fake_enclave_credentials(
     (FAKE: no image, no launcher) on a real SIMULATION platform, claiming ``mrenclave``."""
     platform, folder = _sim_platform()
     measurement = Measurement(bytes.fromhex(mrenclave), b"\x5a" * 32, "sim", False, 1, 1, 0)
-    runtime = EnclaveRuntime(measurement, folder / f"instance-{mrenclave[:8]}", platform)
+    runtime = SimRuntime(measurement, folder / f"instance-{mrenclave[:8]}", platform)
     identity = EnclaveIdentity(SigningKey.generate(), HpkePrivateKey.generate(), "sim", mrenclave)
     return ratls_credentials(identity, runtime)
 

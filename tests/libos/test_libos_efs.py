@@ -31,7 +31,7 @@ from libos.efs import (
 )
 from libos.efs.index import MountIndex
 from libos.image import Measurement
-from libos.runtime import EnclaveRuntime
+from libos.runtime import SimRuntime
 from libos.sim import SimPlatform
 from protocols.errors import FormatError, IntegrityError, PolicyError
 
@@ -50,10 +50,10 @@ def runtime_for(
     mrsigner: bytes = SIGNER,
     platform: str = "platform",
     mounts: tuple[Mount, ...] = MOUNTS,
-) -> EnclaveRuntime:
+) -> SimRuntime:
     """A fresh enclave runtime on the platform in ``base``: each call is like a restart."""
     measurement = Measurement(mrenclave, mrsigner, "sim", False, 1, 1, 0)
-    return EnclaveRuntime(measurement, base / "instance", SimPlatform(base / platform), mounts)
+    return SimRuntime(measurement, base / "instance", SimPlatform(base / platform), mounts)
 
 
 def small_blocks(base: Path, block_size: int = 4096) -> EncryptedFS:
@@ -186,6 +186,22 @@ def test_mount_object_and_unknown_mount(tmp_path: Path) -> None:
         with pytest.raises(TypeError):
             pickle.dumps(thing)
         assert "not shown" in repr(MountKey(bytes(32), "mrenclave", "/x"))
+
+
+def test_default_mount_is_the_first_configured_and_never_hides_tampering(tmp_path: Path) -> None:
+    # The one rule for where the enclave keeps its own files (sealed identity
+    # keys, checkpoints): the first [[mounts]] table, or None without one.
+    rt = runtime_for(tmp_path)
+    assert rt.default_mount() is rt.mount("/data")
+    assert runtime_for(tmp_path, mounts=()).default_mount() is None
+    reordered = runtime_for(tmp_path, mounts=MOUNTS[::-1])
+    assert reordered.default_mount() is reordered.mount("/keep")
+    # A mount the host tampered with is an error, not a reason to do without.
+    rt.mount("/data").write_bytes("a", b"1")
+    (rt.mount("/data").host_dir / "index").unlink()
+    with pytest.raises(IntegrityError, match="index is missing"):
+        runtime_for(tmp_path).default_mount()
+
 
 
 # --- what the host sees -------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from libos.config import Mount
 from libos.image import Measurement
-from libos.runtime import EnclaveRuntime
+from libos.runtime import SimRuntime
 from libos.sim import SimPlatform
 from protocols.errors import IntegrityError
 
@@ -36,13 +36,13 @@ import libos.counter as counter
 import libos.efs.index as efs_index
 from libos.config import Mount
 from libos.image import Measurement
-from libos.runtime import EnclaveRuntime
+from libos.runtime import SimRuntime
 from libos.sim import SimPlatform
 
 base, where = Path(sys.argv[1]), sys.argv[2]
 enclave, signer = bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[4])
 new = b"version 2 " * 30000  # NEW of the test
-rt = EnclaveRuntime(
+rt = SimRuntime(
     Measurement(enclave, signer, "sim", False, 1, 1, 0), base / "instance",
     SimPlatform(base / "platform"), [Mount("/data", "data", "mrenclave")],
 )
@@ -70,9 +70,9 @@ fs.write_bytes("model", new)
 """
 
 
-def runtime_for(base: Path) -> EnclaveRuntime:
+def runtime_for(base: Path) -> SimRuntime:
     measurement = Measurement(ENCLAVE, SIGNER, "sim", False, 1, 1, 0)
-    return EnclaveRuntime(measurement, base / "instance", SimPlatform(base / "platform"), MOUNTS)
+    return SimRuntime(measurement, base / "instance", SimPlatform(base / "platform"), MOUNTS)
 
 
 def crash_while_writing(base: Path, where: str) -> None:

@@ -26,7 +26,13 @@ from typer.testing import CliRunner
 from libos import gramine, image
 from libos.cli import app
 from libos.gramine import GramineRuntime
-from libos.runtime import FLAG_INIT, FLAG_MODE64BIT, NotInEnclaveError
+from libos.runtime import (
+    FLAG_INIT,
+    FLAG_MODE64BIT,
+    MountUnavailableError,
+    NotInEnclaveError,
+    Runtime,
+)
 from libos.sim import SimPlatform
 from protocols import quote_layout, quote_verify
 from protocols.errors import AttestationError, FormatError, IntegrityError, PolicyError
@@ -113,6 +119,7 @@ def test_identity_comes_from_the_enclaves_own_quote(
     fake_dev_attestation: FakeDevAttestation, tmp_path: Path
 ) -> None:
     rt = GramineRuntime(tmp_path / "instance", fake_dev_attestation.directory)
+    assert isinstance(rt, Runtime)  # the one runtime type enclave code is written against
     assert rt.mrenclave == FAKE_MRENCLAVE and rt.mrsigner == FAKE_MRSIGNER
     assert (rt.isv_prod_id, rt.isv_svn) == (7, 3)
     assert rt.backend == "gramine" and rt.simulation is False and rt.debug is False
@@ -187,8 +194,13 @@ def test_mounts_are_refused_with_the_reason(
         tmp_path / "instance", fake_dev_attestation.directory, [Mount("/data", "data", "mrenclave")]
     )
     assert [m.path for m in rt.mounts] == ["/data"]
-    with pytest.raises(PolicyError, match="monotonic"):
+    with pytest.raises(MountUnavailableError, match="monotonic") as refused:
         rt.mount("/data")
+    assert isinstance(refused.value, PolicyError)
+    with pytest.raises(PolicyError, match="no encrypted mount at '/other'"):
+        rt.mount("/other")
+    # The one rule for the enclave's own files: without a usable mount, do without.
+    assert rt.default_mount() is None
 
 
 def test_outside_gramine_or_without_dcap_is_refused(tmp_path: Path) -> None:
