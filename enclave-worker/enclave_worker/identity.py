@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -38,6 +39,42 @@ class EnclaveIdentity:
     # ratls_credentials at start: the identity document names it, binding the
     # RA-TLS certificate to the quote (protocols/SPEC.md §13).
     tls_public_key_sha256: str = ""
+
+    def private_keys(self) -> dict[str, str]:
+        """The private keys as hex, the one encoding of the enclave's keys.
+
+        ``{"signing": …, "hpke": …, "hpke_pq": …}`` (``hpke_pq`` only when the
+        enclave has one): what the sealed identity holds, and what the worker
+        hands a job process over its pipe. Secret: only ever sealed or sent
+        there.
+        """
+        keys = {
+            "signing": self.signing_key.private_raw().hex(),
+            "hpke": self.hpke_key.private_raw().hex(),
+        }
+        if self.hpke_pq_key is not None:
+            keys["hpke_pq"] = self.hpke_pq_key.private_raw().hex()
+        return keys
+
+    @classmethod
+    def from_private_keys(
+        cls, keys: Any, backend: str, mrenclave: str, what: str = "enclave keys"
+    ) -> EnclaveIdentity:
+        """The identity whose keys :meth:`private_keys` encoded; FormatError if they are not."""
+        if not isinstance(keys, dict):
+            raise FormatError(f"{what} must be a JSON object")
+        for name in ("signing", "hpke"):
+            if name not in keys:
+                raise FormatError(f"{what} lacks {name!r}")
+        # Identities sealed before the PQ option have no "hpke_pq": they offer X25519 only.
+        pq = keys.get("hpke_pq")
+        return cls(
+            SigningKey.from_raw(canonical.unhex(keys["signing"], f"{what}: signing key")),
+            HpkePrivateKey.from_raw(canonical.unhex(keys["hpke"], f"{what}: HPKE key")),
+            backend,
+            mrenclave,
+            HpkePrivateKey.from_raw(canonical.unhex(pq, f"{what}: PQ HPKE key")) if pq else None,
+        )
 
     def hpke_private_key_for(self, public: HpkePublicKey) -> HpkePrivateKey | None:
         """The private key of one of this enclave's HPKE keys, or None if it is not ours."""
@@ -114,26 +151,15 @@ def load_or_create(runtime: Runtime) -> EnclaveIdentity:
     blob = _read_sealed(runtime)
     if blob is not None:
         keys = json.loads(runtime.unseal(blob, _SEAL_LABEL))
-        try:
-            signing = SigningKey.from_raw(canonical.unhex(keys["signing"], "sealed signing key"))
-            hpke = HpkePrivateKey.from_raw(canonical.unhex(keys["hpke"], "sealed HPKE key"))
-        except KeyError as exc:
-            raise FormatError(f"sealed identity lacks {exc}") from None
-        # Identities sealed before the PQ option have no "hpke_pq": they offer X25519 only.
-        pq = keys.get("hpke_pq")
-        pq_key = HpkePrivateKey.from_raw(canonical.unhex(pq, "sealed PQ HPKE key")) if pq else None
-        return EnclaveIdentity(signing, hpke, runtime.backend, mrenclave, pq_key)
-    signing, hpke = SigningKey.generate(), HpkePrivateKey.generate()
-    pq_key = HpkePrivateKey.generate(Kem.MLKEM768_X25519)
-    sealed = runtime.seal(
-        json.dumps(
-            {
-                "signing": signing.private_raw().hex(),
-                "hpke": hpke.private_raw().hex(),
-                "hpke_pq": pq_key.private_raw().hex(),
-            }
-        ).encode(),
-        _SEAL_LABEL,
+        return EnclaveIdentity.from_private_keys(
+            keys, runtime.backend, mrenclave, "sealed identity"
+        )
+    identity = EnclaveIdentity(
+        SigningKey.generate(),
+        HpkePrivateKey.generate(),
+        runtime.backend,
+        mrenclave,
+        HpkePrivateKey.generate(Kem.MLKEM768_X25519),
     )
-    _write_sealed(runtime, sealed)
-    return EnclaveIdentity(signing, hpke, runtime.backend, mrenclave, pq_key)
+    _write_sealed(runtime, runtime.seal(json.dumps(identity.private_keys()).encode(), _SEAL_LABEL))
+    return identity

@@ -9,8 +9,9 @@ environment — so the child shares the enclave's keys without attesting again.
 The job protocol on top of libos.process's pipe frames:
 
 parent → child
-    payload (at spawn)  JSON: ``identity`` (signing, hpke and optional hpke_pq
-                        private keys as hex, backend, mrenclave), ``terms``,
+    payload (at spawn)  JSON: ``identity`` (``keys``: the enclave's private keys
+                        as EnclaveIdentity.private_keys encodes them, as in the
+                        sealed identity; ``backend``, ``mrenclave``), ``terms``,
                         ``approvals``, ``manifests`` (hex envelopes) and
                         ``accepted_at`` (the time the parent checked consent)
     ``chunk``           u16 length of the data set id ‖ id ‖ ciphertext bytes
@@ -41,7 +42,6 @@ from enclave_worker.identity import EnclaveIdentity
 from libos import process
 from protocols import canonical
 from protocols.errors import DetenteError, FormatError, IntegrityError
-from protocols.keys import HpkePrivateKey, SigningKey
 from protocols.stream import CHUNK_SIZE
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("enclave_worker.job_process")
 
 TARGET = "enclave_worker.job_process:job_main"
-PAYLOAD_VERSION = 1
+# Version 2: the keys as EnclaveIdentity.private_keys encodes them.
+PAYLOAD_VERSION = 2
 _NAME_SIZE = struct.Struct(">H")
 
 
@@ -87,14 +88,11 @@ def _payload(
     manifests: list[bytes],
     accepted_at: float,
 ) -> bytes:
-    pq = identity.hpke_pq_key
     return json.dumps(
         {
             "version": PAYLOAD_VERSION,
             "identity": {
-                "signing": identity.signing_key.private_raw().hex(),
-                "hpke": identity.hpke_key.private_raw().hex(),
-                "hpke_pq": pq.private_raw().hex() if pq is not None else None,
+                "keys": identity.private_keys(),
                 "backend": identity.backend,
                 "mrenclave": identity.mrenclave,
             },
@@ -207,14 +205,12 @@ def _decode_payload(payload: bytes) -> tuple[EnclaveIdentity, dict[str, Any]]:
     doc = canonical.loads(payload, "job payload")
     if doc.get("version") != PAYLOAD_VERSION:
         raise FormatError(f"job payload version {doc.get('version')!r} is not {PAYLOAD_VERSION}")
-    keys = canonical.field(doc, "identity", dict, "job payload")
-    pq = keys.get("hpke_pq")
-    identity = EnclaveIdentity(
-        SigningKey.from_raw(canonical.unhex(keys.get("signing"), "signing key")),
-        HpkePrivateKey.from_raw(canonical.unhex(keys.get("hpke"), "HPKE key")),
-        str(keys.get("backend")),
-        str(keys.get("mrenclave")),
-        HpkePrivateKey.from_raw(canonical.unhex(pq, "PQ HPKE key")) if pq else None,
+    sent = canonical.field(doc, "identity", dict, "job payload")
+    identity = EnclaveIdentity.from_private_keys(
+        sent.get("keys"),
+        canonical.field(sent, "backend", str, "job payload identity"),
+        canonical.field(sent, "mrenclave", str, "job payload identity"),
+        "job payload keys",
     )
     return identity, doc
 

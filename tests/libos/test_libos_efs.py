@@ -203,7 +203,6 @@ def test_default_mount_is_the_first_configured_and_never_hides_tampering(tmp_pat
         runtime_for(tmp_path).default_mount()
 
 
-
 # --- what the host sees -------------------------------------------------------------
 
 
