@@ -147,7 +147,7 @@ def load_or_create(runtime: Runtime) -> EnclaveIdentity:
     The sealed blob lives in the encrypted file system when the image mounts
     one, so the host sees neither the blob nor its name and cannot roll it back.
     """
-    mrenclave = runtime.mrenclave.hex()
+    mrenclave = runtime.mrenclave
     blob = _read_sealed(runtime)
     if blob is not None:
         keys = json.loads(runtime.unseal(blob, _SEAL_LABEL))

@@ -256,7 +256,7 @@ def job_main(channel: process.Channel, payload: bytes) -> None:
 
     rt = runtime.current()
     identity, doc = _decode_payload(payload)
-    if identity.mrenclave != rt.mrenclave.hex():
+    if identity.mrenclave != rt.mrenclave:
         raise IntegrityError("the job payload names another enclave measurement")
     job = jobs.accept(
         identity,

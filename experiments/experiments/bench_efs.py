@@ -37,8 +37,8 @@ from libos.sim import SimPlatform
 from protocols.durable import fsync_dir
 
 # A made-up identity: the benchmark measures the file system, not an image.
-_BENCH_MRENCLAVE = hashlib.sha256(b"detente bench_efs enclave").digest()
-_BENCH_MRSIGNER = hashlib.sha256(b"detente bench_efs signer").digest()
+_BENCH_MRENCLAVE = hashlib.sha256(b"detente bench_efs enclave").hexdigest()
+_BENCH_MRSIGNER = hashlib.sha256(b"detente bench_efs signer").hexdigest()
 
 
 def _best(run: Callable[[], None], repeat: int) -> float:

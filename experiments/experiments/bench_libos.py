@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         f"image: {measurement.file_count} image files, {measurement.dependency_file_count} files "
         f"of {measurement.dependency_count} distributions "
         f"({measurement.dependency_bytes / (1 << 20):,.0f} MiB), MRENCLAVE "
-        f"{measurement.mrenclave.hex()[:16]}…"
+        f"{measurement.mrenclave[:16]}…"
     )
     print(f"libos build                          {_fmt(builds)}")
     print(f"unverified start (plain imports)     {_fmt(plain)}")

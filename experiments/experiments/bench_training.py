@@ -167,7 +167,7 @@ def _bench_process(
         )
         runtime._install(rt)
         enclave = EnclaveIdentity(
-            SigningKey.generate(), HpkePrivateKey.generate(), "sim", measurement.mrenclave.hex()
+            SigningKey.generate(), HpkePrivateKey.generate(), "sim", measurement.mrenclave
         )
         owners = [SigningKey.generate() for _ in parts]
         recipient = HpkePrivateKey.generate()

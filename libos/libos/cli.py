@@ -74,8 +74,8 @@ def build(
     except DetenteError as exc:
         raise _fail(exc) from None
     seconds = time.perf_counter() - started
-    typer.echo(f"MRENCLAVE {m.mrenclave.hex()}")
-    typer.echo(f"MRSIGNER  {m.mrsigner.hex()}")
+    typer.echo(f"MRENCLAVE {m.mrenclave}")
+    typer.echo(f"MRSIGNER  {m.mrsigner}")
     typer.echo(f"files     {m.file_count} image files")
     typer.echo(
         f"          {m.dependency_file_count} files of {m.dependency_count} distributions, "
@@ -172,15 +172,15 @@ def measure(
         if (current.mrenclave, current.mrsigner) != (m.mrenclave, m.mrsigner):
             typer.echo(
                 f"warning: the sources or libos.toml changed since the image in {dir / 'image'} "
-                f"was built (they would give MRENCLAVE {current.mrenclave.hex()}, MRSIGNER "
-                f"{current.mrsigner.hex()}); measured the built image, which is what `detente "
+                f"was built (they would give MRENCLAVE {current.mrenclave}, MRSIGNER "
+                f"{current.mrsigner}); measured the built image, which is what `detente "
                 f"libos run {dir}` starts. Run `detente libos build {dir}` to build and measure "
                 "the current sources",
                 err=True,
             )
     doc = {
-        "mrenclave": m.mrenclave.hex(),
-        "mrsigner": m.mrsigner.hex(),
+        "mrenclave": m.mrenclave,
+        "mrsigner": m.mrsigner,
         "backend": m.backend,
         "simulation_root_sha256": root,
     }

@@ -231,7 +231,7 @@ def _enclave_main(instance_dir: Path, argv: list[str]) -> int:
     verified = enter(instance_dir)
     if verified.measurement.simulation:
         print(
-            f"detente libos: enclave {verified.measurement.mrenclave.hex()[:16]}… started on the "
+            f"detente libos: enclave {verified.measurement.mrenclave[:16]}… started on the "
             f"{SIMULATION_NOTICE}",
             file=sys.stderr,
             flush=True,

@@ -130,8 +130,8 @@ class GramineRuntime(Runtime):
         self._report = own
         super().__init__(
             Measurement(
-                mrenclave=own.mr_enclave,
-                mrsigner=own.mr_signer,
+                mrenclave=own.mr_enclave.hex(),
+                mrsigner=own.mr_signer.hex(),
                 backend=BACKEND,
                 debug=own.debug,
                 isv_prod_id=own.isv_prod_id,
@@ -143,7 +143,7 @@ class GramineRuntime(Runtime):
         )
 
     def __repr__(self) -> str:
-        return f"<GramineRuntime {self.device_dir} mrenclave={self.mrenclave.hex()[:16]}…>"
+        return f"<GramineRuntime {self.device_dir} mrenclave={self.mrenclave[:16]}…>"
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("GramineRuntime reads sealing keys and cannot be pickled")
@@ -187,7 +187,8 @@ class GramineRuntime(Runtime):
         data, parsed = self._quote(report_data)
         own = getattr(self, "_measurement", None)
         if own is not None and (
-            parsed.report.mr_enclave != own.mrenclave or parsed.report.mr_signer != own.mrsigner
+            parsed.report.mr_enclave.hex() != own.mrenclave
+            or parsed.report.mr_signer.hex() != own.mrsigner
         ):
             raise AttestationError(
                 f"{self.device_dir / 'quote'} returned a quote of another enclave "
@@ -346,7 +347,7 @@ def manifest_text(
     lines = [
         "# Gramine manifest (template) for the Detente enclave worker.",
         f"# Written by `detente libos export --target gramine` from {instance}.",
-        f"# Image MRENCLAVE (detente libos measure): {verified.measurement.mrenclave.hex()}",
+        f"# Image MRENCLAVE (detente libos measure): {verified.measurement.mrenclave}",
         "# Under Gramine the enclave's MRENCLAVE is the one gramine-sgx-sign computes;",
         "# pin that one (gramine-sgx-sigstruct-view detente-worker.sig).",
         "#",

@@ -61,7 +61,8 @@ class MountUnavailableError(PolicyError):
 class Runtime(ABC):
     """The enclave's view of itself, whatever the backend: what every backend's runtime offers.
 
-    Its measurement, its folders, quotes over 64 bytes of report data, sealing
+    Its measurement (MRENCLAVE and MRSIGNER as hex, as quotes' readers, documents
+    and policies spell them), its folders, quotes over 64 bytes of report data, sealing
     under the ``mrenclave`` or ``mrsigner`` policy and the encrypted mounts of
     the image's config. :class:`SimRuntime` is the SIMULATION backend's,
     ``libos.gramine.GramineRuntime`` Gramine's.
@@ -86,11 +87,13 @@ class Runtime(ABC):
         return self._measurement
 
     @property
-    def mrenclave(self) -> bytes:
+    def mrenclave(self) -> str:
+        """MRENCLAVE as 64 lowercase hex characters."""
         return self._measurement.mrenclave
 
     @property
-    def mrsigner(self) -> bytes:
+    def mrsigner(self) -> str:
+        """MRSIGNER as 64 lowercase hex characters."""
         return self._measurement.mrsigner
 
     @property
@@ -209,7 +212,7 @@ class SimRuntime(Runtime):
 
     def __repr__(self) -> str:
         sim = " SIMULATION" if self.simulation else ""
-        return f"<SimRuntime{sim} mrenclave={self.mrenclave.hex()[:16]}…>"
+        return f"<SimRuntime{sim} mrenclave={self.mrenclave[:16]}…>"
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("SimRuntime holds platform secrets and cannot be pickled")
@@ -229,8 +232,8 @@ class SimRuntime(Runtime):
             cpu_svn=bytes(16),
             misc_select=0,
             attributes=self.attributes(),
-            mr_enclave=self.mrenclave,
-            mr_signer=self.mrsigner,
+            mr_enclave=bytes.fromhex(self.mrenclave),
+            mr_signer=bytes.fromhex(self.mrsigner),
             isv_prod_id=self.isv_prod_id,
             isv_svn=self.isv_svn,
             report_data=bytes(report_data),

@@ -2,9 +2,10 @@
 
 Keys come from the platform's sealing secret with HKDF-SHA256 (RFC 5869),
 info = ``b"detente/v1 seal " + policy + b" " + identity``, where the identity is
-MRENCLAVE under the ``mrenclave`` policy (default: only this exact image) or
-MRSIGNER under the ``mrsigner`` policy (any image by the same signer, e.g. a
-newer release). This mirrors SGX's EGETKEY key policies.
+the 32 raw bytes of MRENCLAVE under the ``mrenclave`` policy (default: only
+this exact image) or of MRSIGNER under the ``mrsigner`` policy (any image by
+the same signer, e.g. a newer release). This mirrors SGX's EGETKEY key
+policies. Callers pass MRENCLAVE and MRSIGNER as hex, like every Detente API.
 
 Blob layout::
 
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from protocols import canonical
 from protocols.errors import FormatError, IntegrityError
 
 Policy = Literal["mrenclave", "mrsigner"]
@@ -40,17 +42,16 @@ def _label_bytes(label: str | bytes) -> bytes:
     return label.encode("utf-8") if isinstance(label, str) else bytes(label)
 
 
-def seal_key(secret: bytes, policy: str, identity: bytes) -> bytes:
-    """The 256-bit AES key for ``policy`` and ``identity`` (MRENCLAVE or MRSIGNER)."""
+def seal_key(secret: bytes, policy: str, identity: str) -> bytes:
+    """The 256-bit AES key for ``policy`` and ``identity`` (MRENCLAVE or MRSIGNER, hex)."""
     if policy not in POLICIES:
         raise FormatError(f"unknown sealing policy {policy!r}; use 'mrenclave' or 'mrsigner'")
-    if len(identity) != 32:
-        raise FormatError(f"a sealing identity is a 32-byte measurement, got {len(identity)}")
+    raw = canonical.unhex(identity, "a sealing identity (MRENCLAVE or MRSIGNER)", 32)
     return HKDF(
         algorithm=hashes.SHA256(),
         length=32,
         salt=None,
-        info=_INFO_PREFIX + policy.encode("ascii") + b" " + identity,
+        info=_INFO_PREFIX + policy.encode("ascii") + b" " + raw,
     ).derive(secret)
 
 
@@ -58,7 +59,7 @@ class Sealer:
     """Seals and unseals for one enclave identity under one policy. Holds a key: never printed."""
 
     def __init__(
-        self, secret: bytes, mrenclave: bytes, mrsigner: bytes, policy: str = "mrenclave"
+        self, secret: bytes, mrenclave: str, mrsigner: str, policy: str = "mrenclave"
     ) -> None:
         identity = mrenclave if policy == "mrenclave" else mrsigner
         self._key = AESGCM(seal_key(secret, policy, identity))

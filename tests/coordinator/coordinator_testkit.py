@@ -340,7 +340,7 @@ def fake_enclave_credentials(
     """The RA-TLS key and certificate of an enclave identity made in this process
     (FAKE: no image, no launcher) on a real SIMULATION platform, claiming ``mrenclave``."""
     platform, folder = _sim_platform()
-    measurement = Measurement(bytes.fromhex(mrenclave), b"\x5a" * 32, "sim", False, 1, 1, 0)
+    measurement = Measurement(mrenclave, "5a" * 32, "sim", False, 1, 1, 0)
     runtime = SimRuntime(measurement, folder / f"instance-{mrenclave[:8]}", platform)
     identity = EnclaveIdentity(SigningKey.generate(), HpkePrivateKey.generate(), "sim", mrenclave)
     return ratls_credentials(identity, runtime)

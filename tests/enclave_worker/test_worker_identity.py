@@ -21,7 +21,7 @@ from protocols.documents import IdentityDocument
 from protocols.errors import FormatError
 from protocols.keys import HpkePrivateKey, Kem, SigningKey
 
-MRENCLAVE = hashlib.sha256(b"identity test enclave").digest()
+MRENCLAVE = hashlib.sha256(b"identity test enclave").hexdigest()
 SEAL_LABEL = "enclave-identity/v1"  # what identity.py has always sealed under
 
 
@@ -55,7 +55,7 @@ def test_a_restarted_worker_keeps_its_keys_sealed_in_the_encrypted_mount(tmp_pat
 
 
 def _runtime(tmp_path: Path, mounts: tuple[Mount, ...] = ()) -> SimRuntime:
-    measurement = Measurement(MRENCLAVE, bytes(32), "sim", False, 1, 1, 0)
+    measurement = Measurement(MRENCLAVE, "00" * 32, "sim", False, 1, 1, 0)
     return SimRuntime(
         measurement, tmp_path / "instance", SimPlatform(tmp_path / "platform"), mounts
     )
@@ -91,7 +91,7 @@ def test_identities_sealed_by_earlier_workers_still_open(tmp_path: Path, pq: boo
 def test_a_new_identity_is_sealed_in_the_default_mount_and_opens_again(tmp_path: Path) -> None:
     mounts = (Mount("/data", "data", "mrenclave"),)
     first = identity.load_or_create(_runtime(tmp_path, mounts))
-    assert first.hpke_pq_key is not None and first.mrenclave == MRENCLAVE.hex()
+    assert first.hpke_pq_key is not None and first.mrenclave == MRENCLAVE
     rt = _runtime(tmp_path, mounts)
     fs = rt.default_mount()
     assert fs is not None and fs.exists("keys/identity.sealed")
@@ -104,17 +104,17 @@ def test_a_new_identity_is_sealed_in_the_default_mount_and_opens_again(tmp_path:
 @pytest.mark.parametrize("pq", [True, False])
 def test_the_job_payload_carries_the_same_key_encoding(pq: bool) -> None:
     signing, hpke, pq_key = _keys(pq)
-    enclave = EnclaveIdentity(signing, hpke, "sim", MRENCLAVE.hex(), pq_key)
+    enclave = EnclaveIdentity(signing, hpke, "sim", MRENCLAVE, pq_key)
     payload = job_process._payload(enclave, b"terms", [b"approval"], [b"manifest"], 1.5)
     assert json.loads(payload)["identity"]["keys"] == enclave.private_keys()
     received, doc = job_process._decode_payload(payload)
     assert _same_keys(received, enclave)
-    assert (received.backend, received.mrenclave) == ("sim", MRENCLAVE.hex())
+    assert (received.backend, received.mrenclave) == ("sim", MRENCLAVE)
     assert doc["accepted_at"] == 1.5
 
 
 def test_key_encoding_errors_name_what_is_wrong() -> None:
-    keys = EnclaveIdentity(*_keys(False)[:2], "sim", MRENCLAVE.hex()).private_keys()
+    keys = EnclaveIdentity(*_keys(False)[:2], "sim", MRENCLAVE).private_keys()
     assert set(keys) == {"signing", "hpke"}
     with pytest.raises(FormatError, match="sealed identity lacks 'signing'"):
         EnclaveIdentity.from_private_keys({"hpke": keys["hpke"]}, "sim", "", "sealed identity")

@@ -226,7 +226,7 @@ class Worker:
     def client(self) -> EnclaveClient:
         root = SimPlatform(launcher.platform_dir(self.instance)).root_fingerprint
         policy = AttestationPolicy(
-            mrenclave=(self.measured.mrenclave.hex(),),
+            mrenclave=(self.measured.mrenclave,),
             allow_simulation=True,
             simulation_roots=(root,),
         )

@@ -59,18 +59,18 @@ def test_measure_reports_the_built_image(tmp_path: Path) -> None:
     instance = make_instance(tmp_path / "i")
     built = image.build(instance)
     manifest = (instance / "image" / "manifest.json").read_bytes()
-    assert built.mrenclave == hashlib.sha256(manifest).digest()
+    assert built.mrenclave == hashlib.sha256(manifest).hexdigest()
 
     result = runner.invoke(app, ["measure", str(instance), "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert (doc["mrenclave"], doc["mrsigner"]) == (built.mrenclave.hex(), built.mrsigner.hex())
+    assert (doc["mrenclave"], doc["mrsigner"]) == (built.mrenclave, built.mrsigner)
     assert result.stderr == ""  # the sources still give this image: nothing to warn about
 
     human = runner.invoke(app, ["measure", str(instance)])
     assert human.exit_code == 0, human.output
-    assert f"MRENCLAVE {built.mrenclave.hex()}" in human.stdout
-    assert f"MRSIGNER  {built.mrsigner.hex()}" in human.stdout
+    assert f"MRENCLAVE {built.mrenclave}" in human.stdout
+    assert f"MRSIGNER  {built.mrsigner}" in human.stdout
     assert f"image     {instance / 'image'} (built, signed manifest)" in human.stdout
 
 
@@ -99,21 +99,21 @@ def test_measure_after_a_source_edit_reports_the_built_image_and_warns(
         assert result.exit_code == 0, result.output
         # Still the built image's identity, the one `detente libos run` starts...
         if args:
-            assert json.loads(result.stdout)["mrenclave"] == built.mrenclave.hex()
+            assert json.loads(result.stdout)["mrenclave"] == built.mrenclave
         else:
-            assert f"MRENCLAVE {built.mrenclave.hex()}" in result.stdout
-        assert edited.mrenclave.hex() not in result.stdout
+            assert f"MRENCLAVE {built.mrenclave}" in result.stdout
+        assert edited.mrenclave not in result.stdout
         # ...and a warning that says so, with the sources' value and the command to run.
         warning = result.stderr
         assert "the sources or libos.toml changed since the image" in warning
-        assert f"they would give MRENCLAVE {edited.mrenclave.hex()}" in warning
+        assert f"they would give MRENCLAVE {edited.mrenclave}" in warning
         assert "measured the built image" in warning
         assert f"`detente libos build {instance}`" in warning
 
     rebuilt = image.build(instance)
     assert rebuilt.mrenclave == edited.mrenclave
     again = runner.invoke(app, ["measure", str(instance), "--json"])
-    assert json.loads(again.stdout)["mrenclave"] == rebuilt.mrenclave.hex()
+    assert json.loads(again.stdout)["mrenclave"] == rebuilt.mrenclave
     assert again.stderr == ""
 
 

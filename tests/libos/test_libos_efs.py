@@ -12,8 +12,11 @@ import pickle
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from libos.config import Mount
 from libos.counter import SimCounter, sim_counter
@@ -35,10 +38,10 @@ from libos.runtime import SimRuntime
 from libos.sim import SimPlatform
 from protocols.errors import FormatError, IntegrityError, PolicyError
 
-SIGNER = hashlib.sha256(b"efs test signer").digest()
-OTHER_SIGNER = hashlib.sha256(b"efs test other signer").digest()
-ENCLAVE_A = hashlib.sha256(b"efs test enclave A").digest()
-ENCLAVE_B = hashlib.sha256(b"efs test enclave B").digest()
+SIGNER = hashlib.sha256(b"efs test signer").hexdigest()
+OTHER_SIGNER = hashlib.sha256(b"efs test other signer").hexdigest()
+ENCLAVE_A = hashlib.sha256(b"efs test enclave A").hexdigest()
+ENCLAVE_B = hashlib.sha256(b"efs test enclave B").hexdigest()
 MOUNTS = (Mount("/data", "data", "mrenclave"), Mount("/keep", "keep", "mrsigner"))
 BS = DEFAULT_BLOCK_SIZE
 _BLOB = re.compile(r"[0-9a-f]{40}")
@@ -46,8 +49,8 @@ _BLOB = re.compile(r"[0-9a-f]{40}")
 
 def runtime_for(
     base: Path,
-    mrenclave: bytes = ENCLAVE_A,
-    mrsigner: bytes = SIGNER,
+    mrenclave: str = ENCLAVE_A,
+    mrsigner: str = SIGNER,
     platform: str = "platform",
     mounts: tuple[Mount, ...] = MOUNTS,
 ) -> SimRuntime:
@@ -503,6 +506,19 @@ def test_mount_path_is_part_of_the_key(tmp_path: Path) -> None:
     moved = (Mount("/elsewhere", "data", "mrenclave"),)
     with pytest.raises(IntegrityError, match="another mount path"):
         runtime_for(tmp_path, mounts=moved).mount("/elsewhere")
+
+
+def test_mount_key_info_holds_the_raw_measurement() -> None:
+    # MRENCLAVE and MRSIGNER come as hex; the HKDF info holds their 32 raw
+    # bytes (docs/libos.md), so mounts written before the hex convention open.
+    secret = bytes(range(32))
+    info = b"detente/v1 efs mount mrsigner " + bytes.fromhex(SIGNER) + b" /keep"
+    by_hand = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
+    derived = MountKey.derive(secret, ENCLAVE_A, SIGNER, "mrsigner", "/keep")
+    assert derived.key_id == MountKey(by_hand, "mrsigner", "/keep").key_id
+    raw: Any = bytes.fromhex(ENCLAVE_A)  # the old convention: refused, not misread
+    with pytest.raises(FormatError, match="MRENCLAVE or MRSIGNER"):
+        MountKey.derive(secret, raw, SIGNER, "mrenclave", "/x")
 
 
 # --- atomicity, failures, concurrency ------------------------------------------------------

@@ -21,8 +21,8 @@ from libos.sim import SimPlatform
 from protocols.errors import IntegrityError
 
 REPO = Path(__file__).resolve().parents[2]
-ENCLAVE = hashlib.sha256(b"efs crash test enclave").digest()
-SIGNER = hashlib.sha256(b"efs crash test signer").digest()
+ENCLAVE = hashlib.sha256(b"efs crash test enclave").hexdigest()
+SIGNER = hashlib.sha256(b"efs crash test signer").hexdigest()
 MOUNTS = (Mount("/data", "data", "mrenclave"),)
 OLD = b"version 1 " * 30000
 NEW = b"version 2 " * 30000
@@ -40,7 +40,7 @@ from libos.runtime import SimRuntime
 from libos.sim import SimPlatform
 
 base, where = Path(sys.argv[1]), sys.argv[2]
-enclave, signer = bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[4])
+enclave, signer = sys.argv[3], sys.argv[4]
 new = b"version 2 " * 30000  # NEW of the test
 rt = SimRuntime(
     Measurement(enclave, signer, "sim", False, 1, 1, 0), base / "instance",
@@ -78,7 +78,7 @@ def runtime_for(base: Path) -> SimRuntime:
 def crash_while_writing(base: Path, where: str) -> None:
     runtime_for(base).mount("/data").write_bytes("model", OLD)
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(base), where, ENCLAVE.hex(), SIGNER.hex()],
+        [sys.executable, "-c", CHILD, str(base), where, ENCLAVE, SIGNER],
         capture_output=True,
         text=True,
         timeout=60,

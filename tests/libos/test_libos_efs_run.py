@@ -38,7 +38,7 @@ def test_enclave_writes_and_reads_its_mounts_across_restarts_and_upgrades(
         "--efs-write", "/data", "jobs/job-1/model.json", CANARY.hex(),
         "--efs-write", "/keep", "identity.key", CANARY.hex(),
     )  # fmt: skip
-    assert out["mrenclave"] == first.mrenclave.hex()
+    assert out["mrenclave"] == first.mrenclave
     again = enclave(probe_copy, "--efs-read", "/data", "jobs/job-1/model.json")
     assert again["efs_read"] == CANARY.hex()
 

@@ -120,10 +120,10 @@ def test_identity_comes_from_the_enclaves_own_quote(
 ) -> None:
     rt = GramineRuntime(tmp_path / "instance", fake_dev_attestation.directory)
     assert isinstance(rt, Runtime)  # the one runtime type enclave code is written against
-    assert rt.mrenclave == FAKE_MRENCLAVE and rt.mrsigner == FAKE_MRSIGNER
+    assert rt.mrenclave == FAKE_MRENCLAVE.hex() and rt.mrsigner == FAKE_MRSIGNER.hex()
     assert (rt.isv_prod_id, rt.isv_svn) == (7, 3)
     assert rt.backend == "gramine" and rt.simulation is False and rt.debug is False
-    assert rt.measurement.mrenclave == FAKE_MRENCLAVE
+    assert rt.measurement.mrenclave == FAKE_MRENCLAVE.hex()
     assert rt.root_fingerprint == quote_verify.certificate_fingerprint(
         quote_verify.intel_sgx_root()
     )

@@ -3,13 +3,14 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from libos_testkit import PROBE, make_instance, write_config
 
 from libos import image
 from libos.config import InstanceConfig
-from protocols.errors import PolicyError
+from protocols.errors import FormatError, PolicyError
 from protocols.keys import SigningKey
 
 
@@ -57,6 +58,19 @@ def test_measured_config_changes_mrenclave(tmp_path: Path) -> None:
     assert before.mrsigner == after.mrsigner
 
 
+def test_measurements_are_hex_everywhere(tmp_path: Path) -> None:
+    # One convention: MRENCLAVE and MRSIGNER are 64 lowercase hex characters
+    # in every API (only the quote's binary layout holds raw bytes).
+    measured = image.measure(make_instance(tmp_path / "a"))
+    for value in (measured.mrenclave, measured.mrsigner):
+        assert isinstance(value, str) and bytes.fromhex(value).hex() == value
+    assert measured.to_json()["mrenclave"] == measured.mrenclave
+    bad_values: list[Any] = [bytes(32), "AB" * 32, "ab" * 31]
+    for bad in bad_values:
+        with pytest.raises(FormatError, match="MRENCLAVE must be 64 lowercase hex"):
+            image.Measurement(bad, "00" * 32, "sim", False, 1, 1, 0)
+
+
 def test_measure_equals_build_and_writes_nothing(tmp_path: Path) -> None:
     a = make_instance(tmp_path / "a")
     measured = image.measure(a)
@@ -70,7 +84,7 @@ def test_manifest_contents(built_probe: tuple[Path, image.Measurement]) -> None:
     data = (instance / "image" / "manifest.json").read_bytes()
     import hashlib
 
-    assert hashlib.sha256(data).digest() == measurement.mrenclave
+    assert hashlib.sha256(data).hexdigest() == measurement.mrenclave
     doc = json.loads(data)
     assert doc["version"] == 2
     assert doc["config"]["entry_point"] == "libos_test_probes.probe:main"
@@ -105,7 +119,7 @@ def test_manifest_contents(built_probe: tuple[Path, image.Measurement]) -> None:
         assert hashlib.sha256(on_disk.read_bytes()).hexdigest() == f["sha256"]
     assert doc["python"]["implementation"] == "cpython"
     pub = (instance / "image" / "signer.pub").read_text().strip()
-    assert hashlib.sha256(bytes.fromhex(pub)).digest() == measurement.mrsigner
+    assert hashlib.sha256(bytes.fromhex(pub)).hexdigest() == measurement.mrsigner
 
 
 def test_the_default_image_holds_no_test_support() -> None:

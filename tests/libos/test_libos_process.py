@@ -85,7 +85,7 @@ def test_a_child_shares_the_measurement_and_gets_its_payload_only_over_the_pipe(
     info = json.loads(echo["messages"][2][1])
     # The child installed the runtime of the same verified image: same MRENCLAVE,
     # without attesting again; the payload never touched argv or the environment.
-    assert info["mrenclave"] == measured.mrenclave.hex()
+    assert info["mrenclave"] == measured.mrenclave
     assert info["payload_in_environ"] is False and info["payload_in_cmdline"] is False
     assert (instance / "logs" / "echo.log").exists()
 
@@ -216,7 +216,7 @@ def test_a_child_of_another_measurement_gets_no_payload(tmp_path):
 
     result = _wait_then(instance, rebuild, "echo")
     assert result["error_type"] == "IntegrityError"
-    assert f"not this enclave's {measured.mrenclave.hex()[:16]}" in result["message"]
+    assert f"not this enclave's {measured.mrenclave[:16]}" in result["message"]
     assert result["messages"] == []
 
 

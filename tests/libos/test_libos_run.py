@@ -30,8 +30,8 @@ def test_probe_reports_the_built_measurement(
 ) -> None:
     instance, measurement = built_probe
     out, stderr = probe(instance, "--flag", "value", "--quote", REPORT_DATA.hex())
-    assert out["mrenclave"] == measurement.mrenclave.hex()
-    assert out["mrsigner"] == measurement.mrsigner.hex()
+    assert out["mrenclave"] == measurement.mrenclave
+    assert out["mrsigner"] == measurement.mrsigner
     assert out["backend"] == "sim" and out["simulation"] is True and out["debug"] is False
     assert out["argv"] == ["--flag", "value", "--quote", REPORT_DATA.hex()]
     # The enclave imported the image's copy of libos, not the repository's.
@@ -46,8 +46,9 @@ def test_probe_reports_the_built_measurement(
     verified = quote_verify.verify_quote(
         base64.b64decode(str(out["quote"])), [platform.root_certificate]
     )
-    assert verified.report.mr_enclave == measurement.mrenclave
-    assert verified.report.mr_signer == measurement.mrsigner
+    # The quote's binary layout holds the raw bytes of the hex measurement.
+    assert verified.report.mr_enclave.hex() == measurement.mrenclave
+    assert verified.report.mr_signer.hex() == measurement.mrsigner
     assert verified.report.report_data == REPORT_DATA
     assert not verified.report.debug
     assert (verified.report.isv_prod_id, verified.report.isv_svn) == (1, 1)
@@ -69,7 +70,7 @@ def test_debug_image_sets_the_debug_bit(tmp_path: Path) -> None:
         base64.b64decode(str(out["quote"])), [platform.root_certificate]
     )
     assert verified.report.debug
-    assert verified.report.mr_enclave == measurement.mrenclave
+    assert verified.report.mr_enclave.hex() == measurement.mrenclave
 
 
 def refused(instance: Path) -> str:

@@ -3,17 +3,20 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from libos.sealing import Sealer, seal_key
 from protocols.errors import FormatError, IntegrityError
 
 SECRET = os.urandom(32)
-ENCLAVE_A = hashlib.sha256(b"enclave a").digest()
-ENCLAVE_B = hashlib.sha256(b"enclave b").digest()
-SIGNER_1 = hashlib.sha256(b"signer 1").digest()
-SIGNER_2 = hashlib.sha256(b"signer 2").digest()
+ENCLAVE_A = hashlib.sha256(b"enclave a").hexdigest()
+ENCLAVE_B = hashlib.sha256(b"enclave b").hexdigest()
+SIGNER_1 = hashlib.sha256(b"signer 1").hexdigest()
+SIGNER_2 = hashlib.sha256(b"signer 2").hexdigest()
 
 
 def test_round_trip_and_label_binding() -> None:
@@ -64,6 +67,15 @@ def test_key_derivation_info_and_handles() -> None:
     assert seal_key(SECRET, "mrenclave", ENCLAVE_A) != seal_key(SECRET, "mrsigner", ENCLAVE_A)
     with pytest.raises(FormatError):
         seal_key(SECRET, "anything", ENCLAVE_A)
+    # The measurement comes as hex; the HKDF info holds its 32 raw bytes, so
+    # blobs sealed before the hex convention open unchanged.
+    info = b"detente/v1 seal mrenclave " + bytes.fromhex(ENCLAVE_A)
+    by_hand = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(SECRET)
+    assert seal_key(SECRET, "mrenclave", ENCLAVE_A) == by_hand
+    bad_identities: list[Any] = [bytes.fromhex(ENCLAVE_A), ENCLAVE_A[:62], "zz" * 32]
+    for bad in bad_identities:
+        with pytest.raises(FormatError, match="sealing identity"):
+            seal_key(SECRET, "mrenclave", bad)
     sealer = Sealer(SECRET, ENCLAVE_A, SIGNER_1)
     assert "secret" in repr(sealer)
     with pytest.raises(TypeError):

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from libos.efs.format import FILE_ID_SIZE
 from libos.sealing import POLICIES
+from protocols import canonical
 from protocols.errors import FormatError
 
 KEY_ID_SIZE = 16
@@ -62,14 +63,19 @@ class MountKey:
 
     @classmethod
     def derive(
-        cls, secret: bytes, mrenclave: bytes, mrsigner: bytes, policy: str, mount_path: str
+        cls, secret: bytes, mrenclave: str, mrsigner: str, policy: str, mount_path: str
     ) -> MountKey:
-        """The key of ``mount_path`` for this enclave (``mrenclave``) or signer (``mrsigner``)."""
+        """The key of ``mount_path`` for this enclave (``mrenclave``) or signer (``mrsigner``).
+
+        MRENCLAVE and MRSIGNER come as hex; the info string holds their 32 raw bytes.
+        """
         if policy not in POLICIES:
             raise FormatError(f"unknown key policy {policy!r}; use 'mrenclave' or 'mrsigner'")
-        identity = mrenclave if policy == "mrenclave" else mrsigner
-        if len(identity) != 32:
-            raise FormatError(f"an enclave identity is a 32-byte measurement, got {len(identity)}")
+        identity = canonical.unhex(
+            mrenclave if policy == "mrenclave" else mrsigner,
+            "an enclave identity (MRENCLAVE or MRSIGNER)",
+            32,
+        )
         info = _INFO_MOUNT + policy.encode() + b" " + identity + b" " + mount_path.encode()
         return cls(_hkdf(secret, info), policy, mount_path)
 

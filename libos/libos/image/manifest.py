@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from libos.config import InstanceConfig
+from protocols.errors import FormatError
 from protocols.keys import VerifyKey
 
 # Version 2: dependency distributions measured file by file (version 1 pinned
@@ -37,10 +38,15 @@ MODULE_SUFFIXES = (*importlib.machinery.SOURCE_SUFFIXES, *importlib.machinery.EX
 
 @dataclass(frozen=True)
 class Measurement:
-    """An image's identity, as a quote reports it."""
+    """An image's identity, as a quote reports it.
 
-    mrenclave: bytes
-    mrsigner: bytes
+    MRENCLAVE and MRSIGNER are 64 lowercase hex characters, as every Detente
+    API, document and policy spells them; only the binary quote layout
+    (``protocols.quote_layout.ReportBody``) holds the 32 raw bytes.
+    """
+
+    mrenclave: str
+    mrsigner: str
     backend: str
     debug: bool
     isv_prod_id: int
@@ -50,14 +56,18 @@ class Measurement:
     dependency_file_count: int = 0
     dependency_bytes: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("mrenclave", "mrsigner"):
+            check_measurement_hex(getattr(self, name), name.upper())
+
     @property
     def simulation(self) -> bool:
         return self.backend == "sim"
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "mrenclave": self.mrenclave.hex(),
-            "mrsigner": self.mrsigner.hex(),
+            "mrenclave": self.mrenclave,
+            "mrsigner": self.mrsigner,
             "backend": self.backend,
             "debug": self.debug,
             "isv_prod_id": self.isv_prod_id,
@@ -65,8 +75,18 @@ class Measurement:
         }
 
 
-def mrsigner_of(key: VerifyKey) -> bytes:
-    return hashlib.sha256(key.raw).digest()
+def check_measurement_hex(value: object, what: str = "MRENCLAVE") -> str:
+    """``value`` if it is a 32-byte measurement as 64 lowercase hex characters, else FormatError."""
+    if not (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    ):
+        raise FormatError(f"{what} must be 64 lowercase hex characters, got {value!r}")
+    return value
+
+
+def mrsigner_of(key: VerifyKey) -> str:
+    """MRSIGNER of an image signer: SHA-256 of its raw public key, as hex."""
+    return hashlib.sha256(key.raw).hexdigest()
 
 
 def _prefix() -> str:
@@ -147,7 +167,7 @@ def measurement_of(
     """The identity of the image whose manifest is ``manifest`` (parsed: ``document``)."""
     dependency_files = [f for d in document["distributions"] for f in d["files"]]
     return Measurement(
-        mrenclave=hashlib.sha256(manifest).digest(),
+        mrenclave=hashlib.sha256(manifest).hexdigest(),
         mrsigner=mrsigner_of(signer),
         backend=config.backend,
         debug=config.debug,

@@ -92,8 +92,8 @@ def _read_manifest(instance_dir: Path, expected: VerifyKey) -> tuple[bytes, Veri
         ) from None
     if signer != expected:
         raise SignatureError(
-            f"image {image} is signed by MRSIGNER {mrsigner_of(signer).hex()}, but "
-            f"{CONFIG_NAME} pins the signer with MRSIGNER {mrsigner_of(expected).hex()}: it "
+            f"image {image} is signed by MRSIGNER {mrsigner_of(signer)}, but "
+            f"{CONFIG_NAME} pins the signer with MRSIGNER {mrsigner_of(expected)}: it "
             f"was not built by this instance's signer; {_rebuild_hint(instance_dir)}"
         )
     try:

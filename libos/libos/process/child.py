@@ -142,7 +142,7 @@ def child_main(argv: list[str]) -> int:
         print(f"detente libos: refusing to run child: {exc}", file=sys.stderr, flush=True)
         _finish(channel, ERROR, _report(exc))
         return EXIT_REFUSED
-    channel._send(HELLO, verified.measurement.mrenclave)
+    channel._send(HELLO, bytes.fromhex(verified.measurement.mrenclave))
     first = channel._reader.read()
     if first is None or first.kind != PAYLOAD:
         print("detente libos: the parent sent no payload", file=sys.stderr, flush=True)

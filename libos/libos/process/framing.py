@@ -2,7 +2,7 @@
 
 Frames (both directions): ``kind length (1 byte) ‖ body length (4 bytes, big
 endian) ‖ kind (ASCII) ‖ body``. Kinds starting with ``libos/`` are libos's:
-``libos/hello`` (child → parent: its 32-byte MRENCLAVE), ``libos/payload``
+``libos/hello`` (child → parent: the 32 raw bytes of its MRENCLAVE), ``libos/payload``
 (parent → child), ``libos/done`` (child → parent: JSON with its peak RSS) and
 ``libos/error`` (child → parent: JSON naming the exception). The two sides
 speak in turns; a side that sends a lot while the other sends too must read in

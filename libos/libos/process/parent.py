@@ -351,10 +351,10 @@ def spawn(
             ) from None
         if hello is None or hello.kind != HELLO:
             raise FormatError(f"child process {name!r} did not start with {HELLO!r}")
-        if hello.body != rt.mrenclave:
+        if hello.body.hex() != rt.mrenclave:
             raise IntegrityError(
                 f"child process {name!r} runs image MRENCLAVE {hello.body.hex()[:16]}…, not this "
-                f"enclave's {rt.mrenclave.hex()[:16]}…: the image changed on disk since the "
+                f"enclave's {rt.mrenclave[:16]}…: the image changed on disk since the "
                 "enclave started; restart it with `detente libos run DIR`"
             )
         handle._send(PAYLOAD, payload)

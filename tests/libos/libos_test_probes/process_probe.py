@@ -51,7 +51,7 @@ def echo(channel: process.Channel, payload: bytes) -> None:
         cmdline = f.read()
     info = {
         "pid": os.getpid(),
-        "mrenclave": rt.mrenclave.hex(),
+        "mrenclave": rt.mrenclave,
         "payload_in_environ": payload in environ,
         "payload_in_cmdline": payload in cmdline,
     }
