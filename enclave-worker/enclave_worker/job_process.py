@@ -143,14 +143,14 @@ class JobProcess:
         except process.ChildError as exc:
             raise _translate(exc) from None
 
-    def results(self) -> Iterator[jobs.Progress | jobs.ReleasedOutput | bytes]:
+    def results(self) -> Iterator[jobs.JobProgress | jobs.ReleasedOutput | bytes]:
         """Progress, output pieces (consecutive pieces of one output), then the statement."""
         try:
             self._child.send("end")
             for message in self._child.messages():
                 if message.kind == "progress":
                     report = canonical.loads(message.body, "job progress")
-                    yield jobs.Progress(str(report.get("kind")), str(report.get("text")))
+                    yield jobs.JobProgress(str(report.get("kind")), str(report.get("text")))
                 elif message.kind == "output":
                     name, data = _unnamed(message.body, "job output")
                     yield jobs.ReleasedOutput(name, data)
@@ -240,7 +240,7 @@ def _environment(channel: process.Channel) -> jobs.JobEnvironment:
     """
     from libos import runtime
 
-    def emit(progress: jobs.Progress) -> None:
+    def emit(progress: jobs.JobProgress) -> None:
         channel.send("progress", canonical.dumps({"kind": progress.kind, "text": progress.text}))
 
     fs = runtime.current().default_mount()
@@ -276,7 +276,7 @@ def job_main(channel: process.Channel, payload: bytes) -> None:
         job.add_chunk(dataset_id, data)
     log.info("job %s: all data sets received", job.terms.job_id)
     for item in jobs.run(identity, job, _environment(channel)):
-        if isinstance(item, jobs.Progress):
+        if isinstance(item, jobs.JobProgress):
             channel.send("progress", canonical.dumps({"kind": item.kind, "text": item.text}))
         elif isinstance(item, jobs.ReleasedOutput):
             data = item.ciphertext

@@ -90,7 +90,7 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
             job.check_chunk(request.chunk.dataset_id, len(request.chunk.data))
             running.send_chunk(request.chunk.dataset_id, request.chunk.data)
         for item in running.results():
-            if isinstance(item, jobs.Progress):
+            if isinstance(item, jobs.JobProgress):
                 yield enclave_pb2.RunJobResponse(
                     progress=enclave_pb2.Progress(kind=item.kind, text=item.text)
                 )

@@ -82,7 +82,7 @@ def _run(
         )
         info = f"{job.terms.job_id}/{output.name}".encode()
         opened[output.name] = stream.open_stream(key, output.ciphertext, info)
-    progress += [(i.kind, i.text) for i in items if isinstance(i, jobs.Progress)]
+    progress += [(i.kind, i.text) for i in items if isinstance(i, jobs.JobProgress)]
     return opened, progress
 
 
