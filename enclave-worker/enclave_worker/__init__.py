@@ -1,0 +1,11 @@
+"""The enclave worker: the trusted code of a Detente enclave image, run by ``detente libos run``.
+
+``main`` is the image's entry point; ``identity`` holds the enclave's keys
+(sealed, attested, RA-TLS); ``service`` is the Enclave gRPC edge; ``jobs``
+checks consent and runs a job (join, training, release); ``job_process``
+runs each job in a child process of its own.
+
+Nothing is imported here: each job process imports only what it runs.
+"""
+
+__all__ = ["identity", "job_process", "jobs", "main", "service"]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import pyarrow as pa
 import pytest
 
@@ -37,10 +34,3 @@ def test_feature_matrix_names_the_column_not_the_value() -> None:
     with pytest.raises(DatasetError) as caught:
         jobs.feature_matrix(table, "label", None)
     assert "column 'f1'" in str(caught.value) and CANARY not in str(caught.value)
-
-
-def test_each_job_module_says_its_job_in_one_line() -> None:
-    for info in pkgutil.iter_modules(jobs.__path__):
-        module = importlib.import_module(f"{jobs.__name__}.{info.name}")
-        doc = (module.__doc__ or "").strip()
-        assert doc and len(doc.splitlines()[0]) <= 100, info.name

@@ -43,7 +43,7 @@ def value_free_errors(what: str) -> Iterator[None]:
         ) from None
 
 
-def open_dataset(identity: EnclaveIdentity, manifest: DatasetManifest, blob: bytes) -> Any:
+def _open_dataset(identity: EnclaveIdentity, manifest: DatasetManifest, blob: bytes) -> Any:
     """Check ``blob`` against its signed manifest, decrypt it, and read its Arrow table."""
     import pyarrow as pa
 
@@ -149,7 +149,7 @@ def _first_difference(schema: Any, other: Any) -> str:
     return "differs in column metadata"
 
 
-def join(tables: list[Any], terms: JobTerms) -> Any:
+def _join(tables: list[Any], terms: JobTerms) -> Any:
     """Horizontal join: the union of rows, in terms order, of tables with equal schemas.
 
     The id column identifies rows but is no feature, so its type may differ
@@ -180,11 +180,11 @@ def joined_table(identity: EnclaveIdentity, job: AcceptedJob) -> Any:
     tables = []
     for dataset_id, _ in job.terms.datasets:
         blob = bytes(job.received.pop(dataset_id, b""))
-        table = open_dataset(identity, job.manifests[dataset_id], blob)
+        table = _open_dataset(identity, job.manifests[dataset_id], blob)
         del blob  # the ciphertext is no longer needed: keep the peak down
         check_table(dataset_id, table, job.terms)
         tables.append(table)
-    return join(tables, job.terms)
+    return _join(tables, job.terms)
 
 
 def feature_matrix(table: Any, label: str, id_column: str | None) -> tuple[Any, Any, list[str]]:
