@@ -2,6 +2,7 @@
 
 This module only wires commands; the work is in :mod:`coordinator.server`
 and :mod:`coordinator.store`, imported lazily so `detente --help` stays fast.
+Errors and exit codes follow :mod:`protocols.cli_convention`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(
-    # Tracebacks must never print local variables: they may hold rows or keys.
-    pretty_exceptions_show_locals=False,
-    help="The untrusted coordinator: party registry, ciphertext store, job scheduler.",
-    no_args_is_help=True,
+from protocols.cli_convention import JsonOption, UsageError, command_group, emit_json
+from protocols.errors import SetupError
+
+app = command_group(
+    "The untrusted coordinator: party registry, ciphertext store, job scheduler."
 )
 
 HomeOption = Annotated[
@@ -72,10 +73,8 @@ def serve(
     """
     from coordinator.limits import JobLimits
     from coordinator.server import serve as run
-    from protocols.errors import DetenteError, PolicyError
     from protocols.policy import AttestationPolicy
 
-    policy = None
     if enclave is None:
         typer.echo(
             "no --enclave given: jobs will wait in `approved` until the coordinator is "
@@ -83,32 +82,13 @@ def serve(
             err=True,
         )
     elif enclave_policy is None:
-        typer.echo(
+        raise UsageError(
             "--enclave needs --enclave-policy FILE: the coordinator sends job data only to an "
-            "enclave whose RA-TLS certificate passes that attestation policy",
-            err=True,
+            "enclave whose RA-TLS certificate passes that attestation policy"
         )
-        raise typer.Exit(2)
-    if enclave_policy is not None:
-        try:
-            policy = AttestationPolicy.load(enclave_policy)
-        except PolicyError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-    try:
-        run(
-            home,
-            db_url,
-            host,
-            port,
-            enclave,
-            port_file,
-            policy,
-            JobLimits(max_job_seconds, max_work),
-        )
-    except DetenteError as exc:  # e.g. a TLS key readable by others, or not matching its cert
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    policy = AttestationPolicy.load(enclave_policy) if enclave_policy is not None else None
+    # A TLS key readable by others, or not matching its certificate, is refused here.
+    run(home, db_url, host, port, enclave, port_file, policy, JobLimits(max_job_seconds, max_work))
 
 
 def _open_store(home: Path, db_url: str | None) -> Any:
@@ -117,11 +97,9 @@ def _open_store(home: Path, db_url: str | None) -> Any:
     from coordinator.store import SqlStore
 
     if db_url is None and not (home / "coordinator.db").exists():
-        typer.echo(
-            f"no coordinator database in {home}: run `detente coordinator serve --home {home}`",
-            err=True,
+        raise SetupError(
+            f"no coordinator database in {home}: run `detente coordinator serve --home {home}`"
         )
-        raise typer.Exit(2)
     return SqlStore(db_url or default_db_url(home))
 
 
@@ -133,9 +111,7 @@ def enroll(
     expires_in: Annotated[
         int, typer.Option("--expires-in", min=1, help="Seconds the token stays valid.")
     ] = 7 * 24 * 3600,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Stable machine-readable output")
-    ] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Issue a one-time enrollment token for a party name.
 
@@ -144,21 +120,15 @@ def enroll(
     `detente party init --enrollment-token TOKEN`. The coordinator keeps only
     its SHA-256. Issuing again for a name not yet registered replaces the token.
     """
-    import json
-
     from coordinator.handler import issue_enrollment
-    from protocols.errors import DetenteError
 
     store = _open_store(home, db_url)
     try:
         token, record = issue_enrollment(store, name, expires_in)
-    except DetenteError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     finally:
         store.close()
     if json_out:
-        print(json.dumps({"name": name, "token": token, "expires_at": record.expires_at // 1000}))
+        emit_json({"name": name, "token": token, "expires_at": record.expires_at // 1000})
     else:
         typer.echo(f"enrollment token for {name!r} (valid {expires_in} s, usable once):")
         typer.echo(token)
@@ -173,14 +143,9 @@ def cancel(
     reason: Annotated[str, typer.Option("--reason", help="Why (kept in the job's events).")] = "",
 ) -> None:
     """Cancel a job as the operator: at once if it waits, within a second if it runs."""
-    from protocols.errors import DetenteError
-
     store = _open_store(home, db_url)
     try:
         job = store.request_cancel(job_id, reason[:500], by="the operator")
-    except DetenteError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     finally:
         store.close()
     if job.state == "running":
@@ -202,8 +167,7 @@ def audit_verify(
     try:
         count = verify_audit_chain(store.audit_entries())
     except IntegrityError as exc:
-        typer.echo(f"audit log BROKEN: {exc}", err=True)
-        raise typer.Exit(1) from None
+        raise IntegrityError(f"audit log BROKEN: {exc}") from None
     finally:
         store.close()
     typer.echo(f"ok: {count} audit log entries, hash chain intact")

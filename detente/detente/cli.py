@@ -11,13 +11,9 @@ from coordinator.cli import app as coordinator_app
 from libos.cli import app as libos_app
 from party_client.attest_cli import app as attest_app
 from party_client.cli import app as party_app
+from protocols.cli_convention import command_group
 
-app = typer.Typer(
-    # Tracebacks must never print local variables: they may hold rows or keys.
-    pretty_exceptions_show_locals=False,
-    help="Detente: train XGBoost across parties inside an attested enclave.",
-    no_args_is_help=True,
-)
+app = command_group("Detente: train XGBoost across parties inside an attested enclave.")
 app.add_typer(party_app, name="party")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(libos_app, name="libos")
@@ -27,7 +23,10 @@ app.add_typer(attest_app, name="attest")
 @app.command("demo")
 def demo(
     data: Annotated[
-        Path | None, typer.Option(help="CSV file (default: the bundled UCI credit data)")
+        Path | None,
+        typer.Option(
+            exists=True, dir_okay=False, help="CSV file (default: the bundled UCI credit data)"
+        ),
     ] = None,
     label: Annotated[str | None, typer.Option(help="Label column (0/1)")] = None,
     id_column: Annotated[

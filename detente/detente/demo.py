@@ -18,7 +18,6 @@ import importlib.resources
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,8 +25,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from detente.cluster import ClusterError, cluster, start_roles
+import typer
+
+from detente.cluster import cluster, start_roles
 from detente.evaluation import roc_auc, stratified_split
+from protocols.cli_convention import warn_simulation
 from protocols.errors import DetenteError
 
 __all__ = [
@@ -119,19 +121,16 @@ def main(
             split_by = split_by or DEFAULT_SPLIT
             return main(bundled, label, id_column, split_by, parties, workdir, rounds)
     if label is None:
-        print("error: --label is required with --data", file=sys.stderr)
-        return 2
+        raise typer.BadParameter("required with --data", param_hint="'--label'")
     keep = workdir is not None
     root = workdir or Path(tempfile.mkdtemp(prefix="detente-demo-"))
     if root.exists() and any(root.iterdir()):
-        print(f"error: workdir {root} is not empty; choose a new folder", file=sys.stderr)
-        return 2
+        raise typer.BadParameter(
+            f"{root} is not empty; choose a new folder", param_hint="'--workdir'"
+        )
     root.mkdir(parents=True, exist_ok=True)
-    try:
+    try:  # a DemoError or ClusterError reaches the CLI's handler (protocols.cli_convention)
         return _run(data, label, id_column, split_by, parties, root, rounds)
-    except (DemoError, ClusterError) as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        return 1
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -154,7 +153,6 @@ def _run(
     from party_client.party import fetch_job
 
     started = time.perf_counter()
-    print("SIMULATION enclave: this demo shows the protocol, not hardware protection.")
     table = pacsv.read_csv(data)
     for column in (label, id_column):
         if column is not None and column not in table.column_names:
@@ -167,6 +165,7 @@ def _run(
     train = table.take(np.sort(train_idx))
     test = table.take(np.sort(test_idx))
     split = split_parties(train, parties, split_by)
+    warn_simulation()
 
     with cluster(root) as c:
         roles = start_roles(c, root)

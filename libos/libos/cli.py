@@ -1,31 +1,32 @@
 """`detente libos …`: build, measure and run enclave images.
 
 This module only wires commands; the logic lives in the library modules.
+Errors and exit codes follow :mod:`protocols.cli_convention`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-app = typer.Typer(
-    # Tracebacks must never print local variables: they may hold rows or keys.
-    pretty_exceptions_show_locals=False,
-    name="libos",
-    help="Build, measure and run enclave images (backend 'sim' is a SIMULATION: "
+from protocols.cli_convention import (
+    JsonOption,
+    RunRefused,
+    command_group,
+    emit_json,
+    warn_simulation,
+)
+from protocols.errors import DetenteError
+
+app = command_group(
+    "Build, measure and run enclave images (backend 'sim' is a SIMULATION: "
     "no hardware protection).",
-    no_args_is_help=True,
+    name="libos",
 )
 
 DirArg = Annotated[Path, typer.Argument(help="instance directory (holds libos.toml)")]
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
-    return typer.Exit(1)
 
 
 @app.command()
@@ -38,12 +39,8 @@ def init(
 ) -> None:
     """Write DIR/libos.toml and a fresh per-instance signer key (mode 0600)."""
     from libos import image
-    from protocols.errors import DetenteError
 
-    try:
-        config = image.init(dir, signer_key)
-    except DetenteError as exc:
-        raise _fail(exc) from None
+    config = image.init(dir, signer_key)
     typer.echo(f"wrote {dir / 'libos.toml'}")
     typer.echo(f"image signer key: {config.signer_key_path(dir)}")
     typer.echo(f"next: edit it if needed, then run `detente libos build {dir}`")
@@ -65,14 +62,10 @@ def build(
 
     from libos import image, launcher, limits
     from libos.config import InstanceConfig
-    from protocols.errors import DetenteError
 
     started = time.perf_counter()
-    try:
-        m = image.build(dir)
-        config = InstanceConfig.load(dir)
-    except DetenteError as exc:
-        raise _fail(exc) from None
+    m = image.build(dir)
+    config = InstanceConfig.load(dir)
     seconds = time.perf_counter() - started
     typer.echo(f"MRENCLAVE {m.mrenclave}")
     typer.echo(f"MRSIGNER  {m.mrsigner}")
@@ -90,10 +83,7 @@ def build(
         f"processes {res.processes}"
     )
     if not skip_start_probe and config.backend == "sim":
-        try:
-            report = launcher.startup_probe(dir)
-        except DetenteError as exc:
-            raise _fail(exc) from None
+        report = launcher.startup_probe(dir)
         typer.echo(
             f"idle peak {report.peak_rss_bytes / limits.MIB:,.1f} MiB resident after importing "
             f"{config.entry_module} ({report.modules} modules); started in "
@@ -108,7 +98,7 @@ def build(
     if m.debug:
         typer.echo("DEBUG image: verifiers refuse it unless their policy allows debug")
     if m.simulation:
-        typer.echo("SIMULATION backend: no hardware protection")
+        warn_simulation()
         typer.echo(f"next: `detente libos run {dir}`")
     else:
         typer.echo(f"next: `detente libos export --target gramine {dir} OUT`")
@@ -128,15 +118,12 @@ def export(
 ) -> None:
     """Write a Gramine manifest for DIR's image (trusted files with hashes, encrypted mounts)."""
     from libos import gramine
-    from protocols.errors import DetenteError
 
     if target != "gramine":
-        typer.echo(f"error: unknown --target {target!r}; the only target is 'gramine'", err=True)
-        raise typer.Exit(2)
-    try:
-        path = gramine.export(dir, out, args or [])
-    except DetenteError as exc:
-        raise _fail(exc) from None
+        raise typer.BadParameter(
+            f"unknown target {target!r}; the only target is 'gramine'", param_hint="'--target'"
+        )
+    path = gramine.export(dir, out, args or [])
     typer.echo(f"wrote {path}")
     typer.echo(
         "next, on an SGX machine with Gramine: gramine-manifest, gramine-sgx-sign, gramine-sgx "
@@ -145,20 +132,13 @@ def export(
 
 
 @app.command()
-def measure(
-    dir: DirArg,
-    as_json: Annotated[bool, typer.Option("--json", help="stable JSON output")] = False,
-) -> None:
+def measure(dir: DirArg, json_out: JsonOption = False) -> None:
     """Print MRENCLAVE/MRSIGNER of the image built in DIR (what `run` starts); warn if stale."""
     from libos import image, launcher
     from libos.sim import SimPlatform
-    from protocols.errors import DetenteError
 
-    try:
-        m = image.built_measurement(dir)
-        root = SimPlatform(launcher.platform_dir(dir)).root_fingerprint if m.simulation else None
-    except DetenteError as exc:
-        raise _fail(exc) from None
+    m = image.built_measurement(dir)
+    root = SimPlatform(launcher.platform_dir(dir)).root_fingerprint if m.simulation else None
     # The sources are measured only to say whether the built image is still theirs.
     try:
         current = image.measure(dir)
@@ -184,15 +164,16 @@ def measure(
         "backend": m.backend,
         "simulation_root_sha256": root,
     }
-    if as_json:
-        typer.echo(json.dumps(doc, sort_keys=True))
-        return
-    typer.echo(f"MRENCLAVE {doc['mrenclave']}")
-    typer.echo(f"MRSIGNER  {doc['mrsigner']}")
-    typer.echo(f"image     {dir / 'image'} (built, signed manifest)")
-    if root is not None:
-        typer.echo(f"SIMULATION root CA SHA-256 {root}")
-        typer.echo("SIMULATION backend: no hardware protection")
+    if json_out:
+        emit_json(doc)
+    else:
+        typer.echo(f"MRENCLAVE {doc['mrenclave']}")
+        typer.echo(f"MRSIGNER  {doc['mrsigner']}")
+        typer.echo(f"image     {dir / 'image'} (built, signed manifest)")
+        if root is not None:
+            typer.echo(f"SIMULATION root CA SHA-256 {root}")
+    if m.simulation:
+        warn_simulation()
 
 
 @app.command(
@@ -204,15 +185,16 @@ def run(
         list[str] | None, typer.Argument(help="arguments passed to the entry point")
     ] = None,
 ) -> None:
-    """Verify DIR's image and run its entry point with ARGS; exit with its exit code."""
+    """Verify DIR's image and run its entry point with ARGS; exit with its exit code.
+
+    Exits 70 if it refuses to start the image (see the exit codes below).
+    """
     from libos import launcher
-    from protocols.errors import DetenteError
 
     try:
         code = launcher.run(dir, args or [])
     except DetenteError as exc:
-        typer.echo(f"error: refusing to run: {exc}", err=True)
-        raise typer.Exit(70) from None
+        raise RunRefused(f"refusing to run: {exc}") from None
     raise typer.Exit(code)
 
 

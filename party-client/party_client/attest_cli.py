@@ -6,52 +6,41 @@ fields, verifies it (chain to the pinned Intel SGX Root CA, QE report binding,
 report signatures) and, with ``--collateral``, its TCB info, QE identity and
 CRLs at ``--at`` (default: now). Exit status: 0 when the quote (and the
 collateral, when given) verify, whatever the TCB status; 1 when anything fails;
-with ``--policy``, also 1 when the policy refuses the quote.
+with ``--policy``, also 1 when the policy refuses the quote; 2 for a bad argument
+(the codes of :mod:`protocols.cli_convention`).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from protocols.attestation import QuoteAssessment, Rule, assess_quote
+from protocols.cli_convention import (
+    JsonOption,
+    command_group,
+    emit_json,
+    out,
+    print_verdict,
+    warn_simulation,
+)
 from protocols.collateral import Collateral
-from protocols.errors import DetenteError
+from protocols.errors import SetupError
 from protocols.policy import AttestationPolicy
 from protocols.quote_verify import describe_quote
 
-app = typer.Typer(
-    # Tracebacks must never print local variables.
-    pretty_exceptions_show_locals=False,
-    help="Inspect and verify attestation evidence: quotes and their collateral.",
-    no_args_is_help=True,
-)
-out = Console()
-err = Console(stderr=True)
-
-SIMULATION_WARNING = (
-    "[bold yellow]WARNING: this is a SIMULATION quote — it gives NO hardware protection. "
-    "Whoever holds the simulated platform's files can forge it.[/]"
-)
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
+app = command_group("Inspect and verify attestation evidence: quotes and their collateral.")
 
 
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise _fail(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise SetupError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 @app.command()
@@ -72,28 +61,23 @@ def inspect(
         Path | None,
         typer.Option("--policy", help="Attestation policy TOML: also judge the quote by it"),
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Stable machine-readable output")
-    ] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Print a quote's fields, TCB status and advisories, and the verdict."""
-    data = _read(file, "quote")
-    try:
-        loaded = Collateral.from_json(_read(collateral, "collateral")) if collateral else None
-        rules = AttestationPolicy.load(policy) if policy else None
-    except DetenteError as exc:
-        raise _fail(str(exc)) from None
     if at is not None and at < 0:
-        raise _fail(f"--at {at}: Unix seconds cannot be negative")
+        raise typer.BadParameter(f"{at}: Unix seconds cannot be negative", param_hint="'--at'")
+    data = _read(file, "quote")
+    loaded = Collateral.from_json(_read(collateral, "collateral")) if collateral else None
+    rules = AttestationPolicy.load(policy) if policy else None
     now = datetime.fromtimestamp(at, UTC) if at is not None else datetime.now(UTC)
     result = assess_quote(data, rules, collateral=loaded, now=now)
     report = _report(file, data, result, loaded, rules is not None, now)
     if json_out:
-        print(json.dumps(report, sort_keys=True))
+        emit_json(report)
     else:
         _print_human(report)
     if result.simulation:
-        err.print(SIMULATION_WARNING)
+        warn_simulation()
     if not result.passed:
         raise typer.Exit(1)
 
@@ -183,15 +167,8 @@ def _print_human(report: dict[str, Any]) -> None:
         )
     judged = "policy verdict" if report["policy"] else "verification"
     out.print(f"{judged} at {_iso(report['at'])} ({report['at']}):", highlight=False)
-    _print_rules(
-        [Rule(r["rule"], r["passed"], r["detail"]) for r in report["verdict"]],
-    )
+    print_verdict([Rule(r["rule"], r["passed"], r["detail"]) for r in report["verdict"]], out)
     out.print(
         "result: " + ("[green]PASS[/]" if report["passed"] else "[red]FAIL[/]"), highlight=False
     )
 
-
-def _print_rules(verdict: Sequence[Rule]) -> None:
-    for rule in verdict:
-        mark = "[green]pass[/]" if rule.passed else "[red]FAIL[/]"
-        out.print(f"  {mark} {rule.name}: {escape(rule.detail)}", highlight=False, soft_wrap=True)

@@ -20,13 +20,9 @@ from party_client.pins import KnownParties
 from protocols import canonical, tls
 from protocols.attestation import Evidence, VerifiedEnclave, verify_evidence
 from protocols.durable import write_atomic
-from protocols.errors import DetenteError, PolicyError
+from protocols.errors import PolicyError, SetupError
 from protocols.keys import HpkePrivateKey, Kem, SigningKey, VerifyKey, write_secret_file
 from protocols.policy import AttestationPolicy
-
-
-class SetupError(DetenteError):
-    """A precondition is missing; the message names the command that provides it."""
 
 
 def home_dir() -> Path:

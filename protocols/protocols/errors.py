@@ -12,6 +12,10 @@ class DetenteError(Exception):
     """Root of every error Detente raises on purpose."""
 
 
+class SetupError(DetenteError):
+    """A precondition is missing; the message names the command that provides it."""
+
+
 class FormatError(DetenteError):
     """Bytes or a document do not have the layout their format requires."""
 

@@ -29,6 +29,7 @@ CATALOGUE: tuple[tuple[type[errors.DetenteError], grpc.StatusCode], ...] = (
     (errors.AttestationError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.DatasetError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.PolicyError, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.SetupError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.IntegrityError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.SignatureError, grpc.StatusCode.INVALID_ARGUMENT),

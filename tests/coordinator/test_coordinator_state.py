@@ -16,6 +16,7 @@ from coordinator.blobs import BlobStore
 from coordinator.cli import app
 from coordinator.server import default_db_url
 from coordinator.store import SqlStore, verify_audit_chain
+from protocols.cli_convention import EXIT_ERROR
 from protocols.errors import IntegrityError
 from protocols.statements import Envelope
 from protocols.wire.v1 import coordinator_pb2
@@ -117,7 +118,7 @@ def test_cli_audit_verify_ok(coord: Harness, home: Path, alice: Party, bob: Part
 
 def test_cli_audit_verify_without_database(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["audit-verify", "--home", str(tmp_path / "none")])
-    assert result.exit_code == 2
+    assert result.exit_code == EXIT_ERROR
     assert "detente coordinator serve" in result.output
 
 

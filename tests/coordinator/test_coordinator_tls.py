@@ -35,6 +35,7 @@ from party_client.home import PartyHome
 from party_client.party import register
 from party_client.remote import CoordinatorError
 from protocols import ratls, tls
+from protocols.cli_convention import EXIT_ERROR, EXIT_USAGE
 from protocols.errors import DetenteError, FormatError, NotAllowed, PolicyError
 from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2_grpc
@@ -166,7 +167,7 @@ def test_an_enclave_needs_a_policy(home: Path) -> None:
 def test_serve_refuses_enclave_without_policy_and_a_bad_policy(tmp_path: Path) -> None:
     runner = CliRunner()
     done = runner.invoke(cli.app, ["serve", "--home", str(tmp_path), "--enclave", "127.0.0.1:1"])
-    assert done.exit_code == 2 and "--enclave needs --enclave-policy FILE" in done.output
+    assert done.exit_code == EXIT_USAGE and "--enclave needs --enclave-policy FILE" in done.output
     bad = tmp_path / "policy.toml"
     bad.write_text("mrenclave = 5\n")
     done = runner.invoke(
@@ -181,11 +182,11 @@ def test_serve_refuses_enclave_without_policy_and_a_bad_policy(tmp_path: Path) -
             str(bad),
         ],
     )
-    assert done.exit_code == 2 and "mrenclave = 5" in done.output
+    assert done.exit_code == EXIT_ERROR and "mrenclave = 5" in done.output
     tls_identity(tmp_path)
     (tmp_path / "coordinator-tls.key").chmod(0o644)
     done = runner.invoke(cli.app, ["serve", "--home", str(tmp_path)])
-    assert done.exit_code == 2 and "readable by others" in done.output
+    assert done.exit_code == EXIT_ERROR and "readable by others" in done.output
 
 
 # --------------------------------------------------------------------------- party channel
@@ -272,7 +273,7 @@ def test_party_client_raises_the_catalogue_class_the_coordinator_refused_with(
 def test_party_without_a_pinned_certificate_is_told_how_to_pin(tmp_path: Path) -> None:
     home = PartyHome(tmp_path / "party")
     home.create_identity("tls-party", "127.0.0.1:1")
-    from party_client.home import SetupError
+    from protocols.errors import SetupError
 
     with pytest.raises(SetupError, match="--coordinator-cert FILE"):
         register(home)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from libos import image
 from libos.cli import app
 from libos.sim import SimPlatform
+from protocols.cli_convention import SIMULATION_WARNING
 from protocols.errors import PolicyError
 
 runner = CliRunner()
@@ -28,7 +29,7 @@ def test_init_build_measure(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     built = re.search(r"MRENCLAVE ([0-9a-f]{64})\nMRSIGNER  ([0-9a-f]{64})", result.output)
     assert built is not None
-    assert "SIMULATION backend: no hardware protection" in result.output
+    assert SIMULATION_WARNING in result.stderr
     assert "files" in result.output
     # Every dependency file is measured; the build reports its time, the limits
     # and the idle peak of a real start, so an operator can size memory_mb.
@@ -65,7 +66,8 @@ def test_measure_reports_the_built_image(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert (doc["mrenclave"], doc["mrsigner"]) == (built.mrenclave, built.mrsigner)
-    assert result.stderr == ""  # the sources still give this image: nothing to warn about
+    # The sources still give this image: nothing to warn about but the simulation.
+    assert result.stderr == SIMULATION_WARNING + "\n"
 
     human = runner.invoke(app, ["measure", str(instance)])
     assert human.exit_code == 0, human.output
@@ -114,7 +116,7 @@ def test_measure_after_a_source_edit_reports_the_built_image_and_warns(
     assert rebuilt.mrenclave == edited.mrenclave
     again = runner.invoke(app, ["measure", str(instance), "--json"])
     assert json.loads(again.stdout)["mrenclave"] == rebuilt.mrenclave
-    assert again.stderr == ""
+    assert again.stderr == SIMULATION_WARNING + "\n"
 
 
 def test_measure_without_a_built_image_names_the_build_command(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from protocols.cli_convention import SIMULATION_WARNING
+
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +101,7 @@ def test_the_wheel_runs_the_demo_from_a_clean_virtualenv(tmp_path: Path) -> None
     finally:
         shutil.rmtree(venv, ignore_errors=True)  # several hundred MB of dependencies
 
-    assert "SIMULATION enclave: this demo shows the protocol" in done.stdout
+    assert SIMULATION_WARNING in done.stderr  # the one warning of protocols.cli_convention
     assert "identical to plaintext: yes" in done.stdout
     assert done.stdout.count(" alone (") == 3
     assert "joint model from the enclave (24000 rows)" in done.stdout

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from detente.cli import app
 from libos.sim import SimPlatform
 from protocols import quote_layout
+from protocols.cli_convention import EXIT_ERROR, EXIT_USAGE
 
 pytest.importorskip("dcap_qvl")
 
@@ -188,16 +189,17 @@ def test_simulated_quote(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "message"),
     [
-        (["--collateral", "missing.json"], "cannot read collateral missing.json"),
-        (["--policy", "missing.toml"], "cannot read attestation policy missing.toml"),
-        (["--at", "-5"], "cannot be negative"),
+        (["--collateral", "missing.json"], EXIT_ERROR, "cannot read collateral missing.json"),
+        (["--policy", "missing.toml"], EXIT_ERROR, "cannot read attestation policy missing.toml"),
+        (["--at", "-5"], EXIT_USAGE, "cannot be negative"),  # a bad value: a usage error
     ],
 )
-def test_bad_arguments_are_named(args: list[str], message: str) -> None:
+def test_bad_arguments_are_named(args: list[str], code: int, message: str) -> None:
     result = inspect(SGX, *args)
-    assert result.exit_code == 1 and message in result.stderr
+    assert result.exit_code == code and message in result.stderr
+    assert result.stderr.startswith("error: ")
 
 
 def test_bad_collateral_file_names_the_field(tmp_path: Path) -> None:

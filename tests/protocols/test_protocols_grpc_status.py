@@ -27,6 +27,7 @@ EXPECTED = {
     errors.AttestationError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.DatasetError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PolicyError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.SetupError: grpc.StatusCode.FAILED_PRECONDITION,  # a missing precondition
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     errors.IntegrityError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.SignatureError: grpc.StatusCode.INVALID_ARGUMENT,
