@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from detente.cli import app
@@ -22,6 +25,7 @@ from protocols.cli_convention import (
     EXIT_CODES,
     EXIT_ERROR,
     EXIT_USAGE,
+    JsonOption,
     command_group,
 )
 
@@ -140,7 +144,7 @@ def test_an_expected_error_carries_its_verdict() -> None:
 # --------------------------------------------------------------------------- help and options
 
 
-@pytest.mark.parametrize("args", [[], *([g] for g in GROUPS), ["demo"]])
+@pytest.mark.parametrize("args", [[], *([g] for g in GROUPS), ["demo"], ["party", "approve"]])
 def test_help_shows_the_exit_codes(args: list[str]) -> None:
     result = CliRunner().invoke(app, [*args, "--help"])
     assert result.exit_code == 0, result.output
@@ -148,3 +152,33 @@ def test_help_shows_the_exit_codes(args: list[str]) -> None:
     for code, text in EXIT_CODES:
         assert f"{code:<3} {text}" in result.stdout
 
+
+def commands(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    for name, child in getattr(node, "commands", {}).items():
+        yield from commands(child, (*path, name))
+    if not hasattr(node, "commands"):
+        yield " ".join(path), node
+
+
+def test_one_json_option_everywhere() -> None:
+    """Every --json is the shared option: same name, same parameter, same help."""
+    shared = JsonOption.__metadata__[0]
+    seen = []
+    for name, command in commands(typer.main.get_command(app)):
+        for param in command.params:
+            if "--json" in getattr(param, "opts", []):
+                seen.append(name)
+                assert param.name == "json_out", name
+                assert param.opts == ["--json"] and param.help == shared.help, name
+    assert {"party attest", "attest inspect", "coordinator enroll", "libos measure"} <= set(seen)
+
+
+def test_every_group_is_made_by_the_convention() -> None:
+    """Typer settings are set once: no module outside the convention builds its own app."""
+    own = [
+        str(path.relative_to(ROOT))
+        for folder in COMPONENT_FOLDERS
+        for path in (ROOT / folder).rglob("*.py")
+        if "typer.Typer(" in path.read_text() and path.name != "cli_convention.py"
+    ]
+    assert own == []

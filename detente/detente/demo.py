@@ -149,8 +149,8 @@ def _run(
     import pyarrow.csv as pacsv
     import xgboost as xgb
 
+    from party_client import fetch_job
     from party_client.home import PartyHome
-    from party_client.party import fetch_job
 
     started = time.perf_counter()
     table = pacsv.read_csv(data)

@@ -34,7 +34,7 @@ import xgboost as xgb
 from detente.demo import DEFAULT_ID, DEFAULT_LABEL, default_data, features, split_parties
 from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
-from party_client.party import DEFAULT_PARAMS
+from party_client import DEFAULT_PARAMS
 from party_client.tables import to_ipc
 from protocols import hpke, stream
 from protocols.documents import (

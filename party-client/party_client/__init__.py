@@ -1,0 +1,108 @@
+"""The party's library: what a data owner does, each step verifying what the coordinator sends.
+
+Register and pin (:mod:`~party_client.identity`), attest the enclave
+(:mod:`~party_client.enclave`), seal and upload data sets
+(:mod:`~party_client.datasets`), propose jobs (:mod:`~party_client.proposal`),
+review and approve them (:mod:`~party_client.consent`), follow them
+(:mod:`~party_client.job_control`) and collect their outputs
+(:mod:`~party_client.outputs`). Every function returns dataclasses; protobuf
+stays in :mod:`~party_client.remote`, the gRPC edge.
+
+The names below are the API. Each loads its module on first use, so that
+`detente --help` does not import gRPC and the crypto stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from party_client.consent import (
+        DatasetView,
+        RecipientView,
+        Review,
+        approve,
+        review,
+        sign_approval,
+    )
+    from party_client.datasets import Uploaded, list_datasets, upload
+    from party_client.enclave import attest, enclave_summary
+    from party_client.home import PartyHome
+    from party_client.identity import KnownParty, init, parties, pin, register
+    from party_client.job_control import JobView, cancel, fetch_job, jobs, retry, wait
+    from party_client.outputs import results
+    from party_client.proposal import DEFAULT_PARAMS, propose
+    from party_client.remote import CoordinatorError
+
+_MODULE_OF = {
+    "DEFAULT_PARAMS": "proposal",
+    "CoordinatorError": "remote",
+    "DatasetView": "consent",
+    "JobView": "job_control",
+    "KnownParty": "identity",
+    "PartyHome": "home",
+    "RecipientView": "consent",
+    "Review": "consent",
+    "Uploaded": "datasets",
+    "approve": "consent",
+    "attest": "enclave",
+    "cancel": "job_control",
+    "enclave_summary": "enclave",
+    "fetch_job": "job_control",
+    "init": "identity",
+    "jobs": "job_control",
+    "list_datasets": "datasets",
+    "parties": "identity",
+    "pin": "identity",
+    "propose": "proposal",
+    "register": "identity",
+    "results": "outputs",
+    "retry": "job_control",
+    "review": "consent",
+    "sign_approval": "consent",
+    "upload": "datasets",
+    "wait": "job_control",
+}
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "CoordinatorError",
+    "DatasetView",
+    "JobView",
+    "KnownParty",
+    "PartyHome",
+    "RecipientView",
+    "Review",
+    "Uploaded",
+    "approve",
+    "attest",
+    "cancel",
+    "enclave_summary",
+    "fetch_job",
+    "init",
+    "jobs",
+    "list_datasets",
+    "parties",
+    "pin",
+    "propose",
+    "register",
+    "results",
+    "retry",
+    "review",
+    "sign_approval",
+    "upload",
+    "wait",
+]
+
+# Defined for the interpreter only: mypy reads the imports above, and so still
+# reports a name that is not in the API.
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        module = _MODULE_OF.get(name)
+        if module is None:
+            raise AttributeError(f"module 'party_client' has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"party_client.{module}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value

@@ -31,8 +31,8 @@ from typer.testing import CliRunner
 from coordinator import cli
 from coordinator.enclave_client import EnclaveCallError, EnclaveClient, EnclaveNotTrusted
 from coordinator.server import certificate_path, start, tls_identity
+from party_client import register
 from party_client.home import PartyHome
-from party_client.party import register
 from party_client.remote import CoordinatorError
 from protocols import ratls, tls
 from protocols.cli_convention import EXIT_ERROR, EXIT_USAGE

@@ -239,9 +239,9 @@ def test_a_failed_job_is_retried_with_the_same_terms_and_resumes_from_its_checkp
     )
     enclave = xgb.Booster()
     enclave.load_model(bytearray(Path(written["model"]).read_bytes()))
-    from party_client import party
+    import party_client
 
-    terms = party.fetch_job(PartyHome(alice), job_id).terms
+    terms = party_client.fetch_job(PartyHome(alice), job_id).terms
     x, y, names = features(rows, LABEL, "ID")
     params = terms.train_params()
     plain = xgb.train(params, xgb.DMatrix(x, label=y, feature_names=names), terms.num_rounds)

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from party_client import party, tables
+import party_client
+from party_client import tables
 from party_client.home import PartyHome
 from protocols.objectives import LabelSummary
 from tests.e2e.conftest import (
@@ -66,7 +67,7 @@ def lying_upload(home: Path, table: pa.Table, dataset_id: str, claim: LabelSumma
     tables.read_table = lambda path, label, id_column: tables.PreparedTable(table, claim)
     try:
         h = PartyHome(home)
-        party.upload(h, h.policy(), Path("unused.csv"), LABEL, "ID", dataset_id)
+        party_client.upload(h, h.policy(), Path("unused.csv"), LABEL, "ID", dataset_id)
     finally:
         tables.read_table = original
 

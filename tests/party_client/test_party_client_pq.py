@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from party_client.home import PartyHome, SetupError
+from party_client.home import PartyHome
+from protocols.errors import SetupError
 from protocols.keys import HpkePrivateKey, Kem
 
 

@@ -1,0 +1,89 @@
+"""`detente party attest`, `upload` and `datasets`: the enclave to seal to, and the data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import party_client as party
+from party_client.cli.options import PolicyOption
+from protocols.cli_convention import JsonOption, emit_json, out, print_verdict, warn_simulation
+
+
+def attest(
+    policy: PolicyOption = None, explain: bool = False, json_out: JsonOption = False
+) -> None:
+    """Verify the enclave's evidence against your policy and keep the record."""
+    home = party.PartyHome.default()
+    enclave = party.attest(home, home.policy(policy))
+    if json_out:
+        emit_json(party.enclave_summary(enclave))
+    else:
+        out.print(f"enclave attested: MRENCLAVE {enclave.mrenclave}")
+        if explain:
+            print_verdict(enclave.verdict, out)
+    if enclave.simulation:
+        warn_simulation()
+
+
+def upload(
+    path: Annotated[Path, typer.Argument(help="CSV or Parquet file")],
+    label: Annotated[str, typer.Option(help="Label column")],
+    id_column: Annotated[
+        str | None, typer.Option("--id", help="Identifier column (not a feature)")
+    ] = None,
+    dataset_id: Annotated[str | None, typer.Option(help="Data set id (default: random)")] = None,
+    publish_schema: Annotated[
+        bool, typer.Option(help="Show column names to the coordinator")
+    ] = False,
+    display_name: Annotated[
+        str,
+        typer.Option(
+            "--name", help="A label for the data set that job participants see (default: none)"
+        ),
+    ] = "",
+    policy: PolicyOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Validate a table, seal it to the attested enclave and upload it.
+
+    The file's name stays on your machine; give the data set a public label
+    with --name if you want one.
+    """
+    home = party.PartyHome.default()
+    done = party.upload(
+        home,
+        home.policy(policy),
+        path,
+        label,
+        id_column,
+        dataset_id,
+        publish_schema,
+        display_name=display_name,
+    )
+    if json_out:
+        emit_json(done.__dict__)
+    else:
+        out.print(
+            f"uploaded {done.dataset_id}: {done.rows} rows, {done.columns} columns, "
+            f"{done.ciphertext_size} bytes of ciphertext"
+        )
+    if done.simulation:
+        warn_simulation()
+
+
+def datasets(json_out: JsonOption = False) -> None:
+    """List your data sets and those of jobs you take part in (ids, owners, sizes)."""
+    items: list[dict[str, Any]] = [
+        {"dataset_id": d.dataset_id, "owner_key": d.owner_key, "size": d.size}
+        for d in party.list_datasets(party.PartyHome.default())
+    ]
+    if json_out:
+        emit_json(items)
+    else:
+        for item in items:
+            out.print(
+                f"{item['dataset_id']}  owner {item['owner_key'][:16]}…  {item['size']} bytes"
+            )

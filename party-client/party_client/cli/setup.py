@@ -1,0 +1,98 @@
+"""`detente party init`, `parties` and `pin`: this party's identity and the ones it trusts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import party_client as party
+from party_client.cli.options import PolicyOption
+from party_client.pins import show_fingerprint
+from protocols.cli_convention import EXIT_ERROR, JsonOption, emit_json, err, out
+
+
+def init(
+    name: Annotated[str, typer.Option(help="Your party's name (a label you sign)")],
+    coordinator: Annotated[str, typer.Option(help="Coordinator address HOST:PORT")],
+    enrollment_token: Annotated[
+        str,
+        typer.Option(
+            "--enrollment-token",
+            envvar="DETENTE_ENROLLMENT_TOKEN",
+            help="One-time token from the coordinator's operator "
+            "(`detente coordinator enroll --name NAME`); needed to register",
+        ),
+    ] = "",
+    policy: PolicyOption = None,
+    pq: Annotated[
+        bool,
+        typer.Option(
+            "--pq",
+            help="Post-quantum HPKE key (ML-KEM-768+X25519) for your data keys and results",
+        ),
+    ] = False,
+    coordinator_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--coordinator-cert",
+            help="The coordinator's TLS certificate (printed by `detente coordinator serve`) "
+            "to pin; needed on first init",
+        ),
+    ] = None,
+) -> None:
+    """Create this party's keys (mode 0600), pin the coordinator's TLS certificate and register."""
+    home = party.PartyHome.default()
+    if coordinator_cert is not None:
+        home.pin_coordinator_certificate(coordinator_cert)
+    if policy is not None:
+        home.policy(policy)  # validate before the identity is made
+    registration = party.init(home, name, coordinator, pq, enrollment_token)
+    if policy is not None:
+        home.policy_path.write_text(policy.read_text())
+    out.print(f"party {name!r} registered; signing key {registration.signing_key.hex}")
+    out.print(f"HPKE suite: {registration.hpke_key.kem.label}")
+    out.print(
+        f"your fingerprint (give it to other parties out of band): "
+        f"{show_fingerprint(registration.fingerprint)}",
+        highlight=False,
+    )
+    out.print("next: `detente party attest`")
+
+
+def parties(json_out: JsonOption = False) -> None:
+    """List the registered parties with their fingerprints and whether they match your pins.
+
+    A name seen for the first time is pinned (trust on first use). Compare
+    fingerprints with the parties themselves over a channel you trust; pin
+    one learned that way with `detente party pin NAME FINGERPRINT`.
+    """
+    seen = party.parties(party.PartyHome.default())
+    if json_out:
+        emit_json([p.__dict__ for p in seen])
+        return
+    for p in seen:
+        mark = {"pinned": "pinned", "new": "new, pinned now", "MISMATCH": "[bold red]MISMATCH[/]"}
+        you = " (you)" if p.you else ""
+        out.print(
+            f"{p.name}{you}  {show_fingerprint(p.fingerprint)}  {mark[p.pin]}", highlight=False
+        )
+    if any(p.pin == "MISMATCH" for p in seen):
+        err.print(
+            "[bold red]a registration differs from the fingerprint you pinned for its name:[/] "
+            "someone may be impersonating that party; confirm with them out of band",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_ERROR)
+
+
+def pin(
+    name: Annotated[str, typer.Argument(help="The party's name")],
+    fingerprint: Annotated[
+        str, typer.Argument(help="Its fingerprint, learned from the party out of band")
+    ],
+) -> None:
+    """Pin a party's fingerprint learned out of band (replaces what was first seen)."""
+    pinned = party.pin(party.PartyHome.default(), name, fingerprint)
+    out.print(f"pinned {name}: {show_fingerprint(pinned)}", highlight=False)

@@ -1,0 +1,87 @@
+"""A party's identity: create and register it, list the other parties, pin their fingerprints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from party_client.home import PartyHome
+from party_client.pins import KeyMismatch
+from party_client.remote import Coordinator
+from protocols.documents import Registration, check_id
+from protocols.statements import Envelope
+
+
+def init(
+    home: PartyHome, name: str, coordinator: str, pq: bool = False, enrollment_token: str = ""
+) -> Registration:
+    check_id(name, "party name")
+    home.create_identity(name, coordinator, pq)
+    return register(home, enrollment_token)
+
+
+def register(home: PartyHome, enrollment_token: str = "") -> Registration:
+    config = home.config()
+    signing = home.signing_key()
+    registration = Registration(config["name"], signing.verify_key, home.hpke_key().public_key)
+    with Coordinator.for_home(home) as remote:
+        remote.register(registration.sign(signing).to_bytes(), enrollment_token)
+    # A party trusts its own keys under its own name.
+    home.known_parties.remember(registration.name, registration.fingerprint)
+    return registration
+
+
+@dataclass(frozen=True)
+class KnownParty:
+    """A registered party as this party sees it: verified registration and pin status."""
+
+    name: str
+    signing_key: str
+    fingerprint: str
+    pin: str  # "pinned" (matches the pin), "new" (pinned now, first use), "MISMATCH"
+    you: bool
+
+
+def parties(home: PartyHome) -> list[KnownParty]:
+    """Every registration the coordinator lists, verified and compared with the pins.
+
+    Names seen for the first time are pinned (trust on first use); a name
+    whose registration differs from its pin is reported as ``MISMATCH``
+    (and never used by :func:`~party_client.propose` or accepted by
+    :func:`~party_client.review`).
+    """
+    me = home.signing_key().verify_key
+    with Coordinator.for_home(home) as remote:
+        listed = remote.parties()
+    known = home.known_parties
+    seen = []
+    for party in listed:
+        registration = Registration.verify(Envelope.from_bytes(party.registration))
+        try:
+            status: str = known.remember(registration.name, registration.fingerprint)
+        except KeyMismatch:
+            status = "MISMATCH"
+        seen.append(
+            KnownParty(
+                registration.name,
+                registration.signing_key.hex,
+                registration.fingerprint,
+                status,
+                registration.signing_key == me,
+            )
+        )
+    return seen
+
+
+def pin(home: PartyHome, name: str, fingerprint: str) -> str:
+    """Pin a fingerprint learned out of band for ``name``; returns it normalised."""
+    check_id(name, "party name")
+    return home.known_parties.pin(name, fingerprint).fingerprint
+
+
+def fetch_registrations(remote: Coordinator) -> dict[str, Registration]:
+    """The coordinator's registrations, verified, by signing key (hex)."""
+    by_key = {}
+    for party in remote.parties():
+        registration = Registration.verify(Envelope.from_bytes(party.registration))
+        by_key[registration.signing_key.hex] = registration
+    return by_key

@@ -1,0 +1,56 @@
+"""A job's outputs: verify the result statement, decrypt what the job released to this party."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from party_client.home import PartyHome
+from party_client.job_control import wait
+from party_client.remote import Coordinator
+from protocols import hpke, stream
+from protocols.documents import ResultStatement
+from protocols.durable import write_atomic
+from protocols.errors import ConsentError, IntegrityError, SetupError
+from protocols.statements import Envelope
+
+
+def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> dict[str, Path]:
+    """Verify the enclave's result statement, decrypt our outputs, write them to ``out_dir``.
+
+    Outputs are written with mode 0600, like keys: they are this party's results.
+    """
+    job = wait(home, job_id, timeout)
+    if job.state != "succeeded":
+        detail = f": {job.error}" if job.error else ""
+        raise SetupError(f"job {job_id} is {job.state}{detail}")
+    terms = job.terms
+    enclave_key = home.enclave_signing_key()
+    statement = ResultStatement.verify(
+        Envelope.from_bytes(job.result_statement, "result statement"), enclave_key
+    )
+    if statement.job_id != job_id or statement.terms_digest != job.terms_digest:
+        raise IntegrityError("the result statement is about other job terms: refuse it")
+    if statement.mrenclave not in terms.allowed_mrenclaves:
+        raise IntegrityError("the result comes from a measurement the terms do not allow")
+    me = home.signing_key().verify_key
+    hpke_key = home.hpke_key()
+    written: dict[str, Path] = {}
+    with Coordinator.for_home(home) as remote:
+        for output in statement.outputs:
+            wrapped = output.wrapped_keys.get(me.hex)
+            if wrapped is None:
+                continue
+            ciphertext = remote.fetch_output(job_id, output.name)
+            if hashlib.sha256(ciphertext).hexdigest() != output.ciphertext_sha256:
+                raise IntegrityError(f"output {output.name!r} does not match the signed statement")
+            key = hpke.unwrap_key(
+                wrapped, hpke_key, hpke.result_key_info(job_id, output.name, hpke_key.public_key)
+            )
+            plaintext = stream.open_stream(key, ciphertext, f"{job_id}/{output.name}".encode())
+            path = out_dir / f"{output.name}.json"
+            write_atomic(path, plaintext, mode=0o600)
+            written[output.name] = path
+    if not written:
+        raise ConsentError(f"job {job_id} released nothing to you: you are not a named recipient")
+    return written
