@@ -10,7 +10,7 @@ signed, outside the ±5-minute window, or replayed. Methods listed in
 key the request itself registers.
 
 Authentication here is about who may use the coordinator; it protects no
-secret (DESIGN.md §1): the enclave still checks every signed statement itself.
+secret (docs/architecture.md, roles): the enclave still checks every signed statement itself.
 """
 
 from __future__ import annotations

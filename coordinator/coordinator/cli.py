@@ -15,9 +15,7 @@ import typer
 from protocols.cli_convention import JsonOption, UsageError, command_group, emit_json
 from protocols.errors import SetupError
 
-app = command_group(
-    "The untrusted coordinator: party registry, ciphertext store, job scheduler."
-)
+app = command_group("The untrusted coordinator: party registry, ciphertext store, job scheduler.")
 
 HomeOption = Annotated[
     Path, typer.Option("--home", help="Directory for the database, blobs and log.")

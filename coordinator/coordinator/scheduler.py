@@ -3,7 +3,7 @@
 The scheduler relays: it sends the signed terms, approvals and manifests and
 the ciphertext of each data set, and stores what the enclave streams back
 (progress text, encrypted outputs, the signed result statement). It decides
-nothing about consent; the enclave re-checks everything (DESIGN.md §3.5).
+nothing about consent; the enclave re-checks everything (docs/protocol.md §5).
 
 Fairness. Waiting jobs are taken round-robin by proposer, so a party that
 queues many jobs delays only its own; and a running job holds the enclave at

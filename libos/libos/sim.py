@@ -12,7 +12,7 @@ Detente can run end to end where no SGX hardware exists:
 All of them are ordinary files under the platform directory, readable by
 whoever runs the host: anyone with that access can forge quotes and unseal
 data. Verifiers therefore refuse evidence chaining to this root unless their
-policy explicitly allows simulation (DESIGN.md §1, §5).
+policy explicitly allows simulation (docs/architecture.md, roles; docs/libos.md).
 
 Quotes use the Intel SGX ECDSA quote v3 layout (protocols.quote_layout), so the same
 parser and verifier serve simulated and real evidence.

@@ -171,4 +171,3 @@ def _print_human(report: dict[str, Any]) -> None:
     out.print(
         "result: " + ("[green]PASS[/]" if report["passed"] else "[red]FAIL[/]"), highlight=False
     )
-

@@ -1,6 +1,6 @@
 """A party's home folder: keys, config, attestation record, data set records.
 
-``DETENTE_HOME`` or ``~/.config/detente`` (DESIGN.md §6). Keys are files of
+``DETENTE_HOME`` or ``~/.config/detente`` (docs/architecture.md, state). Keys are files of
 mode 0600; nothing here is ever sent anywhere except public keys.
 """
 

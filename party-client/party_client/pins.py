@@ -1,7 +1,7 @@
 """Known parties: the key first seen for each name, pinned in the party's home.
 
-The coordinator's registry is a convenience, never the authority (DESIGN.md
-§1): it could list an attacker's self-signed registration under the name of a
+The coordinator's registry is a convenience, never the authority (docs/architecture.md,
+roles): it could list an attacker's self-signed registration under the name of a
 party we know. So the first time this party sees a name (listing parties,
 proposing, approving), it pins that name's fingerprint (trust on first use);
 later, a recipient or registration under that name with other keys is

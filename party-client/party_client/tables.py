@@ -1,4 +1,4 @@
-"""Reading and validating a party's table before it is sealed (DESIGN.md §3.3).
+"""Reading and validating a party's table before it is sealed (docs/protocol.md §3).
 
 Everything the enclave would refuse after every owner approved is refused
 here, at upload, with the row and column named (the table is the party's own,

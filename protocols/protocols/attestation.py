@@ -1,4 +1,6 @@
-"""Evidence and its verdict, rule by rule, under an attestation policy (DESIGN.md §3.2, §5).
+"""Evidence and its verdict, rule by rule, under an attestation policy.
+
+The steps: docs/protocol.md §2; the formats and rules: protocols/SPEC.md §7.
 
 Evidence is an enclave's identity document (a self-signed statement of its
 HPKE, signing and TLS keys) plus a quote whose REPORTDATA is

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from typing import Any
 
 from protocols.errors import FormatError
@@ -58,6 +59,34 @@ def unhex(text: Any, what: str, length: int | None = None) -> bytes:
     if length is not None and len(data) != length:
         raise FormatError(f"{what} must be {length} bytes, got {len(data)}")
     return data
+
+
+_HEX = re.compile(r"[0-9a-f]*")
+
+
+def strict_hex(text: Any, what: str) -> bytes:
+    """Lowercase hex, nothing else (``bytes.fromhex`` also takes uppercase and spaces: two
+    spellings of one value would give two digests of one document)."""
+    if not isinstance(text, str) or len(text) % 2 or not _HEX.fullmatch(text):
+        raise FormatError(f"{what} must be lowercase hex, got {str(text)[:80]!r}")
+    return bytes.fromhex(text)
+
+
+def digest_field(document: dict[str, Any], name: str, what: str) -> str:
+    """``document[name]`` checked to be a SHA-256 (or MRENCLAVE): 64 lowercase hex digits."""
+    value = field(document, name, str, what)
+    if len(value) != 64:
+        raise FormatError(f"{what} field {name!r} must be 64 lowercase hex digits")
+    strict_hex(value, f"{what} field {name!r}")
+    return value
+
+
+def size_field(document: dict[str, Any], name: str, what: str) -> int:
+    """``document[name]`` checked to be a non-negative integer."""
+    value = field(document, name, int, what)
+    if value < 0:
+        raise FormatError(f"{what} field {name!r} must not be negative")
+    return int(value)
 
 
 def field(document: dict[str, Any], name: str, kind: type, what: str) -> Any:

@@ -90,9 +90,7 @@ SIMULATION_WARNING = (
 
 JsonOption = Annotated[
     bool,
-    typer.Option(
-        "--json", help="Print one JSON document (sorted keys, stable) instead of text."
-    ),
+    typer.Option("--json", help="Print one JSON document (sorted keys, stable) instead of text."),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Key wrapping with HPKE, RFC 9180 base mode (DESIGN.md §4).
+"""Key wrapping with HPKE, RFC 9180 base mode (protocols/SPEC.md §4).
 
 Two suites, chosen by the recipient's key (its encoding names its KEM,
 protocols/SPEC.md §4.1):

@@ -1,4 +1,4 @@
-"""Key handles: Ed25519 for signatures, X25519 or ML-KEM-768+X25519 for HPKE (DESIGN.md §4).
+"""Key handles: Ed25519 for signatures, X25519 or ML-KEM-768+X25519 for HPKE (protocols/SPEC.md §4).
 
 Private key handles refuse to print, compare or pickle, so a secret cannot
 leak into a log line or a pickled object by accident. Public keys are values
@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 
+from protocols.canonical import strict_hex
 from protocols.durable import write_atomic
 from protocols.errors import FormatError, SignatureError
 
@@ -45,9 +46,10 @@ class VerifyKey:
     @classmethod
     def from_hex(cls, text: str) -> VerifyKey:
         try:
-            return cls(bytes.fromhex(text))
-        except ValueError:
-            raise FormatError(f"not a hex Ed25519 public key: {text[:80]!r}") from None
+            raw = strict_hex(text, "key")
+        except FormatError:
+            raise FormatError(f"not a hex Ed25519 public key: {str(text)[:80]!r}") from None
+        return cls(raw)
 
     @property
     def hex(self) -> str:
@@ -169,9 +171,10 @@ class HpkePublicKey:
     @classmethod
     def from_hex(cls, text: str) -> HpkePublicKey:
         try:
-            return cls(bytes.fromhex(text))
-        except (ValueError, TypeError):
+            raw = strict_hex(text, "key")
+        except FormatError:
             raise FormatError(f"not a hex HPKE public key: {str(text)[:80]!r}") from None
+        return cls(raw)
 
     @property
     def hex(self) -> str:

@@ -109,7 +109,8 @@ def test_upload_must_start_with_manifest(coord: Harness, alice: Party) -> None:
 
 
 def test_canary_never_reaches_coordinator_state(coord: Harness, home: Path, alice: Party) -> None:
-    """DESIGN §7.1, coordinator side: plaintext never lands in its db, blobs or log."""
+    """What the tests prove (1) in docs/architecture.md, coordinator side: plaintext never
+    lands in its db, blobs or log."""
     canary = b"CANARY-7f3a9c-DO-NOT-LEAK"
     coord.register(alice)
     coord.upload(seal_dataset(alice, "alice-2024", plaintext=b"id,secret\n1," + canary + b"\n"))

@@ -194,14 +194,14 @@ def _wait_then(instance: Path, change, *scenarios: str) -> dict:
 
 def test_a_child_refuses_to_start_from_an_image_changed_after_the_enclave_started(tmp_path):
     instance, _ = _build(tmp_path / "instance")
-    victim = instance / "image" / "root" / "protocols" / "documents.py"
+    victim = instance / "image" / "root" / "protocols" / "documents" / "terms.py"
 
     def tamper() -> None:
         victim.write_bytes(victim.read_bytes() + b"\n# changed on the host\n")
 
     result = _wait_then(instance, tamper, "echo")
     assert result["error_type"] == "IntegrityError"
-    assert "protocols/documents.py" in result["message"]
+    assert "protocols/documents/terms.py" in result["message"]
     assert "result" not in result
 
 

@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md §2, checked on the import statements of every file.
+"""The dependency direction (docs/architecture.md, components), checked on every import.
 
 protocols ← libos ← enclave_worker; protocols ← coordinator; protocols ← party_client.
 """
@@ -54,7 +54,10 @@ def test_dependency_direction(component: str) -> None:
     folder = REPO / COMPONENTS[component]
     bad = violations(component, folder)
     allowed = ", ".join(sorted(ALLOWED[component])) or "no other Detente component"
-    assert not bad, f"{component} may import only {allowed} (DESIGN.md §2), but: " + "; ".join(bad)
+    assert not bad, (
+        f"{component} may import only {allowed} (docs/architecture.md, components), but: "
+        + "; ".join(bad)
+    )
 
 
 def test_checker_finds_violations(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""DSSE envelopes (statements.py), the signed documents (documents.py) and key handles (keys.py)."""
+"""DSSE envelopes (statements.py), the signed documents (documents/) and key handles (keys.py)."""
 
 from __future__ import annotations
 
@@ -512,3 +512,37 @@ def test_write_secret_file_mode_0600(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_bytes() == b"secret2"
     assert not list(path.parent.glob("*.tmp"))
+
+
+# ---------------------------------------------------------------- strict fields (SPEC §10)
+
+
+@pytest.mark.parametrize("spelling", ["AB" * 32, "ab " * 21 + "a", "0x" + "ab" * 31])
+def test_keys_and_digests_have_one_spelling(spelling: str) -> None:
+    """Two spellings of one value would give two digests of one document: refused."""
+    with pytest.raises(FormatError, match="not a hex Ed25519 public key"):
+        VerifyKey.from_hex(spelling)
+    approval = {"version": 1, "job_id": "job-1", "terms_digest": spelling}
+    with pytest.raises(FormatError, match="terms_digest' must be"):
+        Approval.from_dict(approval)
+
+
+def test_a_digest_of_the_wrong_length_and_a_negative_size_are_refused() -> None:
+    with pytest.raises(FormatError, match="64 lowercase hex digits"):
+        Approval.from_dict({"version": 1, "job_id": "job-1", "terms_digest": "ab" * 31})
+    key = SigningKey.generate()
+    manifest = DatasetManifest(
+        dataset_id="ds",
+        name="",
+        owner_key=key.verify_key,
+        schema_sha256="00" * 32,
+        row_count=1,
+        ciphertext_sha256="00" * 32,
+        ciphertext_size=10,
+        wrapped_key=b"k",
+        sealed_to_mrenclave="ab" * 32,
+        sealed_to_hpke_key=HpkePrivateKey.generate().public_key,
+    ).to_dict()
+    for name in ("row_count", "ciphertext_size"):
+        with pytest.raises(FormatError, match=f"'{name}' must not be negative"):
+            DatasetManifest.from_dict({**manifest, name: -1})

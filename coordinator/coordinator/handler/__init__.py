@@ -2,8 +2,8 @@
 
 Every check here is a convenience that gives a party a clear error early;
 none of it is a security boundary, because the enclave verifies every
-signature, digest and approval itself (DESIGN.md §1, §3.5). The handler
-works with bytes and plain records only; it never sees plaintext.
+signature, digest and approval itself (docs/architecture.md, roles; docs/protocol.md
+§5). The handler works with bytes and plain records only; it never sees plaintext.
 
 ``registry`` holds enrollment and registration, ``datasets`` the intake of
 data sets, ``jobs`` the job state machine (proposal, approvals, visibility,

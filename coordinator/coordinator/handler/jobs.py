@@ -66,55 +66,13 @@ class Jobs:
         self._approve_lock = threading.Lock()
 
     def propose_job(self, caller: str, terms: bytes) -> JobRecord:
+        """Check the terms (each rule below raises with what to do) and record the job."""
         envelope = Envelope.from_bytes(terms, "job terms")
         doc = JobTerms.verify(envelope)
-        if doc.proposer != caller:
-            raise NotAllowed("job terms are proposed by the party that signed them")
-        if self.store.get_party_by_key(doc.proposer) is None:
-            raise NotRegistered(
-                f"the proposer {doc.proposer[:16]}… of job {doc.job_id!r} is not a registered "
-                "party: run `detente party init` first"
-            )
-        if doc.expires_at <= time.time():
-            raise InvalidRequest(f"job {doc.job_id!r} has already expired: propose it again")
-        limit = self.limits.max_seconds
-        if doc.max_seconds is not None and doc.max_seconds > limit:
-            raise InvalidRequest(
-                f"job {doc.job_id!r} asks for up to {doc.max_seconds} s, more than this "
-                f"coordinator's limit of {limit} s per job: ask for less"
-            )
-        owners: list[str] = []
-        dataset_ids: list[str] = []
-        rows = 0
-        for dataset_id, digest in doc.datasets:
-            if dataset_id in dataset_ids:
-                raise InvalidRequest(f"job terms name data set {dataset_id!r} twice")
-            record = self.store.get_dataset(dataset_id)
-            if record is None:
-                raise NotFound(
-                    f"job {doc.job_id!r} names data set {dataset_id!r}, which was never "
-                    "uploaded: upload it first with `detente party upload`"
-                )
-            if record.manifest_digest != digest:
-                raise InvalidRequest(
-                    f"job {doc.job_id!r} names data set {dataset_id!r} with manifest digest "
-                    f"{digest[:16]}…, but its signed manifest has digest "
-                    f"{record.manifest_digest[:16]}…: re-create the terms from the current "
-                    "manifest"
-                )
-            dataset_ids.append(dataset_id)
-            if record.owner_key not in owners:
-                owners.append(record.owner_key)
-            rows += DatasetManifest.verify(
-                Envelope.from_bytes(record.manifest, "dataset manifest")
-            ).row_count
-        work = rows * doc.num_rounds
-        if work > self.limits.max_work:
-            raise InvalidRequest(
-                f"job {doc.job_id!r} is too large for this coordinator: {doc.num_rounds} rounds "
-                f"× {rows} rows = {work}, above its limit of {self.limits.max_work} "
-                "(rounds × rows); use fewer rounds or ask the operator"
-            )
+        self._check_proposer(caller, doc)
+        self._check_time(doc)
+        dataset_ids, owners, rows = self._named_datasets(doc)
+        self._check_work(doc, rows)
         try:
             check_release(doc, {VerifyKey.from_hex(k) for k in owners})
         except ConsentError as exc:
@@ -148,6 +106,64 @@ class Jobs:
         )
         log.info("job proposed: %s (%d data sets)", doc.job_id, len(dataset_ids))
         return self.store.get_job(doc.job_id)
+
+    def _check_proposer(self, caller: str, doc: JobTerms) -> None:
+        if doc.proposer != caller:
+            raise NotAllowed("job terms are proposed by the party that signed them")
+        if self.store.get_party_by_key(doc.proposer) is None:
+            raise NotRegistered(
+                f"the proposer {doc.proposer[:16]}… of job {doc.job_id!r} is not a registered "
+                "party: run `detente party init` first"
+            )
+
+    def _check_time(self, doc: JobTerms) -> None:
+        if doc.expires_at <= time.time():
+            raise InvalidRequest(f"job {doc.job_id!r} has already expired: propose it again")
+        limit = self.limits.max_seconds
+        if doc.max_seconds is not None and doc.max_seconds > limit:
+            raise InvalidRequest(
+                f"job {doc.job_id!r} asks for up to {doc.max_seconds} s, more than this "
+                f"coordinator's limit of {limit} s per job: ask for less"
+            )
+
+    def _named_datasets(self, doc: JobTerms) -> tuple[list[str], list[str], int]:
+        """The terms' data sets (each once, uploaded, with the manifest the terms name):
+        their ids, their owners in order, and their rows in all."""
+        owners: list[str] = []
+        dataset_ids: list[str] = []
+        rows = 0
+        for dataset_id, digest in doc.datasets:
+            if dataset_id in dataset_ids:
+                raise InvalidRequest(f"job terms name data set {dataset_id!r} twice")
+            record = self.store.get_dataset(dataset_id)
+            if record is None:
+                raise NotFound(
+                    f"job {doc.job_id!r} names data set {dataset_id!r}, which was never "
+                    "uploaded: upload it first with `detente party upload`"
+                )
+            if record.manifest_digest != digest:
+                raise InvalidRequest(
+                    f"job {doc.job_id!r} names data set {dataset_id!r} with manifest digest "
+                    f"{digest[:16]}…, but its signed manifest has digest "
+                    f"{record.manifest_digest[:16]}…: re-create the terms from the current "
+                    "manifest"
+                )
+            dataset_ids.append(dataset_id)
+            if record.owner_key not in owners:
+                owners.append(record.owner_key)
+            rows += DatasetManifest.verify(
+                Envelope.from_bytes(record.manifest, "dataset manifest")
+            ).row_count
+        return dataset_ids, owners, rows
+
+    def _check_work(self, doc: JobTerms, rows: int) -> None:
+        work = rows * doc.num_rounds
+        if work > self.limits.max_work:
+            raise InvalidRequest(
+                f"job {doc.job_id!r} is too large for this coordinator: {doc.num_rounds} rounds "
+                f"× {rows} rows = {work}, above its limit of {self.limits.max_work} "
+                "(rounds × rows); use fewer rounds or ask the operator"
+            )
 
     def approve_job(self, caller: str, job_id: str, approval: bytes) -> JobRecord:
         envelope = Envelope.from_bytes(approval, "job approval")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-# Job states (DESIGN.md §3.4–3.5): proposed → approved → running → succeeded | failed;
+# Job states (docs/protocol.md §4): proposed → approved → running → succeeded | failed;
 # a job not yet finished can be cancelled; a failed job can go back to approved (retry).
 PROPOSED = "proposed"
 APPROVED = "approved"

@@ -1,4 +1,6 @@
-"""SqlStore: the coordinator's state over SQLAlchemy 2, SQLite by default (DESIGN.md §6).
+"""SqlStore: the coordinator's state over SQLAlchemy 2, SQLite by default.
+
+What it holds: docs/architecture.md, state.
 
 Each mutating method runs in one transaction together with its audit-log
 entry (:mod:`coordinator.store.audit`), so a change and its audit record are

@@ -1,4 +1,4 @@
-"""Run one job inside the enclave: consent, intake, join, train, release (DESIGN.md §3.5–3.6).
+"""Run one job inside the enclave: consent, intake, join, train, release (docs/protocol.md §5–6).
 
 Consent is checked from the job spec alone, before a byte of data is read:
 the terms must be signed by their proposer, allow this enclave's measurement

@@ -1,4 +1,4 @@
-"""Enclave images: init, build, measure and verify (DESIGN.md §3.1).
+"""Enclave images: init, build, measure and verify (docs/architecture.md, flows).
 
 An image is ``<DIR>/image/``::
 

@@ -116,4 +116,3 @@ def results(
     else:
         for name, path in written.items():
             out.print(f"{name}: {path}")
-

@@ -1,0 +1,50 @@
+"""The signed documents of Detente: payload schemas and their checks.
+
+Each document is a frozen dataclass with ``to_dict``/``from_dict``; it is
+signed and verified only through :mod:`protocols.statements`. ``from_dict``
+validates every field and raises FormatError naming the bad one. The formats
+are specified in protocols/SPEC.md §3; one module per kind of document.
+"""
+
+from protocols.documents.common import VERSION, check_id, check_version, party_fingerprint
+from protocols.documents.identity import IdentityDocument, Registration
+from protocols.documents.manifest import DatasetManifest, schema_columns, schema_sha256
+from protocols.documents.result import OutputRecord, ResultStatement
+from protocols.documents.terms import (
+    JOINS,
+    MAX_ROUNDS,
+    OUTPUTS,
+    RELEASE_TO,
+    RELEASE_TO_NAMED,
+    RELEASE_TO_OWNERS,
+    Approval,
+    JobTerms,
+    Recipient,
+    check_approvals,
+    check_release,
+)
+
+__all__ = [
+    "JOINS",
+    "MAX_ROUNDS",
+    "OUTPUTS",
+    "RELEASE_TO",
+    "RELEASE_TO_NAMED",
+    "RELEASE_TO_OWNERS",
+    "VERSION",
+    "Approval",
+    "DatasetManifest",
+    "IdentityDocument",
+    "JobTerms",
+    "OutputRecord",
+    "Recipient",
+    "Registration",
+    "ResultStatement",
+    "check_approvals",
+    "check_id",
+    "check_release",
+    "check_version",
+    "party_fingerprint",
+    "schema_columns",
+    "schema_sha256",
+]

@@ -1,0 +1,265 @@
+"""Job terms, approvals, and the consent rules over them (every owner; release to owners).
+
+Formats: protocols/SPEC.md §3.4–3.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocols import canonical, statements
+from protocols.canonical import digest_field
+from protocols.canonical import field as get
+from protocols.documents.common import VERSION, check_id, check_version, party_fingerprint
+from protocols.errors import ConsentError, FormatError, SignatureError
+from protocols.keys import HpkePublicKey, SigningKey, VerifyKey
+from protocols.statements import Envelope
+
+
+@dataclass(frozen=True)
+class Recipient:
+    name: str
+    signing_key: VerifyKey
+    hpke_key: HpkePublicKey
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "signing_key": self.signing_key.hex,
+            "hpke_key": self.hpke_key.hex,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Recipient:
+        if not isinstance(doc, dict):
+            raise FormatError("job terms recipient must be an object")
+        what = "job terms recipient"
+        return cls(
+            get(doc, "name", str, what),
+            VerifyKey.from_hex(get(doc, "signing_key", str, what)),
+            HpkePublicKey.from_hex(get(doc, "hpke_key", str, what)),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return party_fingerprint(self.signing_key, self.hpke_key)
+
+
+JOINS = ("horizontal",)
+OUTPUTS = ("model", "metrics")
+# Who the terms release to: exactly the data owners, or the recipients they name.
+RELEASE_TO_OWNERS = "owners"
+RELEASE_TO_NAMED = "named"
+RELEASE_TO = (RELEASE_TO_OWNERS, RELEASE_TO_NAMED)
+MAX_ROUNDS = 100_000
+
+
+@dataclass(frozen=True)
+class JobTerms:
+    """What every data owner approves, byte for byte (docs/protocol.md §4)."""
+
+    job_id: str
+    datasets: list[tuple[str, str]]  # (dataset id, manifest digest), in join order
+    join: str
+    objective: str
+    label: str
+    params: dict[str, Any]
+    num_rounds: int
+    seed: int
+    allowed_mrenclaves: list[str]
+    outputs: list[str]
+    recipients: list[Recipient]
+    expires_at: int
+    id_column: str | None = None
+    proposer: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    release_to: str = RELEASE_TO_NAMED
+    max_seconds: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "job_id": self.job_id,
+            "datasets": [{"dataset_id": d, "manifest_digest": m} for d, m in self.datasets],
+            "join": self.join,
+            "objective": self.objective,
+            "label": self.label,
+            "id_column": self.id_column,
+            "params": self.params,
+            "num_rounds": self.num_rounds,
+            "seed": self.seed,
+            "allowed_mrenclaves": self.allowed_mrenclaves,
+            "release": {
+                "outputs": self.outputs,
+                "recipients": [r.to_dict() for r in self.recipients],
+                "to": self.release_to,
+            },
+            "expires_at": self.expires_at,
+            "max_seconds": self.max_seconds,
+            "proposer": self.proposer,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> JobTerms:
+        what = "job terms"
+        check_version(doc, what)
+        datasets = []
+        for entry in get(doc, "datasets", list, what):
+            if not isinstance(entry, dict):
+                raise FormatError("job terms datasets must be objects")
+            datasets.append(
+                (
+                    check_id(get(entry, "dataset_id", str, what), "dataset id"),
+                    digest_field(entry, "manifest_digest", what),
+                )
+            )
+        if not datasets:
+            raise FormatError("job terms name no data set")
+        join = get(doc, "join", str, what)
+        if join not in JOINS:
+            raise FormatError(f"job terms join {join!r} is not one of {', '.join(JOINS)}")
+        release = get(doc, "release", dict, what)
+        outputs = get(release, "outputs", list, what)
+        for output in outputs:
+            if output not in OUTPUTS:
+                raise FormatError(f"job terms output {output!r} is not one of {', '.join(OUTPUTS)}")
+        recipients = [Recipient.from_dict(r) for r in get(release, "recipients", list, what)]
+        if not recipients:
+            raise FormatError("job terms name no recipient")
+        id_column = doc.get("id_column")
+        if id_column is not None and not isinstance(id_column, str):
+            raise FormatError("job terms id_column must be a string or null")
+        rounds = get(doc, "num_rounds", int, what)
+        if not 1 <= rounds <= MAX_ROUNDS:
+            raise FormatError(f"job terms num_rounds must be 1–{MAX_ROUNDS}, got {rounds}")
+        release_to = release.get("to", RELEASE_TO_NAMED)
+        if release_to not in RELEASE_TO:
+            raise FormatError(
+                f"job terms release.to {release_to!r} is not one of {', '.join(RELEASE_TO)}"
+            )
+        keys = [r.signing_key for r in recipients]
+        if len(set(keys)) != len(keys) or len({r.name for r in recipients}) != len(keys):
+            raise FormatError("job terms name a recipient (name or key) twice")
+        max_seconds = doc.get("max_seconds")
+        if max_seconds is not None and (
+            isinstance(max_seconds, bool) or not isinstance(max_seconds, int) or max_seconds < 1
+        ):
+            raise FormatError("job terms max_seconds must be a positive integer or null")
+        return cls(
+            job_id=check_id(get(doc, "job_id", str, what), "job id"),
+            datasets=datasets,
+            join=join,
+            objective=get(doc, "objective", str, what),
+            label=get(doc, "label", str, what),
+            params=get(doc, "params", dict, what),
+            num_rounds=rounds,
+            seed=get(doc, "seed", int, what),
+            allowed_mrenclaves=[
+                digest_field({"mrenclave": m}, "mrenclave", what)
+                for m in get(doc, "allowed_mrenclaves", list, what)
+            ],
+            outputs=[str(o) for o in outputs],
+            recipients=recipients,
+            expires_at=get(doc, "expires_at", int, what),
+            id_column=id_column,
+            proposer=str(doc.get("proposer", "")),
+            release_to=release_to,
+            max_seconds=max_seconds,
+        )
+
+    def train_params(self) -> dict[str, Any]:
+        """The parameters ``xgboost.train`` gets: the terms' params, with the terms' objective
+        and seed taking precedence (the rule the enclave and every plaintext check use)."""
+        return {**self.params, "objective": self.objective, "seed": self.seed}
+
+    def sign(self, key: SigningKey) -> Envelope:
+        return statements.sign(statements.JOB_TERMS, self.to_dict(), key)
+
+    @classmethod
+    def verify(cls, envelope: Envelope) -> JobTerms:
+        """Terms must be signed by the proposer key they name."""
+        terms = cls.from_dict(statements.verify(envelope, statements.JOB_TERMS, None, "job terms"))
+        if terms.proposer != envelope.signer.hex:
+            raise SignatureError("job terms are not signed by the proposer they name")
+        return terms
+
+
+@dataclass(frozen=True)
+class Approval:
+    """An owner's signature over the exact job terms (their payload digest)."""
+
+    job_id: str
+    terms_digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": VERSION, "job_id": self.job_id, "terms_digest": self.terms_digest}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Approval:
+        what = "job approval"
+        check_version(doc, what)
+        return cls(
+            check_id(get(doc, "job_id", str, what), "job id"),
+            digest_field(doc, "terms_digest", what),
+        )
+
+    def sign(self, key: SigningKey) -> Envelope:
+        return statements.sign(statements.APPROVAL, self.to_dict(), key)
+
+
+def check_release(terms: JobTerms, owners: set[VerifyKey]) -> None:
+    """Raise ConsentError if terms that release to the owners name other recipients.
+
+    With ``release.to = "owners"`` the recipients must be exactly the data
+    owners (by signing key): nobody added, nobody left out. The enclave checks
+    this against the signed manifests; each approving party checks it too.
+    """
+    if terms.release_to != RELEASE_TO_OWNERS:
+        return
+    named = {r.signing_key for r in terms.recipients}
+    extra, missing = named - owners, owners - named
+    if extra or missing:
+        parts = []
+        if missing:
+            keys = ", ".join(sorted(k.hex[:16] + "…" for k in missing))
+            parts.append(f"leave out the data owner(s) {keys}")
+        if extra:
+            names = ", ".join(sorted(r.name for r in terms.recipients if r.signing_key in extra))
+            parts.append(f"add recipient(s) who own no data set of the job: {names}")
+        raise ConsentError(
+            f"job {terms.job_id!r} releases to its data owners, but its recipients "
+            + " and ".join(parts)
+        )
+
+
+def check_approvals(
+    terms_envelope: Envelope, owners: set[VerifyKey], approvals: list[Envelope]
+) -> None:
+    """Raise ConsentError unless every owner approved exactly these terms.
+
+    Each approval must verify under its signer's key, name this job and carry
+    the digest of these exact terms; approvals by non-owners are ignored.
+    """
+    approved: set[VerifyKey] = set()
+    terms = JobTerms.from_dict(canonical.loads(terms_envelope.payload, "job terms"))
+    for envelope in approvals:
+        try:
+            doc = statements.verify(envelope, statements.APPROVAL, None, "job approval")
+            approval = Approval.from_dict(doc)
+        except (SignatureError, FormatError) as exc:
+            raise ConsentError(f"an approval of job {terms.job_id!r} is invalid: {exc}") from None
+        if approval.job_id != terms.job_id or approval.terms_digest != terms_envelope.digest:
+            raise ConsentError(
+                f"the approval by {envelope.signer.hex[:16]}… is over different job terms "
+                f"(digest {approval.terms_digest[:16]}…, these terms are "
+                f"{terms_envelope.digest[:16]}…)"
+            )
+        approved.add(envelope.signer)
+    missing = owners - approved
+    if missing:
+        raise ConsentError(
+            f"job {terms.job_id!r} lacks the approval of "
+            + ", ".join(sorted(k.hex[:16] + "…" for k in missing))
+            + ": every data owner must run `detente party approve`"
+        )
