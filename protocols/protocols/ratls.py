@@ -6,22 +6,9 @@ quote in an X.509 extension of a self-signed certificate. A client verifies
 the evidence and the binding before it sends anything on the channel, so a
 successful handshake proves it talks to code of an allowed measurement.
 
-Detente's binding (protocols/SPEC.md §13): the identity document names
-``tls_public_key_sha256`` = SHA-256(SubjectPublicKeyInfo DER of the TLS key),
-and the quote's REPORTDATA is SHA-256(identity payload) ‖ 32 zero bytes
-(:data:`CERTIFICATE_NONCE`). Naming the *key*, not the certificate, avoids the
-circle certificate → quote → identity → certificate.
-
-The certificate carries the evidence twice:
-
-=============================  ============================================
-extension OID                  extnValue contents
-=============================  ============================================
-1.2.840.113741.1337.6          the raw SGX quote (Gramine's legacy OID)
-2.23.133.5.4.9                 DER OCTET STRING of the tagged evidence:
-(TCG DICE tagged evidence)     canonical JSON {"type", "version", "backend",
-                               "identity" (base64), "quote" (base64)}
-=============================  ============================================
+The certificate profile, the two evidence extensions and the binding (the
+identity document names the SHA-256 of the TLS *key*, not of the certificate,
+which avoids a circle) are specified in protocols/SPEC.md §13.
 """
 
 from __future__ import annotations

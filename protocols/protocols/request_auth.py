@@ -1,28 +1,8 @@
 """Signed requests: every party request to the coordinator carries an Ed25519 signature.
 
 TLS authenticates the coordinator to the party; this authenticates the party
-to the coordinator, per request, and stops replays (protocols/SPEC.md §14).
-The signature travels in four gRPC metadata entries:
-
-==========================  ==================================================
-metadata key                value (ASCII)
-==========================  ==================================================
-``detente-key-id``          the party's Ed25519 public key, 64 lowercase hex
-``detente-timestamp``       Unix seconds, decimal, no sign, no leading zeros
-``detente-nonce``           16 random bytes, 32 lowercase hex
-``detente-signature``       Ed25519 signature, 128 lowercase hex
-==========================  ==================================================
-
-The signed bytes are :func:`signed_message`::
-
-    "detente/v1 request-signature" LF method LF body-sha256 LF timestamp LF nonce
-
-``method`` is the full gRPC method (``/detente.v1.Coordinator/ListJobs``),
-``body-sha256`` the lowercase hex SHA-256 of the serialized request message
-— for a client-streaming call, of the *first* message only (the signed
-dataset manifest of UploadDataset, whose ciphertext digest covers the rest).
-Every field has a fixed alphabet without LF, so the encoding is unambiguous,
-and the prefix keeps it apart from every DSSE statement ("DSSEv1 …").
+to the coordinator, per request, and stops replays. The metadata, the signed
+bytes and the checks are specified in protocols/SPEC.md §14.
 
 This module holds the pure parts (message, signing, checking, replay cache)
 and the client interceptor that signs; the coordinator's server interceptor

@@ -5,11 +5,7 @@ Nonce-Reuse Misuse-Resistance" (CRYPTO 2015), §7: each chunk is sealed with
 nonce = prefix ‖ counter ‖ last-flag, so dropping, reordering, truncating,
 extending or splicing chunks makes a chunk fail to open. The stream header and
 the caller's associated data (a data set or job id) are authenticated with
-every chunk.
-
-Blob layout: header (24 bytes) ‖ chunk₀ ‖ … ‖ chunkₙ. Every chunk but the last
-holds exactly ``chunk_size`` plaintext bytes (+16 tag bytes); the last holds
-0…chunk_size bytes, so a blob splits into chunks without length prefixes.
+every chunk. The blob layout, header and opening rules: protocols/SPEC.md §5.
 """
 
 from __future__ import annotations
