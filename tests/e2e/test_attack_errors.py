@@ -171,7 +171,7 @@ def _job_pid(running: Running, job_id: str, timeout: float = 60) -> int:
     raise AssertionError(f"the worker never logged the process of {job_id}")
 
 
-def wait_for_round(home: Path, job_id: str, timeout: float = 120) -> None:
+def wait_for_round(home: Path, job_id: str, timeout: float = 300) -> None:
     """Until the job reports a finished round (its checkpoint is then saved)."""
     import json
 

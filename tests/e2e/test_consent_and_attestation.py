@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 import time
 
 import grpc
@@ -15,23 +13,9 @@ import pytest
 from protocols.attestation import Evidence, EvidenceRefused, verify_evidence
 from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
-from tests.e2e.conftest import LABEL, credit_rows
+from tests.e2e.conftest import LABEL, credit_rows, detente
 
 pytestmark = pytest.mark.e2e
-
-
-def detente(args, home, check=True):
-    env = {"DETENTE_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run(
-        [sys.executable, "-m", "detente", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert done.returncode == 0, done.stdout + done.stderr
-    return done
 
 
 def test_attest_refuses_a_measurement_outside_the_policy_and_upload_then_refuses(

@@ -7,7 +7,6 @@ import hashlib
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,19 +22,14 @@ from protocols.documents import IdentityDocument
 from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 from tests.e2e.conftest import Running
+from tests.e2e.conftest import detente as run_detente
 
 pytestmark = pytest.mark.e2e
 
 
 def detente(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
-    env = {"DETENTE_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    return subprocess.run(
-        [sys.executable, "-m", "detente", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """The real CLI; the caller checks the outcome."""
+    return run_detente(args, home, check=False)
 
 
 def test_enclave_worker_serves_an_ra_tls_certificate_bound_to_its_identity(
