@@ -546,3 +546,51 @@ def test_a_digest_of_the_wrong_length_and_a_negative_size_are_refused() -> None:
     for name in ("row_count", "ciphertext_size"):
         with pytest.raises(FormatError, match=f"'{name}' must not be negative"):
             DatasetManifest.from_dict({**manifest, name: -1})
+
+
+# ---------------------------------------------------------------- job terms: joins and training
+
+
+def test_terms_carry_vertical_joins_and_training_choices_through_their_bytes() -> None:
+    key = SigningKey.generate()
+    base = terms_for(key)
+    terms = replace(
+        base,
+        join="vertical",
+        datasets=[("ds-a", "aa" * 32), ("ds-b", "bb" * 32)],
+        id_columns={"ds-a": "customer", "ds-b": "client_id"},
+        min_rows=500,
+        validation_fraction=0.2,
+        early_stopping_rounds=10,
+        metrics_every=5,
+        model_format="ubj",
+        objective="multi:softprob",
+        params={**base.params, "num_class": 3},
+        outputs=["model", "metrics", "importance"],
+    )
+    again = JobTerms.verify(Envelope.from_bytes(terms.sign(key).to_bytes()))
+    assert again == terms
+    assert again.id_column_of("ds-a") == "customer" and again.id_column_of("x") is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"join": "vertical"}, "names the id column of every data set"),
+        (
+            {"join": "vertical", "id_column": "id", "outputs": ["model", "predictions"]},
+            "releases no predictions",
+        ),
+        ({"early_stopping_rounds": 5}, "needs a validation_fraction above 0"),
+        ({"objective": "multi:softmax"}, "needs the parameter num_class"),
+        ({"objective": "reg:nonsense"}, "is not one of"),
+        ({"validation_fraction": 0.9}, "validation_fraction must be a number from 0 to 0.5"),
+        ({"model_format": "pickle"}, "model_format 'pickle' is not one of"),
+        ({"min_rows": 0}, "min_rows must be a positive integer"),
+    ],
+)
+def test_terms_that_cannot_run_are_refused_when_read(change: dict, message: str) -> None:
+    key = SigningKey.generate()
+    bad = replace(terms_for(key), **change)
+    with pytest.raises(FormatError, match=message):
+        JobTerms.verify(Envelope.from_bytes(bad.sign(key).to_bytes()))

@@ -14,6 +14,7 @@ from protocols.canonical import field as get
 from protocols.documents.common import VERSION, check_id, check_version, party_fingerprint
 from protocols.errors import ConsentError, FormatError, SignatureError
 from protocols.keys import HpkePublicKey, SigningKey, VerifyKey
+from protocols.objectives import OBJECTIVES
 from protocols.statements import Envelope
 
 
@@ -46,8 +47,11 @@ class Recipient:
         return party_fingerprint(self.signing_key, self.hpke_key)
 
 
-JOINS = ("horizontal",)
-OUTPUTS = ("model", "metrics")
+JOINS = ("horizontal", "vertical")
+# predictions: each data owner's predictions on its own rows (horizontal jobs only).
+OUTPUTS = ("model", "metrics", "importance", "predictions")
+MODEL_FORMATS = ("json", "ubj")
+MAX_VALIDATION_FRACTION = 0.5
 # Who the terms release to: exactly the data owners, or the recipients they name.
 RELEASE_TO_OWNERS = "owners"
 RELEASE_TO_NAMED = "named"
@@ -76,12 +80,29 @@ class JobTerms:
     extra: dict[str, Any] = field(default_factory=dict)
     release_to: str = RELEASE_TO_NAMED
     max_seconds: int | None = None
+    # Per data set id column, overriding ``id_column`` (vertical jobs name one for each).
+    id_columns: dict[str, str] = field(default_factory=dict)
+    min_rows: int = 1  # fewer joined rows than this: the job fails before training
+    validation_fraction: float = 0.0  # held out inside the enclave by seed
+    early_stopping_rounds: int | None = None  # on the validation set
+    metrics_every: int | None = None  # released metrics every N rounds (None: at the end)
+    model_format: str = "json"
+
+    def id_column_of(self, dataset_id: str) -> str | None:
+        """The id column of ``dataset_id``: its own if the terms name one, else ``id_column``."""
+        return self.id_columns.get(dataset_id, self.id_column)
 
     def to_dict(self) -> dict[str, Any]:
+        datasets = []
+        for dataset_id, digest in self.datasets:
+            entry = {"dataset_id": dataset_id, "manifest_digest": digest}
+            if dataset_id in self.id_columns:
+                entry["id_column"] = self.id_columns[dataset_id]
+            datasets.append(entry)
         return {
             "version": VERSION,
             "job_id": self.job_id,
-            "datasets": [{"dataset_id": d, "manifest_digest": m} for d, m in self.datasets],
+            "datasets": datasets,
             "join": self.join,
             "objective": self.objective,
             "label": self.label,
@@ -98,59 +119,40 @@ class JobTerms:
             "expires_at": self.expires_at,
             "max_seconds": self.max_seconds,
             "proposer": self.proposer,
+            "training": {
+                "min_rows": self.min_rows,
+                "validation_fraction": self.validation_fraction,
+                "early_stopping_rounds": self.early_stopping_rounds,
+                "metrics_every": self.metrics_every,
+                "model_format": self.model_format,
+            },
         }
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> JobTerms:
         what = "job terms"
         check_version(doc, what)
-        datasets = []
-        for entry in get(doc, "datasets", list, what):
-            if not isinstance(entry, dict):
-                raise FormatError("job terms datasets must be objects")
-            datasets.append(
-                (
-                    check_id(get(entry, "dataset_id", str, what), "dataset id"),
-                    digest_field(entry, "manifest_digest", what),
-                )
-            )
-        if not datasets:
-            raise FormatError("job terms name no data set")
+        datasets, id_columns = _parse_datasets(doc)
         join = get(doc, "join", str, what)
         if join not in JOINS:
             raise FormatError(f"job terms join {join!r} is not one of {', '.join(JOINS)}")
-        release = get(doc, "release", dict, what)
-        outputs = get(release, "outputs", list, what)
-        for output in outputs:
-            if output not in OUTPUTS:
-                raise FormatError(f"job terms output {output!r} is not one of {', '.join(OUTPUTS)}")
-        recipients = [Recipient.from_dict(r) for r in get(release, "recipients", list, what)]
-        if not recipients:
-            raise FormatError("job terms name no recipient")
+        outputs, recipients, release_to = _parse_release(get(doc, "release", dict, what))
         id_column = doc.get("id_column")
         if id_column is not None and not isinstance(id_column, str):
             raise FormatError("job terms id_column must be a string or null")
         rounds = get(doc, "num_rounds", int, what)
         if not 1 <= rounds <= MAX_ROUNDS:
             raise FormatError(f"job terms num_rounds must be 1–{MAX_ROUNDS}, got {rounds}")
-        release_to = release.get("to", RELEASE_TO_NAMED)
-        if release_to not in RELEASE_TO:
+        objective = get(doc, "objective", str, what)
+        if objective not in OBJECTIVES:
             raise FormatError(
-                f"job terms release.to {release_to!r} is not one of {', '.join(RELEASE_TO)}"
+                f"job terms objective {objective!r} is not one of {', '.join(OBJECTIVES)}"
             )
-        keys = [r.signing_key for r in recipients]
-        if len(set(keys)) != len(keys) or len({r.name for r in recipients}) != len(keys):
-            raise FormatError("job terms name a recipient (name or key) twice")
-        max_seconds = doc.get("max_seconds")
-        if max_seconds is not None and (
-            isinstance(max_seconds, bool) or not isinstance(max_seconds, int) or max_seconds < 1
-        ):
-            raise FormatError("job terms max_seconds must be a positive integer or null")
-        return cls(
+        terms = cls(
             job_id=check_id(get(doc, "job_id", str, what), "job id"),
             datasets=datasets,
             join=join,
-            objective=get(doc, "objective", str, what),
+            objective=objective,
             label=get(doc, "label", str, what),
             params=get(doc, "params", dict, what),
             num_rounds=rounds,
@@ -159,14 +161,41 @@ class JobTerms:
                 digest_field({"mrenclave": m}, "mrenclave", what)
                 for m in get(doc, "allowed_mrenclaves", list, what)
             ],
-            outputs=[str(o) for o in outputs],
+            outputs=outputs,
             recipients=recipients,
             expires_at=get(doc, "expires_at", int, what),
             id_column=id_column,
             proposer=str(doc.get("proposer", "")),
             release_to=release_to,
-            max_seconds=max_seconds,
+            max_seconds=_optional_positive(doc, "max_seconds"),
+            id_columns=id_columns,
+            **_parse_training(doc.get("training", {})),
         )
+        terms._check_consistent()
+        return terms
+
+    def _check_consistent(self) -> None:
+        """Rules across fields: each raises FormatError saying what to change."""
+        if self.join == "vertical":
+            missing = [d for d, _ in self.datasets if self.id_column_of(d) is None]
+            if missing:
+                raise FormatError(
+                    "a vertical job names the id column of every data set; it lacks one for "
+                    + ", ".join(repr(d) for d in missing)
+                )
+            if "predictions" in self.outputs:
+                raise FormatError(
+                    "a vertical job releases no predictions: they would tell each party which "
+                    "of its ids were joined"
+                )
+        if self.early_stopping_rounds is not None and self.validation_fraction <= 0:
+            raise FormatError("early_stopping_rounds needs a validation_fraction above 0")
+        if self.objective.startswith("multi:"):
+            num_class = self.params.get("num_class")
+            if isinstance(num_class, bool) or not isinstance(num_class, int) or num_class < 2:
+                raise FormatError(
+                    f"{self.objective} needs the parameter num_class (an integer ≥ 2)"
+                )
 
     def train_params(self) -> dict[str, Any]:
         """The parameters ``xgboost.train`` gets: the terms' params, with the terms' objective
@@ -183,6 +212,83 @@ class JobTerms:
         if terms.proposer != envelope.signer.hex:
             raise SignatureError("job terms are not signed by the proposer they name")
         return terms
+
+
+def _optional_positive(doc: dict[str, Any], name: str) -> int | None:
+    value = doc.get(name)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise FormatError(f"job terms {name} must be a positive integer or null")
+    return value
+
+
+def _parse_datasets(doc: dict[str, Any]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    what = "job terms"
+    datasets: list[tuple[str, str]] = []
+    id_columns: dict[str, str] = {}
+    for entry in get(doc, "datasets", list, what):
+        if not isinstance(entry, dict):
+            raise FormatError("job terms datasets must be objects")
+        dataset_id = check_id(get(entry, "dataset_id", str, what), "dataset id")
+        datasets.append((dataset_id, digest_field(entry, "manifest_digest", what)))
+        if "id_column" in entry:
+            id_columns[dataset_id] = get(entry, "id_column", str, what)
+    if not datasets:
+        raise FormatError("job terms name no data set")
+    return datasets, id_columns
+
+
+def _parse_release(release: dict[str, Any]) -> tuple[list[str], list[Recipient], str]:
+    what = "job terms"
+    outputs = get(release, "outputs", list, what)
+    for output in outputs:
+        if output not in OUTPUTS:
+            raise FormatError(f"job terms output {output!r} is not one of {', '.join(OUTPUTS)}")
+    if len(set(outputs)) != len(outputs):
+        raise FormatError("job terms name an output twice")
+    recipients = [Recipient.from_dict(r) for r in get(release, "recipients", list, what)]
+    if not recipients:
+        raise FormatError("job terms name no recipient")
+    release_to = release.get("to", RELEASE_TO_NAMED)
+    if release_to not in RELEASE_TO:
+        raise FormatError(
+            f"job terms release.to {release_to!r} is not one of {', '.join(RELEASE_TO)}"
+        )
+    keys = [r.signing_key for r in recipients]
+    if len(set(keys)) != len(keys) or len({r.name for r in recipients}) != len(keys):
+        raise FormatError("job terms name a recipient (name or key) twice")
+    return [str(o) for o in outputs], recipients, release_to
+
+
+def _parse_training(training: Any) -> dict[str, Any]:
+    """The ``training`` object (absent in older terms: every default)."""
+    if not isinstance(training, dict):
+        raise FormatError("job terms training must be an object")
+    min_rows = training.get("min_rows", 1)
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        raise FormatError("job terms training.min_rows must be a positive integer")
+    fraction = training.get("validation_fraction", 0.0)
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, int | float)
+        or not 0 <= fraction <= MAX_VALIDATION_FRACTION
+    ):
+        raise FormatError(
+            "job terms training.validation_fraction must be a number from 0 to "
+            f"{MAX_VALIDATION_FRACTION}"
+        )
+    model_format = training.get("model_format", "json")
+    if model_format not in MODEL_FORMATS:
+        raise FormatError(
+            f"job terms training.model_format {model_format!r} is not one of "
+            f"{', '.join(MODEL_FORMATS)}"
+        )
+    return {
+        "min_rows": min_rows,
+        "validation_fraction": float(fraction),
+        "early_stopping_rounds": _optional_positive(training, "early_stopping_rounds"),
+        "metrics_every": _optional_positive(training, "metrics_every"),
+        "model_format": model_format,
+    }
 
 
 @dataclass(frozen=True)
