@@ -11,4 +11,5 @@ __all__ = [
     "bench_libos",
     "bench_ratls",
     "bench_training",
+    "bench_upload",
 ]
