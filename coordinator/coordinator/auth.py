@@ -38,9 +38,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Received:
-    """A request message with the SHA-256 of the bytes it was parsed from."""
+    """A request message, with the SHA-256 of the bytes it was parsed from if a
+    signature covers them (the first message of a call only, SPEC §14.2)."""
 
-    sha256: str
+    sha256: str | None
     message: Any
 
 
@@ -67,10 +68,22 @@ def caller_of(context: Any) -> str:
 
 
 def _capture(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], _Received]:
+    """One call's request deserializer: it hashes the first message, the only one a
+    request signature covers (SPEC §14.2: a unary request is one message; of a client
+    stream, the ciphertext that follows the signed manifest is checked against the
+    manifest instead). Hashing every piece of an upload would cost as much as storing it.
+
+    gRPC asks for the method handler, so for this deserializer, once per call and
+    deserializes that call's messages in order: "first" is per call.
+    """
+    hashed = False
+
     def parse(raw: bytes) -> _Received:
-        return _Received(
-            hashlib.sha256(raw).hexdigest(), deserializer(raw) if deserializer else raw
-        )
+        nonlocal hashed
+        digest = None
+        if not hashed:
+            digest, hashed = hashlib.sha256(raw).hexdigest(), True
+        return _Received(digest, deserializer(raw) if deserializer else raw)
 
     return parse
 
@@ -109,6 +122,8 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
                 f"unknown key: {key[:16]}… is not a registered party; register first with "
                 "`detente party init`"
             )
+        if received.sha256 is None:
+            raise UnauthenticatedRequest("only the first message of a call carries its signature")
         now = self._clock()
         verify_request(request, method, received.sha256, now)
         if registers is not None:
