@@ -4,8 +4,11 @@ A blob's name is the SHA-256 of its bytes. Writes go to a temporary file in
 the blob root (same file system, since the name is known only at the end),
 are fsynced, then renamed into place, so a crash
 never leaves a half-written blob under a real name. Reads re-hash the
-content and refuse a blob that does not match its name: the disk is not
-trusted either.
+content as they stream it and end with an error if it does not match its
+name: the disk is not trusted either. A reader learns that only after the
+last piece, so whoever consumes a blob checks what it received itself — the
+enclave checks a data set against the SHA-256 in its signed manifest, a party
+an output against the enclave's signed result statement.
 """
 
 from __future__ import annotations
@@ -197,10 +200,11 @@ class BlobStore:
             return False
 
     def iter_chunks(self, sha256: str, size: int = CHUNK_SIZE) -> Iterator[bytes]:
-        """Yield the blob in pieces of ``size`` bytes, verified against its name.
+        """Yield the blob in pieces of ``size`` bytes, hashing them as they go; raise
+        IntegrityError after the last piece if the content does not match its name.
 
-        The whole blob is hashed before the first piece is yielded, so a
-        corrupted blob yields nothing at all.
+        One read of the file, not two: a corrupted blob is reported at its end
+        (its consumer checks the content itself; see the module's docstring).
         """
         path = self.path(sha256)
         try:
@@ -209,16 +213,14 @@ class BlobStore:
             raise NotFound(f"no blob {sha256[:16]}… in the blob store") from None
         with handle:
             digest = hashlib.sha256()
-            while piece := handle.read(CHUNK_SIZE):
+            while piece := handle.read(size):
                 digest.update(piece)
+                yield piece
             if digest.hexdigest() != sha256:
                 raise IntegrityError(
                     f"blob {sha256[:16]}… is corrupted on disk (its content no longer "
                     "hashes to its name); restore it from a backup or re-upload it"
                 )
-            handle.seek(0)
-            while piece := handle.read(size):
-                yield piece
 
     def open(self, sha256: str) -> Iterator[bytes]:
         """Alias of :meth:`iter_chunks` with the default piece size."""

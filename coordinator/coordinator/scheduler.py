@@ -40,7 +40,7 @@ from coordinator.store import (
     StoredOutput,
 )
 from protocols.documents import JobTerms
-from protocols.errors import DetenteError
+from protocols.errors import DetenteError, IntegrityError
 from protocols.statements import Envelope
 from protocols.stream import CHUNK_SIZE
 
@@ -292,7 +292,19 @@ class Scheduler:
             record = self._store.get_dataset(dataset_id)
             if record is None:
                 raise DetenteError(f"data set {dataset_id!r} of job {job.job_id!r} is gone")
-            yield dataset_id, self._blobs.iter_chunks(record.blob_sha256, CHUNK_SIZE)
+            yield dataset_id, self._chunks(dataset_id, record.blob_sha256)
+
+    def _chunks(self, dataset_id: str, sha256: str) -> Iterator[bytes]:
+        """A data set's ciphertext, read once. A blob that no longer matches its name is
+        found after its last piece went out: the call is then cancelled before the
+        enclave sees the end of its data (so it trains and releases nothing), and the
+        job fails naming the data set. The enclave checks each data set against the
+        digest in its signed manifest itself, so a coordinator that skipped this check
+        would not get a corrupted data set trained either."""
+        try:
+            yield from self._blobs.iter_chunks(sha256, CHUNK_SIZE)
+        except IntegrityError as exc:
+            raise IntegrityError(f"the ciphertext of data set {dataset_id!r}: {exc}") from None
 
     def _relay(self, job: JobRecord) -> tuple[list[StoredOutput], bytes | None]:
         assert self._enclave is not None

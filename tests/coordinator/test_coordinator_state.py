@@ -141,8 +141,16 @@ def test_blob_store_refuses_corrupted_blob(tmp_path: Path) -> None:
     path.write_bytes(bytes(corrupted))
     with pytest.raises(IntegrityError, match="corrupted"):
         blobs.read(sha)
-    with pytest.raises(IntegrityError):
-        next(blobs.iter_chunks(sha))
+    # Streamed in one read: the pieces go out as they are hashed, the refusal comes
+    # after the last one (the enclave and the parties check what they receive).
+    received = []
+    with pytest.raises(IntegrityError, match="corrupted"):
+        for piece in blobs.iter_chunks(sha, size=4096):
+            received.append(piece)
+    assert b"".join(received) == bytes(corrupted)
+    path.write_bytes(data[:-1])
+    with pytest.raises(IntegrityError, match="corrupted"):
+        blobs.read(sha)
 
 
 def test_blob_store_refuses_mismatch_and_leaves_nothing(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@ resume (attacks 6–8), through real coordinator, worker and CLI processes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,3 +249,75 @@ def test_a_failed_job_is_retried_with_the_same_terms_and_resumes_from_its_checkp
     plain = xgb.train(params, xgb.DMatrix(x, label=y, feature_names=names), terms.num_rounds)
     dtest = xgb.DMatrix(x, feature_names=names)
     assert np.array_equal(enclave.predict(dtest), plain.predict(dtest))
+
+
+def _blob_path(running: Running, sha256: str) -> Path:
+    return running.coordinator_home / "blobs" / sha256[:2] / sha256[2:]
+
+
+def _nothing_released(running: Running, home: Path, job_id: str, tmp: Path) -> None:
+    with sqlite3.connect(running.db) as db:
+        outputs = db.execute("SELECT name FROM outputs WHERE job_id=?", (job_id,)).fetchall()
+        (statement,) = db.execute(
+            "SELECT result_statement FROM jobs WHERE job_id=?", (job_id,)
+        ).fetchone()
+    assert outputs == [] and not statement
+    done = detente(["party", "results", job_id, "--out", str(tmp / job_id)], home, check=False)
+    assert done.returncode == 1 and f"job {job_id} is failed" in done.stderr
+    assert not (tmp / job_id).exists()
+
+
+def test_a_data_set_corrupted_on_the_coordinators_disk_fails_its_job_and_releases_nothing(
+    running: Running, tmp_path: Path
+) -> None:
+    """The coordinator streams each blob once and checks its hash at the end; a blob
+    swapped with a database edit to pass that check is refused by the enclave against
+    the signed manifest. Either way the job fails at once naming the data set."""
+    rows = credit_rows(8000, 400)
+    alice, a_ds = contribute(running, "rot-alice", rows.slice(0, 200), tmp_path)
+    bob, b_ds = contribute(running, "rot-bob", rows.slice(200, 200), tmp_path)
+    (sha256,) = sql_one(running, "SELECT blob_sha256 FROM datasets WHERE dataset_id=?", a_ds)
+    original = _blob_path(running, sha256).read_bytes()
+    rotten = bytearray(original)
+    rotten[len(rotten) // 2] ^= 0x01
+
+    # Bit rot in place: the blob no longer hashes to its name.
+    _blob_path(running, sha256).write_bytes(bytes(rotten))
+    job_id = propose(alice, [a_ds, b_ds], "--rounds", "3", "--id", "ID")
+    for home in (alice, bob):
+        detente(["party", "approve", job_id, "--yes"], home)
+    failed = wait_state(alice, job_id, ("failed", "succeeded"), timeout=60)
+    assert failed["state"] == "failed", failed
+    assert a_ds in failed["error"] and "corrupted" in failed["error"], failed["error"]
+    _nothing_released(running, alice, job_id, tmp_path)
+
+    # A malicious operator stores the altered bytes under their own hash and points the
+    # data set at them: the coordinator's check passes, the enclave's does not.
+    swapped = hashlib.sha256(rotten).hexdigest()
+    _blob_path(running, swapped).parent.mkdir(exist_ok=True)
+    _blob_path(running, swapped).write_bytes(bytes(rotten))
+    with sqlite3.connect(running.db) as db:
+        db.execute("UPDATE datasets SET blob_sha256=? WHERE dataset_id=?", (swapped, a_ds))
+    job_id = propose(alice, [a_ds, b_ds], "--rounds", "3", "--id", "ID")
+    for home in (alice, bob):
+        detente(["party", "approve", job_id, "--yes"], home)
+    failed = wait_state(alice, job_id, ("failed", "succeeded"), timeout=60)
+    assert failed["state"] == "failed", failed
+    assert a_ds in failed["error"], failed["error"]
+    _nothing_released(running, alice, job_id, tmp_path)
+
+    # Restored, the same data sets train.
+    with sqlite3.connect(running.db) as db:
+        db.execute("UPDATE datasets SET blob_sha256=? WHERE dataset_id=?", (sha256, a_ds))
+    _blob_path(running, sha256).write_bytes(original)
+    job_id = propose(alice, [a_ds, b_ds], "--rounds", "3", "--id", "ID")
+    for home in (alice, bob):
+        detente(["party", "approve", job_id, "--yes"], home)
+    assert wait_state(alice, job_id, ("failed", "succeeded"))["state"] == "succeeded"
+
+
+def sql_one(running: Running, statement: str, *args: object) -> tuple:
+    with sqlite3.connect(running.db) as db:
+        row = db.execute(statement, args).fetchone()
+    assert row is not None, statement
+    return tuple(row)
