@@ -17,8 +17,10 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import queue
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -41,7 +43,17 @@ class BlobWriter:
 
     With ``expected_sha256``/``expected_size`` the writer refuses to commit
     content that differs, and refuses to grow past ``expected_size`` at all.
+
+    The pieces are hashed and written to the file on a thread of the writer's
+    own, a few pieces behind :meth:`write`, so that receiving the next piece
+    (TLS, gRPC) overlaps with hashing and writing this one: an upload through
+    the coordinator then costs about the slowest of the three, not their sum
+    (experiments/bench_upload.py). A failure of that thread (a full disk) is
+    raised by the next :meth:`write` or by :meth:`commit`.
     """
+
+    # Pieces (of up to CHUNK_SIZE bytes) queued ahead of the file: bounded memory.
+    WRITE_AHEAD = 8
 
     def __init__(
         self,
@@ -64,6 +76,9 @@ class BlobWriter:
             fcntl.flock(fd, fcntl.LOCK_EX)
         self._tmp = Path(name)
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self._pending: queue.Queue[bytes | None] = queue.Queue(self.WRITE_AHEAD)
+        self._failure: BaseException | None = None
+        self._drainer: threading.Thread | None = None
 
     @property
     def size(self) -> int:
@@ -77,14 +92,46 @@ class BlobWriter:
             raise IntegrityError(
                 f"{self._what} is longer than the {self._expected_size} bytes it must have"
             )
-        self._hash.update(data)
+        if self._failure is not None:
+            self._fail()
+        if self._drainer is None:
+            self._drainer = threading.Thread(
+                target=self._drain, args=(self._file,), name="blob-writer", daemon=True
+            )
+            self._drainer.start()
         self._size += len(data)
-        self._file.write(data)
+        self._pending.put(data)
+
+    def _drain(self, file: BinaryIO) -> None:
+        """The writer's thread: hash and write each queued piece until None."""
+        while (data := self._pending.get()) is not None:
+            if self._failure is None:  # after a failure, only empty the queue
+                try:
+                    self._hash.update(data)
+                    file.write(data)
+                except BaseException as exc:
+                    self._failure = exc
+
+    def _settle(self) -> None:
+        """Wait until every queued piece is hashed and written."""
+        if self._drainer is not None:
+            self._pending.put(None)
+            self._drainer.join()
+            self._drainer = None
+
+    def _fail(self) -> None:
+        failure = self._failure
+        self.abort()
+        assert failure is not None
+        raise failure
 
     def commit(self) -> tuple[str, int]:
         """Make the blob visible under its SHA-256; return (sha256, size)."""
         if self._file is None:
             raise ValueError("blob writer is closed")
+        self._settle()
+        if self._failure is not None:
+            self._fail()
         sha256 = self._hash.hexdigest()
         if (self._expected_sha256 is not None and sha256 != self._expected_sha256) or (
             self._expected_size is not None and self._size != self._expected_size
@@ -106,6 +153,7 @@ class BlobWriter:
         return sha256, self._size
 
     def abort(self) -> None:
+        self._settle()
         if self._file is not None:
             self._file.close()
             self._file = None

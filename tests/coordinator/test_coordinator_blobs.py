@@ -4,6 +4,7 @@ flock) is kept, and nothing half-uploaded is ever listed."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -77,6 +79,45 @@ def test_the_file_of_a_closed_writer_is_stale(tmp_path: Path) -> None:
     assert len(incoming(root)) == 1
     BlobStore(root)
     assert incoming(root) == []
+
+
+class _FullDisk:
+    """A blob file on a disk that fills up after ``room`` bytes."""
+
+    def __init__(self, real: Any, room: int) -> None:
+        self._real, self._room = real, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self._room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= len(data)
+        return int(self._real.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("pieces", [3, 40])
+def test_a_failed_write_behind_is_raised_and_leaves_nothing(tmp_path: Path, pieces: int) -> None:
+    """Pieces are written on the writer's own thread; its failure still reaches the
+    caller (by a later write, or by commit) and nothing is stored."""
+    root = tmp_path / "blobs"
+    writer = BlobStore(root).writer()
+    writer._file = _FullDisk(writer._file, 2 << 20)  # type: ignore[assignment]
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(pieces):
+            writer.write(b"c" * (1 << 20))
+        writer.commit()
+    assert incoming(root) == [] and blob_files(root) == []
+    with pytest.raises(ValueError, match="closed"):
+        writer.write(b"more")
+
+
+def test_pieces_written_behind_keep_their_order(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    pieces = [bytes([n]) * (1000 + n) for n in range(200)]
+    sha, size = blobs.put_stream(pieces)
+    assert blobs.read(sha) == b"".join(pieces) and size == sum(map(len, pieces))
 
 
 # --------------------------------------------------------------------------- uploads
