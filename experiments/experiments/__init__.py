@@ -10,6 +10,7 @@ __all__ = [
     "bench_hpke",
     "bench_libos",
     "bench_ratls",
+    "bench_scale",
     "bench_training",
     "bench_upload",
 ]
