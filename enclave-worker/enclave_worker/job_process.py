@@ -17,13 +17,16 @@ parent → child
     ``chunk``           u16 length of the data set id ‖ id ‖ ciphertext bytes
     ``end``             empty: every data set has arrived
 child → parent
-    ``progress``        JSON ``{"kind", "text"}``, forwarded as a gRPC Progress
+    ``progress``        JSON ``{"kind", "text"}``, forwarded as a gRPC Progress (also
+                        while the data arrives: the parent reads them between chunks)
     ``output``          u16 length of the output name ‖ name ‖ up to 1 MiB of ciphertext
     ``statement``       the signed result statement (last)
 
 The child runs jobs.accept again on the same bytes (and the parent's clock),
 so the job it trains is one that passed every consent check in its own
-process. A child that crashes is reported as :class:`JobCrashedError`; one
+process. It opens each data set's chunks as they arrive (jobs.intake), and
+imports numpy, pyarrow and XGBoost on a thread from its start, while the data
+streams in. A child that crashes is reported as :class:`JobCrashedError`; one
 whose code raised an unexpected exception as :class:`JobFailedError`, with
 the details in ``logs/job-<id>.log``.
 """
@@ -68,7 +71,8 @@ def _named(name: str, data: bytes) -> bytes:
     return _NAME_SIZE.pack(len(raw)) + raw + data
 
 
-def _unnamed(body: bytes, what: str) -> tuple[str, bytes]:
+def _unnamed(body: bytes, what: str) -> tuple[str, memoryview]:
+    """(name, the rest of ``body``, a view: a data chunk is not copied again)."""
     if len(body) < _NAME_SIZE.size:
         raise FormatError(f"a {what} message is too short")
     (size,) = _NAME_SIZE.unpack_from(body)
@@ -76,7 +80,7 @@ def _unnamed(body: bytes, what: str) -> tuple[str, bytes]:
     if len(body) < end:
         raise FormatError(f"a {what} message is truncated")
     try:
-        return body[_NAME_SIZE.size : end].decode("utf-8"), body[end:]
+        return body[_NAME_SIZE.size : end].decode("utf-8"), memoryview(body)[end:]
     except UnicodeDecodeError:
         raise FormatError(f"a {what} message has a name that is not UTF-8") from None
 
@@ -143,17 +147,31 @@ class JobProcess:
         except process.ChildError as exc:
             raise _translate(exc) from None
 
+    def progress(self) -> Iterator[jobs.JobProgress]:
+        """The progress the job reported so far (while its data arrives), without waiting."""
+        try:
+            while True:
+                try:
+                    message = self._child.recv(timeout=0)
+                except TimeoutError:
+                    return
+                if message is None or message.kind != "progress":
+                    kind = "end" if message is None else message.kind
+                    raise FormatError(f"the job process sent {kind!r} before all its data")
+                yield _progress(message.body)
+        except process.ChildError as exc:
+            raise _translate(exc) from None
+
     def results(self) -> Iterator[jobs.JobProgress | jobs.ReleasedOutput | bytes]:
         """Progress, output pieces (consecutive pieces of one output), then the statement."""
         try:
             self._child.send("end")
             for message in self._child.messages():
                 if message.kind == "progress":
-                    report = canonical.loads(message.body, "job progress")
-                    yield jobs.JobProgress(str(report.get("kind")), str(report.get("text")))
+                    yield _progress(message.body)
                 elif message.kind == "output":
                     name, data = _unnamed(message.body, "job output")
-                    yield jobs.ReleasedOutput(name, data)
+                    yield jobs.ReleasedOutput(name, bytes(data))
                 elif message.kind == "statement":
                     yield message.body
                 else:
@@ -178,6 +196,11 @@ class JobProcess:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _progress(body: bytes) -> jobs.JobProgress:
+    report = canonical.loads(body, "job progress")
+    return jobs.JobProgress(str(report.get("kind")), str(report.get("text")))
 
 
 def _translate(exc: process.ChildError) -> DetenteError:
@@ -250,10 +273,39 @@ def _environment(channel: process.Channel) -> jobs.JobEnvironment:
     return jobs.JobEnvironment(emit=emit, checkpoints=checkpoints)
 
 
+# What a job imports, started on a thread as the job process starts, while its data arrives.
+_PRELOADED = ("numpy", "pyarrow", "pyarrow.compute", "pyarrow.ipc", "xgboost")
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in _PRELOADED:
+        try:
+            importlib.import_module(name)
+        except Exception:  # the job's own import reports it, in context
+            log.warning("preloading %s failed", name)
+            return
+
+
+def _chunks(channel: process.Channel) -> Iterator[tuple[str, memoryview]]:
+    """The data sets' chunks as the worker forwards them, until ``end``."""
+    while True:
+        message = channel.recv()
+        if message.kind == "end":
+            return
+        if message.kind != "chunk":
+            raise FormatError(f"the worker sent an unknown {message.kind!r} message")
+        yield _unnamed(message.body, "data chunk")
+
+
 def job_main(channel: process.Channel, payload: bytes) -> None:
     """The job process: accept the job again, receive its data, run it, stream the results."""
+    import threading
+
     from libos import runtime
 
+    threading.Thread(target=_preload, name="preload", daemon=True).start()
     rt = runtime.current()
     identity, doc = _decode_payload(payload)
     if identity.mrenclave != rt.mrenclave:
@@ -266,16 +318,7 @@ def job_main(channel: process.Channel, payload: bytes) -> None:
         now=float(canonical.field(doc, "accepted_at", float, "job payload")),
     )
     del payload, doc
-    while True:
-        message = channel.recv()
-        if message.kind == "end":
-            break
-        if message.kind != "chunk":
-            raise FormatError(f"the worker sent an unknown {message.kind!r} message")
-        dataset_id, data = _unnamed(message.body, "data chunk")
-        job.add_chunk(dataset_id, data)
-    log.info("job %s: all data sets received", job.terms.job_id)
-    for item in jobs.run(identity, job, _environment(channel)):
+    for item in jobs.run(identity, job, _chunks(channel), _environment(channel)):
         if isinstance(item, jobs.JobProgress):
             channel.send("progress", canonical.dumps({"kind": item.kind, "text": item.text}))
         elif isinstance(item, jobs.ReleasedOutput):

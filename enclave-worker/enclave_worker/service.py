@@ -89,11 +89,12 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
             # Counted here so a data set longer than its manifest stops at intake.
             job.check_chunk(request.chunk.dataset_id, len(request.chunk.data))
             running.send_chunk(request.chunk.dataset_id, request.chunk.data)
+            # What the job reported while its data arrives (bytes, rows), without waiting.
+            for report in running.progress():
+                yield _progress(report)
         for item in running.results():
             if isinstance(item, jobs.JobProgress):
-                yield enclave_pb2.RunJobResponse(
-                    progress=enclave_pb2.Progress(kind=item.kind, text=item.text)
-                )
+                yield _progress(item)
             elif isinstance(item, jobs.ReleasedOutput):
                 data = item.ciphertext
                 for start in range(0, max(len(data), 1), CHUNK_SIZE):
@@ -104,6 +105,10 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                     )
             else:
                 yield enclave_pb2.RunJobResponse(result_statement=item)
+
+
+def _progress(item: jobs.JobProgress) -> Any:
+    return enclave_pb2.RunJobResponse(progress=enclave_pb2.Progress(kind=item.kind, text=item.text))
 
 
 def add_to_server(server: Any, runtime: Runtime, identity: EnclaveIdentity) -> None:

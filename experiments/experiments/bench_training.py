@@ -111,9 +111,8 @@ def main() -> None:
     def enclave_path() -> float:
         t0 = time.perf_counter()
         job = jobs.accept(enclave, envelope.to_bytes(), approvals, [m for m, _ in sealed])
-        for (name, _), (_, blob) in zip(parts, sealed, strict=True):
-            job.add_chunk(name, blob)
-        for _ in jobs.run(enclave, job):
+        chunks = [(name, blob) for (name, _), (_, blob) in zip(parts, sealed, strict=True)]
+        for _ in jobs.run(enclave, job, chunks):
             pass
         return time.perf_counter() - t0
 
@@ -208,9 +207,9 @@ def _bench_process(
             terms, approvals, manifests = fresh()
             t0 = time.perf_counter()
             job = jobs.accept(enclave, terms, approvals, manifests)
-            for (name, _), (_, blob) in zip(parts, sealed, strict=True):
-                job.add_chunk(name, blob)
-            for _ in jobs.run(enclave, job, jobs.JobEnvironment(checkpoints=checkpoints)):
+            chunks = [(name, blob) for (name, _), (_, blob) in zip(parts, sealed, strict=True)]
+            env = jobs.JobEnvironment(checkpoints=checkpoints)
+            for _ in jobs.run(enclave, job, chunks, env):
                 pass
             return time.perf_counter() - t0
 

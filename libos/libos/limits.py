@@ -37,15 +37,16 @@ from protocols.errors import DetenteError
 
 MIB = 1 << 20
 
-# Peak memory of XGBoost `hist` training relative to the float32 feature
-# matrix (rows × features × 4 bytes), including the matrix itself: the DMatrix
-# copy, the quantised gradient index (GHistIndexMatrix), gradient pairs, row
-# partitions and histograms. Measured with xgboost-cpu 3.x, max_bin 256,
-# max_depth 6, 4 threads on shapes from 500k×10 to 100k×200: 5.1 to 6.0 (see
-# tests/libos/test_libos_limits.py, which measures it again); 7 leaves a margin
-# for deeper trees. Small matrices add a fixed overhead of about 16 MiB, hence
-# XGBOOST_FIXED_BYTES.
-XGBOOST_HIST_FACTOR = 7.0
+# Memory XGBoost `hist` training adds to the training data already held as
+# Arrow columns (the enclave worker builds a QuantileDMatrix from them batch by
+# batch): the quantised index (a byte per value with max_bin ≤ 256), copies of
+# the batch being read, sketches and histograms, as a multiple of the float32
+# matrix (rows × features × 4 bytes); per row, gradients, prediction caches,
+# labels and row partitions (XGBOOST_ROW_BYTES, for one output: multiclass
+# needs it per class); and a fixed part. Calibrated on measured peaks (see
+# tests/libos/test_libos_limits.py, which measures it again).
+XGBOOST_HIST_FACTOR = 0.5
+XGBOOST_ROW_BYTES = 64
 XGBOOST_FIXED_BYTES = 32 * MIB
 # Address space a process reserves beyond what it touches, measured on the
 # enclave worker in the e2e tests (VmPeak against VmHWM): about 0.3 GiB for the
@@ -213,17 +214,38 @@ def check_allocation(nbytes: int, what: str) -> None:
     )
 
 
-def estimate_xgboost_bytes(rows: int, features: int, bytes_per_value: int = 4) -> int:
-    """Peak memory of XGBoost ``hist`` training on a rows × features matrix, matrix included.
-
-    rows × features × bytes_per_value × XGBOOST_HIST_FACTOR + XGBOOST_FIXED_BYTES.
-    """
-    for name, value in (
-        ("rows", rows),
-        ("features", features),
-        ("bytes_per_value", bytes_per_value),
-    ):
+def _check_sizes(**values: int) -> None:
+    for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+
+
+def estimate_xgboost_bytes(
+    rows: int, features: int, bytes_per_value: int = 4, outputs: int = 1
+) -> int:
+    """Memory XGBoost ``hist`` training adds to its rows × features training data.
+
+    rows × features × bytes_per_value × XGBOOST_HIST_FACTOR + rows × outputs ×
+    XGBOOST_ROW_BYTES + XGBOOST_FIXED_BYTES, ``outputs`` being the model's
+    outputs per row (the number of classes of a multiclass model).
+    """
+    _check_sizes(rows=rows, features=features, bytes_per_value=bytes_per_value, outputs=outputs)
     matrix = rows * features * bytes_per_value
-    return math.ceil(matrix * XGBOOST_HIST_FACTOR) + XGBOOST_FIXED_BYTES
+    return (
+        math.ceil(matrix * XGBOOST_HIST_FACTOR)
+        + rows * max(outputs, 1) * XGBOOST_ROW_BYTES
+        + XGBOOST_FIXED_BYTES
+    )
+
+
+def estimate_job_bytes(data_bytes: int, rows: int, vertical: bool = False) -> int:
+    """Memory a training job needs for data sets of ``data_bytes`` (sealed) and ``rows`` rows.
+
+    The data sets held as Arrow tables (about their sealed size), a vertical
+    join's copy of them, and XGBoost's training on a float32 matrix of that
+    size (:func:`estimate_xgboost_bytes`). Known before any data arrives.
+    """
+    _check_sizes(data_bytes=data_bytes, rows=rows)
+    held = data_bytes * (2 if vertical else 1)
+    training = math.ceil(data_bytes * XGBOOST_HIST_FACTOR) + rows * XGBOOST_ROW_BYTES
+    return held + training + XGBOOST_FIXED_BYTES

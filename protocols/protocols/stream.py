@@ -135,7 +135,7 @@ class StreamOpener:
         self._counter = 0
         self._finished = False
 
-    def open_chunk(self, chunk: bytes, last: bool) -> bytes:
+    def open_chunk(self, chunk: bytes | memoryview, last: bool) -> bytes:
         if self._finished:
             raise IntegrityError("data found after the last chunk of the stream")
         limit = self.chunk_size + TAG_SIZE

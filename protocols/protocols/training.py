@@ -207,8 +207,7 @@ def _first_difference(schema: Any, other: Any) -> str:
             is_categorical(mine.type) and is_categorical(theirs.type)
         ):
             return (
-                f"has column {theirs.name!r} of type {theirs.type}, the first data set "
-                f"{mine.type}"
+                f"has column {theirs.name!r} of type {theirs.type}, the first data set {mine.type}"
             )
     return "differs in column metadata"
 

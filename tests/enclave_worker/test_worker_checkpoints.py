@@ -62,11 +62,9 @@ def _run(
 ) -> tuple[dict[str, bytes], list[tuple[str, str]]]:
     """Run the job's code; return its outputs opened by the recipient, and its progress."""
     accepted = jobs.accept(enclave, job.spec.terms, job.spec.approvals, job.spec.manifests)
-    for dataset_id, blob in job.blobs:
-        accepted.add_chunk(dataset_id, blob)
     progress: list[tuple[str, str]] = []
     env = jobs.JobEnvironment(emit=lambda p: progress.append((p.kind, p.text)), checkpoints=store)
-    items = list(jobs.run(enclave, accepted, env))
+    items = list(jobs.run(enclave, accepted, job.blobs, env))
     statement = ResultStatement.verify(
         Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key
     )

@@ -88,9 +88,8 @@ def world():
 def test_a_fully_approved_job_trains_and_releases_to_the_named_recipient(world):
     enclave, owners, _tables, sealed, terms, envelope, approvals = world
     job = jobs.accept(enclave, envelope.to_bytes(), approvals, [m for m, _ in sealed])
-    for (dataset_id, _), (_, blob) in zip(terms.datasets, sealed):
-        job.add_chunk(dataset_id, blob)
-    items = list(jobs.run(enclave, job))
+    chunks = [(dataset_id, blob) for (dataset_id, _), (_, blob) in zip(terms.datasets, sealed)]
+    items = list(jobs.run(enclave, job, chunks))
     statement = ResultStatement.verify(
         Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key
     )
@@ -157,14 +156,12 @@ def test_tampered_ciphertext_is_refused_and_nothing_is_released(world, damage):
         del blobs[0][-100:]
     else:
         blobs.reverse()
-    for (dataset_id, _), blob in zip(terms.datasets, blobs):
-        try:
-            job.add_chunk(dataset_id, bytes(blob))
-        except IntegrityError:
-            return  # refused on intake: longer than the signed manifest
+    chunks = [(dataset_id, bytes(blob)) for (dataset_id, _), blob in zip(terms.datasets, blobs)]
     released = []
+    # Refused on intake (a chunk fails to open, or a data set is longer or shorter than
+    # its signed manifest): nothing trains, nothing is released.
     with pytest.raises(IntegrityError, match="data set"):
-        for item in jobs.run(enclave, job):
+        for item in jobs.run(enclave, job, chunks):
             released.append(item)
     assert not any(isinstance(i, (jobs.ReleasedOutput, bytes)) for i in released)
 
@@ -174,9 +171,8 @@ def test_the_model_equals_plaintext_xgboost_on_the_joined_rows(world):
 
     enclave, owners, tables, sealed, terms, envelope, approvals = world
     job = jobs.accept(enclave, envelope.to_bytes(), approvals, [m for m, _ in sealed])
-    for (dataset_id, _), (_, blob) in zip(terms.datasets, sealed):
-        job.add_chunk(dataset_id, blob)
-    items = list(jobs.run(enclave, job))
+    chunks = [(dataset_id, blob) for (dataset_id, _), (_, blob) in zip(terms.datasets, sealed)]
+    items = list(jobs.run(enclave, job, chunks))
     statement = ResultStatement.verify(
         Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key
     )

@@ -123,9 +123,8 @@ def test_pq_and_x25519_parties_in_one_job() -> None:
     envelope = terms.sign(proposer)
     approvals = [Approval("job-pq", envelope.digest).sign(s).to_bytes() for s, _ in owners.values()]
     job = jobs.accept(enclave, envelope.to_bytes(), approvals, [m for m, _ in sealed.values()])
-    for name, (_, blob) in sealed.items():
-        job.add_chunk(f"{name}-data", blob)
-    items = list(jobs.run(enclave, job))
+    chunks = [(f"{name}-data", blob) for name, (_, blob) in sealed.items()]
+    items = list(jobs.run(enclave, job, chunks))
     assert isinstance(items[-1], bytes)  # the signed result statement comes last
     statement = ResultStatement.verify(
         Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key

@@ -115,8 +115,9 @@ def test_a_job_over_the_memory_limit_fails_before_it_allocates(tmp_path):
             list(run_job(worker, job))
         details = failure.value.details
         assert failure.value.code == "FAILED_PRECONDITION"
-        assert "the feature matrix and XGBoost training of job 'job-big'" in details
-        assert "(3000 rows × 3 features" in details
+        # Refused before any data arrived: the sealed sizes and row counts are in the manifests.
+        assert "the data sets of job 'job-big' (2 data sets, " in details
+        assert "MiB sealed, at most 3000 rows) and their training" in details
         assert "memory limit of 64.0 MiB ([resources] memory_mb in libos.toml)" in details
         assert re.search(r"needs [0-9.,]+ MiB", details)
         assert worker.popen is not None and worker.popen.poll() is None

@@ -20,11 +20,16 @@ to report rounds while XGBoost trains, checkpoint storage — comes in a
 One module per step:
 
 - ``consent``: :func:`accept` and :class:`AcceptedJob`;
-- ``tables``: opening each data set, :func:`check_table`, the horizontal
-  join and :func:`feature_matrix`, with :func:`value_free_errors`;
-- ``training``: XGBoost's rounds, :class:`Checkpoint`, :func:`resumable`,
-  :func:`checkpoint_name`;
-- ``release``: the sealed outputs (:class:`ReleasedOutput`) and the result statement;
+- ``intake``: each data set's chunks opened as they arrive and read into an
+  Arrow table, checked against its signed manifest;
+- ``tables``: :func:`check_table` for each data set, the horizontal or
+  vertical join and the training table (by protocols.training), with
+  :func:`value_free_errors`;
+- ``training``: XGBoost's matrices and rounds, evaluation at a stride, early
+  stopping, :class:`Checkpoint`, :func:`resumable`, :func:`checkpoint_name`;
+- ``release``: the outputs (model, metrics, importance, each owner's
+  predictions) sealed to their recipients (:class:`ReleasedOutput`) and the
+  result statement;
 - ``environment``: :class:`JobEnvironment`, :class:`JobProgress`, :class:`CheckpointStore`;
 - ``runner``: :func:`run`, the order of the steps.
 """
@@ -33,8 +38,8 @@ from enclave_worker.jobs.consent import AcceptedJob, accept
 from enclave_worker.jobs.environment import CheckpointStore, JobEnvironment, JobProgress
 from enclave_worker.jobs.release import ReleasedOutput
 from enclave_worker.jobs.runner import run
-from enclave_worker.jobs.tables import check_table, feature_matrix, value_free_errors
-from enclave_worker.jobs.training import Checkpoint, checkpoint_name, resumable
+from enclave_worker.jobs.tables import check_table, value_free_errors
+from enclave_worker.jobs.training import Checkpoint, checkpoint_name, resumable, resumable_job
 
 __all__ = [
     "AcceptedJob",
@@ -46,8 +51,8 @@ __all__ = [
     "accept",
     "check_table",
     "checkpoint_name",
-    "feature_matrix",
     "resumable",
+    "resumable_job",
     "run",
     "value_free_errors",
 ]

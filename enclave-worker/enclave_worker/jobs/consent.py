@@ -25,15 +25,14 @@ class AcceptedJob:
     terms_envelope: Envelope
     terms: JobTerms
     manifests: dict[str, DatasetManifest]
-    received: dict[str, bytearray] = field(default_factory=dict)
-
     counted: dict[str, int] = field(default_factory=dict)
 
     def check_chunk(self, dataset_id: str, size: int) -> None:
         """Count ``size`` bytes of ``dataset_id``; refuse a data set not in the job or too long.
 
         The worker's service counts here what it forwards to the job process,
-        so intake errors surface before the data goes anywhere.
+        so intake errors surface before the data goes anywhere; the job
+        process counts again what it receives (jobs.intake).
         """
         manifest = self.manifests.get(dataset_id)
         if manifest is None:
@@ -45,10 +44,6 @@ class AcceptedJob:
                 f"({manifest.ciphertext_size} bytes)"
             )
         self.counted[dataset_id] = total
-
-    def add_chunk(self, dataset_id: str, data: bytes) -> None:
-        self.check_chunk(dataset_id, len(data))
-        self.received.setdefault(dataset_id, bytearray()).extend(data)
 
 
 def accept(

@@ -1,89 +1,185 @@
-"""The order of a job's steps, from received ciphertext to the signed result statement."""
+"""The order of a job's steps, from the first ciphertext chunk to the signed result statement."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from enclave_worker.identity import EnclaveIdentity
 from enclave_worker.jobs.consent import AcceptedJob
 from enclave_worker.jobs.environment import JobEnvironment, JobProgress
-from enclave_worker.jobs.release import ReleasedOutput, outputs, result_statement, seal_output
-from enclave_worker.jobs.tables import feature_matrix, joined_table, value_free_errors
-from enclave_worker.jobs.training import train
+from enclave_worker.jobs.intake import Intake
+from enclave_worker.jobs.release import (
+    PREDICTIONS,
+    ReleasedOutput,
+    artefacts,
+    result_statement,
+    seal_output,
+)
+from enclave_worker.jobs.tables import (
+    check_table,
+    joined_table,
+    training_data,
+    value_free_errors,
+)
+from enclave_worker.jobs.training import Matrices, Trained, matrices, train
 from libos import limits
-from protocols.objectives import check_labels, summarize_labels
+from protocols.documents import JobTerms
 
 log = logging.getLogger(__name__)
 
 
 def run(
-    identity: EnclaveIdentity, job: AcceptedJob, env: JobEnvironment | None = None
+    identity: EnclaveIdentity,
+    job: AcceptedJob,
+    chunks: Iterable[tuple[str, bytes | memoryview]],
+    env: JobEnvironment | None = None,
 ) -> Iterator[JobProgress | ReleasedOutput | bytes]:
-    """Decrypt, join, train and release; yields progress, outputs, then the signed statement."""
-    import xgboost as xgb
+    """Receive, check, join, train and release; yields progress, outputs, then the statement.
 
+    ``chunks`` are the data sets' ciphertext as (data set id, bytes), in any
+    order and pieces; they are opened as they come (jobs.intake).
+    """
     env = env or JobEnvironment()
     terms = job.terms
     started = time.perf_counter()
-    joined = joined_table(identity, job)
-    rows = joined.num_rows
-    features = len([n for n in joined.column_names if n not in (terms.label, terms.id_column)])
-    needed = _check_memory(env, terms.job_id, rows, features)
-    x, y, names = feature_matrix(joined, terms.label, terms.id_column)
-    del joined
-    # Each data set passed check_table; the joined labels are checked again as one.
-    where = "the joined data"
-    check_labels(terms.objective, summarize_labels(terms.label, y, where), terms.params, where)
-    opened = time.perf_counter()
-    yield JobProgress("timing", f"decrypt+join {opened - started:.3f}s")
-    yield JobProgress(
-        "progress",
-        f"training on {x.shape[0]} rows, {x.shape[1]} features, {terms.num_rounds} rounds",
-    )
+    _check_intake_memory(env, job)
+    intake = Intake(identity, job)
+    yield from intake.receive(chunks)
+    named = intake.tables()
+    received = time.perf_counter()
+    yield JobProgress("timing", f"intake {received - started:.3f}s")
+
+    for dataset_id, table in named:
+        check_table(dataset_id, table, terms)
+    needed = _check_memory(env, terms, named)
+    joined = joined_table(named, terms)
+    data = training_data(named, joined, terms)
+    del named, joined
     with value_free_errors("building XGBoost's training matrix"):
-        dtrain = xgb.DMatrix(x, label=y, feature_names=names)
-    booster: Any = None
-    history: dict[str, Any] = {}
+        built = matrices(data, terms)
+    # XGBoost holds the quantised rows now: the Arrow data can go.
+    data.features = None
+    _release_arrow_memory()
+    prepared = time.perf_counter()
+    yield JobProgress("timing", f"prepare {prepared - received:.3f}s")
+    # A vertical job's row count would tell who reads the events the size of the join.
+    shape = f"{len(data.names)} features, {terms.num_rounds} rounds"
+    if terms.join == "horizontal":
+        shape = f"{built.rows} rows, {shape}"
+    yield JobProgress("progress", f"training on {shape}")
+
+    trained: Trained | None = None
     with value_free_errors("training with XGBoost"):
-        for item in train(job, dtrain, env):
+        for item in train(job, built, env):
             if isinstance(item, JobProgress):
                 yield item
             else:
-                booster, history = item
-    trained = time.perf_counter()
-    yield JobProgress("timing", f"train {trained - opened:.3f}s")
+                trained = item
+    assert trained is not None
+    finished = time.perf_counter()
+    yield JobProgress("timing", f"train {finished - prepared:.3f}s")
+
+    predictions = None
+    if PREDICTIONS in terms.outputs and terms.join == "horizontal":
+        with value_free_errors("predicting the data sets' rows"):
+            predictions = _predict_rows(trained, built, data.joined_rows)
     records = []
-    for name, data in outputs(terms, booster, history, int(x.shape[0]), names).items():
-        released, record = seal_output(terms, name, data)
+    for artefact in artefacts(job, trained, data, built, predictions):
+        released, record = seal_output(terms, artefact)
         records.append(record)
         yield released
-    statement = result_statement(identity, job, records, int(x.shape[0]), len(names))
-    yield JobProgress("timing", f"release {time.perf_counter() - trained:.3f}s")
+    summary: dict[str, Any] = {"features": len(data.names), "rounds": trained.rounds}
+    if terms.join == "horizontal":
+        summary["rows"] = built.rows
+    statement = result_statement(identity, job, records, summary)
+    yield JobProgress("timing", f"release {time.perf_counter() - finished:.3f}s")
     peak = env.peak_rss_bytes()
     yield JobProgress(
         "memory",
-        f"peak {peak / 2**20:.1f} MiB (matrix and training estimated at {needed / 2**20:.1f} MiB)",
+        f"peak {peak / 2**20:.1f} MiB (training estimated at {needed / 2**20:.1f} MiB more)",
     )
     log.info("job %s released %d outputs, peak memory %d bytes", terms.job_id, len(records), peak)
     yield statement.sign(identity.signing_key).to_bytes()
 
 
-def _check_memory(env: JobEnvironment, job_id: str, rows: int, features: int) -> int:
-    """Fail the job, naming the limit and the figure, if its training cannot fit; else the need.
+def _predict_rows(trained: Trained, built: Matrices, rows: int) -> Any:
+    """The final model's predictions on every joined row, in join order."""
+    import numpy as np
 
-    Checked before the matrix exists, so a job too large for the enclave fails
-    here instead of dying mid-allocation. The float32 matrix, DMatrix copy,
-    ``hist`` index, gradients and histograms: the factor and its measurements
-    are in libos.limits (XGBOOST_HIST_FACTOR).
+    booster = trained.booster
+    ours = booster.predict(built.train)
+    if built.validation is None:
+        return ours
+    predictions = np.empty((rows, *ours.shape[1:]), dtype=ours.dtype)
+    predictions[built.train_rows] = ours
+    predictions[built.validation_rows] = booster.predict(built.validation)
+    return predictions
+
+
+def _release_arrow_memory() -> None:
+    """Hand memory Arrow's pool keeps for reuse back to the system, for XGBoost to use."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _rows_bound(terms: JobTerms, rows: list[int]) -> int:
+    """The joined rows at most: all rows (horizontal), the fewest of a data set (vertical).
+
+    Public (the manifests sign each row count), so memory errors may say it;
+    the size of a vertical join itself they must not.
     """
-    needed = limits.estimate_xgboost_bytes(rows, features)
+    return sum(rows) if terms.join == "horizontal" else min(rows)
+
+
+def _check_intake_memory(env: JobEnvironment, job: AcceptedJob) -> None:
+    """Fail the job before any data arrives if its data sets and training cannot fit.
+
+    The data sets are held as Arrow tables about the size of their ciphertext
+    (libos.limits.estimate_job_bytes); checked before the first byte is read,
+    so a job too large for the enclave fails before the parties' data moves.
+    """
+    terms = job.terms
+    sealed = sum(m.ciphertext_size for m in job.manifests.values())
+    rows = _rows_bound(terms, [m.row_count for m in job.manifests.values()])
+    needed = limits.estimate_job_bytes(sealed, rows, vertical=terms.join == "vertical")
     env.check_allocation(
         needed,
-        f"the feature matrix and XGBoost training of job {job_id!r} ({rows} rows × "
-        f"{features} features × 4 bytes × {limits.XGBOOST_HIST_FACTOR:g} + "
+        f"the data sets of job {terms.job_id!r} ({len(job.manifests)} data sets, "
+        f"{sealed / 2**20:,.1f} MiB sealed, at most {rows} rows) and their training",
+    )
+
+
+def _check_memory(env: JobEnvironment, terms: JobTerms, named: list[tuple[str, Any]]) -> int:
+    """Fail the job, naming the limit and the figure, if its training cannot fit; else the need.
+
+    Checked once the data sets are in and before the join, the training table
+    and XGBoost's matrices exist: a vertical join's copy of the rows it keeps,
+    the columns that become float32 or category codes, and XGBoost's own
+    memory (libos.limits.estimate_xgboost_bytes), all for the most rows the
+    join can keep.
+    """
+    import pyarrow as pa
+
+    rows = _rows_bound(terms, [t.num_rows for _, t in named])
+    columns = []
+    for dataset_id, table in named if terms.join == "vertical" else named[:1]:
+        skip = (terms.id_column_of(dataset_id), terms.label)
+        columns += [f for f in table.schema if f.name not in skip]
+    features = len(columns)
+    converted = rows * sum(0 if pa.types.is_float32(f.type) else 4 for f in columns)
+    copied = 0
+    if terms.join == "vertical":
+        copied = sum(t.nbytes * rows // max(t.num_rows, 1) for _, t in named)
+    needed = copied + converted + limits.estimate_xgboost_bytes(rows, features)
+    env.check_allocation(
+        needed,
+        f"the feature matrix and XGBoost training of job {terms.job_id!r} (at most {rows} "
+        f"rows × {features} features; XGBoost {limits.XGBOOST_HIST_FACTOR:g} × the float32 "
+        f"matrix + {limits.XGBOOST_ROW_BYTES} bytes a row + "
         f"{limits.XGBOOST_FIXED_BYTES >> 20} MiB)",
     )
     return needed

@@ -1,15 +1,27 @@
-"""Training: XGBoost's boosting rounds, with checkpoints a re-run of the same terms resumes from."""
+"""Training: XGBoost's matrices and boosting rounds, evaluation at a stride, resumable checkpoints.
+
+The training table becomes a ``QuantileDMatrix`` fed batch by batch from the
+Arrow table (for ``tree_method`` hist, the default: the same cuts and the
+same model as a ``DMatrix`` of the whole table, without a second copy of the
+data), split into training and validation rows by the terms' seed
+(protocols.training.validation_split). Released metrics are evaluated on the
+validation rows when there are some, else on the training rows, every
+``metrics_every`` rounds and after the last; early stopping watches the
+validation rows every round, as XGBoost's own ``early_stopping_rounds`` does.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from enclave_worker.jobs.consent import AcceptedJob
 from enclave_worker.jobs.environment import JobEnvironment, JobProgress
-from protocols import canonical
+from enclave_worker.jobs.tables import TrainingData
+from protocols import canonical, training
+from protocols.documents import JobTerms
 from protocols.errors import FormatError, IntegrityError
 
 log = logging.getLogger(__name__)
@@ -20,7 +32,9 @@ log = logging.getLogger(__name__)
 # so its model differs (checked with XGBoost 3.2: 10 + 10 rounds ≠ 20 rounds
 # with subsample = 0.8).
 _SAMPLING_PARAMS = ("subsample", "colsample_bytree", "colsample_bylevel", "colsample_bynode")
-CHECKPOINT_VERSION = 1
+# Version 2: the history holds the evaluated curves and their rounds (evaluation at a stride).
+CHECKPOINT_VERSION = 2
+BATCH_ROWS = 1 << 16  # rows per batch handed to XGBoost while it builds its matrices
 
 
 def resumable(params: dict[str, Any]) -> bool:
@@ -44,14 +58,32 @@ def resumable(params: dict[str, Any]) -> bool:
     )
 
 
+def resumable_job(terms: JobTerms) -> bool:
+    """Whether the job may resume mid-way: :func:`resumable` parameters and no early stopping.
+
+    Early stopping keeps its state (best score, rounds without improvement) in
+    its callback, which a resumed run would start afresh; such jobs keep only
+    their finished model.
+    """
+    return resumable(terms.train_params()) and terms.early_stopping_rounds is None
+
+
 def checkpoint_name(job: AcceptedJob) -> str:
     """Checkpoints are keyed by job id and terms digest: other terms never resume from them."""
     return f"checkpoints/{job.terms.job_id}/{job.terms_envelope.digest}.xgb"
 
 
+class StaleCheckpointError(FormatError):
+    """A checkpoint of these terms written by a worker with another checkpoint format."""
+
+
 @dataclass
 class Checkpoint:
-    """A booster after ``rounds`` rounds, with the evaluation history so far."""
+    """A booster after ``rounds`` rounds, with the evaluation history so far.
+
+    ``history`` is :meth:`Evaluation.to_dict`: the curves and the rounds they
+    were evaluated at.
+    """
 
     rounds: int
     complete: bool
@@ -77,11 +109,15 @@ class Checkpoint:
         size = int.from_bytes(data[:4], "big")
         header = canonical.loads(data[4 : 4 + size], what)
         if (
-            header.get("version") != CHECKPOINT_VERSION
-            or header.get("job_id") != job.terms.job_id
+            header.get("job_id") != job.terms.job_id
             or header.get("terms_digest") != job.terms_envelope.digest
         ):
             raise IntegrityError(f"{what} belongs to other job terms")
+        if header.get("version") != CHECKPOINT_VERSION:
+            raise StaleCheckpointError(
+                f"{what} has version {header.get('version')!r}, this worker writes "
+                f"{CHECKPOINT_VERSION}"
+            )
         rounds = canonical.field(header, "rounds", int, what)
         if not 0 < rounds <= job.terms.num_rounds:
             raise FormatError(
@@ -95,86 +131,263 @@ class Checkpoint:
         )
 
 
-def _merge_history(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for data_name in sorted(set(old) | set(new)):
-        metrics: dict[str, list[float]] = {}
-        for source in (old.get(data_name, {}), new.get(data_name, {})):
-            for metric, values in source.items():
-                metrics.setdefault(metric, []).extend(float(v) for v in values)
-        merged[data_name] = metrics
-    return merged
+@dataclass
+class Evaluation:
+    """Released metrics so far: ``curves[data][metric]`` evaluated at ``rounds`` (1-based)."""
+
+    curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    rounds: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"curves": self.curves, "evaluated_rounds": self.rounds}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Evaluation:
+        curves = doc.get("curves", {})
+        rounds = doc.get("evaluated_rounds", [])
+        return cls(
+            {d: {m: [float(v) for v in vs] for m, vs in ms.items()} for d, ms in curves.items()},
+            [int(r) for r in rounds],
+        )
+
+    def evaluate(self, model: Any, dmatrix: Any, name: str, finished: int) -> None:
+        """Evaluate ``model`` after round ``finished`` on ``dmatrix``, as XGBoost's own
+        evaluation does (``eval_set``, read from its text the way its callbacks read it)."""
+        text = model.eval_set([(dmatrix, name)], finished - 1)
+        for item in text.split()[1:]:
+            key, value = item.rsplit(":", 1)
+            data_name, metric = key.split("-", 1)
+            self.curves.setdefault(data_name, {}).setdefault(metric, []).append(float(value))
+        self.rounds.append(finished)
+
+
+@dataclass
+class Matrices:
+    """XGBoost's training (and validation) matrices, and which joined rows each holds."""
+
+    train: Any
+    validation: Any | None
+    train_rows: Any | None  # sorted indices into the joined rows; None: all of them
+    validation_rows: Any | None
+
+    @property
+    def rows(self) -> int:
+        return int(self.train.num_row())
+
+    @property
+    def validation_count(self) -> int:
+        return 0 if self.validation is None else int(self.validation.num_row())
+
+
+def _quantile(params: dict[str, Any]) -> bool:
+    """Whether XGBoost trains on quantised data (``hist``, its default since 2.0)."""
+    return params.get("tree_method", "hist") in ("hist", "auto") and (
+        params.get("booster", "gbtree") != "gblinear"
+    )
+
+
+def matrices(data: TrainingData, terms: JobTerms) -> Matrices:
+    """Split the joined rows (protocols.training.validation_split) and build XGBoost's matrices.
+
+    For ``hist`` a ``QuantileDMatrix`` reads the Arrow table in batches of
+    :data:`BATCH_ROWS` rows, in order: XGBoost sketches each column as the
+    rows stream by, which gives the cuts — and the model — of a ``DMatrix``
+    of the whole table (the worker's tests compare the models), and keeps no
+    float copy of the data. Validation rows are quantised with the training
+    rows' cuts (``ref``), as XGBoost requires.
+    """
+    import numpy as np
+    import xgboost as xgb
+
+    params = terms.train_params()
+    labels = data.labels
+    train_rows = validation_rows = None
+    if terms.validation_fraction > 0:
+        train_rows, validation_rows = training.validation_split(
+            labels,
+            terms.validation_fraction,
+            terms.seed,
+            stratify=training.is_classification(terms.objective),
+        )
+    nthread = params.get("nthread")
+    nthread = nthread if isinstance(nthread, int) and not isinstance(nthread, bool) else None
+
+    def mask_of(rows: Any) -> Any:
+        if rows is None:
+            return None
+        mask = np.zeros(len(labels), dtype=bool)
+        mask[rows] = True
+        return mask
+
+    if _quantile(params):
+        max_bin = params.get("max_bin", 256)
+        dtrain = xgb.QuantileDMatrix(
+            _batches(data.features, labels, mask_of(train_rows)),
+            max_bin=max_bin,
+            enable_categorical=True,
+            nthread=nthread,
+        )
+        dvalid = None
+        if validation_rows is not None:
+            dvalid = xgb.QuantileDMatrix(
+                _batches(data.features, labels, mask_of(validation_rows)),
+                max_bin=max_bin,
+                enable_categorical=True,
+                nthread=nthread,
+                ref=dtrain,
+            )
+        return Matrices(dtrain, dvalid, train_rows, validation_rows)
+
+    def whole(rows: Any) -> Any:
+        import pyarrow as pa
+
+        table = data.features if rows is None else data.features.take(pa.array(rows))
+        y = labels if rows is None else labels[rows]
+        return xgb.DMatrix(table, label=y, enable_categorical=True, nthread=nthread)
+
+    dvalid = whole(validation_rows) if validation_rows is not None else None
+    return Matrices(whole(train_rows), dvalid, train_rows, validation_rows)
+
+
+def _batches(features: Any, labels: Any, mask: Any) -> Any:
+    """An ``xgboost.DataIter`` over the rows of ``features`` (those of ``mask``), in order."""
+    import pyarrow as pa
+    import xgboost as xgb
+
+    class Batches(xgb.DataIter):
+        def __init__(self) -> None:
+            super().__init__(release_data=True)
+            self._start = 0
+
+        def next(self, input_data: Any) -> bool:
+            while self._start < features.num_rows:
+                start, stop = self._start, min(self._start + BATCH_ROWS, features.num_rows)
+                self._start = stop
+                part, y = features.slice(start, stop - start), labels[start:stop]
+                if mask is not None:
+                    keep = mask[start:stop]
+                    if not keep.any():
+                        continue
+                    part, y = part.filter(pa.array(keep)), y[keep]
+                input_data(data=part, label=y)
+                return True
+            return False
+
+        def reset(self) -> None:
+            self._start = 0
+
+    return Batches()
+
+
+@dataclass
+class Trained:
+    """A trained booster and what its released metrics report."""
+
+    booster: Any
+    evaluation: Evaluation
+    best_iteration: int | None = None
+    best_score: float | None = None
+
+    @property
+    def rounds(self) -> int:
+        return int(self.booster.num_boosted_rounds())
 
 
 def _load_checkpoint(job: AcceptedJob, env: JobEnvironment) -> Checkpoint | None:
-    """The job's checkpoint if one exists and may be used for these parameters."""
+    """The job's checkpoint if one exists and may be used for these terms."""
     if env.checkpoints is None:
         return None
     data = env.checkpoints.read(checkpoint_name(job))
     if data is None:
         return None
-    checkpoint = Checkpoint.from_bytes(data, job)
-    if not checkpoint.complete and not resumable(job.terms.train_params()):
-        log.info("job %s: checkpoint ignored, sampling parameters cannot resume", job.terms.job_id)
+    try:
+        checkpoint = Checkpoint.from_bytes(data, job)
+    except StaleCheckpointError as exc:
+        log.info("job %s: %s; training from the start", job.terms.job_id, exc)
+        return None
+    if not checkpoint.complete and not resumable_job(job.terms):
+        log.info("job %s: checkpoint ignored, the job cannot resume mid-way", job.terms.job_id)
         return None
     return checkpoint
 
 
-def train(
-    job: AcceptedJob, dtrain: Any, env: JobEnvironment
-) -> Iterator[JobProgress | tuple[Any, dict[str, Any]]]:
-    """Train (or resume) the job's booster; yields progress, then (booster, history)."""
+def _finished(booster: Any, evaluation: Evaluation) -> Trained:
+    best_iteration = best_score = None
+    if booster.attr("best_iteration") is not None:
+        best_iteration, best_score = int(booster.best_iteration), float(booster.best_score)
+    return Trained(booster, evaluation, best_iteration, best_score)
+
+
+def train(job: AcceptedJob, data: Matrices, env: JobEnvironment) -> Iterator[JobProgress | Trained]:
+    """Train (or resume) the job's booster; yields progress, then :class:`Trained`."""
     import xgboost as xgb
 
     terms = job.terms
     params = terms.train_params()
     checkpoint = _load_checkpoint(job, env)
     done = checkpoint.rounds if checkpoint else 0
-    history = checkpoint.history if checkpoint else {}
+    evaluation = Evaluation.from_dict(checkpoint.history) if checkpoint else Evaluation()
     booster = xgb.Booster(model_file=bytearray(checkpoint.model)) if checkpoint else None
     if checkpoint is not None:
         yield JobProgress("checkpoint", f"resumed after round {done}/{terms.num_rounds}")
-    if done == terms.num_rounds:
-        yield booster, history
+    if checkpoint is not None and checkpoint.complete:
+        yield _finished(booster, evaluation)
         return
     every = max(1, terms.num_rounds // 10)
-    store = env.checkpoints if resumable(params) else None
+    store = env.checkpoints if resumable_job(terms) else None
+    early = terms.early_stopping_rounds
+    watched = (
+        (data.validation, "validation") if data.validation is not None else (data.train, "train")
+    )
+    # Early stopping evaluates the validation rows every round itself; otherwise the
+    # released metrics are evaluated here, at the stride and after the last round.
+    stride = terms.metrics_every
+    evaluate = "metrics" in terms.outputs and early is None
 
     class Rounds(xgb.callback.TrainingCallback):
-        """Every ``every`` rounds: save a checkpoint, then report progress."""
+        """Evaluate at the stride; every ``every`` rounds save a checkpoint, then report."""
 
         def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
             # Not ``epoch``: it restarts at 0 when training resumes from a model.
             finished = int(model.num_boosted_rounds())
+            if evaluate and (finished == terms.num_rounds or (stride and finished % stride == 0)):
+                evaluation.evaluate(model, *watched, finished)
             if finished % every == 0 and finished < terms.num_rounds:
                 # Saved before it is reported: a "round N" event means round N is safe.
                 if store is not None:
-                    current = {k: {m: list(v) for m, v in d.items()} for k, d in evals_log.items()}
                     saved = Checkpoint(
-                        finished,
-                        False,
-                        _merge_history(history, current),
-                        bytes(model.save_raw("ubj")),
+                        finished, False, evaluation.to_dict(), bytes(model.save_raw("ubj"))
                     )
                     store.write(checkpoint_name(job), saved.to_bytes(job))
                 if env.emit is not None:
                     env.emit(JobProgress("round", f"round {finished}/{terms.num_rounds}"))
             return False
 
-    new_history: dict[str, Any] = {}
+    history: dict[str, Any] = {}
     booster = xgb.train(
         params,
-        dtrain,
+        data.train,
         num_boost_round=terms.num_rounds - done,
-        evals=[(dtrain, "train")] if "metrics" in terms.outputs else [],
-        evals_result=new_history,
+        evals=[(data.validation, "validation")] if early is not None else [],
+        early_stopping_rounds=early,
+        evals_result=history,
         verbose_eval=False,
         xgb_model=booster,
         callbacks=[Rounds()],
     )
-    history = _merge_history(history, new_history)
+    if early is not None:
+        trained = int(booster.num_boosted_rounds())
+        evaluation = Evaluation(
+            {"validation": {m: [float(v) for v in vs] for m, vs in history["validation"].items()}},
+            list(range(1, trained + 1)),
+        )
     if env.checkpoints is not None:
         # The finished model is kept (encrypted) for re-runs and for inference.
-        final = Checkpoint(terms.num_rounds, True, history, bytes(booster.save_raw("ubj")))
+        final = Checkpoint(
+            int(booster.num_boosted_rounds()),
+            True,
+            evaluation.to_dict(),
+            bytes(booster.save_raw("ubj")),
+        )
         env.checkpoints.write(checkpoint_name(job), final.to_bytes(job))
-    yield booster, history
+    yield _finished(booster, evaluation)
