@@ -141,6 +141,32 @@ def test_an_expected_error_carries_its_verdict() -> None:
     assert lines[1:] == ["  pass signature: ok", "  FAIL mrenclave: [x] new"]
 
 
+def test_a_memory_refusal_keeps_its_config_section() -> None:
+    """The enclave's memory refusal names ``[resources]``: Rich markup must not eat it."""
+    from libos import limits
+    from protocols.errors import SetupError
+
+    limits.install(limits.Limits(64 * limits.MIB, 1, 1), cap_address_space=False)
+    try:
+        with pytest.raises(limits.MemoryLimitError) as refused:
+            limits.check_allocation(1 << 30, "the feature matrix of job 'j'")
+    finally:
+        limits._installed = None
+    cli = command_group("test")
+
+    @cli.command()
+    def results() -> None:  # as `detente party results` reports a failed job
+        raise SetupError(f"job j is failed: {refused.value}")
+
+    @cli.command()
+    def other() -> None:
+        pass
+
+    result = CliRunner().invoke(cli, ["results"])
+    assert result.exit_code == EXIT_ERROR
+    assert "([resources] memory_mb in libos.toml)" in result.stderr
+
+
 # --------------------------------------------------------------------------- help and options
 
 

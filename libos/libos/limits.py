@@ -37,17 +37,25 @@ from protocols.errors import DetenteError
 
 MIB = 1 << 20
 
-# Memory XGBoost `hist` training adds to the training data already held as
+# Memory XGBoost `hist` training adds to its training data, already held as
 # Arrow columns (the enclave worker builds a QuantileDMatrix from them batch by
-# batch): the quantised index (a byte per value with max_bin ≤ 256), copies of
-# the batch being read, sketches and histograms, as a multiple of the float32
-# matrix (rows × features × 4 bytes); per row, gradients, prediction caches,
-# labels and row partitions (XGBOOST_ROW_BYTES, for one output: multiclass
-# needs it per class); and a fixed part. Calibrated on measured peaks (see
-# tests/libos/test_libos_limits.py, which measures it again).
-XGBOOST_HIST_FACTOR = 0.5
-XGBOOST_ROW_BYTES = 64
-XGBOOST_FIXED_BYTES = 32 * MIB
+# batch): the quantised index, copies of the batch being read, sketches and
+# histograms (a multiple of the float32 matrix, rows × features × 4 bytes, and
+# a part per feature); gradients, prediction caches, labels and row partitions
+# (XGBOOST_ROW_BYTES a row for each output: a multiclass model has one per
+# class); and a fixed part (about 45 MiB the first time a process trains: XGBoost's
+# and OpenMP's own state). Calibrated on the peaks of fresh job processes
+# (xgboost-cpu 3.2, max_depth 6, 2 threads; 200k–2M rows × 5–200 features,
+# with and without text columns and 5 classes): the measured addition was 0.2
+# to 0.9 × the matrix, and this estimate 1.1 to 3 × what was measured, the
+# most for small or narrow tables. tests/libos/test_libos_limits.py measures it again.
+XGBOOST_HIST_FACTOR = 0.75
+XGBOOST_FEATURE_BYTES = 512 << 10
+XGBOOST_ROW_BYTES = 16
+XGBOOST_FIXED_BYTES = 48 * MIB
+# What a job process's libraries (numpy, pyarrow, XGBoost) add once imported: the
+# worker starts importing them as the job's data starts to arrive.
+JOB_LIBRARY_BYTES = 160 * MIB
 # Address space a process reserves beyond what it touches, measured on the
 # enclave worker in the e2e tests (VmPeak against VmHWM): about 0.3 GiB for the
 # service (60 MiB resident), about 1.6 GiB for a job process that trained
@@ -225,27 +233,36 @@ def estimate_xgboost_bytes(
 ) -> int:
     """Memory XGBoost ``hist`` training adds to its rows × features training data.
 
-    rows × features × bytes_per_value × XGBOOST_HIST_FACTOR + rows × outputs ×
-    XGBOOST_ROW_BYTES + XGBOOST_FIXED_BYTES, ``outputs`` being the model's
-    outputs per row (the number of classes of a multiclass model).
+    rows × features × bytes_per_value × XGBOOST_HIST_FACTOR + features ×
+    XGBOOST_FEATURE_BYTES + rows × outputs × XGBOOST_ROW_BYTES +
+    XGBOOST_FIXED_BYTES, ``outputs`` being the model's outputs per row (the
+    classes of a multiclass model).
     """
     _check_sizes(rows=rows, features=features, bytes_per_value=bytes_per_value, outputs=outputs)
     matrix = rows * features * bytes_per_value
     return (
         math.ceil(matrix * XGBOOST_HIST_FACTOR)
+        + features * XGBOOST_FEATURE_BYTES
         + rows * max(outputs, 1) * XGBOOST_ROW_BYTES
         + XGBOOST_FIXED_BYTES
     )
 
 
-def estimate_job_bytes(data_bytes: int, rows: int, vertical: bool = False) -> int:
+def estimate_job_bytes(data_bytes: int, rows: int, vertical: bool = False, outputs: int = 1) -> int:
     """Memory a training job needs for data sets of ``data_bytes`` (sealed) and ``rows`` rows.
 
-    The data sets held as Arrow tables (about their sealed size), a vertical
-    join's copy of them, and XGBoost's training on a float32 matrix of that
-    size (:func:`estimate_xgboost_bytes`). Known before any data arrives.
+    Known before any data arrives: the data sets held as Arrow tables (about
+    their sealed size; twice for a vertical join, which copies the rows it
+    keeps), XGBoost's training on them (at most their size, by the measurements
+    above), XGBOOST_ROW_BYTES a row for each output, XGBOOST_FIXED_BYTES and the
+    job's libraries (JOB_LIBRARY_BYTES).
     """
-    _check_sizes(data_bytes=data_bytes, rows=rows)
+    _check_sizes(data_bytes=data_bytes, rows=rows, outputs=outputs)
     held = data_bytes * (2 if vertical else 1)
-    training = math.ceil(data_bytes * XGBOOST_HIST_FACTOR) + rows * XGBOOST_ROW_BYTES
-    return held + training + XGBOOST_FIXED_BYTES
+    return (
+        held
+        + data_bytes
+        + rows * max(outputs, 1) * XGBOOST_ROW_BYTES
+        + XGBOOST_FIXED_BYTES
+        + JOB_LIBRARY_BYTES
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-
 from worker_testkit import Owner
 
 from enclave_worker import jobs

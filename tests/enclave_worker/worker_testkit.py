@@ -94,6 +94,48 @@ class Job:
         ]
 
 
+def seal_job(
+    hpke_key: HpkePublicKey,
+    mrenclave: str,
+    job_id: str,
+    parts: list[tuple[Owner, str, pa.Table]],
+    *,
+    recipients: list[Owner] | None = None,
+    **fields: Any,
+) -> Job:
+    """A job over ``parts`` — (owner, data set id, table), in join order — that every owner
+    approved; ``fields`` set the terms (defaults: a horizontal binary:logistic job of 5
+    rounds on ``label``, released to the first owner)."""
+    owners = list(dict.fromkeys(owner for owner, _, _ in parts))
+    sealed = [seal_for(hpke_key, mrenclave, o, d, t) for o, d, t in parts]
+    terms = JobTerms(
+        **{
+            "job_id": job_id,
+            "datasets": [
+                (d, Envelope.from_bytes(m).digest)
+                for (_, d, _), (m, _) in zip(parts, sealed, strict=True)
+            ],
+            "join": "horizontal",
+            "objective": "binary:logistic",
+            "label": "label",
+            "params": {"tree_method": "hist", "max_depth": 3, "nthread": 1},
+            "num_rounds": 5,
+            "seed": 0,
+            "allowed_mrenclaves": [mrenclave],
+            "outputs": ["model"],
+            "recipients": [o.recipient() for o in (recipients or owners[:1])],
+            "expires_at": int(time.time()) + 3600,
+            "proposer": owners[0].signing.verify_key.hex,
+            **fields,
+        }
+    )
+    envelope = terms.sign(owners[0].signing)
+    approvals = [Approval(job_id, envelope.digest).sign(o.signing).to_bytes() for o in owners]
+    spec = JobSpec(envelope.to_bytes(), approvals, [m for m, _ in sealed])
+    blobs = [(d, b) for (_, d, _), (_, b) in zip(parts, sealed, strict=True)]
+    return Job(terms, envelope, spec, blobs, [t for _, _, t in parts], owners)
+
+
 def make_job(
     hpke_key: HpkePublicKey,
     mrenclave: str,
@@ -108,34 +150,16 @@ def make_job(
     """Two owners, each with a table, a job over both that both approved."""
     owners = [Owner("a"), Owner("b")]
     tables = [make_table(rows, 1, features), make_table(rows // 2, 2, features)]
-    sealed = [
-        seal_for(hpke_key, mrenclave, o, f"{job_id}-{o.name}", t)
-        for o, t in zip(owners, tables, strict=True)
-    ]
-    terms = JobTerms(
-        job_id=job_id,
-        datasets=[
-            (f"{job_id}-{o.name}", Envelope.from_bytes(m).digest)
-            for o, (m, _) in zip(owners, sealed, strict=True)
-        ],
-        join="horizontal",
-        objective="binary:logistic",
-        label="label",
+    return seal_job(
+        hpke_key,
+        mrenclave,
+        job_id,
+        [(o, f"{job_id}-{o.name}", t) for o, t in zip(owners, tables, strict=True)],
         params=params or {"tree_method": "hist", "max_depth": 3, "nthread": 1},
         num_rounds=rounds,
-        seed=0,
-        allowed_mrenclaves=[mrenclave],
         outputs=list(outputs),
-        recipients=[owners[0].recipient()],
-        expires_at=int(time.time()) + 3600,
         id_column="id",
-        proposer=owners[0].signing.verify_key.hex,
     )
-    envelope = terms.sign(owners[0].signing)
-    approvals = [Approval(job_id, envelope.digest).sign(o.signing).to_bytes() for o in owners]
-    spec = JobSpec(envelope.to_bytes(), approvals, [m for m, _ in sealed])
-    blobs = [(f"{job_id}-{o.name}", b) for o, (_, b) in zip(owners, sealed, strict=True)]
-    return Job(terms, envelope, spec, blobs, tables, owners)
 
 
 def plaintext_model(job: Job) -> Any:
@@ -169,6 +193,81 @@ def released_model(job: Job, outputs: dict[str, bytes], enclave_key: VerifyKey) 
     plain = stream.open_stream(key, outputs["model"], f"{job.terms.job_id}/model".encode())
     model.load_model(bytearray(plain))
     return model
+
+
+def plaintext_training(job: Job) -> tuple[Any, Any, Any, list[str], Any]:
+    """XGBoost trained in the clear on the job's joined rows, by protocols.training's rules.
+
+    Returns (booster, features, labels, feature names, evals_result): the
+    joined rows as the training table (all of them, in join order), split by
+    the terms' seed when they hold out validation rows, trained with a
+    ``DMatrix`` and XGBoost's own early stopping on the validation rows.
+    """
+    import xgboost as xgb
+
+    from protocols import training
+
+    terms = job.terms
+    named = [(d, t) for (d, _), t in zip(terms.datasets, job.tables, strict=True)]
+    ids = {d: terms.id_column_of(d) for d, _ in named}
+    if terms.join == "vertical":
+        joined = training.join_vertical(named, ids, terms.label, terms.min_rows)
+    else:
+        joined = training.join_horizontal(named, ids, terms.min_rows)
+    features, labels, names = training.training_table(joined, terms.label)
+    evals: list[Any] = []
+    if terms.validation_fraction > 0:
+        train, valid = training.validation_split(
+            labels,
+            terms.validation_fraction,
+            terms.seed,
+            training.is_classification(terms.objective),
+        )
+        dtrain = xgb.DMatrix(
+            features.take(pa.array(train)), label=labels[train], enable_categorical=True
+        )
+        dvalid = xgb.DMatrix(
+            features.take(pa.array(valid)), label=labels[valid], enable_categorical=True
+        )
+        evals = [(dvalid, "validation")]
+    else:
+        dtrain = xgb.DMatrix(features, label=labels, enable_categorical=True)
+    history: dict[str, Any] = {}
+    booster = xgb.train(
+        terms.train_params(),
+        dtrain,
+        num_boost_round=terms.num_rounds,
+        evals=evals,
+        early_stopping_rounds=terms.early_stopping_rounds,
+        evals_result=history,
+        verbose_eval=False,
+    )
+    return booster, features, labels, names, history
+
+
+def open_outputs(
+    job: Job, outputs: dict[str, bytes], enclave_key: VerifyKey, me: Owner
+) -> tuple[Any, dict[str, bytes]]:
+    """Verify the result statement; open every output it wraps to ``me``.
+
+    Returns (the statement, {output name: plaintext}).
+    """
+    from protocols.documents import ResultStatement as Statement
+
+    statement = Statement.verify(Envelope.from_bytes(outputs["statement"]), enclave_key)
+    assert statement.terms_digest == job.envelope.digest
+    mine = {}
+    for record in statement.outputs:
+        wrapped = record.wrapped_keys.get(me.signing.verify_key.hex)
+        if wrapped is None:
+            continue
+        name = record.name
+        assert hashlib.sha256(outputs[name]).hexdigest() == record.ciphertext_sha256
+        key = hpke.unwrap_key(
+            wrapped, me.hpke, hpke.result_key_info(job.terms.job_id, name, me.hpke.public_key)
+        )
+        mine[name] = stream.open_stream(key, outputs[name], f"{job.terms.job_id}/{name}".encode())
+    return statement, mine
 
 
 def _set_config(instance: Path, **settings: Any) -> None:

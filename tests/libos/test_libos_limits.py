@@ -72,34 +72,69 @@ def test_address_space_cap_and_arenas() -> None:
 
 def test_estimate_is_the_documented_formula() -> None:
     estimate = limits.estimate_xgboost_bytes(1000, 30)
-    assert estimate == int(1000 * 30 * 4 * limits.XGBOOST_HIST_FACTOR) + limits.XGBOOST_FIXED_BYTES
+    assert estimate == (
+        int(1000 * 30 * 4 * limits.XGBOOST_HIST_FACTOR)
+        + 30 * limits.XGBOOST_FEATURE_BYTES
+        + 1000 * limits.XGBOOST_ROW_BYTES
+        + limits.XGBOOST_FIXED_BYTES
+    )
     assert limits.estimate_xgboost_bytes(1000, 30, bytes_per_value=8) > estimate
+    assert limits.estimate_xgboost_bytes(1000, 30, outputs=5) > estimate
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError):
             limits.estimate_xgboost_bytes(bad, 3)  # type: ignore[arg-type]
+    job = limits.estimate_job_bytes(10 * MIB, 1000)
+    assert limits.estimate_job_bytes(10 * MIB, 1000, vertical=True) == job + 10 * MIB
+    assert job == (
+        20 * MIB
+        + 1000 * limits.XGBOOST_ROW_BYTES
+        + limits.XGBOOST_FIXED_BYTES
+        + limits.JOB_LIBRARY_BYTES
+    )
 
 
+# XGBoost's share of a job, as the enclave worker trains: the float32 (and text) columns
+# already held as Arrow data, a QuantileDMatrix built from them in batches, then training.
 TRAIN = """
 import gc, json, sys
 import numpy as np
+import pyarrow as pa
 import xgboost as xgb
 from libos import limits
+
+class Batches(xgb.DataIter):
+    def __init__(self, table, labels, step):
+        super().__init__(release_data=True)
+        self.table, self.labels, self.step, self.start = table, labels, step, 0
+    def next(self, input_data):
+        if self.start >= self.table.num_rows:
+            return False
+        stop = self.start + self.step
+        input_data(data=self.table.slice(self.start, self.step), label=self.labels[self.start:stop])
+        self.start = stop
+        return True
+    def reset(self):
+        self.start = 0
+
 out = []
 for shape in sys.argv[1:]:
     rows, features = (int(v) for v in shape.split("x"))
     rng = np.random.default_rng(0)
+    columns = {f"f{j}": rng.random(rows, dtype=np.float32) for j in range(features)}
+    table = pa.table(columns)
+    y = (columns["f0"] > 0.5).astype(np.float32)
+    del columns
     gc.collect()
     limits.reset_peak_rss()
     base = limits.rss_bytes()
-    x = rng.random((rows, features), dtype=np.float32)
-    y = (x[:, 0] > 0.5).astype(np.float32)
+    step = max(1024, (16 << 20) // (4 * features))
     booster = xgb.train(
         {"tree_method": "hist", "max_depth": 6, "nthread": 2},
-        xgb.DMatrix(x, label=y, nthread=2),
+        xgb.QuantileDMatrix(Batches(table, y, step), nthread=2),
         num_boost_round=5,
     )
     out.append(limits.peak_rss_bytes() - base)
-    del x, y, booster
+    del table, y, booster
 print(json.dumps(out))
 """
 SHAPES = [(200_000, 20), (20_000, 100)]

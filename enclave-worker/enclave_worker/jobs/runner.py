@@ -145,7 +145,8 @@ def _check_intake_memory(env: JobEnvironment, job: AcceptedJob) -> None:
     terms = job.terms
     sealed = sum(m.ciphertext_size for m in job.manifests.values())
     rows = _rows_bound(terms, [m.row_count for m in job.manifests.values()])
-    needed = limits.estimate_job_bytes(sealed, rows, vertical=terms.join == "vertical")
+    vertical = terms.join == "vertical"
+    needed = limits.estimate_job_bytes(sealed, rows, vertical, _outputs(terms))
     env.check_allocation(
         needed,
         f"the data sets of job {terms.job_id!r} ({len(job.manifests)} data sets, "
@@ -174,12 +175,17 @@ def _check_memory(env: JobEnvironment, terms: JobTerms, named: list[tuple[str, A
     copied = 0
     if terms.join == "vertical":
         copied = sum(t.nbytes * rows // max(t.num_rows, 1) for _, t in named)
-    needed = copied + converted + limits.estimate_xgboost_bytes(rows, features)
+    training = limits.estimate_xgboost_bytes(rows, features, outputs=_outputs(terms))
+    needed = copied + converted + training
     env.check_allocation(
         needed,
         f"the feature matrix and XGBoost training of job {terms.job_id!r} (at most {rows} "
-        f"rows × {features} features; XGBoost {limits.XGBOOST_HIST_FACTOR:g} × the float32 "
-        f"matrix + {limits.XGBOOST_ROW_BYTES} bytes a row + "
-        f"{limits.XGBOOST_FIXED_BYTES >> 20} MiB)",
+        f"rows × {features} features; libos.limits.estimate_xgboost_bytes)",
     )
     return needed
+
+
+def _outputs(terms: JobTerms) -> int:
+    """The model's outputs per row: a multiclass model has one per class."""
+    num_class = terms.params.get("num_class", 1) if terms.objective.startswith("multi:") else 1
+    return num_class if isinstance(num_class, int) and num_class > 0 else 1

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 _SAMPLING_PARAMS = ("subsample", "colsample_bytree", "colsample_bylevel", "colsample_bynode")
 # Version 2: the history holds the evaluated curves and their rounds (evaluation at a stride).
 CHECKPOINT_VERSION = 2
-BATCH_ROWS = 1 << 16  # rows per batch handed to XGBoost while it builds its matrices
+# Rows handed to XGBoost at a time while it builds its matrices: about this many
+# bytes of float32 values (it copies each batch, and its sketch grows with it).
+BATCH_BYTES = 16 << 20
 
 
 def resumable(params: dict[str, Any]) -> bool:
@@ -190,7 +192,7 @@ def matrices(data: TrainingData, terms: JobTerms) -> Matrices:
     """Split the joined rows (protocols.training.validation_split) and build XGBoost's matrices.
 
     For ``hist`` a ``QuantileDMatrix`` reads the Arrow table in batches of
-    :data:`BATCH_ROWS` rows, in order: XGBoost sketches each column as the
+    about :data:`BATCH_BYTES`, in order: XGBoost sketches each column as the
     rows stream by, which gives the cuts — and the model — of a ``DMatrix``
     of the whole table (the worker's tests compare the models), and keeps no
     float copy of the data. Validation rows are quantised with the training
@@ -254,6 +256,8 @@ def _batches(features: Any, labels: Any, mask: Any) -> Any:
     import pyarrow as pa
     import xgboost as xgb
 
+    step = max(1024, BATCH_BYTES // (4 * max(features.num_columns, 1)))
+
     class Batches(xgb.DataIter):
         def __init__(self) -> None:
             super().__init__(release_data=True)
@@ -261,7 +265,7 @@ def _batches(features: Any, labels: Any, mask: Any) -> Any:
 
         def next(self, input_data: Any) -> bool:
             while self._start < features.num_rows:
-                start, stop = self._start, min(self._start + BATCH_ROWS, features.num_rows)
+                start, stop = self._start, min(self._start + step, features.num_rows)
                 self._start = stop
                 part, y = features.slice(start, stop - start), labels[start:stop]
                 if mask is not None:
