@@ -80,14 +80,15 @@ def test_failing_jobs_name_data_set_and_column_and_leak_no_value(
 ) -> None:
     rows = with_canaries(credit_rows(3000, 600))
 
-    # A text id used as a feature: the party proposes without --id.
+    # A text id used as a feature: the party proposes without --id. Text columns are
+    # categories, whose values the model records: one value per row is refused.
     alice, a_ds = contribute(running, "err-alice", rows.slice(0, 200), tmp_path)
     bob, b_ds = contribute(running, "err-bob", rows.slice(200, 200), tmp_path)
     job_id = propose(alice, [a_ds, b_ds], "--rounds", "5")
     for home in (alice, bob):
         detente(["party", "approve", job_id, "--yes"], home)
     error = failed_error(alice, job_id)
-    assert f"data set '{a_ds}' column 'ID' holds string values, not numbers" in error
+    assert f"data set '{a_ds}' column 'ID' holds text with a different value in every row" in error
     assert "--id" in error
     status = detente(["party", "status", job_id], alice).stdout
     assert status.count(error) == 1  # printed once, as the error event

@@ -6,12 +6,13 @@ test (test_worker_process.py) covers the encrypted mount and a real restart.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pytest
 import xgboost as xgb
-from worker_testkit import Job, make_job, plaintext_model
+from worker_testkit import Job, Owner, make_job, make_table, plaintext_model, seal_job
 
 from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
@@ -159,3 +160,45 @@ def test_a_checkpoint_of_other_terms_is_refused(enclave):
     swapped = DictCheckpoints({jobs.checkpoint_name(accepted): store.history[0]})
     with pytest.raises(IntegrityError, match="belongs to other job terms"):
         _run(enclave, other, swapped)
+
+
+def _fielded(enclave: EnclaveIdentity, job_id: str, **fields: Any) -> Job:
+    owners = [Owner("a"), Owner("b")]
+    return seal_job(
+        enclave.hpke_key.public_key,
+        MRENCLAVE,
+        job_id,
+        [(o, f"{job_id}-{o.name}", make_table(300, n + 1)) for n, o in enumerate(owners)],
+        params={"tree_method": "hist", "max_depth": 4, "nthread": 1},
+        num_rounds=ROUNDS,
+        outputs=["model", "metrics"],
+        id_column="id",
+        **fields,
+    )
+
+
+def test_metrics_at_a_stride_resume_with_the_model(enclave):
+    job = _fielded(enclave, "job-stride", metrics_every=3)
+    store = DictCheckpoints()
+    whole, _ = _run(enclave, job, store)
+    metrics = json.loads(whole["metrics"])
+    assert metrics["evaluated_rounds"] == [*range(3, ROUNDS, 3), ROUNDS]
+    name = jobs.checkpoint_name(jobs.accept(enclave, *_spec(job)))
+    for saved in (store.history[1], store.history[-2]):
+        resumed, progress = _run(enclave, job, DictCheckpoints({name: saved}))
+        assert any(kind == "checkpoint" for kind, _ in progress)
+        assert resumed == whole  # the model and every evaluated point
+
+
+def test_early_stopping_keeps_only_its_finished_model(enclave):
+    job = _fielded(enclave, "job-early", validation_fraction=0.25, early_stopping_rounds=2)
+    assert jobs.resumable(job.terms.train_params()) and not jobs.resumable_job(job.terms)
+    store = DictCheckpoints()
+    whole, _ = _run(enclave, job, store)
+    assert len(store.history) == 1  # only the finished model
+    finished = jobs.Checkpoint.from_bytes(store.history[0], jobs.accept(enclave, *_spec(job)))
+    assert finished.complete
+    again, progress = _run(enclave, job, DictCheckpoints(dict(store.files)))
+    assert ("checkpoint", f"resumed after round {finished.rounds}/{ROUNDS}") in progress
+    assert again == whole  # best iteration and validation curve included
+    assert json.loads(again["metrics"])["best_iteration"] is not None

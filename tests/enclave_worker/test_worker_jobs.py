@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import time
 
@@ -196,3 +197,69 @@ def test_the_model_equals_plaintext_xgboost_on_the_joined_rows(world):
     )
     probe = xgb.DMatrix(x, feature_names=names)
     assert np.array_equal(model.predict(probe), plain.predict(probe))
+
+
+def _model_of(enclave, owner, items) -> bytes:
+    statement = ResultStatement.verify(
+        Envelope.from_bytes(items[-1]), enclave.signing_key.verify_key
+    )
+    (output,) = [i for i in items if isinstance(i, jobs.ReleasedOutput)]
+    key = hpke.unwrap_key(
+        statement.outputs[0].wrapped_keys[owner.signing.verify_key.hex],
+        owner.hpke,
+        hpke.result_key_info("job-1", "model", owner.hpke.public_key),
+    )
+    return stream.open_stream(key, output.ciphertext, b"job-1/model")
+
+
+def test_data_sets_are_opened_as_they_arrive_in_any_order_and_pieces(world):
+    enclave, owners, _tables, sealed, terms, envelope, approvals = world
+    manifests = [m for m, _ in sealed]
+    whole = list(
+        jobs.run(
+            enclave,
+            jobs.accept(enclave, envelope.to_bytes(), approvals, manifests),
+            [(d, blob) for (d, _), (_, blob) in zip(terms.datasets, sealed)],
+        )
+    )
+    # 1000-byte pieces (sealed chunks are 4 KiB + 16), the two data sets taking turns.
+    queues = [
+        [(d, blob[i : i + 1000]) for i in range(0, len(blob), 1000)]
+        for (d, _), (_, blob) in zip(terms.datasets, sealed)
+    ]
+    pieces = [p for pair in itertools.zip_longest(*queues) for p in pair if p is not None]
+    consumed = []
+
+    def arriving():
+        for n, piece in enumerate(pieces, 1):
+            consumed.append(n)
+            yield piece
+
+    job = jobs.accept(enclave, envelope.to_bytes(), approvals, manifests)
+    items = []
+    for item in jobs.run(enclave, job, arriving()):
+        if isinstance(item, jobs.JobProgress) and item.kind == "intake":
+            items.append((consumed[-1], item.text))
+        else:
+            items.append(item)
+    reports = [i for i in items if isinstance(i, tuple)]
+    # Reported (every tenth of each data set) while the rest was still to come.
+    assert reports[0][0] < len(pieces) // 2, reports
+    assert any("'a-data': received" in text and " of " in text for _, text in reports)
+    done = [text for _, text in reports if "checked against its manifest" in text]
+    assert [t.split(":")[0] for t in done] == ["data set 'b-data'", "data set 'a-data'"]
+    assert "300 rows" in done[1] and "200 rows" in done[0]
+    trained = [i for i in items if not isinstance(i, tuple)]
+    assert _model_of(enclave, owners[0], trained) == _model_of(enclave, owners[0], whole)
+
+
+def test_a_data_set_that_never_arrives_fails_the_job(world):
+    enclave, _owners, _, sealed, terms, envelope, approvals = world
+    job = jobs.accept(enclave, envelope.to_bytes(), approvals, [m for m, _ in sealed])
+    only_a = [(terms.datasets[0][0], sealed[0][1])]
+    with pytest.raises(IntegrityError, match="data set 'b-data' was not received"):
+        list(jobs.run(enclave, job, only_a))
+    half = [(terms.datasets[0][0], sealed[0][1][:5000])]
+    job = jobs.accept(enclave, envelope.to_bytes(), approvals, [m for m, _ in sealed])
+    with pytest.raises(IntegrityError, match="data set 'a-data' is 5000 bytes, its manifest says"):
+        list(jobs.run(enclave, job, half))

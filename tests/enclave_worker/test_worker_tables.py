@@ -77,3 +77,15 @@ def test_text_columns_are_features_and_only_the_label_holder_needs_the_label() -
     jobs.check_table("b", unlabelled, _terms("vertical"))
     with pytest.raises(DatasetError, match="data set 'b' has no label column 'label'"):
         jobs.check_table("b", unlabelled, _terms("horizontal"))
+
+
+def test_a_text_column_with_a_value_per_row_is_refused_as_an_id() -> None:
+    ids = [f"{CANARY}-{n}" for n in range(jobs.tables.ID_LIKE_ROWS)]
+    table = pa.table({"key": ids, "x": [1.0] * len(ids), "label": [0, 1] * (len(ids) // 2)})
+    with pytest.raises(DatasetError) as caught:
+        jobs.check_table("a", table, _terms())
+    message = str(caught.value)
+    assert "data set 'a' column 'key' holds text with a different value in every row" in message
+    assert CANARY not in message
+    repeated = table.set_column(0, "key", pa.array(ids[:-1] + ids[:1]))
+    jobs.check_table("a", repeated, _terms())  # a repeated value: a category like any other

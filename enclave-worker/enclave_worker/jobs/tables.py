@@ -76,6 +76,7 @@ def check_table(dataset_id: str, table: Any, terms: JobTerms) -> None:
                 )
             continue
         if training.is_categorical(kind):
+            _check_not_an_id(where, name, table.column(name), id_column)
             continue
         if not training.is_numeric(kind):
             hint = (
@@ -102,6 +103,35 @@ def check_table(dataset_id: str, table: Any, terms: JobTerms) -> None:
     with value_free_errors(f"reading {where} label column {label!r}"):
         labels = column.to_numpy(zero_copy_only=False).astype(np.float64)
     check_labels(terms.objective, summarize_labels(label, labels, where), terms.params, where)
+
+
+# A text column with a different value in each of at least this many rows is refused.
+ID_LIKE_ROWS = 10
+
+
+def _check_not_an_id(where: str, name: str, column: Any, id_column: str | None) -> None:
+    """Refuse a text feature whose every value differs, like an id's.
+
+    It cannot help the model, and a model records the categories of its text
+    features: every recipient would read every value.
+    """
+    import pyarrow.compute as pc
+
+    present = len(column) - column.null_count
+    if present < ID_LIKE_ROWS:
+        return
+    with value_free_errors(f"counting the categories of {where} column {name!r}"):
+        distinct = len(pc.unique(column.drop_null()))
+    if distinct == present:
+        hint = (
+            "propose the job with --id naming it"
+            if id_column is None
+            else "leave it out, or make it the data set's id column"
+        )
+        raise DatasetError(
+            f"{where} column {name!r} holds text with a different value in every row, like "
+            f"an id; as a feature each value would be recorded in the model: {hint}"
+        )
 
 
 @dataclass
