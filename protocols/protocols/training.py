@@ -138,9 +138,18 @@ def _ids(dataset_id: str, table: Any, id_column: str | None) -> Any:
 
 
 def join_vertical(
-    named: NAMED, id_columns: dict[str, str | None], label: str, min_rows: int = 1
+    named: NAMED,
+    id_columns: dict[str, str | None],
+    label: str,
+    min_rows: int = 1,
+    consume: bool = False,
 ) -> Any:
-    """The inner join of ``named`` on their id columns (see the module docstring)."""
+    """The inner join of ``named`` on their id columns (see the module docstring).
+
+    With ``consume`` (``named`` must then be a list), each data set's table is
+    dropped from ``named`` as soon as its rows are taken, so the join holds the
+    inputs and the joined rows together only one data set at a time.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -177,16 +186,23 @@ def join_vertical(
         )
     columns: list[Any] = []
     names: list[str] = []
-    for dataset_id, table in named:
+    for index, (dataset_id, table) in enumerate(list(named)):
+        wanted = [
+            n
+            for n in table.column_names
+            if n != id_columns.get(dataset_id) and (n != label or dataset_id == holder)
+        ]
+        table = table.select(wanted)
         if dataset_id == holder:
             part = table.filter(keep)
         else:
             part = table.take(pc.filter(positions[dataset_id], keep))
-        for name in part.column_names:
-            if name == id_columns.get(dataset_id) or (name == label and dataset_id != holder):
-                continue
-            columns.append(part.column(name))
-            names.append(name)
+        del table
+        if consume:
+            named[index] = (dataset_id, None)  # type: ignore[index]
+        columns.extend(part.columns)
+        names.extend(part.column_names)
+        del part
     return pa.table(columns, names=names)
 
 

@@ -45,7 +45,15 @@ from libos.image import Measurement
 from libos.runtime import SimRuntime
 from libos.sim import SimPlatform
 from protocols import hpke, tls
-from protocols.documents import Approval, DatasetManifest, JobTerms, Recipient, Registration
+from protocols.documents import (
+    Approval,
+    DatasetManifest,
+    JobTerms,
+    OutputRecord,
+    Recipient,
+    Registration,
+    ResultStatement,
+)
 from protocols.errors import DetenteError
 from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import HpkePrivateKey, SigningKey
@@ -324,7 +332,26 @@ def default_script(
             output=enclave_pb2.OutputChunk(name="model", data=model[i : i + 600_000])
         )
     yield enclave_pb2.RunJobResponse(output=enclave_pb2.OutputChunk(name="metrics", data=b"m" * 10))
-    yield enclave_pb2.RunJobResponse(result_statement=b'{"signed":"result"}')
+    yield enclave_pb2.RunJobResponse(result_statement=fake_result_statement(fake.specs[-1].terms))
+
+
+FAKE_ENCLAVE_KEY = SigningKey.generate()
+
+
+def fake_result_statement(terms: bytes, outputs: tuple[str, ...] = ("model", "metrics")) -> bytes:
+    """A result statement signed by the FAKE enclave's key, wrapping each output to every
+    recipient of ``terms`` (the wrapped keys are placeholders)."""
+    terms_envelope = Envelope.from_bytes(terms)
+    terms = JobTerms.verify(terms_envelope)
+    wrapped = {r.signing_key.hex: b"placeholder" for r in terms.recipients}
+    statement = ResultStatement(
+        job_id=terms.job_id,
+        terms_digest=terms_envelope.digest,
+        mrenclave=MRENCLAVE,
+        outputs=[OutputRecord(name, "00" * 32, dict(wrapped)) for name in outputs],
+        summary={},
+    )
+    return statement.sign(FAKE_ENCLAVE_KEY).to_bytes()
 
 
 @functools.cache

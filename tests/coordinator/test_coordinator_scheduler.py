@@ -8,9 +8,18 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_testkit import FakeEnclave, Harness, Party, SealedDataset, job_terms, seal_dataset
+from coordinator_testkit import (
+    FAKE_ENCLAVE_KEY,
+    FakeEnclave,
+    Harness,
+    Party,
+    SealedDataset,
+    job_terms,
+    seal_dataset,
+)
 
 from coordinator.store import verify_audit_chain
+from protocols.statements import Envelope
 from protocols.wire.v1 import coordinator_pb2, enclave_pb2
 
 
@@ -56,7 +65,7 @@ def test_approved_job_runs_and_succeeds(
     coord.wait_idle()
     job = coord.job("job-1")
     assert job.state == "succeeded", job.error
-    assert job.result_statement == b'{"signed":"result"}'
+    assert Envelope.from_bytes(job.result_statement).signer == FAKE_ENCLAVE_KEY.verify_key
     assert {o.name: o.size for o in job.outputs} == {"model": len(fake.model), "metrics": 10}
     assert [e.text for e in job.events if e.kind == "state"] == [
         "proposed",

@@ -165,6 +165,8 @@ def test_blob_store_refuses_mismatch_and_leaves_nothing(tmp_path: Path) -> None:
 def test_corrupted_output_is_not_served(
     coord: Harness, home: Path, alice: Party, bob: Party
 ) -> None:
+    from coordinator_testkit import fake_result_statement
+
     from coordinator.store import StoredOutput
 
     populate(coord, alice, bob)
@@ -172,7 +174,8 @@ def test_corrupted_output_is_not_served(
     running = coord.running
     sha, size = running.handler.blobs.put(b"encrypted model")
     running.store.transition("job-1", ["proposed"], "running", "running")
-    running.store.finish_job("job-1", [StoredOutput("model", sha, size)], b"{}")
+    statement = fake_result_statement(running.store.get_job("job-1").terms)
+    running.store.finish_job("job-1", [StoredOutput("model", sha, size)], statement)
     request = coordinator_pb2.FetchOutputRequest(job_id="job-1", name="model")
     assert b"".join(c.data for c in coord.stub.FetchOutput(request)) == b"encrypted model"
     running.handler.blobs.path(sha).write_bytes(b"encrypted modeL")

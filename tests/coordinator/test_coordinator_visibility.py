@@ -211,6 +211,41 @@ def test_outputs_are_served_to_recipients_only(
     assert "not a recipient" not in err.details()
 
 
+def test_an_output_wrapped_to_one_recipient_is_served_to_that_one_only(
+    finished: Harness, alice: Party, carol: Party
+) -> None:
+    """Each owner's predictions are wrapped to that owner alone; another recipient gets
+    neither the key nor the ciphertext."""
+    from coordinator_testkit import FAKE_ENCLAVE_KEY
+
+    from coordinator.store import StoredOutput
+    from protocols.documents import OutputRecord, ResultStatement
+    from protocols.statements import Envelope
+
+    assert finished.running is not None
+    store = finished.running.store
+    job = store.get_job("job-1")
+    sha, size = finished.running.handler.blobs.put(b"alice's predictions, sealed")
+    statement = ResultStatement(
+        job_id="job-1",
+        terms_digest=Envelope.from_bytes(job.terms).digest,
+        mrenclave="ab" * 32,
+        outputs=[OutputRecord("predictions.alice-2024", "00" * 32, {alice.hex: b"k"})],
+        summary={},
+    ).sign(FAKE_ENCLAVE_KEY)
+    store.transition("job-1", ["succeeded"], "running", "running again (test)")
+    store.finish_job(
+        "job-1", [StoredOutput("predictions.alice-2024", sha, size)], statement.to_bytes()
+    )
+    with finished.as_party(alice) as stub:
+        got = b"".join(c.data for c in fetch(stub, "predictions.alice-2024"))
+    assert got == b"alice's predictions, sealed"
+    with finished.as_party(carol) as stub:  # a recipient of the job, not of this output
+        err = refused(fetch, stub, "predictions.alice-2024")
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "not released to you" in err.details()
+
+
 # --------------------------------------------------------------------------- statements
 
 

@@ -21,16 +21,18 @@ from coordinator.store import (
     JobRecord,
     now_ms,
 )
-from protocols import statements
+from protocols import canonical, statements
 from protocols.documents import (
     Approval,
     DatasetManifest,
     JobTerms,
+    ResultStatement,
     check_approvals,
     check_release,
 )
 from protocols.errors import (
     ConsentError,
+    DetenteError,
     InvalidRequest,
     NotAllowed,
     NotFound,
@@ -301,4 +303,26 @@ class Jobs:
                 f"you are not a recipient of job {job_id!r}: its outputs are not yours"
             )
         output = self.store.get_output(job_id, name)
+        if caller not in _wrapped_to(job, name):
+            raise NotAllowed(
+                f"output {name!r} of job {job_id!r} is not released to you (each owner's "
+                "predictions go to that owner only)"
+            )
         return self.blobs.iter_chunks(output.blob_sha256, CHUNK_SIZE)
+
+
+def _wrapped_to(job: JobRecord, name: str) -> set[str]:
+    """Whose keys the result statement wraps output ``name`` to (empty if none says so).
+
+    The coordinator reads the enclave's statement without checking its signature:
+    this only spares a party a download it cannot decrypt; the parties verify
+    the statement themselves.
+    """
+    if not job.result_statement:
+        return set()
+    try:
+        envelope = Envelope.from_bytes(job.result_statement, "result statement")
+        statement = ResultStatement.from_dict(canonical.loads(envelope.payload, "result"))
+    except DetenteError:
+        return set()
+    return {key for o in statement.outputs if o.name == name for key in o.wrapped_keys}

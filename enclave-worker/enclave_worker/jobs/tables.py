@@ -157,7 +157,10 @@ def joined_table(named: list[tuple[str, Any]], terms: JobTerms) -> Any:
     id_columns = {dataset_id: terms.id_column_of(dataset_id) for dataset_id, _ in named}
     with value_free_errors("joining the data sets"):
         if terms.join == "vertical":
-            return training.join_vertical(named, id_columns, terms.label, terms.min_rows)
+            # consume: each data set's table goes as soon as its rows are joined.
+            return training.join_vertical(
+                named, id_columns, terms.label, terms.min_rows, consume=True
+            )
         return training.join_horizontal(named, id_columns, terms.min_rows)
 
 
