@@ -202,6 +202,11 @@ class PartyHome:
 
     # -- data sets ------------------------------------------------------------
 
+    @property
+    def spool_dir(self) -> Path:
+        """Where uploads seal their data sets before sending them (party_client.spool)."""
+        return self.root / "spool"
+
     def save_dataset(self, dataset_id: str, manifest: bytes) -> None:
         write_atomic(self.root / "datasets" / f"{dataset_id}.manifest", manifest)
 

@@ -11,7 +11,7 @@ rest of the client plain dataclasses of the bytes received.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -176,9 +176,16 @@ class Coordinator:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    @property
+    def timeout(self) -> float:
+        """Seconds a call may take (an upload may be given longer)."""
+        return self._timeout
+
+    def _call(
+        self, fn: Callable[..., T], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> T:
         try:
-            return fn(*args, timeout=self._timeout, **kwargs)
+            return fn(*args, timeout=timeout or self._timeout, **kwargs)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE:
@@ -228,13 +235,30 @@ class Coordinator:
         reply = self._call(self._stub.GetEvidence, pb.GetEvidenceRequest(nonce=nonce))
         return RemoteEvidence(bytes(reply.identity), bytes(reply.quote), reply.backend)
 
-    def upload(self, manifest: bytes, ciphertext: bytes) -> RemoteDataset:
+    def upload(
+        self,
+        manifest: bytes,
+        ciphertext: bytes | Iterable[bytes],
+        timeout: float | None = None,
+    ) -> RemoteDataset:
+        """Send a signed manifest, then the ciphertext: given whole, or as pieces of at most
+        ``CHUNK_SIZE`` bytes (streamed as they come; the call may last ``timeout`` seconds)."""
+        if isinstance(ciphertext, bytes | bytearray | memoryview):
+            whole = ciphertext
+            pieces: Iterable[bytes] = (
+                bytes(whole[i : i + CHUNK_SIZE]) for i in range(0, len(whole), CHUNK_SIZE)
+            )
+        else:
+            pieces = ciphertext
+
         def messages() -> Iterator[Any]:
             yield pb.UploadDatasetRequest(manifest=manifest)
-            for start in range(0, len(ciphertext), CHUNK_SIZE):
-                yield pb.UploadDatasetRequest(ciphertext=ciphertext[start : start + CHUNK_SIZE])
+            for piece in pieces:
+                if len(piece) > CHUNK_SIZE:
+                    raise ValueError(f"an upload piece is at most {CHUNK_SIZE} bytes")
+                yield pb.UploadDatasetRequest(ciphertext=piece)
 
-        return _dataset(self._call(self._stub.UploadDataset, messages()))
+        return _dataset(self._call(self._stub.UploadDataset, messages(), timeout=timeout))
 
     def datasets(self) -> list[RemoteDataset]:
         reply = self._call(self._stub.ListDatasets, pb.ListDatasetsRequest())

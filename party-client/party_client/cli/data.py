@@ -9,7 +9,14 @@ import typer
 
 import party_client as party
 from party_client.cli.options import PolicyOption
-from protocols.cli_convention import JsonOption, emit_json, out, print_verdict, warn_simulation
+from protocols.cli_convention import (
+    JsonOption,
+    emit_json,
+    err,
+    out,
+    print_verdict,
+    warn_simulation,
+)
 
 
 def attest(
@@ -30,9 +37,20 @@ def attest(
 
 def upload(
     path: Annotated[Path, typer.Argument(help="CSV or Parquet file")],
-    label: Annotated[str, typer.Option(help="Label column")],
+    label: Annotated[
+        str | None,
+        typer.Option(help="Label column (omit it if another party holds the label: vertical jobs)"),
+    ] = None,
     id_column: Annotated[
         str | None, typer.Option("--id", help="Identifier column (not a feature)")
+    ] = None,
+    schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--schema",
+            help="TOML or JSON file mapping column names to numeric or categorical "
+            "(overrides what the file suggests)",
+        ),
     ] = None,
     dataset_id: Annotated[str | None, typer.Option(help="Data set id (default: random)")] = None,
     publish_schema: Annotated[
@@ -49,26 +67,42 @@ def upload(
 ) -> None:
     """Validate a table, seal it to the attested enclave and upload it.
 
-    The file's name stays on your machine; give the data set a public label
-    with --name if you want one.
+    Text columns (CSV) and dictionary columns (Parquet) are categorical
+    features, the others numeric; --schema overrides either. The file's name
+    stays on your machine; give the data set a public label with --name if
+    you want one.
     """
+    from party_client.cli.progress import UploadReport
+    from party_client.tables import load_schema
+
+    kinds = load_schema(schema) if schema is not None else None
     home = party.PartyHome.default()
-    done = party.upload(
-        home,
-        home.policy(policy),
-        path,
-        label,
-        id_column,
-        dataset_id,
-        publish_schema,
-        display_name=display_name,
-    )
+    report = None if json_out else UploadReport(err)
+    try:
+        done = party.upload(
+            home,
+            home.policy(policy),
+            path,
+            label,
+            id_column,
+            dataset_id,
+            publish_schema,
+            display_name=display_name,
+            column_kinds=kinds,
+            progress=report,
+        )
+    finally:
+        if report is not None:
+            report.close()
     if json_out:
         emit_json(done.__dict__)
     else:
+        categorical = f" ({len(done.categorical)} categorical)" if done.categorical else ""
+        without = "" if done.label else ", no label"
         out.print(
-            f"uploaded {done.dataset_id}: {done.rows} rows, {done.columns} columns, "
-            f"{done.ciphertext_size} bytes of ciphertext"
+            f"uploaded {done.dataset_id}: {done.rows} rows, {done.columns} columns{categorical}"
+            f"{without}, {done.ciphertext_size} bytes of ciphertext",
+            highlight=False,
         )
     if done.simulation:
         warn_simulation()
