@@ -67,6 +67,22 @@ class Review:
     refusals: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def releases(self) -> dict[str, list[str]]:
+        """Who receives which output, by the names of the recipients: each output of the
+        terms to every recipient, but ``predictions``, which is one output per data set
+        (``predictions.DATASET``) for its owner alone, if the owner is a recipient."""
+        terms = self.job.terms
+        shown: dict[str, list[str]] = {}
+        for output in terms.outputs:
+            if output != "predictions":
+                shown[output] = [r.name for r in self.recipients]
+                continue
+            for d in self.datasets:
+                shown[f"predictions.{d.dataset_id}"] = [
+                    r.name for r in self.recipients if r.signing_key == d.owner_key
+                ]
+        return shown
+
     def to_dict(self) -> dict[str, Any]:
         terms = self.job.terms
         return {
@@ -78,14 +94,21 @@ class Review:
             "objective": terms.objective,
             "label": terms.label,
             "id_column": terms.id_column,
+            "id_columns": {d: terms.id_column_of(d) for d, _ in terms.datasets},
             "num_rounds": terms.num_rounds,
             "seed": terms.seed,
             "params": terms.params,
             "allowed_mrenclaves": terms.allowed_mrenclaves,
             "expires_at": terms.expires_at,
             "max_seconds": terms.max_seconds,
+            "min_rows": terms.min_rows,
+            "validation_fraction": terms.validation_fraction,
+            "early_stopping_rounds": terms.early_stopping_rounds,
+            "metrics_every": terms.metrics_every,
+            "model_format": terms.model_format,
             "outputs": terms.outputs,
             "release_to": terms.release_to,
+            "releases": self.releases(),
             "datasets": [d.__dict__ for d in self.datasets],
             "recipients": [r.__dict__ for r in self.recipients],
             "refusals": self.refusals,

@@ -9,16 +9,43 @@ from party_client.home import PartyHome
 from party_client.job_control import wait
 from party_client.remote import Coordinator
 from protocols import hpke, stream
-from protocols.documents import ResultStatement
+from protocols.documents import JobTerms, ResultStatement
 from protocols.durable import write_atomic
 from protocols.errors import ConsentError, IntegrityError, SetupError
 from protocols.statements import Envelope
+
+PREDICTIONS = "predictions."  # an output per data set: predictions.DATASET
+
+
+def file_name(terms: JobTerms, output: str) -> str:
+    """The file an output is written to, by its kind (the names the enclave releases):
+    ``model.json`` or ``model.ubj`` (the terms' model format), ``metrics.json``,
+    ``importance.json`` and ``predictions.DATASET.csv``.
+
+    Raises IntegrityError for a name the terms do not release (so no name from
+    the statement becomes a path unchecked).
+    """
+    if output == "model" and "model" in terms.outputs:
+        return f"model.{terms.model_format}"
+    if output in ("metrics", "importance") and output in terms.outputs:
+        return f"{output}.json"
+    dataset_id = output.removeprefix(PREDICTIONS)
+    if (
+        output.startswith(PREDICTIONS)
+        and "predictions" in terms.outputs
+        and dataset_id in {d for d, _ in terms.datasets}
+    ):
+        return f"{output}.csv"
+    raise IntegrityError(
+        f"the result statement names output {output!r}, which the terms do not release"
+    )
 
 
 def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> dict[str, Path]:
     """Verify the enclave's result statement, decrypt our outputs, write them to ``out_dir``.
 
-    Outputs are written with mode 0600, like keys: they are this party's results.
+    Each output goes to the file :func:`file_name` gives it, with mode 0600,
+    like keys: they are this party's results. Returns the paths by output name.
     """
     job = wait(home, job_id, timeout)
     if job.state != "succeeded":
@@ -41,6 +68,7 @@ def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> 
             wrapped = output.wrapped_keys.get(me.hex)
             if wrapped is None:
                 continue
+            name = file_name(terms, output.name)
             ciphertext = remote.fetch_output(job_id, output.name)
             if hashlib.sha256(ciphertext).hexdigest() != output.ciphertext_sha256:
                 raise IntegrityError(f"output {output.name!r} does not match the signed statement")
@@ -48,7 +76,7 @@ def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> 
                 wrapped, hpke_key, hpke.result_key_info(job_id, output.name, hpke_key.public_key)
             )
             plaintext = stream.open_stream(key, ciphertext, f"{job_id}/{output.name}".encode())
-            path = out_dir / f"{output.name}.json"
+            path = out_dir / name
             write_atomic(path, plaintext, mode=0o600)
             written[output.name] = path
     if not written:

@@ -1,9 +1,18 @@
-"""Proposing a job: signed terms naming the data sets, the attested enclave and the recipients."""
+"""Proposing a job: signed terms naming the data sets, the attested enclave and the recipients.
+
+Before anything is sent, the terms are checked against the data sets' signed
+manifests (:func:`check_terms`): the objective against each label summary,
+where the label is (one data set of a vertical job holds it), the minimum
+number of rows against their row counts, and every rule by which
+:meth:`JobTerms.verify <protocols.documents.JobTerms.verify>` refuses terms.
+What the enclave would refuse after every owner approved is refused here.
+"""
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from party_client.datasets import fetch_manifest
@@ -19,19 +28,104 @@ from protocols.documents import (
     Registration,
     check_id,
 )
-from protocols.errors import SetupError
-from protocols.objectives import check_labels
+from protocols.errors import FormatError, SetupError
+from protocols.objectives import LabelSummary, check_labels
 from protocols.policy import AttestationPolicy
 
-OBJECTIVE = "binary:logistic"
+OBJECTIVE = "binary:logistic"  # the default objective
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "tree_method": "hist",
     "max_depth": 4,
     "eta": 0.1,
-    "eval_metric": "auc",
     "nthread": 2,
 }
+
+
+def default_eval_metric(objective: str) -> str:
+    """The metric released metrics report unless the proposer names one."""
+    if objective.startswith("binary:"):
+        return "auc"
+    if objective.startswith("multi:"):
+        return "mlogloss"
+    return "rmse"
+
+
+def training_params(
+    objective: str, params: Mapping[str, Any], labels: Sequence[LabelSummary]
+) -> dict[str, Any]:
+    """The XGBoost parameters of the terms: the defaults, the proposer's ``params``, a default
+    ``eval_metric`` for the objective and, for ``multi:*`` objectives, ``num_class`` from the
+    label summaries unless given.
+
+    The terms' objective and seed are the ones training uses
+    (:meth:`JobTerms.train_params`), so a different ``objective`` or ``seed``
+    among ``params`` is refused rather than silently overridden.
+    """
+    if params.get("objective", objective) != objective:
+        raise SetupError(
+            f"the parameter objective={params['objective']!r} differs from the objective "
+            f"{objective!r}, which training uses: choose it with --objective; nothing was "
+            "proposed"
+        )
+    if "seed" in params:
+        raise SetupError(
+            "the parameter seed would be overridden by the terms' seed, which training uses: "
+            "set it with --seed; nothing was proposed"
+        )
+    chosen = {**DEFAULT_PARAMS, **params}
+    chosen.pop("objective", None)
+    chosen.setdefault("eval_metric", default_eval_metric(objective))
+    if objective.startswith("multi:") and "num_class" not in chosen:
+        classes = [s.classes for s in labels if s.classes is not None]
+        if classes:
+            chosen["num_class"] = max(classes)
+    return chosen
+
+
+def check_terms(terms: JobTerms, manifests: Mapping[str, DatasetManifest]) -> None:
+    """Refuse (SetupError, DatasetError) terms that the enclave or any verifier would refuse,
+    given the data sets' signed manifests; each message names the data set."""
+    holders = [d for d, _ in terms.datasets if manifests[d].label is not None]
+    if terms.join == "vertical" and len(holders) != 1:
+        if not holders:
+            raise SetupError(
+                f"no data set of this vertical job has a label: the party holding the label "
+                f"column {terms.label!r} uploads its data set with --label {terms.label}; "
+                "nothing was proposed"
+            )
+        raise SetupError(
+            f"data sets {', '.join(map(repr, holders))} each have a label, and a vertical job "
+            "takes the label from one: the other parties upload theirs without --label; "
+            "nothing was proposed"
+        )
+    for dataset_id in holders:
+        summary = manifests[dataset_id].label
+        assert summary is not None
+        if summary.column != terms.label:
+            raise SetupError(
+                f"data set {dataset_id!r} was uploaded with the label column {summary.column!r}, "
+                f"not {terms.label!r}: propose with --label {summary.column} or upload it again; "
+                "nothing was proposed"
+            )
+        check_labels(terms.objective, summary, terms.params, f"data set {dataset_id!r}")
+    rows = {d: manifests[d].row_count for d, _ in terms.datasets}
+    at_most = min(rows.values()) if terms.join == "vertical" else sum(rows.values())
+    if at_most < terms.min_rows:
+        where = (
+            f"the join has at most {at_most} rows (data set "
+            f"{min(rows, key=lambda d: rows[d])!r} has {at_most})"
+            if terms.join == "vertical"
+            else f"the data sets have {at_most} rows in all"
+        )
+        raise SetupError(
+            f"{where}, fewer than --min-rows {terms.min_rows}: the enclave would refuse to "
+            "train; nothing was proposed"
+        )
+    try:
+        JobTerms.from_dict(terms.to_dict())  # every rule of JobTerms.verify
+    except FormatError as exc:
+        raise SetupError(f"{exc}; nothing was proposed") from None
 
 
 def _owner_recipients(
@@ -85,7 +179,7 @@ def propose(
     home: PartyHome,
     policy: AttestationPolicy,
     dataset_ids: list[str],
-    label: str,
+    label: str | None,
     id_column: str | None,
     rounds: int,
     params: dict[str, Any],
@@ -95,8 +189,23 @@ def propose(
     job_id: str | None = None,
     expires_in: int = 24 * 3600,
     max_seconds: int | None = None,
+    *,
+    join: str = "horizontal",
+    id_columns: Mapping[str, str] | None = None,
+    objective: str = OBJECTIVE,
+    min_rows: int = 1,
+    validation_fraction: float = 0.0,
+    early_stopping_rounds: int | None = None,
+    metrics_every: int | None = None,
+    model_format: str = "json",
 ) -> JobTerms:
     """Write and sign job terms naming the data sets, the enclave and the recipients.
+
+    ``id_column`` names the id column of every data set, ``id_columns`` that of
+    single ones (a vertical join needs one for each). ``label`` may be None when
+    the data sets' manifests agree on the label column. ``params`` are XGBoost
+    parameters (see :func:`training_params` for what is added). Nothing is
+    proposed if :func:`check_terms` refuses the terms.
 
     Without ``recipients`` the terms release to the data owners
     (``release.to = "owners"``): one recipient per owner, and proposing fails
@@ -104,31 +213,35 @@ def propose(
     """
     enclave, _ = home.attested_enclave(policy)
     signing = home.signing_key()
-    params = {**DEFAULT_PARAMS, **params}
-    params.pop("objective", None)  # the terms' objective field decides
+    unknown = sorted(set(id_columns or {}) - set(dataset_ids))
+    if unknown:
+        raise SetupError(
+            f"--id names the data set(s) {', '.join(map(repr, unknown))}, which the job does "
+            "not: name them with --dataset too, or correct the id"
+        )
     with Coordinator.for_home(home) as remote:
         entries = []
-        manifests = []
+        manifests: dict[str, DatasetManifest] = {}
         for dataset_id in dataset_ids:
             envelope, manifest = fetch_manifest(remote, dataset_id)
-            if manifest.label is not None:
-                check_labels(OBJECTIVE, manifest.label, params, f"data set {dataset_id!r}")
             entries.append((dataset_id, envelope.digest))
-            manifests.append(manifest)
+            manifests[dataset_id] = manifest
+        labels = [m.label for m in manifests.values() if m.label is not None]
+        label = label or _label_of(labels)
         registrations = fetch_registrations(remote)
         if recipients:
             chosen = _named_recipients(home, recipients, registrations)
             release_to = RELEASE_TO_NAMED
         else:
-            chosen = _owner_recipients(home, manifests, registrations)
+            chosen = _owner_recipients(home, list(manifests.values()), registrations)
             release_to = RELEASE_TO_OWNERS
         terms = JobTerms(
             job_id=check_id(job_id or f"job-{secrets.token_hex(6)}", "job id"),
             datasets=entries,
-            join="horizontal",
-            objective=OBJECTIVE,
+            join=join,
+            objective=objective,
             label=label,
-            params=params,
+            params=training_params(objective, params, labels),
             num_rounds=rounds,
             seed=seed,
             allowed_mrenclaves=[enclave.mrenclave],
@@ -139,6 +252,22 @@ def propose(
             proposer=signing.verify_key.hex,
             release_to=release_to,
             max_seconds=max_seconds,
+            id_columns=dict(id_columns or {}),
+            min_rows=min_rows,
+            validation_fraction=validation_fraction,
+            early_stopping_rounds=early_stopping_rounds,
+            metrics_every=metrics_every,
+            model_format=model_format,
         )
+        check_terms(terms, manifests)
         remote.propose(terms.sign(signing).to_bytes())
     return terms
+
+
+def _label_of(labels: list[LabelSummary]) -> str:
+    """The label column the manifests agree on, when the proposer names none."""
+    columns = sorted({s.column for s in labels})
+    if len(columns) != 1:
+        found = f"they name {', '.join(map(repr, columns))}" if columns else "none has a label"
+        raise SetupError(f"name the label column with --label: {found}")
+    return columns[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,20 +13,83 @@ from party_client.cli.options import PolicyOption
 from party_client.pins import show_fingerprint
 from protocols.cli_convention import EXIT_ERROR, JsonOption, emit_json, err, out
 
+if TYPE_CHECKING:
+    from protocols.documents import JobTerms
+
 
 def propose(
     dataset: Annotated[list[str], typer.Option(help="Data set id (repeat, in join order)")],
-    label: Annotated[str, typer.Option(help="Label column")],
-    id_column: Annotated[str | None, typer.Option("--id", help="Identifier column")] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(help="Label column (default: the one the data sets' manifests name)"),
+    ] = None,
+    join: Annotated[
+        str,
+        typer.Option(
+            help="horizontal: the data sets' rows together (same columns); vertical: their "
+            "columns, on the rows whose ids all of them hold"
+        ),
+    ] = "horizontal",
+    id_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--id",
+            help="Identifier column: COL for every data set, or DATASET=COL for one (repeat)",
+        ),
+    ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(
+            help="XGBoost objective, e.g. binary:logistic, multi:softprob, reg:squarederror"
+        ),
+    ] = "binary:logistic",
     rounds: Annotated[int, typer.Option(help="Boosting rounds")] = 200,
     seed: Annotated[int, typer.Option(help="Training seed")] = 0,
-    param: Annotated[list[str] | None, typer.Option(help="XGBoost parameter KEY=VALUE")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="XGBoost parameter KEY=VALUE (e.g. max_depth=6, num_class=4)"),
+    ] = None,
+    min_rows: Annotated[
+        int,
+        typer.Option("--min-rows", min=1, help="Refuse to train on fewer (joined) rows than this"),
+    ] = 1,
+    validation_fraction: Annotated[
+        float,
+        typer.Option(
+            "--validation-fraction",
+            min=0.0,
+            max=0.5,
+            help="Rows held out inside the enclave for validation (by seed; per class for "
+            "classification)",
+        ),
+    ] = 0.0,
+    early_stopping_rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--early-stopping-rounds",
+            min=1,
+            help="Stop when the validation metric has not improved for this many rounds",
+        ),
+    ] = None,
+    metrics_every: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-every", min=1, help="Released metrics every N rounds (default: at the end)"
+        ),
+    ] = None,
     recipient: Annotated[
         list[str] | None, typer.Option(help="Party to receive the results (default: all owners)")
     ] = None,
     output: Annotated[
-        list[str] | None, typer.Option(help="Released output: model, metrics")
+        list[str] | None,
+        typer.Option(
+            help="Released output (repeat): model, metrics, importance, predictions "
+            "(each owner its own rows'); default: model"
+        ),
     ] = None,
+    model_format: Annotated[
+        str, typer.Option("--model-format", help="Released model format: json or ubj")
+    ] = "json",
     job_id: Annotated[str | None, typer.Option(help="Job id (default: random)")] = None,
     max_seconds: Annotated[
         int | None,
@@ -37,11 +100,24 @@ def propose(
     policy: PolicyOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Propose a horizontal XGBoost job over data sets; every owner must approve it.
+    """Propose an XGBoost job over data sets; every owner must approve it.
 
-    Without --recipient the results go to exactly the data owners, and the
-    proposal fails if an owner's registration is missing.
+    The terms are checked against the data sets' signed manifests first (the
+    objective against their labels, the label's place, --min-rows against
+    their rows): nothing is proposed that the enclave would refuse. Without
+    --recipient the results go to exactly the data owners, and the proposal
+    fails if an owner's registration is missing.
     """
+    from protocols.documents.terms import JOINS, MODEL_FORMATS, OUTPUTS
+    from protocols.objectives import OBJECTIVES
+
+    _choice("--join", join, JOINS)
+    _choice("--objective", objective, OBJECTIVES)
+    _choice("--model-format", model_format, MODEL_FORMATS)
+    outputs = output or ["model"]
+    for item in outputs:
+        _choice("--output", item, OUTPUTS)
+    every, each = _id_columns(id_column or [], dataset)
     params = _params(param or [])
     home = party.PartyHome.default()
     terms = party.propose(
@@ -49,20 +125,35 @@ def propose(
         home.policy(policy),
         dataset,
         label,
-        id_column,
+        every,
         rounds,
         params,
         seed,
         recipient,
-        output or ["model"],
+        outputs,
         job_id,
         max_seconds=max_seconds,
+        join=join,
+        id_columns=each,
+        objective=objective,
+        min_rows=min_rows,
+        validation_fraction=validation_fraction,
+        early_stopping_rounds=early_stopping_rounds,
+        metrics_every=metrics_every,
+        model_format=model_format,
     )
     if json_out:
         emit_json({"job_id": terms.job_id})
     else:
         out.print(
             f"proposed {terms.job_id}; next: each owner runs `detente party approve {terms.job_id}`"
+        )
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise typer.BadParameter(
+            f"{value!r} is not one of {', '.join(choices)}", param_hint=f"'{option}'"
         )
 
 
@@ -78,6 +169,34 @@ def _params(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             params[key] = value
     return params
+
+
+def _id_columns(items: list[str], datasets: list[str]) -> tuple[str | None, dict[str, str]]:
+    """--id COL (every data set) and --id DATASET=COL (one): the terms' id_column and
+    id_columns."""
+    every: str | None = None
+    each: dict[str, str] = {}
+    for item in items:
+        dataset_id, sep, column = item.partition("=")
+        if not sep:
+            if every is not None:
+                raise typer.BadParameter(
+                    f"{every!r} and {item!r} both name the id column of every data set; name "
+                    "one data set's with DATASET=COL",
+                    param_hint="'--id'",
+                )
+            every = item
+            continue
+        if dataset_id not in datasets or not column:
+            raise typer.BadParameter(
+                f"{item!r} must be DATASET=COL with DATASET one of --dataset "
+                f"({', '.join(datasets)})",
+                param_hint="'--id'",
+            )
+        if dataset_id in each:
+            raise typer.BadParameter(f"data set {dataset_id!r} is named twice", param_hint="'--id'")
+        each[dataset_id] = column
+    return every, each
 
 
 def approve(
@@ -127,6 +246,34 @@ def approve(
         )
 
 
+def _training(terms: JobTerms) -> str:
+    """The join, the objective and the rounds, as the review states them."""
+    how = (
+        "vertical join (the columns of all data sets, on the rows whose ids all of them hold)"
+        if terms.join == "vertical"
+        else "horizontal join (the rows of all data sets)"
+    )
+    return (
+        f"{how}, objective {terms.objective}, label {terms.label!r}, {terms.num_rounds} rounds, "
+        f"seed {terms.seed}"
+    )
+
+
+def _checks(terms: JobTerms) -> str:
+    """Validation, early stopping, the metrics stride and the minimum rows."""
+    parts = []
+    if terms.validation_fraction > 0:
+        parts.append(f"{terms.validation_fraction:.0%} of the rows held out for validation")
+    else:
+        parts.append("no validation rows")
+    if terms.early_stopping_rounds:
+        parts.append(f"early stopping after {terms.early_stopping_rounds} rounds without gain")
+    every = f"every {terms.metrics_every} rounds" if terms.metrics_every else "at the end"
+    parts.append(f"metrics {every}")
+    parts.append(f"refuses fewer than {terms.min_rows} rows")
+    return "; ".join(parts)
+
+
 def _print_review(reviewed: party.Review) -> None:
     """What approving means, as the party reads it before it signs."""
     terms = reviewed.job.terms
@@ -134,11 +281,8 @@ def _print_review(reviewed: party.Review) -> None:
     p(f"[bold]job {terms.job_id}[/] ({reviewed.job.state})")
     p(f"  terms digest: {reviewed.job.terms_digest}", highlight=False)
     p(f"  proposer: {terms.proposer[:16]}…", highlight=False)
-    p(
-        f"  trains: {terms.join} join, {terms.objective}, label {terms.label!r}, "
-        f"{terms.num_rounds} rounds, seed {terms.seed}",
-        highlight=False,
-    )
+    p(f"  trains: {_training(terms)}", highlight=False, markup=False)
+    p(f"  checks: {_checks(terms)}", highlight=False, markup=False)
     p(f"  parameters: {json.dumps(terms.params, sort_keys=True)}", highlight=False, markup=False)
     expires = datetime.fromtimestamp(terms.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     limit = f", at most {terms.max_seconds} s" if terms.max_seconds else ""
@@ -149,7 +293,13 @@ def _print_review(reviewed: party.Review) -> None:
     p("  data sets:")
     for d in reviewed.datasets:
         who = "you" if d.yours else (d.owner_name or "unregistered owner")
-        p(f"    {d.dataset_id}: {d.rows} rows, owner {who} ({d.owner_key[:16]}…)", highlight=False)
+        ids = terms.id_column_of(d.dataset_id)
+        keyed = f", ids in {ids!r}" if ids else ""
+        p(
+            f"    {d.dataset_id}: {d.rows} rows{keyed}, owner {who} ({d.owner_key[:16]}…)",
+            highlight=False,
+            markup=False,
+        )
     to = "the data owners" if terms.release_to == "owners" else "the named recipients"
     p(f"  releases {', '.join(terms.outputs) or 'nothing'} to {to}:")
     for r in reviewed.recipients:
@@ -159,6 +309,11 @@ def _print_review(reviewed: party.Review) -> None:
             f"    {r.name} ({role}), fingerprint {show_fingerprint(r.fingerprint)} — {pin}",
             highlight=False,
         )
+    for output, names in reviewed.releases().items():
+        what = f"model ({terms.model_format})" if output == "model" else output
+        if output.startswith("predictions."):
+            what += " (its owner's rows)"
+        p(f"    {what} → {', '.join(names) or 'nobody'}", highlight=False, markup=False)
     for warning in reviewed.warnings:
         p(f"  [bold yellow]warning:[/] {warning}", highlight=False)
     for refusal in reviewed.refusals:
