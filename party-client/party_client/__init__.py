@@ -1,10 +1,12 @@
 """The party's library: what a data owner does, each step verifying what the coordinator sends.
 
 Register and pin (:mod:`~party_client.identity`), attest the enclave
-(:mod:`~party_client.enclave`), seal and upload data sets
-(:mod:`~party_client.datasets`), propose jobs (:mod:`~party_client.proposal`),
-review and approve them (:mod:`~party_client.consent`), follow them
-(:mod:`~party_client.job_control`) and collect their outputs
+(:mod:`~party_client.enclave`), read tables in record batches
+(:mod:`~party_client.tables`), seal and upload data sets through a private
+spool file (:mod:`~party_client.datasets`, :mod:`~party_client.spool`),
+propose jobs (:mod:`~party_client.proposal`), review and approve them
+(:mod:`~party_client.consent`), follow them (:mod:`~party_client.job_control`)
+and collect their outputs
 (:mod:`~party_client.outputs`). Every function returns dataclasses; protobuf
 stays in :mod:`~party_client.remote`, the gRPC edge.
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
         review,
         sign_approval,
     )
-    from party_client.datasets import Uploaded, list_datasets, upload
+    from party_client.datasets import Uploaded, UploadProgress, list_datasets, upload
     from party_client.enclave import attest, enclave_summary
     from party_client.home import PartyHome
     from party_client.identity import KnownParty, init, parties, pin, register
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from party_client.outputs import results
     from party_client.proposal import DEFAULT_PARAMS, propose
     from party_client.remote import CoordinatorError
+    from party_client.tables import load_schema
 
 _MODULE_OF = {
     "DEFAULT_PARAMS": "proposal",
@@ -44,6 +47,7 @@ _MODULE_OF = {
     "PartyHome": "home",
     "RecipientView": "consent",
     "Review": "consent",
+    "UploadProgress": "datasets",
     "Uploaded": "datasets",
     "approve": "consent",
     "attest": "enclave",
@@ -53,6 +57,7 @@ _MODULE_OF = {
     "init": "identity",
     "jobs": "job_control",
     "list_datasets": "datasets",
+    "load_schema": "tables",
     "parties": "identity",
     "pin": "identity",
     "propose": "proposal",
@@ -74,6 +79,7 @@ __all__ = [
     "PartyHome",
     "RecipientView",
     "Review",
+    "UploadProgress",
     "Uploaded",
     "approve",
     "attest",
@@ -83,6 +89,7 @@ __all__ = [
     "init",
     "jobs",
     "list_datasets",
+    "load_schema",
     "parties",
     "pin",
     "propose",

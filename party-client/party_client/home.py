@@ -12,17 +12,23 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from party_client.pins import KnownParties
-from protocols import canonical, tls
-from protocols.attestation import Evidence, VerifiedEnclave, verify_evidence
+from protocols import canonical
 from protocols.durable import write_atomic
 from protocols.errors import PolicyError, SetupError
 from protocols.keys import HpkePrivateKey, Kem, SigningKey, VerifyKey, write_secret_file
-from protocols.policy import AttestationPolicy
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from protocols.attestation import Evidence, VerifiedEnclave
+    from protocols.policy import AttestationPolicy
+
+# protocols.tls (gRPC, X.509), protocols.attestation and protocols.policy (quotes and their
+# collateral) are imported by the methods that use them: a command that only follows a job
+# does not pay for quote verification.
 
 
 def home_dir() -> Path:
@@ -69,6 +75,8 @@ class PartyHome:
             raise SetupError(
                 f"cannot read the coordinator certificate {source}: {exc.strerror}"
             ) from None
+        from protocols import tls
+
         cert = tls.load_certificate(data, f"coordinator certificate {source}")
         write_atomic(self.coordinator_cert_path, tls.certificate_pem(cert))
         return cert
@@ -81,6 +89,8 @@ class PartyHome:
                 f"no pinned coordinator certificate in {self.root}: run `detente party init "
                 "--coordinator-cert FILE` with the certificate `detente coordinator serve` printed"
             )
+        from protocols import tls
+
         return tls.load_certificate(path.read_bytes(), str(path))
 
     # -- identity -------------------------------------------------------------
@@ -147,6 +157,8 @@ class PartyHome:
     # -- attestation ----------------------------------------------------------
 
     def policy(self, override: Path | None = None) -> AttestationPolicy:
+        from protocols.policy import AttestationPolicy
+
         path = override or self.policy_path
         if not path.exists():
             raise SetupError(
@@ -182,6 +194,8 @@ class PartyHome:
                 f"max_evidence_age_seconds = {policy.max_evidence_age_seconds}: run "
                 "`detente party attest` again"
             )
+        from protocols.attestation import Evidence, verify_evidence
+
         evidence = Evidence(
             canonical.unb64(doc["identity"], "identity"),
             canonical.unb64(doc["quote"], "quote"),

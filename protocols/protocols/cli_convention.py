@@ -203,12 +203,15 @@ class DetenteGroup(TyperGroup):
         _standalone(super().main, args, prog_name, extra)
 
 
-def command_group(help: str, name: str | None = None) -> typer.Typer:
-    """A Typer app for one `detente` command group, with the shared settings and handler."""
+def command_group(
+    help: str, name: str | None = None, cls: type[DetenteGroup] = DetenteGroup
+) -> typer.Typer:
+    """A Typer app for one `detente` command group, with the shared settings and handler
+    (``cls``: :class:`DetenteGroup` or a subclass of it)."""
     return typer.Typer(
         name=name,
         help=help,
-        cls=DetenteGroup,
+        cls=cls,
         # Tracebacks must never print local variables: they may hold rows or keys.
         pretty_exceptions_show_locals=False,
         no_args_is_help=True,
