@@ -9,6 +9,7 @@ __all__ = [
     "bench_efs",
     "bench_hpke",
     "bench_libos",
+    "bench_party_upload",
     "bench_ratls",
     "bench_scale",
     "bench_training",

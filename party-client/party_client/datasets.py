@@ -150,6 +150,7 @@ def seal_batches(
             marks.append((sink.plaintext_size, scan.rows))
             if progress is not None:
                 progress(UploadProgress(SEALING, scan.rows, sink.size))
+    tables.release_memory()  # sending needs none of it
     return marks
 
 
