@@ -256,37 +256,69 @@ def test_objectives_validation_and_outputs_are_chosen_at_propose(
         assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
+def _results(home: Path, job_id: str, out: Path) -> dict[str, str]:
+    args = ["party", "results", job_id, "--out", str(out), "--wait", "300", "--json"]
+    return dict(json.loads(detente(args, home).stdout))
+
+
 def test_results_are_written_to_files_named_by_kind_readable_by_the_owner_only(
     running: Running, tmp_path: Path
 ) -> None:
-    rows = credit_rows(6000, 400)
+    """A horizontal job on a categorical column releasing every output: each file named by
+    its kind, each owner its own predictions only, every file of mode 0600."""
+    rows = with_region(credit_rows(6000, 400))
     alice, a_ds = _contribute(
         running, "r-alice", rows.slice(0, 200), tmp_path, "--label", LABEL, "--id", "ID"
     )
     bob, b_ds = _contribute(
         running, "r-bob", rows.slice(200, 200), tmp_path, "--label", LABEL, "--id", "ID"
     )
+    outputs = [
+        a for o in ("model", "metrics", "importance", "predictions") for a in ("--output", o)
+    ]
     job_id = propose(
-        alice,
-        [a_ds, b_ds],
-        "--id",
-        "ID",
-        "--rounds",
-        "3",
-        "--output",
-        "model",
-        "--output",
-        "metrics",
+        alice, [a_ds, b_ds], "--id", "ID", "--rounds", "3", *outputs, "--model-format", "ubj"
     )
     for home in (alice, bob):
         detente(["party", "approve", job_id, "--yes"], home)
     out = tmp_path / "alice-results"
-    written = json.loads(
-        detente(
-            ["party", "results", job_id, "--out", str(out), "--wait", "300", "--json"], alice
-        ).stdout
-    )
-    assert written == {"model": str(out / "model.json"), "metrics": str(out / "metrics.json")}
+    written = _results(alice, job_id, out)
+    assert written == {
+        "model": str(out / "model.ubj"),
+        "metrics": str(out / "metrics.json"),
+        "importance": str(out / "importance.json"),
+        f"predictions.{a_ds}": str(out / f"predictions.{a_ds}.csv"),
+    }
     for path in written.values():
         assert stat.S_IMODE(Path(path).stat().st_mode) == 0o600
-    json.loads(Path(written["model"]).read_text())  # an XGBoost JSON model
+    assert json.loads(Path(written["metrics"]).read_text())["objective"] == "binary:logistic"
+    gains = json.loads(Path(written["importance"]).read_text())
+    assert gains and all(isinstance(v, float) for v in gains.values())
+    assert Path(written[f"predictions.{a_ds}"]).read_text().count("\n") == 201  # header + rows
+    theirs = _results(bob, job_id, tmp_path / "bob-results")
+    assert sorted(theirs) == sorted(["model", "metrics", "importance", f"predictions.{b_ds}"])
+
+
+def test_a_vertical_job_on_a_label_one_party_holds_runs_through_the_cli(
+    running: Running, tmp_path: Path
+) -> None:
+    rows = credit_rows(7000, 300)
+    history = rows.select(["ID", "PAY_0", "PAY_2", "PAY_3", LABEL])
+    bills = with_region(rows.select(["ID", "BILL_AMT1", "PAY_AMT1"])).rename_columns(
+        ["CUST", "B1", "P1", "REGION"]
+    )
+    alice, a_ds = _contribute(
+        running, "vj-alice", history, tmp_path, "--label", LABEL, "--id", "ID"
+    )
+    bob, b_ds = _contribute(running, "vj-bob", bills, tmp_path, "--id", "CUST")
+    job_id = propose(
+        alice,
+        [a_ds, b_ds],
+        *["--join", "vertical", "--id", f"{a_ds}=ID", "--id", f"{b_ds}=CUST"],
+        *["--rounds", "3", "--output", "model", "--output", "metrics"],
+    )
+    for home in (alice, bob):
+        detente(["party", "approve", job_id, "--yes"], home)
+    for home, name in ((alice, "a"), (bob, "b")):
+        written = _results(home, job_id, tmp_path / f"vj-{name}")
+        assert sorted(Path(p).name for p in written.values()) == ["metrics.json", "model.json"]
