@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Iterator, MutableMapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -122,6 +123,13 @@ def root() -> None:
     pass
 
 
+class Join(StrEnum):
+    """The demo's two ways of sharing the data among the parties."""
+
+    horizontal = "horizontal"
+    vertical = "vertical"
+
+
 @app.command("demo")
 def demo(
     data: Annotated[
@@ -130,7 +138,10 @@ def demo(
             exists=True, dir_okay=False, help="CSV file (default: the bundled UCI credit data)"
         ),
     ] = None,
-    label: Annotated[str | None, typer.Option(help="Label column (0/1)")] = None,
+    label: Annotated[
+        str | None,
+        typer.Option(help="Label column: 0/1 (binary), class numbers or amounts (regression)"),
+    ] = None,
     id_column: Annotated[
         str | None, typer.Option("--id", help="Identifier column, not a feature")
     ] = None,
@@ -140,11 +151,18 @@ def demo(
     parties: Annotated[int, typer.Option(min=2, max=16, help="Number of parties")] = 3,
     workdir: Annotated[Path | None, typer.Option(help="Keep every role's files here")] = None,
     rounds: Annotated[int, typer.Option(min=1, help="Boosting rounds")] = 200,
+    join: Annotated[
+        Join,
+        typer.Option(
+            help="horizontal: the parties hold different rows; vertical: different columns "
+            "about the same customers, matched by --id, the label with one party",
+        ),
+    ] = Join.horizontal,
 ) -> None:
     """Run the whole three-party flow with real processes (SIMULATION enclave)."""
     from detente import demo as run_demo  # numpy, pyarrow and xgboost load only for the demo
 
-    code = run_demo.main(data, label, id_column, split_by, parties, workdir, rounds)
+    code = run_demo.main(data, label, id_column, split_by, parties, workdir, rounds, join.value)
     raise typer.Exit(code)
 
 

@@ -1,12 +1,19 @@
 """The three-party demo: every role a real process, every party step the real CLI.
 
-Steps: split a CSV into N parties (by a column's values, or in contiguous
-blocks), hold out a stratified 20 % test set, start a coordinator and a
-SIMULATION enclave worker (detente.cluster), then for each party `init`,
-`attest`, `upload`; one party proposes, all approve, all fetch and decrypt the
-model. Finally the demo compares the enclave's model with XGBoost trained in
-plaintext on the same joined rows with the same parameters: predictions must
-be identical.
+Steps: hold out a 20 % test set (stratified for classification), share the rest
+among N parties — by rows (``--join horizontal``: by a column's values or in
+blocks) or by columns (``--join vertical``: the parties hold different columns
+about the same customers, keyed by the id column, the label with one of them)
+—, start a coordinator and a SIMULATION enclave worker (detente.cluster), then
+for each party `init`, `attest`, `upload`; one party proposes, all approve,
+all fetch and decrypt the model. Finally the demo compares the enclave's model
+with XGBoost trained in plaintext on the same joined rows (built by the same
+rules, protocols.training) with the same parameters: predictions must be
+identical.
+
+The objective follows the label: 0/1 labels train ``binary:logistic`` (scored
+by AUC), class numbers ``multi:softprob`` (accuracy), other numbers
+``reg:squarederror`` (RMSE). Text columns are categorical features.
 
 Without ``--data`` the demo uses the UCI credit data shipped with this package
 (``detente/data/``; its README gives provenance and licence).
@@ -20,14 +27,15 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from detente.cluster import cluster, start_roles
+from detente.cluster import Cluster, Roles, cluster, start_roles
 from detente.evaluation import roc_auc, stratified_split
 from protocols.cli_convention import warn_simulation
 from protocols.errors import DetenteError
@@ -36,10 +44,12 @@ __all__ = [
     "DEFAULT_ID",
     "DEFAULT_LABEL",
     "DEFAULT_SPLIT",
+    "VERTICAL_GROUPS",
     "DemoError",
     "default_data",
     "features",
     "main",
+    "split_columns",
     "split_parties",
 ]
 
@@ -47,6 +57,19 @@ DEFAULT_DATA_FILE = "UCI_Credit_Card.csv"
 DEFAULT_LABEL = "default.payment.next.month"
 DEFAULT_ID = "ID"
 DEFAULT_SPLIT = "EDUCATION"
+# The bundled credit data by columns: what three lenders could each hold about
+# the same customers (the label stays with the last, which granted the credit).
+VERTICAL_GROUPS: list[tuple[str, list[str]]] = [
+    ("repayment history", ["PAY_0", "PAY_2", "PAY_3", "PAY_4", "PAY_5", "PAY_6"]),
+    (
+        "bills and payments",
+        [f"BILL_AMT{i}" for i in range(1, 7)] + [f"PAY_AMT{i}" for i in range(1, 7)],
+    ),
+    ("demographics and limit", ["LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE"]),
+]
+# In a vertical demo each party lacks a few of the customers, so the join is a
+# real intersection (seeded: the same rows every run).
+VERTICAL_DROP_FRACTION = 0.02
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 JOB_TIMEOUT = 900.0
@@ -64,9 +87,48 @@ def default_data() -> Iterator[Path]:
         yield path
 
 
+@dataclass
+class Party:
+    """One party of the demo: its rows (and columns), and whether it holds the label."""
+
+    name: str
+    table: Any  # pyarrow.Table
+    has_label: bool
+    about: str  # how the printout describes what it holds
+
+    @property
+    def dataset_id(self) -> str:
+        return f"{self.name}-data"
+
+
+@dataclass
+class Task:
+    """What the label asks for: the objective, its parameters and the score printed."""
+
+    objective: str
+    params: dict[str, Any]
+    score_name: str
+    score: Callable[[Any, Any], float]
+    classification: bool
+
+
+@dataclass
+class Run:
+    """What the cluster run returns to the report."""
+
+    models: dict[str, bytes] = field(default_factory=dict)
+    terms: Any = None
+    status: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- sharing the data
+
+
 def split_parties(table: Any, parties: int, split_by: str | None) -> list[tuple[str, Any]]:
     """Rows → N parties: by the values of ``split_by`` (largest groups first), or in blocks."""
     import numpy as np
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     if split_by is None:
@@ -85,15 +147,101 @@ def split_parties(table: Any, parties: int, split_by: str | None) -> list[tuple[
         )
     groups = [[c["values"]] for c in counts[: parties - 1]]
     groups.append([c["values"] for c in counts[parties - 1 :]])
+    return [
+        (f"party{i + 1}", table.filter(pc.is_in(table.column(split_by), value_set=pa.array(v))))
+        for i, v in enumerate(groups)
+    ]
+
+
+def split_columns(
+    columns: list[str], parties: int, groups: list[tuple[str, list[str]]] | None = None
+) -> list[tuple[str, list[str]]]:
+    """Feature columns → N parties: the given ``groups``, or dealt out in turn."""
+    if (
+        groups is not None
+        and len(groups) == parties
+        and all(c in columns for _, names in groups for c in names)
+    ):
+        return groups
+    if len(columns) < parties:
+        raise DemoError(
+            f"the data has {len(columns)} feature columns, fewer than {parties} parties"
+        )
+    dealt: list[list[str]] = [[] for _ in range(parties)]
+    for i, name in enumerate(columns):
+        dealt[i % parties].append(name)
+    return [(f"{len(names)} columns", names) for names in dealt]
+
+
+def _vertical_parties(
+    train: Any, label: str, id_column: str, parties: int, default: bool
+) -> list[Party]:
+    import numpy as np
+
+    feature_names = [c for c in train.column_names if c not in (label, id_column)]
+    groups = split_columns(feature_names, parties, VERTICAL_GROUPS if default else None)
     out = []
-    for i, values in enumerate(groups):
-        mask = pc.is_in(table.column(split_by), value_set=__import__("pyarrow").array(values))
-        out.append((f"party{i + 1}", table.filter(mask)))
+    for i, (about, names) in enumerate(groups):
+        holder = i == len(groups) - 1
+        keep = np.random.RandomState(SPLIT_SEED + i).random_sample(train.num_rows)
+        rows = train.filter(keep >= VERTICAL_DROP_FRACTION)
+        table = rows.select([id_column, *names, *([label] if holder else [])])
+        out.append(Party(f"party{i + 1}", table, holder, f"{about}, {len(names)} columns"))
     return out
 
 
+def _horizontal_parties(train: Any, parties: int, split_by: str | None) -> list[Party]:
+    return [
+        Party(name, part, True, f"{part.num_rows} rows")
+        for name, part in split_parties(train, parties, split_by)
+    ]
+
+
+# --------------------------------------------------------------------------- the task
+
+
+def _task(y: Any) -> Task:
+    """Objective and score for labels ``y`` (protocols.objectives decides their kind)."""
+    import numpy as np
+
+    from protocols.objectives import BINARY, CLASSES, summarize_labels
+
+    summary = summarize_labels("label", y, "the demo's data")
+    if summary.kind == BINARY:
+        return Task("binary:logistic", {"eval_metric": "auc"}, "AUC", roc_auc, True)
+    if summary.kind == CLASSES:
+        classes = int(summary.classes or 2)
+
+        def accuracy(truth: Any, scores: Any) -> float:
+            return float(np.mean(np.argmax(scores, axis=1) == truth))
+
+        params = {"num_class": classes, "eval_metric": "mlogloss"}
+        return Task("multi:softprob", params, "accuracy", accuracy, True)
+
+    def rmse(truth: Any, predictions: Any) -> float:
+        return float(np.sqrt(np.mean((predictions - truth) ** 2)))
+
+    return Task("reg:squarederror", {"eval_metric": "rmse"}, "RMSE", rmse, False)
+
+
+def _hold_out(table: Any, label: str, classification: bool) -> tuple[Any, Any]:
+    import numpy as np
+
+    y = table.column(label).to_numpy(zero_copy_only=False)
+    if classification:
+        try:
+            train_idx, test_idx = stratified_split(y, TEST_FRACTION, SPLIT_SEED)
+        except ValueError as exc:
+            raise DemoError(f"cannot hold out a stratified test set by {label!r}: {exc}") from None
+    else:
+        order = np.random.RandomState(SPLIT_SEED).permutation(table.num_rows)
+        cut = int(np.ceil(TEST_FRACTION * table.num_rows))
+        test_idx, train_idx = order[:cut], order[cut:]
+    return table.take(np.sort(train_idx)), table.take(np.sort(test_idx))
+
+
 def features(table: Any, label: str, id_column: str | None) -> tuple[Any, Any, list[str]]:
-    """Plaintext feature rule: every column but label and id, in order, as float32."""
+    """Plaintext feature rule for numeric tables: every column but label and id, as float32."""
     import numpy as np
 
     names = [n for n in table.column_names if n not in (label, id_column)]
@@ -104,6 +252,9 @@ def features(table: Any, label: str, id_column: str | None) -> tuple[Any, Any, l
     return x, y, names
 
 
+# --------------------------------------------------------------------------- main
+
+
 def main(
     data: Path | None,
     label: str | None,
@@ -112,16 +263,36 @@ def main(
     parties: int,
     workdir: Path | None,
     rounds: int,
+    join: str = "horizontal",
 ) -> int:
     """Run the demo (`detente demo`); the exit code: 0 when the models are identical."""
     if data is None:
         with default_data() as bundled:
             label = label or DEFAULT_LABEL
             id_column = id_column or DEFAULT_ID
-            split_by = split_by or DEFAULT_SPLIT
-            return main(bundled, label, id_column, split_by, parties, workdir, rounds)
+            if join == "horizontal":
+                split_by = split_by or DEFAULT_SPLIT
+            return _main(bundled, label, id_column, split_by, parties, workdir, rounds, join, True)
+    return _main(data, label, id_column, split_by, parties, workdir, rounds, join, False)
+
+
+def _main(
+    data: Path,
+    label: str | None,
+    id_column: str | None,
+    split_by: str | None,
+    parties: int,
+    workdir: Path | None,
+    rounds: int,
+    join: str,
+    default: bool,
+) -> int:
     if label is None:
         raise typer.BadParameter("required with --data", param_hint="'--label'")
+    if join == "vertical" and id_column is None:
+        raise typer.BadParameter(
+            "a vertical join matches rows by an id column: name it", param_hint="'--id'"
+        )
     keep = workdir is not None
     root = workdir or Path(tempfile.mkdtemp(prefix="detente-demo-"))
     if root.exists() and any(root.iterdir()):
@@ -130,7 +301,7 @@ def main(
         )
     root.mkdir(parents=True, exist_ok=True)
     try:  # a DemoError or ClusterError reaches the CLI's handler (protocols.cli_convention)
-        return _run(data, label, id_column, split_by, parties, root, rounds)
+        return _run(data, label, id_column, split_by, parties, root, rounds, join, default)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -144,151 +315,208 @@ def _run(
     parties: int,
     root: Path,
     rounds: int,
+    join: str,
+    default: bool,
 ) -> int:
-    import numpy as np
     import pyarrow.csv as pacsv
-    import xgboost as xgb
-
-    from party_client import fetch_job
-    from party_client.home import PartyHome
 
     started = time.perf_counter()
     table = pacsv.read_csv(data)
     for column in (label, id_column):
         if column is not None and column not in table.column_names:
             raise DemoError(f"column {column!r} is not in {data}")
-    y_all = table.column(label).to_numpy(zero_copy_only=False)
-    try:
-        train_idx, test_idx = stratified_split(y_all, TEST_FRACTION, SPLIT_SEED)
-    except ValueError as exc:
-        raise DemoError(f"cannot hold out a stratified test set by {label!r}: {exc}") from None
-    train = table.take(np.sort(train_idx))
-    test = table.take(np.sort(test_idx))
-    split = split_parties(train, parties, split_by)
+    if table.column(label).null_count:
+        raise DemoError(f"label column {label!r} has missing values")
+    task = _task(table.column(label).to_numpy(zero_copy_only=False))
+    train, test = _hold_out(table, label, task.classification)
+    if join == "vertical":
+        assert id_column is not None
+        shared = _vertical_parties(train, label, id_column, parties, default)
+    else:
+        shared = _horizontal_parties(train, parties, split_by)
     warn_simulation()
+    run = _run_cluster(shared, root, label, id_column, rounds, join, task, started)
+    return _report(shared, test, label, id_column, join, task, run, started)
 
+
+def _run_cluster(
+    shared: list[Party],
+    root: Path,
+    label: str,
+    id_column: str | None,
+    rounds: int,
+    join: str,
+    task: Task,
+    started: float,
+) -> Run:
+    """Start the roles, and drive every party through the real CLI; return what they got."""
+    from party_client import fetch_job
+    from party_client.home import PartyHome
+
+    run = Run()
     with cluster(root) as c:
         roles = start_roles(c, root)
-
-        c.timings["start"] = time.perf_counter() - started
-
-        homes: dict[str, Path] = {}
-        dataset_ids = []
-        t_attest = t_upload = 0.0
-        for name, part in split:
-            home = root / f"party-{name}"
-            homes[name] = home
-            home.mkdir()
-            csv_path = home / f"{name}.csv"
-            pacsv.write_csv(part, csv_path)
-            roles.init_party(c, name, home)
-            t0 = time.perf_counter()
-            c.run(["party", "attest", "--explain"], home)
-            t1 = time.perf_counter()
-            args = [
-                "party",
-                "upload",
-                str(csv_path),
-                "--label",
-                label,
-                "--dataset-id",
-                f"{name}-data",
-                "--json",
-            ]
-            if id_column:
-                args += ["--id", id_column]
-            uploaded = json.loads(c.run(args, home))
-            t_attest += t1 - t0
-            t_upload += time.perf_counter() - t1
-            dataset_ids.append(uploaded["dataset_id"])
-            print(f"{name}: uploaded {uploaded['rows']} rows as {uploaded['dataset_id']}")
-        c.timings["attest"], c.timings["upload"] = t_attest, t_upload
-
+        run.timings["start"] = time.perf_counter() - started
+        homes = {p.name: _contribute(c, roles, root, p, label, id_column, run) for p in shared}
         first = next(iter(homes.values()))
-        args = [
-            "party",
-            "propose",
-            "--label",
-            label,
-            "--rounds",
-            str(rounds),
-            "--json",
-            "--output",
-            "model",
-            "--output",
-            "metrics",
-        ]
-        for dataset_id in dataset_ids:
-            args += ["--dataset", dataset_id]
-        if id_column:
-            args += ["--id", id_column]
-        job_id = json.loads(c.run(args, first))["job_id"]
+        job_id = _propose(c, first, shared, label, id_column, rounds, join, task)
         t0 = time.perf_counter()
         for home in homes.values():
             c.run(["party", "approve", job_id, "--yes"], home)
-        models = {}
         for name, home in homes.items():
             out = home / "results"
-            written = json.loads(
-                c.run(
-                    [
-                        "party",
-                        "results",
-                        job_id,
-                        "--out",
-                        str(out),
-                        "--wait",
-                        str(JOB_TIMEOUT),
-                        "--json",
-                    ],
-                    home,
-                )
-            )
-            models[name] = Path(written["model"]).read_bytes()
-        c.timings["job"] = time.perf_counter() - t0
-        status = json.loads(c.run(["party", "status", job_id, "--json"], first))
-        terms = _with_home(first, lambda: fetch_job(PartyHome.default(), job_id)).terms
+            args = ["party", "results", job_id, "--out", str(out), "--wait", str(JOB_TIMEOUT)]
+            written = json.loads(c.run([*args, "--json"], home))
+            run.models[name] = Path(written["model"]).read_bytes()
+        run.timings["job"] = time.perf_counter() - t0
+        run.status = json.loads(c.run(["party", "status", job_id, "--json"], first))
+        run.terms = _with_home(first, lambda: fetch_job(PartyHome.default(), job_id)).terms
+    return run
 
-    if len(set(models.values())) != 1:
-        raise DemoError("recipients decrypted different models")
-    params = terms.train_params()
-    x_test, y_test, names = features(test, label, id_column)
-    dtest = xgb.DMatrix(x_test, feature_names=names)
 
-    def fit(part: Any) -> Any:
-        x, y, names = features(part, label, id_column)
-        dtrain = xgb.DMatrix(x, label=y, feature_names=names)
-        return xgb.train(params, dtrain, num_boost_round=terms.num_rounds)
+def _contribute(
+    c: Cluster, roles: Roles, root: Path, party: Party, label: str, id_column: str | None, run: Run
+) -> Path:
+    """`init`, `attest` and `upload` as ``party``; returns its home."""
+    import pyarrow.csv as pacsv
 
-    print()
-    for name, part in split:
-        auc = roc_auc(y_test, fit(part).predict(dtest))
-        print(f"{name} alone ({part.num_rows} rows): AUC {auc:.4f}")
-    enclave_model = xgb.Booster()
-    enclave_model.load_model(bytearray(next(iter(models.values()))))
-    joint = enclave_model.predict(dtest)
-    print(
-        f"joint model from the enclave ({sum(p.num_rows for _, p in split)} rows): "
-        f"AUC {roc_auc(y_test, joint):.4f}"
+    home = root / f"party-{party.name}"
+    home.mkdir()
+    csv_path = home / f"{party.name}.csv"
+    pacsv.write_csv(party.table, csv_path)
+    roles.init_party(c, party.name, home)
+    t0 = time.perf_counter()
+    c.run(["party", "attest", "--explain"], home)
+    t1 = time.perf_counter()
+    args = ["party", "upload", str(csv_path), "--dataset-id", party.dataset_id, "--json"]
+    args += ["--label", label] if party.has_label else []
+    args += ["--id", id_column] if id_column else []
+    uploaded = json.loads(c.run(args, home))
+    run.timings["attest"] = run.timings.get("attest", 0.0) + t1 - t0
+    run.timings["upload"] = run.timings.get("upload", 0.0) + time.perf_counter() - t1
+    print(f"{party.name}: uploaded {uploaded['rows']} rows as {uploaded['dataset_id']}")
+    return home
+
+
+def _propose(
+    c: Cluster,
+    home: Path,
+    shared: list[Party],
+    label: str,
+    id_column: str | None,
+    rounds: int,
+    join: str,
+    task: Task,
+) -> str:
+    args = ["party", "propose", "--label", label, "--rounds", str(rounds), "--json"]
+    args += ["--join", join, "--objective", task.objective]
+    args += ["--output", "model", "--output", "metrics"]
+    for key, value in task.params.items():
+        args += ["--param", f"{key}={value}"]
+    for party in shared:
+        args += ["--dataset", party.dataset_id]
+    if id_column:
+        args += ["--id", id_column]
+    return str(json.loads(c.run(args, home))["job_id"])
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _plaintext(named: list[tuple[str, Any]], label: str, id_column: str | None, join: str) -> Any:
+    """The joined rows as the enclave joins them (protocols.training), in plaintext."""
+    from protocols import training
+
+    ids = {dataset_id: id_column for dataset_id, _ in named}
+    if join == "vertical":
+        return training.join_vertical(named, ids, label)
+    return training.join_horizontal(named, ids)
+
+
+def _fit_and_score(joined: Any, test: Any, label: str, terms: Any, task: Task) -> tuple[Any, float]:
+    """Train in plaintext on ``joined`` with the terms' parameters; predict and score ``test``."""
+    import xgboost as xgb
+
+    from protocols import training
+
+    x, y, names = training.training_table(joined, label)
+    categories = {
+        n: training.categories_of([joined], n)
+        for n in names
+        if training.is_categorical(joined.schema.field(n).type)
+    }
+    model = xgb.train(
+        terms.train_params(),
+        xgb.DMatrix(x, label=y, enable_categorical=True),
+        num_boost_round=terms.num_rounds,
     )
-    import pyarrow as pa
+    ready = xgb.DMatrix(training.prediction_table(test, categories, names), enable_categorical=True)
+    truth = test.column(label).to_numpy(zero_copy_only=False)
+    predictions = model.predict(ready)
+    return (predictions, ready), task.score(truth, predictions)
 
-    plain = fit(pa.concat_tables([p for _, p in split])).predict(dtest)
+
+def _report(
+    shared: list[Party],
+    test: Any,
+    label: str,
+    id_column: str | None,
+    join: str,
+    task: Task,
+    run: Run,
+    started: float,
+) -> int:
+    import numpy as np
+    import xgboost as xgb
+
+    if len(set(run.models.values())) != 1:
+        raise DemoError("recipients decrypted different models")
+    terms = run.terms
+    named = [(p.dataset_id, p.table) for p in shared]
+    joined = _plaintext(named, label, id_column, join)
+    print()
+    for party in shared:
+        alone = (
+            party.table if join == "horizontal" else _with_label(party, joined, label, id_column)
+        )
+        own = alone.drop_columns([id_column]) if id_column in alone.column_names else alone
+        _, score = _fit_and_score(own, test, label, terms, task)
+        print(f"{party.name} alone ({party.about}): {task.score_name} {score:.4f}")
+    (plain, ready), _ = _fit_and_score(joined, test, label, terms, task)
+    enclave_model = xgb.Booster()
+    enclave_model.load_model(bytearray(next(iter(run.models.values()))))
+    joint = enclave_model.predict(ready)
+    truth = test.column(label).to_numpy(zero_copy_only=False)
+    print(
+        f"joint model from the enclave ({joined.num_rows} rows): "
+        f"{task.score_name} {task.score(truth, joint):.4f}"
+    )
     identical = bool(np.array_equal(joint, plain))
     print(f"identical to plaintext: {'yes' if identical else 'no'}")
+    _print_timings(run, started)
+    return 0 if identical else 1
+
+
+def _with_label(party: Party, joined: Any, label: str, id_column: str | None) -> Any:
+    """A party's columns on the joined rows, with the label: what it could learn alone."""
+    names = [n for n in party.table.column_names if n not in (label, id_column)]
+    return joined.select([*names, label])
+
+
+def _print_timings(run: Run, started: float) -> None:
     timings = {
         e["text"].split()[0]: e["text"].split()[1]
-        for e in status["events"]
-        if e["kind"] == "timing"
+        for e in run.status.get("events", [])
+        if e["kind"] == "timing" and len(e["text"].split()) > 1
     }
+    t = run.timings
     print()
     print(
-        f"wall time {time.perf_counter() - started:.1f}s: start {c.timings['start']:.1f}s, "
-        f"attest {c.timings['attest']:.2f}s, upload {c.timings['upload']:.2f}s, "
-        f"approve+train+release+download {c.timings['job']:.1f}s "
+        f"wall time {time.perf_counter() - started:.1f}s: start {t['start']:.1f}s, "
+        f"attest {t['attest']:.2f}s, upload {t['upload']:.2f}s, "
+        f"approve+train+release+download {t['job']:.1f}s "
         f"(in the enclave: {', '.join(f'{k} {v}' for k, v in timings.items())})"
     )
-    return 0 if identical else 1
 
 
 def _with_home(home: Path, fn: Any) -> Any:
