@@ -481,7 +481,10 @@ def _report(
         )
         own = alone.drop_columns([id_column]) if id_column in alone.column_names else alone
         _, score = _fit_and_score(own, test, label, terms, task)
-        print(f"{party.name} alone ({party.about}): {task.score_name} {score:.4f}")
+        # Vertically, only one party holds the label: the others' figure is what their
+        # columns alone would reach if they had it.
+        who = f"{party.name} alone" if join == "horizontal" else f"{party.name}'s columns alone"
+        print(f"{who} ({party.about}): {task.score_name} {score:.4f}")
     (plain, ready), _ = _fit_and_score(joined, test, label, terms, task)
     enclave_model = xgb.Booster()
     enclave_model.load_model(bytearray(next(iter(run.models.values()))))

@@ -56,7 +56,16 @@ def _files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file()]
 
 
-def test_demo_trains_the_plaintext_model_and_leaks_no_canary(small_csv: Path, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("join", "split", "alone"),
+    [
+        ("horizontal", ["--split-by", "EDUCATION"], " alone ("),
+        ("vertical", [], "'s columns alone ("),
+    ],
+)
+def test_demo_trains_the_plaintext_model_and_leaks_no_canary(
+    small_csv: Path, tmp_path: Path, join: str, split: list[str], alone: str
+):
     data = tmp_path / "with-canaries.csv"
     id_canary, number = _plant_canaries(small_csv, data)
     workdir = tmp_path / "work"
@@ -72,8 +81,9 @@ def test_demo_trains_the_plaintext_model_and_leaks_no_canary(small_csv: Path, tm
             LABEL,
             "--id",
             "ID",
-            "--split-by",
-            "EDUCATION",
+            "--join",
+            join,
+            *split,
             "--parties",
             "3",
             "--rounds",
@@ -87,12 +97,18 @@ def test_demo_trains_the_plaintext_model_and_leaks_no_canary(small_csv: Path, tm
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "identical to plaintext: yes" in done.stdout
-    assert done.stdout.count("alone") == 3
+    assert done.stdout.count(alone) == 3
     assert "joint model from the enclave" in done.stdout
     assert "SIMULATION" in done.stdout + done.stderr
+    if join == "vertical":
+        # Each party drops some customers: the join keeps only those all three hold.
+        uploaded = [int(line.split()[2]) for line in done.stdout.splitlines() if "uploaded" in line]
+        joined = int(done.stdout.split("joint model from the enclave (")[1].split()[0])
+        assert len(uploaded) == 3 and joined < min(uploaded)
 
-    # The party really holds the canaries (so the search below can find them)...
-    party_files = b"".join(p.read_bytes() for p in _files(workdir / "party-party1"))
+    # The parties really hold the canaries (so the search below can find them)...
+    parties = [p for p in _files(workdir) if p.relative_to(workdir).parts[0].startswith("party-")]
+    party_files = b"".join(p.read_bytes() for p in parties)
     assert id_canary.encode() in party_files and str(number).encode() in party_files
 
     # ...and no other role has them, in any encoding.
