@@ -237,7 +237,6 @@ class Flow:
     job_id: str = ""
     start: float = 0.0  # wall clock (time.time), comparable with the coordinator's events
     uploads: list[dict[str, Any]] = field(default_factory=list)
-    approved: float = 0.0
     done: float = 0.0
     models: list[Path] = field(default_factory=list)
 
@@ -260,7 +259,7 @@ def library_flow(
         ]
         ids = [u["dataset_id"] for u in flow.uploads]
         flow.job_id = processes[0].call("propose", ids, rounds)["job_id"]
-        flow.approved = max(a["end"] for a in _all(processes, "approve", flow.job_id))
+        _all(processes, "approve", flow.job_id)
         left = deadline.left("the job")
         fetched = _all_results(processes, flow.job_id, out, left)
         flow.seconds = time.perf_counter() - started
@@ -382,8 +381,7 @@ def cli_flow(
         propose += ["--dataset", u["dataset_id"]]
     (proposed,) = run_all([(propose, homes[0])])
     flow.job_id = json.loads(proposed.stdout)["job_id"]
-    approvals = run_all([(["party", "approve", flow.job_id, "--yes"], home) for home in homes])
-    flow.approved = max(a.end for a in approvals)
+    run_all([(["party", "approve", flow.job_id, "--yes"], home) for home in homes])
     wait = str(int(deadline.left("the job")))
     results = [*("party", "results", flow.job_id, "--wait", wait, "--json")]
     fetched = run_all(
@@ -514,20 +512,31 @@ def job_peak_bytes(events: list[Any]) -> int:
 
 
 def stages(flow: Flow, events: list[Any]) -> dict[str, float]:
-    """Where the library flow's time went, in seconds (wall clock across processes)."""
+    """Where a flow's time went, in seconds, adding up to its total.
+
+    Wall clock across processes (the coordinator's events carry its time of
+    day): the parties' own steps, then the job as the coordinator saw it,
+    split by the enclave's ``timing`` events (each the seconds of one step of
+    the job process, in order). "enclave start" is from the job's start at
+    the coordinator to the job process's first step (connecting, the job
+    process starting); "enclave rest" what the steps do not account for.
+    """
     uploaded = max(u["end"] for u in flow.uploads)
+    approved = _at(events, "state", "approved")  # the last approval reached the coordinator
     running = _at(events, "state", "running")
     succeeded = _at(events, "state", "succeeded")
     timings = enclave_timings(events)
-    first_timing = min((e.at / 1000.0 for e in events if e.kind == "timing"), default=running)
+    first = next((e for e in events if e.kind == "timing"), None)
+    first_seconds = float(first.text.rpartition(" ")[2][:-1]) if first else 0.0
+    began = (first.at / 1000.0 - first_seconds) if first else running
     out = {
         "upload": uploaded - flow.start,
-        "propose+approve": flow.approved - uploaded,
-        "queue": max(0.0, running - flow.approved),
-        "enclave": succeeded - running,
-        "enclave start+intake (to its first timing event)": first_timing - running,
+        "propose+approve": approved - uploaded,
+        "queue": running - approved,
+        "enclave start": began - running,
     }
     out.update({f"enclave {name}": seconds for name, seconds in timings.items()})
+    out["enclave rest"] = succeeded - running - out["enclave start"] - sum(timings.values())
     out["download+decrypt"] = flow.done - succeeded
     return out
 
