@@ -156,7 +156,8 @@ def split_parties(table: Any, parties: int, split_by: str | None) -> list[tuple[
 def split_columns(
     columns: list[str], parties: int, groups: list[tuple[str, list[str]]] | None = None
 ) -> list[tuple[str, list[str]]]:
-    """Feature columns → N parties: the given ``groups``, or dealt out in turn."""
+    """Feature columns → N parties as (what they are about, names): the given ``groups``, or
+    dealt out in turn (about nothing in particular: "")."""
     if (
         groups is not None
         and len(groups) == parties
@@ -170,7 +171,7 @@ def split_columns(
     dealt: list[list[str]] = [[] for _ in range(parties)]
     for i, name in enumerate(columns):
         dealt[i % parties].append(name)
-    return [(f"{len(names)} columns", names) for names in dealt]
+    return [("", names) for names in dealt]
 
 
 def _vertical_parties(
@@ -186,7 +187,9 @@ def _vertical_parties(
         keep = np.random.RandomState(SPLIT_SEED + i).random_sample(train.num_rows)
         rows = train.filter(keep >= VERTICAL_DROP_FRACTION)
         table = rows.select([id_column, *names, *([label] if holder else [])])
-        out.append(Party(f"party{i + 1}", table, holder, f"{about}, {len(names)} columns"))
+        count = f"{len(names)} column{'' if len(names) == 1 else 's'}"
+        described = ", ".join(filter(None, [about, count]))
+        out.append(Party(f"party{i + 1}", table, holder, described))
     return out
 
 

@@ -22,7 +22,7 @@ def test_the_credit_groups_are_kept_when_the_data_has_their_columns() -> None:
 
 def test_other_columns_are_dealt_out_in_turn() -> None:
     dealt = split_columns(["a", "b", "c", "d", "e"], 2, VERTICAL_GROUPS)
-    assert dealt == [("3 columns", ["a", "c", "e"]), ("2 columns", ["b", "d"])]
+    assert dealt == [("", ["a", "c", "e"]), ("", ["b", "d"])]
 
 
 def test_fewer_columns_than_parties_is_refused() -> None:
@@ -48,6 +48,7 @@ def test_vertical_parties_share_ids_and_only_the_last_holds_the_label() -> None:
         ["ID", "c", "y"],
     ]
     assert [p.has_label for p in parties] == [False, False, True]
+    assert [p.about for p in parties] == ["1 column", "1 column", "1 column"]
     ids = [set(p.table.column("ID").to_pylist()) for p in parties]
     # Each party lacks a few customers (seeded), and not the same ones.
     assert all(0.9 * n < len(s) < n for s in ids)
