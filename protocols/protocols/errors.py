@@ -72,5 +72,13 @@ class WrongState(ConsentError):
     """The job is not in a state that allows this request yet."""
 
 
+class BudgetExhausted(ConsentError):
+    """A query of a sealed model asks for more rows than the querier's budget has left."""
+
+
+class ModelRetired(WrongState):
+    """The sealed model was retired by its owners: its file and key are destroyed."""
+
+
 class EnclaveUnavailable(DetenteError):
     """No enclave is configured, or the configured enclave could not be reached."""

@@ -46,6 +46,32 @@ def result_key_info(job_id: str, output: str, recipient: HpkePublicKey) -> bytes
     )
 
 
+def query_key_info(model_id: str, query_id: str, recipient: HpkePublicKey) -> bytes:
+    """``info`` for a query's rows key wrapped to the enclave."""
+    return (
+        _PREFIX
+        + b"query-key "
+        + model_id.encode()
+        + b" "
+        + query_id.encode()
+        + b" "
+        + recipient.raw
+    )
+
+
+def answer_key_info(model_id: str, query_id: str, recipient: HpkePublicKey) -> bytes:
+    """``info`` for a query's answer key wrapped to the querier."""
+    return (
+        _PREFIX
+        + b"answer-key "
+        + model_id.encode()
+        + b" "
+        + query_id.encode()
+        + b" "
+        + recipient.raw
+    )
+
+
 def wrapped_size(kem: Kem, key_size: int = 32) -> int:
     """Bytes of a wrapping of a ``key_size``-byte key: enc ‖ ciphertext ‖ tag."""
     return ENC_SIZE[kem] + key_size + TAG_SIZE

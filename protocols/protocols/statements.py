@@ -26,6 +26,9 @@ JOB_TERMS = TYPE_PREFIX + "job-terms.v1+json"
 APPROVAL = TYPE_PREFIX + "approval.v1+json"
 RESULT = TYPE_PREFIX + "result.v1+json"
 REGISTRATION = TYPE_PREFIX + "registration.v1+json"
+PREDICTION_QUERY = TYPE_PREFIX + "prediction-query.v1+json"
+PREDICTION_ANSWER = TYPE_PREFIX + "prediction-answer.v1+json"
+MODEL_RETIREMENT = TYPE_PREFIX + "model-retirement.v1+json"
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

@@ -20,6 +20,8 @@ KINDS = [kind for kind, _ in CATALOGUE]
 EXPECTED = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.BudgetExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.ModelRetired: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotAllowed: grpc.StatusCode.PERMISSION_DENIED,
     errors.NotRegistered: grpc.StatusCode.FAILED_PRECONDITION,
     errors.WrongState: grpc.StatusCode.FAILED_PRECONDITION,

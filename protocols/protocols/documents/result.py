@@ -52,9 +52,11 @@ class ResultStatement:
     mrenclave: str
     outputs: list[OutputRecord]
     summary: dict[str, Any]
+    # The id of the model the enclave keeps, when the terms seal it (docs/protocol.md §7).
+    sealed_model: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "version": VERSION,
             "job_id": self.job_id,
             "terms_digest": self.terms_digest,
@@ -62,6 +64,9 @@ class ResultStatement:
             "outputs": [o.to_dict() for o in self.outputs],
             "summary": self.summary,
         }
+        if self.sealed_model is not None:
+            doc["sealed_model"] = self.sealed_model
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> ResultStatement:
@@ -73,6 +78,11 @@ class ResultStatement:
             digest_field(doc, "mrenclave", what),
             [OutputRecord.from_dict(o) for o in get(doc, "outputs", list, what)],
             get(doc, "summary", dict, what),
+            sealed_model=(
+                None
+                if doc.get("sealed_model") is None
+                else check_id(get(doc, "sealed_model", str, what), "sealed model id")
+            ),
         )
 
     def sign(self, key: SigningKey) -> Envelope:

@@ -47,6 +47,54 @@ class Recipient:
         return party_fingerprint(self.signing_key, self.hpke_key)
 
 
+@dataclass(frozen=True)
+class Querier:
+    """A party the terms let query a sealed model, and how many rows it may score.
+
+    ``total`` rows over the model's life, and at most ``per_day`` rows per UTC
+    day by the enclave's clock (None: no daily limit). Answers are encrypted to
+    ``hpke_key``; queries must be signed by ``signing_key``.
+    """
+
+    name: str
+    signing_key: VerifyKey
+    hpke_key: HpkePublicKey
+    total: int
+    per_day: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "signing_key": self.signing_key.hex,
+            "hpke_key": self.hpke_key.hex,
+            "total_rows": self.total,
+            "rows_per_day": self.per_day,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Querier:
+        if not isinstance(doc, dict):
+            raise FormatError("job terms querier must be an object")
+        what = "job terms querier"
+        total = get(doc, "total_rows", int, what)
+        per_day = doc.get("rows_per_day")
+        if isinstance(total, bool) or total < 1:
+            raise FormatError("job terms querier total_rows must be a positive integer")
+        if per_day is not None and (
+            isinstance(per_day, bool) or not isinstance(per_day, int) or not 1 <= per_day <= total
+        ):
+            raise FormatError(
+                "job terms querier rows_per_day must be null or an integer from 1 to total_rows"
+            )
+        return cls(
+            get(doc, "name", str, what),
+            VerifyKey.from_hex(get(doc, "signing_key", str, what)),
+            HpkePublicKey.from_hex(get(doc, "hpke_key", str, what)),
+            total,
+            per_day,
+        )
+
+
 JOINS = ("horizontal", "vertical")
 # predictions: each data owner's predictions on its own rows (horizontal jobs only).
 OUTPUTS = ("model", "metrics", "importance", "predictions")
@@ -57,6 +105,17 @@ RELEASE_TO_OWNERS = "owners"
 RELEASE_TO_NAMED = "named"
 RELEASE_TO = (RELEASE_TO_OWNERS, RELEASE_TO_NAMED)
 MAX_ROUNDS = 100_000
+# What becomes of the model: encrypted to the recipients, or kept in the enclave
+# to be queried (docs/protocol.md §7).
+MODEL_RELEASE = "release"
+MODEL_SEALED = "sealed"
+MODEL_DISPOSITIONS = (MODEL_RELEASE, MODEL_SEALED)
+# What a query of a sealed model returns: the model's output (probabilities, or
+# values for regression), optionally rounded; or, for classification, the class.
+ANSWER_PROBABILITY = "probability"
+ANSWER_CLASS = "class"
+ANSWERS = (ANSWER_PROBABILITY, ANSWER_CLASS)
+MAX_ANSWER_DIGITS = 15
 
 
 @dataclass(frozen=True)
@@ -87,6 +146,19 @@ class JobTerms:
     early_stopping_rounds: int | None = None  # on the validation set
     metrics_every: int | None = None  # released metrics every N rounds (None: at the end)
     model_format: str = "json"
+    # Sealed models (absent from the document when the model is released).
+    model: str = MODEL_RELEASE
+    queriers: list[Querier] = field(default_factory=list)
+    answer: str = ANSWER_PROBABILITY
+    answer_digits: int | None = None  # round answers to this many decimals (None: exact)
+
+    @property
+    def sealed(self) -> bool:
+        return self.model == MODEL_SEALED
+
+    def querier(self, key: VerifyKey) -> Querier | None:
+        """The querier whose signing key is ``key``, or None."""
+        return next((q for q in self.queriers if q.signing_key == key), None)
 
     def id_column_of(self, dataset_id: str) -> str | None:
         """The id column of ``dataset_id``: its own if the terms name one, else ``id_column``."""
@@ -99,7 +171,7 @@ class JobTerms:
             if dataset_id in self.id_columns:
                 entry["id_column"] = self.id_columns[dataset_id]
             datasets.append(entry)
-        return {
+        doc = {
             "version": VERSION,
             "job_id": self.job_id,
             "datasets": datasets,
@@ -127,6 +199,15 @@ class JobTerms:
                 "model_format": self.model_format,
             },
         }
+        # Released-model terms keep the document (and digest) they had before sealing existed.
+        if self.sealed or self.queriers:
+            doc["model"] = {
+                "disposition": self.model,
+                "queriers": [q.to_dict() for q in self.queriers],
+                "answer": self.answer,
+                "digits": self.answer_digits,
+            }
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> JobTerms:
@@ -170,6 +251,7 @@ class JobTerms:
             max_seconds=_optional_positive(doc, "max_seconds"),
             id_columns=id_columns,
             **_parse_training(doc.get("training", {})),
+            **_parse_model(doc.get("model", {"disposition": MODEL_RELEASE})),
         )
         terms._check_consistent()
         return terms
@@ -188,6 +270,7 @@ class JobTerms:
                     "a vertical job releases no predictions: they would tell each party which "
                     "of its ids were joined"
                 )
+        self._check_model()
         if self.early_stopping_rounds is not None and self.validation_fraction <= 0:
             raise FormatError("early_stopping_rounds needs a validation_fraction above 0")
         if self.objective.startswith("multi:"):
@@ -196,6 +279,25 @@ class JobTerms:
                 raise FormatError(
                     f"{self.objective} needs the parameter num_class (an integer ≥ 2)"
                 )
+
+    def _check_model(self) -> None:
+        if not self.sealed:
+            if self.queriers:
+                raise FormatError("job terms name queriers but release the model: seal it")
+            return
+        if "model" in self.outputs:
+            raise FormatError(
+                "job terms seal the model and also release it: leave 'model' out of the outputs"
+            )
+        if not self.queriers:
+            raise FormatError("job terms seal the model but name no party that may query it")
+        keys = [q.signing_key for q in self.queriers]
+        if len(set(keys)) != len(keys) or len({q.name for q in self.queriers}) != len(keys):
+            raise FormatError("job terms name a querier (name or key) twice")
+        if self.answer == ANSWER_CLASS and not self.objective.startswith(("binary:", "multi:")):
+            raise FormatError(
+                f"answers of class only need a classification objective, not {self.objective}"
+            )
 
     def train_params(self) -> dict[str, Any]:
         """The parameters ``xgboost.train`` gets: the terms' params, with the terms' objective
@@ -288,6 +390,43 @@ def _parse_training(training: Any) -> dict[str, Any]:
         "early_stopping_rounds": _optional_positive(training, "early_stopping_rounds"),
         "metrics_every": _optional_positive(training, "metrics_every"),
         "model_format": model_format,
+    }
+
+
+def _parse_model(model: Any) -> dict[str, Any]:
+    """The ``model`` object (absent when the model is released)."""
+    what = "job terms model"
+    if not isinstance(model, dict):
+        raise FormatError("job terms model must be an object")
+    disposition = get(model, "disposition", str, what)
+    if disposition not in MODEL_DISPOSITIONS:
+        raise FormatError(
+            f"job terms model.disposition {disposition!r} is not one of "
+            f"{', '.join(MODEL_DISPOSITIONS)}"
+        )
+    if disposition == MODEL_RELEASE:
+        if set(model) - {"disposition"}:
+            raise FormatError("job terms that release the model give no other model fields")
+        return {"model": MODEL_RELEASE}
+    answer = get(model, "answer", str, what)
+    if answer not in ANSWERS:
+        raise FormatError(f"job terms model.answer {answer!r} is not one of {', '.join(ANSWERS)}")
+    digits = model.get("digits")
+    if digits is not None and (
+        isinstance(digits, bool)
+        or not isinstance(digits, int)
+        or not 0 <= digits <= MAX_ANSWER_DIGITS
+    ):
+        raise FormatError(
+            f"job terms model.digits must be null or an integer from 0 to {MAX_ANSWER_DIGITS}"
+        )
+    if digits is not None and answer == ANSWER_CLASS:
+        raise FormatError("job terms model.digits rounds probabilities; class answers take none")
+    return {
+        "model": MODEL_SEALED,
+        "queriers": [Querier.from_dict(q) for q in get(model, "queriers", list, what)],
+        "answer": answer,
+        "answer_digits": digits,
     }
 
 

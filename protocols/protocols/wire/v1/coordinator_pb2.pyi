@@ -197,3 +197,59 @@ class BytesChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[Model]
+    def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ...) -> None: ...
+
+class CoordinatorRetireModelRequest(_message.Message):
+    __slots__ = ("model_id", "retirement")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    RETIREMENT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    retirement: bytes
+    def __init__(self, model_id: _Optional[str] = ..., retirement: _Optional[bytes] = ...) -> None: ...
+
+class ModelQueries(_message.Message):
+    __slots__ = ("querier", "queries", "rows")
+    QUERIER_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    querier: str
+    queries: int
+    rows: int
+    def __init__(self, querier: _Optional[str] = ..., queries: _Optional[int] = ..., rows: _Optional[int] = ...) -> None: ...
+
+class Model(_message.Message):
+    __slots__ = ("model_id", "job_id", "state", "terms_digest", "owners", "retirements", "queries", "created_at", "retired_at")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TERMS_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
+    RETIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    job_id: str
+    state: str
+    terms_digest: str
+    owners: _containers.RepeatedScalarFieldContainer[str]
+    retirements: _containers.RepeatedScalarFieldContainer[bytes]
+    queries: _containers.RepeatedCompositeFieldContainer[ModelQueries]
+    created_at: int
+    retired_at: int
+    def __init__(self, model_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[str] = ..., terms_digest: _Optional[str] = ..., owners: _Optional[_Iterable[str]] = ..., retirements: _Optional[_Iterable[bytes]] = ..., queries: _Optional[_Iterable[_Union[ModelQueries, _Mapping]]] = ..., created_at: _Optional[int] = ..., retired_at: _Optional[int] = ...) -> None: ...

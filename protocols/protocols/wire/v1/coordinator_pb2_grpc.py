@@ -101,6 +101,26 @@ class CoordinatorStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.FetchOutputRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.BytesChunk.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/detente.v1.Coordinator/GetModel',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetModelRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/detente.v1.Coordinator/ListModels',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.Predict = channel.stream_stream(
+                '/detente.v1.Coordinator/Predict',
+                request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.RetireModel = channel.unary_unary(
+                '/detente.v1.Coordinator/RetireModel',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorRetireModelRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -197,6 +217,34 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """Sealed models (docs/protocol.md §7). A model is visible to the data owners
+        and queriers of the job that sealed it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Predict(self, request_iterator, context):
+        """Relay a query to the enclave and its answer back, unchanged (queriers only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireModel(self, request, context):
+        """Record one owner's retirement; with every owner's, the enclave destroys the model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +312,26 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.FetchOutput,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.FetchOutputRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.BytesChunk.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetModelRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListModelsRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Predict': grpc.stream_stream_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictResponse.SerializeToString,
+            ),
+            'RetireModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireModel,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorRetireModelRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +685,114 @@ class Coordinator:
             '/detente.v1.Coordinator/FetchOutput',
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.FetchOutputRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.BytesChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/GetModel',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetModelRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/ListModels',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListModelsRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/detente.v1.Coordinator/Predict',
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/RetireModel',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorRetireModelRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotocols/wire/v1/enclave.proto\x12\ndetente.v1\" \n\x0f\x45videnceRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"<\n\x08\x45vidence\x12\x10\n\x08identity\x18\x01 \x01(\x0c\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\">\n\x07JobSpec\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x11\n\tapprovals\x18\x02 \x03(\x0c\x12\x11\n\tmanifests\x18\x03 \x03(\x0c\"0\n\x0c\x44\x61tasetChunk\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"g\n\rRunJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x13.detente.v1.JobSpecH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.detente.v1.DatasetChunkH\x00\x42\x06\n\x04part\")\n\x0bOutputChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x89\x01\n\x0eRunJobResponse\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.detente.v1.ProgressH\x00\x12)\n\x06output\x18\x02 \x01(\x0b\x32\x17.detente.v1.OutputChunkH\x00\x12\x1a\n\x10result_statement\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"&\n\x08Progress\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t2\x90\x01\n\x07\x45nclave\x12@\n\x0bGetEvidence\x12\x1b.detente.v1.EvidenceRequest\x1a\x14.detente.v1.Evidence\x12\x43\n\x06RunJob\x12\x19.detente.v1.RunJobRequest\x1a\x1a.detente.v1.RunJobResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotocols/wire/v1/enclave.proto\x12\ndetente.v1\" \n\x0f\x45videnceRequest\x12\r\n\x05nonce\x18\x01 \x01(\x0c\"<\n\x08\x45vidence\x12\x10\n\x08identity\x18\x01 \x01(\x0c\x12\r\n\x05quote\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\">\n\x07JobSpec\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x11\n\tapprovals\x18\x02 \x03(\x0c\x12\x11\n\tmanifests\x18\x03 \x03(\x0c\"0\n\x0c\x44\x61tasetChunk\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"g\n\rRunJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x13.detente.v1.JobSpecH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.detente.v1.DatasetChunkH\x00\x42\x06\n\x04part\")\n\x0bOutputChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x89\x01\n\x0eRunJobResponse\x12(\n\x08progress\x18\x01 \x01(\x0b\x32\x14.detente.v1.ProgressH\x00\x12)\n\x06output\x18\x02 \x01(\x0b\x32\x17.detente.v1.OutputChunkH\x00\x12\x1a\n\x10result_statement\x18\x03 \x01(\x0cH\x00\x42\x06\n\x04part\"&\n\x08Progress\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\":\n\x0ePredictRequest\x12\x0f\n\x05query\x18\x01 \x01(\x0cH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"<\n\x0fPredictResponse\x12\x0f\n\x05\x63hunk\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06\x61nswer\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\";\n\x12RetireModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x13\n\x0bretirements\x18\x02 \x03(\x0c\"\x15\n\x13RetireModelResponse2\xa8\x02\n\x07\x45nclave\x12@\n\x0bGetEvidence\x12\x1b.detente.v1.EvidenceRequest\x1a\x14.detente.v1.Evidence\x12\x43\n\x06RunJob\x12\x19.detente.v1.RunJobRequest\x1a\x1a.detente.v1.RunJobResponse(\x01\x30\x01\x12\x46\n\x07Predict\x12\x1a.detente.v1.PredictRequest\x1a\x1b.detente.v1.PredictResponse(\x01\x30\x01\x12N\n\x0bRetireModel\x12\x1e.detente.v1.RetireModelRequest\x1a\x1f.detente.v1.RetireModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNJOBRESPONSE']._serialized_end=543
   _globals['_PROGRESS']._serialized_start=545
   _globals['_PROGRESS']._serialized_end=583
-  _globals['_ENCLAVE']._serialized_start=586
-  _globals['_ENCLAVE']._serialized_end=730
+  _globals['_PREDICTREQUEST']._serialized_start=585
+  _globals['_PREDICTREQUEST']._serialized_end=643
+  _globals['_PREDICTRESPONSE']._serialized_start=645
+  _globals['_PREDICTRESPONSE']._serialized_end=705
+  _globals['_RETIREMODELREQUEST']._serialized_start=707
+  _globals['_RETIREMODELREQUEST']._serialized_end=766
+  _globals['_RETIREMODELRESPONSE']._serialized_start=768
+  _globals['_RETIREMODELRESPONSE']._serialized_end=789
+  _globals['_ENCLAVE']._serialized_start=792
+  _globals['_ENCLAVE']._serialized_end=1088
 # @@protoc_insertion_point(module_scope)

@@ -74,3 +74,31 @@ class Progress(_message.Message):
     kind: str
     text: str
     def __init__(self, kind: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class PredictRequest(_message.Message):
+    __slots__ = ("query", "chunk")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    query: bytes
+    chunk: bytes
+    def __init__(self, query: _Optional[bytes] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class PredictResponse(_message.Message):
+    __slots__ = ("chunk", "answer")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    chunk: bytes
+    answer: bytes
+    def __init__(self, chunk: _Optional[bytes] = ..., answer: _Optional[bytes] = ...) -> None: ...
+
+class RetireModelRequest(_message.Message):
+    __slots__ = ("model_id", "retirements")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    RETIREMENTS_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    retirements: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model_id: _Optional[str] = ..., retirements: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class RetireModelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

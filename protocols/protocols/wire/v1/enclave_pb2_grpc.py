@@ -45,6 +45,16 @@ class EnclaveStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RunJobRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RunJobResponse.FromString,
                 _registered_method=True)
+        self.Predict = channel.stream_stream(
+                '/detente.v1.Enclave/Predict',
+                request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.RetireModel = channel.unary_unary(
+                '/detente.v1.Enclave/RetireModel',
+                request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelResponse.FromString,
+                _registered_method=True)
 
 
 class EnclaveServicer:
@@ -65,6 +75,22 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Predict(self, request_iterator, context):
+        """Score rows with a sealed model (docs/protocol.md §7). Client stream: the
+        signed query first, then the rows' ciphertext in order. Server stream:
+        the answer's ciphertext in order, then the signed answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireModel(self, request, context):
+        """Destroy a sealed model and its key, with every data owner's signature.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +103,16 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.RunJob,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RunJobRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RunJobResponse.SerializeToString,
+            ),
+            'Predict': grpc.stream_stream_rpc_method_handler(
+                    servicer.Predict,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictResponse.SerializeToString,
+            ),
+            'RetireModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireModel,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -133,6 +169,60 @@ class Enclave:
             '/detente.v1.Enclave/RunJob',
             protocols_dot_wire_dot_v1_dot_enclave__pb2.RunJobRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_enclave__pb2.RunJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Predict(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/detente.v1.Enclave/Predict',
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Enclave/RetireModel',
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
