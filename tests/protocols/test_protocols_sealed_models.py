@@ -102,7 +102,10 @@ def test_sealed_terms_that_cannot_hold_are_refused(changes: dict[str, Any], mess
         (lambda m: m.update(answer="class"), "class answers take none"),
         (lambda m: m["queriers"][0].update(total_rows=0), "total_rows must be a positive"),
         (lambda m: m["queriers"][0].update(rows_per_day=20_000), "rows_per_day must be null"),
-        (lambda m: m["queriers"].append(dict(m["queriers"][0])), r"a querier \(name or key\) twice"),
+        (
+            lambda m: m["queriers"].append(dict(m["queriers"][0])),
+            r"a querier \(name or key\) twice",
+        ),
     ],
 )
 def test_malformed_model_sections_are_refused(edit: Any, message: str) -> None:
@@ -192,3 +195,31 @@ def test_query_and_answer_keys_are_bound_to_model_query_and_recipient() -> None:
     ):
         with pytest.raises(IntegrityError):
             hpke.unwrap_key(wrapped, enclave, info)
+
+
+def test_answers_take_the_shape_the_terms_say() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from protocols import predictions
+
+    binary = np.array([0.12345, 0.5, 0.98765], dtype=np.float32)
+    rounded = predictions.shape_answer(binary, "binary:logistic", None, "probability", 2)
+    assert rounded.column("prediction").to_pylist() == [0.12, 0.5, 0.99]
+    exact = predictions.shape_answer(binary, "binary:logistic", None, "probability", None)
+    assert exact.column("prediction").to_pylist() == binary.tolist()
+    classes = predictions.shape_answer(binary, "binary:logistic", None, "class", None)
+    assert classes.column("class").to_pylist() == [0, 1, 1]
+    multi = np.array([[0.2, 0.7, 0.1], [0.5, 0.2, 0.3]])
+    table = predictions.shape_answer(multi, "multi:softprob", 3, "probability", 1)
+    assert table.column_names == ["prediction_0", "prediction_1", "prediction_2"]
+    assert table.column("prediction_1").to_pylist() == [0.7, 0.2]
+    assert predictions.shape_answer(multi, "multi:softprob", 3, "class", None).column(
+        "class"
+    ).to_pylist() == [1, 0]
+    assert predictions.answer_columns("reg:squarederror", None, "probability") == ["prediction"]
+    again = predictions.from_ipc(predictions.to_ipc(table), "answer")
+    assert again.equals(table)
+    with pytest.raises(FormatError, match="the answer is not an Arrow IPC stream"):
+        predictions.from_ipc(b"not arrow", "the answer")
+    assert isinstance(again, pa.Table)
