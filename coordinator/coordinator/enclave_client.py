@@ -17,12 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
-from protocols import ratls, tls
+from protocols import grpc_status, ratls, tls
 from protocols.attestation import VerifiedEnclave
-from protocols.errors import AttestationError, EnclaveUnavailable, FormatError
+from protocols.errors import AttestationError, DetenteError, EnclaveUnavailable, FormatError
 from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.policy import AttestationPolicy
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 EVIDENCE_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
+# Longest a relayed query or retirement may take when the party set no deadline.
+PREDICT_TIMEOUT = 900.0
+RETIRE_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,23 @@ class SignedResult:
 EnclaveMessage = EnclaveProgress | OutputPiece | SignedResult
 
 
+@dataclass(frozen=True)
+class AnswerPiece:
+    """A piece of a sealed prediction answer, relayed unread in order."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SignedAnswer:
+    """The enclave's signed prediction answer (protocols.documents.PredictionAnswer), last."""
+
+    data: bytes
+
+
+PredictMessage = AnswerPiece | SignedAnswer
+
+
 class EnclaveCallError(EnclaveUnavailable):
     """The enclave answered a call with a gRPC error (status code and details kept)."""
 
@@ -95,6 +116,23 @@ def _call_error(exc: grpc.RpcError) -> EnclaveCallError:
     details = exc.details() if hasattr(exc, "details") else None
     name = code.name if code is not None else "UNKNOWN"
     return EnclaveCallError(name, str(details or "no details"))
+
+
+def _relayed_error(exc: grpc.RpcError) -> DetenteError:
+    """The enclave's refusal as the error class it named (protocols.grpc_status), with its
+    message unchanged, so a party sees BudgetExhausted, ModelRetired or DatasetError as such.
+
+    A status the enclave did not choose from the catalogue (a transport failure, a
+    crash) stays an :class:`EnclaveCallError` (UNAVAILABLE) naming the code.
+    """
+    code = exc.code() if hasattr(exc, "code") else None
+    trailers: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    names = [value for key, value in trailers or () if key == grpc_status.ERROR_TRAILER]
+    kind = grpc_status.error_class(code, trailers)
+    if kind is DetenteError and DetenteError.__name__ not in names:
+        return _call_error(exc)
+    details = exc.details() if hasattr(exc, "details") else None
+    return kind(str(details or "the enclave refused the call"))
 
 
 class EnclaveClient:
@@ -197,3 +235,63 @@ class EnclaveClient:
                 if failure:
                     raise failure[0] from None
                 raise _call_error(exc) from None
+
+    def predict(
+        self,
+        query: bytes,
+        chunks: Iterable[bytes],
+        on_start: Callable[[Callable[[], object]], object] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[PredictMessage]:
+        """Send the signed query then the sealed rows; yield the sealed answer's pieces
+        and, last, the signed answer, as the enclave streams them.
+
+        Raises the error class the enclave refused the query with (see
+        :func:`_relayed_error`), or the error that stopped reading ``chunks``.
+        ``on_start`` receives a function that cancels the call.
+        """
+        failure: list[BaseException] = []
+
+        def requests() -> Iterator[enclave_pb2.PredictRequest]:
+            try:
+                yield enclave_pb2.PredictRequest(query=query)
+                for data in chunks:
+                    yield enclave_pb2.PredictRequest(chunk=data)
+            except Exception as exc:
+                failure.append(exc)  # gRPC would only report CANCELLED
+                raise
+
+        with self.channel() as channel:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            try:
+                # The party's own deadline if it set one, never longer than PREDICT_TIMEOUT
+                # (without one, gRPC reports the far future).
+                limit = PREDICT_TIMEOUT if not timeout else min(timeout, PREDICT_TIMEOUT)
+                call = stub.Predict(requests(), timeout=limit)
+                if on_start is not None:
+                    on_start(call.cancel)
+                for reply in call:
+                    part = reply.WhichOneof("part")
+                    if part == "chunk":
+                        yield AnswerPiece(bytes(reply.chunk))
+                    elif part == "answer":
+                        yield SignedAnswer(bytes(reply.answer))
+            except grpc.RpcError as exc:
+                if failure:
+                    raise failure[0] from None
+                raise _relayed_error(exc) from None
+
+    def retire_model(self, model_id: str, retirements: list[bytes]) -> None:
+        """Pass every owner's signed retirement; returns once the enclave destroyed the model.
+
+        Raises the error class the enclave refused with (see :func:`_relayed_error`).
+        """
+        with self.channel() as channel:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            try:
+                stub.RetireModel(
+                    enclave_pb2.RetireModelRequest(model_id=model_id, retirements=retirements),
+                    timeout=RETIRE_TIMEOUT,
+                )
+            except grpc.RpcError as exc:
+                raise _relayed_error(exc) from None

@@ -35,11 +35,14 @@ from coordinator.store import (
     CANCELLED,
     FAILED,
     RUNNING,
+    SEALED,
     CoordinatorStore,
     JobRecord,
+    ModelRecord,
     StoredOutput,
 )
-from protocols.documents import JobTerms
+from protocols import canonical
+from protocols.documents import JobTerms, ResultStatement
 from protocols.errors import DetenteError, IntegrityError
 from protocols.statements import Envelope
 from protocols.stream import CHUNK_SIZE
@@ -247,8 +250,19 @@ class Scheduler:
                 error="the enclave ended the job without a result statement",
             )
             return
-        self._store.finish_job(job_id, outputs, result)
-        log.info("job %s succeeded with %d output(s)", job_id, len(outputs))
+        try:
+            model = sealed_model(job, terms, outputs, result)
+        except DetenteError as exc:
+            log.warning("job %s failed: %s", job_id, exc)
+            self._store.transition(job_id, [RUNNING], FAILED, FAILED, error=str(exc))
+            return
+        self._store.finish_job(job_id, outputs, result, model)
+        log.info(
+            "job %s succeeded with %d output(s)%s",
+            job_id,
+            len(outputs),
+            f", model sealed as {model.model_id}" if model else "",
+        )
 
     def _watch(self, job_id: str, deadline: float, limit: int, done: threading.Event) -> None:
         """While the job runs: cancel its enclave call on a cancel request or at its deadline."""
@@ -352,3 +366,56 @@ class Scheduler:
     def _commit(name: str, writer: BlobWriter) -> StoredOutput:
         sha256, size = writer.commit()
         return StoredOutput(name, sha256, size)
+
+
+def sealed_model(
+    job: JobRecord, terms: JobTerms, outputs: list[StoredOutput], result: bytes
+) -> ModelRecord | None:
+    """The model a finished job sealed in the enclave, as its result statement names it
+    (None if the terms release the model); DetenteError if statement and terms disagree.
+
+    The coordinator reads the statement without checking its signature: the record
+    only lets parties find the model, and the enclave keeps its own.
+    """
+    try:
+        envelope = Envelope.from_bytes(result, "result statement")
+        named = ResultStatement.from_dict(canonical.loads(envelope.payload, "result")).sealed_model
+    except DetenteError:
+        if not terms.sealed:
+            return None  # the parties verify the statement; nothing here depends on it
+        raise DetenteError(
+            f"the enclave's result statement for job {job.job_id!r} cannot be read, so the "
+            "model it sealed cannot be recorded"
+        ) from None
+    if not terms.sealed:
+        if named is not None:
+            raise DetenteError(
+                f"the enclave's result statement names a sealed model {named!r}, but the terms "
+                f"of job {job.job_id!r} release the model: nothing of it is recorded"
+            )
+        return None
+    if named is None:
+        raise DetenteError(
+            f"the terms of job {job.job_id!r} seal the model, but the enclave's result "
+            "statement names no sealed model: the enclave may not support sealed models; "
+            "nothing is recorded"
+        )
+    if named != job.job_id:
+        raise DetenteError(
+            f"the enclave's result statement names sealed model {named!r}, not the id of job "
+            f"{job.job_id!r} that sealed it: nothing is recorded"
+        )
+    if any(o.name == "model" for o in outputs):
+        raise DetenteError(
+            f"the enclave sent a model output for job {job.job_id!r}, whose terms seal the "
+            "model: nothing is recorded or released"
+        )
+    return ModelRecord(
+        model_id=named,
+        job_id=job.job_id,
+        terms_digest=job.terms_digest,
+        owners=list(job.required_approvers),
+        queriers=[q.signing_key.hex for q in terms.queriers],
+        state=SEALED,
+        created_at=0,  # set by the store when it records the model
+    )

@@ -15,8 +15,15 @@ from typing import NoReturn, TypeVar
 import grpc
 
 from coordinator.auth import RequestAuthInterceptor, caller_of
+from coordinator.enclave_client import AnswerPiece
 from coordinator.handler import CoordinatorHandler
-from coordinator.store import CoordinatorStore, DatasetRecord, JobRecord, PartyRecord
+from coordinator.store import (
+    CoordinatorStore,
+    DatasetRecord,
+    JobRecord,
+    ModelRecord,
+    PartyRecord,
+)
 from protocols import grpc_status
 from protocols.errors import DetenteError, FormatError
 from protocols.statements import Envelope
@@ -90,6 +97,42 @@ def _job_pb(j: JobRecord) -> coordinator_pb2.Job:
         proposer=j.proposer,
         attempts=j.attempts,
     )
+
+
+def _model_pb(m: ModelRecord) -> coordinator_pb2.Model:
+    return coordinator_pb2.Model(
+        model_id=m.model_id,
+        job_id=m.job_id,
+        state=m.state,
+        terms_digest=m.terms_digest,
+        owners=m.owners,
+        retirements=[r.envelope for r in m.retirements],
+        queries=[
+            coordinator_pb2.ModelQueries(querier=q.querier, queries=q.queries, rows=q.rows)
+            for q in m.queries
+        ],
+        created_at=m.created_at,
+        retired_at=m.retired_at or 0,
+    )
+
+
+def _cancel_with(context: grpc.ServicerContext) -> Callable[[Callable[[], object]], None]:
+    """Cancel the relayed enclave call when this call ends: a party hanging up ends it too."""
+
+    def on_start(cancel: Callable[[], object]) -> None:
+        def stop() -> None:
+            cancel()
+
+        context.add_callback(stop)
+
+    return on_start
+
+
+def _query_rows(requests: Iterator[enclave_pb2.PredictRequest]) -> Iterator[bytes]:
+    for request in requests:
+        if request.WhichOneof("part") != "chunk":
+            raise FormatError("a prediction request carries one query, first, then rows only")
+        yield bytes(request.chunk)
 
 
 def _ciphertext(requests: Iterator[coordinator_pb2.UploadDatasetRequest]) -> Iterator[bytes]:
@@ -232,6 +275,62 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     yield coordinator_pb2.BytesChunk(data=data[i : i + CHUNK_SIZE])
         except Exception as exc:
             _abort(context, "FetchOutput", exc)
+
+    def GetModel(
+        self, request: coordinator_pb2.GetModelRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Model:
+        return _model_pb(
+            _call(
+                context,
+                "GetModel",
+                lambda: self.handler.get_model(caller_of(context), request.model_id),
+            )
+        )
+
+    def ListModels(
+        self, request: coordinator_pb2.ListModelsRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListModelsResponse:
+        models = _call(context, "ListModels", lambda: self.handler.list_models(caller_of(context)))
+        return coordinator_pb2.ListModelsResponse(models=[_model_pb(m) for m in models])
+
+    def Predict(
+        self,
+        request_iterator: Iterator[enclave_pb2.PredictRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[enclave_pb2.PredictResponse]:
+        try:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "query":
+                raise FormatError("a prediction request must start with the signed query")
+            answer = self.handler.predict(
+                caller_of(context),
+                bytes(first.query),
+                _query_rows(request_iterator),
+                on_start=_cancel_with(context),
+                timeout=context.time_remaining(),
+            )
+            for message in answer:
+                if isinstance(message, AnswerPiece):
+                    yield enclave_pb2.PredictResponse(chunk=message.data)
+                else:
+                    yield enclave_pb2.PredictResponse(answer=message.data)
+        except Exception as exc:
+            _abort(context, "Predict", exc)
+
+    def RetireModel(
+        self,
+        request: coordinator_pb2.CoordinatorRetireModelRequest,
+        context: grpc.ServicerContext,
+    ) -> coordinator_pb2.Model:
+        return _model_pb(
+            _call(
+                context,
+                "RetireModel",
+                lambda: self.handler.retire_model(
+                    caller_of(context), request.model_id, request.retirement
+                ),
+            )
+        )
 
 
 # --------------------------------------------------------------------------- authentication

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
@@ -44,12 +45,17 @@ from enclave_worker.identity import EnclaveIdentity, ratls_credentials
 from libos.image import Measurement
 from libos.runtime import SimRuntime
 from libos.sim import SimPlatform
-from protocols import hpke, tls
+from protocols import grpc_status, hpke, tls
 from protocols.documents import (
     Approval,
+    Budget,
     DatasetManifest,
     JobTerms,
+    ModelRetirement,
     OutputRecord,
+    PredictionAnswer,
+    PredictionQuery,
+    Querier,
     Recipient,
     Registration,
     ResultStatement,
@@ -162,6 +168,56 @@ def job_terms(
         max_seconds=max_seconds,
     )
     return terms.sign(signer or proposer.key)
+
+
+def sealed_terms(
+    proposer: Party,
+    job_id: str,
+    datasets: list[SealedDataset],
+    queriers: list[Party],
+    recipients: list[Party] | None = None,
+) -> Envelope:
+    """Terms that seal the model: ``queriers`` may score 1,000 rows each (100 a day)."""
+    terms = JobTerms.verify(job_terms(proposer, job_id, datasets, recipients))
+    sealed = dataclasses.replace(
+        terms,
+        outputs=["metrics"],
+        model="sealed",
+        queriers=[
+            Querier(q.name, q.key.verify_key, q.hpke.public_key, 1000, 100) for q in queriers
+        ],
+        answer="probability",
+        answer_digits=3,
+    )
+    return sealed.sign(proposer.key)
+
+
+def prediction_query(
+    querier: Party,
+    model_id: str,
+    rows: int = 10,
+    rows_ciphertext: bytes = b"",
+    query_id: str = "q-1",
+) -> bytes:
+    """A query signed by ``querier`` (the rows' ciphertext stands in for a sealed table)."""
+    return (
+        PredictionQuery(
+            model_id=model_id,
+            query_id=query_id,
+            issued_at=int(time.time()),
+            rows=rows,
+            ciphertext_sha256=hashlib.sha256(rows_ciphertext).hexdigest(),
+            wrapped_key=b"wrapped-to-the-enclave",
+            sealed_to_mrenclave=MRENCLAVE,
+            sealed_to_hpke_key=ENCLAVE_HPKE.public_key,
+        )
+        .sign(querier.key)
+        .to_bytes()
+    )
+
+
+def retirement(owner: Party, model_id: str, terms_digest: str) -> bytes:
+    return ModelRetirement(model_id, terms_digest).sign(owner.key).to_bytes()
 
 
 def approval(party: Party, job_id: str, terms: Envelope) -> bytes:
@@ -338,9 +394,13 @@ def default_script(
 FAKE_ENCLAVE_KEY = SigningKey.generate()
 
 
-def fake_result_statement(terms: bytes, outputs: tuple[str, ...] = ("model", "metrics")) -> bytes:
+def fake_result_statement(
+    terms: bytes,
+    outputs: tuple[str, ...] = ("model", "metrics"),
+    sealed_model: str | None = None,
+) -> bytes:
     """A result statement signed by the FAKE enclave's key, wrapping each output to every
-    recipient of ``terms`` (the wrapped keys are placeholders)."""
+    recipient of ``terms`` (the wrapped keys are placeholders), naming ``sealed_model``."""
     terms_envelope = Envelope.from_bytes(terms)
     terms = JobTerms.verify(terms_envelope)
     wrapped = {r.signing_key.hex: b"placeholder" for r in terms.recipients}
@@ -350,8 +410,59 @@ def fake_result_statement(terms: bytes, outputs: tuple[str, ...] = ("model", "me
         mrenclave=MRENCLAVE,
         outputs=[OutputRecord(name, "00" * 32, dict(wrapped)) for name in outputs],
         summary={},
+        sealed_model=sealed_model,
     )
     return statement.sign(FAKE_ENCLAVE_KEY).to_bytes()
+
+
+def sealing_script(
+    fake: FakeEnclave, context: grpc.ServicerContext
+) -> Iterator[enclave_pb2.RunJobResponse]:
+    """What an enclave that seals the model streams: metrics, and a statement naming the
+    model (``fake.sealed_as`` if set, else the job id)."""
+    terms = fake.specs[-1].terms
+    job_id = JobTerms.verify(Envelope.from_bytes(terms)).job_id
+    yield enclave_pb2.RunJobResponse(output=enclave_pb2.OutputChunk(name="metrics", data=b"m" * 10))
+    yield enclave_pb2.RunJobResponse(
+        result_statement=fake_result_statement(terms, ("metrics",), fake.sealed_as or job_id)
+    )
+
+
+PredictScript = Callable[
+    ["FakeEnclave", PredictionQuery, Envelope, grpc.ServicerContext],
+    Iterator[enclave_pb2.PredictResponse],
+]
+
+
+def answering_script(
+    fake: FakeEnclave, query: PredictionQuery, envelope: Envelope, context: grpc.ServicerContext
+) -> Iterator[enclave_pb2.PredictResponse]:
+    """Answer every query: ``fake.answer`` in pieces, then an answer signed by the FAKE key."""
+    for i in range(0, len(fake.answer), 700_000):
+        yield enclave_pb2.PredictResponse(chunk=fake.answer[i : i + 700_000])
+    answer = PredictionAnswer(
+        model_id=query.model_id,
+        query_id=query.query_id,
+        query_digest=envelope.digest,
+        rows=query.rows,
+        columns=["prediction"],
+        ciphertext_sha256=hashlib.sha256(fake.answer).hexdigest(),
+        wrapped_key=b"wrapped-to-the-querier",
+        remaining=Budget(1000 - query.rows, None),
+    )
+    yield enclave_pb2.PredictResponse(answer=answer.sign(FAKE_ENCLAVE_KEY).to_bytes())
+
+
+def refusing_script(error: DetenteError) -> PredictScript:
+    """Refuse every query with ``error``, as a worker does (catalogue code and trailer)."""
+
+    def script(
+        fake: FakeEnclave, query: PredictionQuery, envelope: Envelope, context: Any
+    ) -> Iterator[enclave_pb2.PredictResponse]:
+        grpc_status.abort(context, error)
+        yield from ()  # pragma: no cover
+
+    return script
 
 
 @functools.cache
@@ -399,6 +510,14 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
         self.release.set()
         self.started = threading.Event()
         self.cancelled = threading.Event()
+        # Sealed models: what the enclave is sent, and how it answers.
+        self.sealed_as: str | None = None
+        self.queries: list[bytes] = []
+        self.query_rows: list[bytes] = []
+        self.answer = os.urandom(1_500_000)
+        self.predict_script: PredictScript = answering_script
+        self.retirements: list[enclave_pb2.RetireModelRequest] = []
+        self.retire_error: DetenteError | None = None
 
     def GetEvidence(self, request: Any, context: grpc.ServicerContext) -> enclave_pb2.Evidence:
         self.nonces.append(request.nonce)
@@ -419,6 +538,23 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
                 self.cancelled.set()
                 return
         yield from self.script(self, context)
+
+    def Predict(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        first = next(request_iterator)
+        assert first.WhichOneof("part") == "query"
+        self.queries.append(first.query)
+        self.query_rows.append(b"".join(r.chunk for r in request_iterator))
+        envelope = Envelope.from_bytes(first.query)
+        query = PredictionQuery.verify(envelope)
+        yield from self.predict_script(self, query, envelope, context)
+
+    def RetireModel(
+        self, request: enclave_pb2.RetireModelRequest, context: grpc.ServicerContext
+    ) -> enclave_pb2.RetireModelResponse:
+        self.retirements.append(request)
+        if self.retire_error is not None:
+            grpc_status.abort(context, self.retire_error)
+        return enclave_pb2.RetireModelResponse()
 
     def received(self, dataset_id: str) -> bytes:
         return b"".join(d for i, d in self.chunks if i == dataset_id)

@@ -7,16 +7,19 @@ signature, digest and approval itself (docs/architecture.md, roles; docs/protoco
 
 ``registry`` holds enrollment and registration, ``datasets`` the intake of
 data sets, ``jobs`` the job state machine (proposal, approvals, visibility,
-cancel, retry, outputs); :class:`CoordinatorHandler` (``facade``) is the one
-object the servicer calls.
+cancel, retry, outputs), ``models`` the sealed models (visibility, the query
+relay, retirement); :class:`CoordinatorHandler` (``facade``) is the one object
+the servicer calls.
 """
 
 from coordinator.handler.facade import NONCE_SIZE, CoordinatorHandler
+from coordinator.handler.models import MAX_QUERY_BYTES
 from coordinator.handler.registry import ENROLLMENT_TTL, issue_enrollment
 from coordinator.limits import JobLimits
 
 __all__ = [
     "ENROLLMENT_TTL",
+    "MAX_QUERY_BYTES",
     "NONCE_SIZE",
     "CoordinatorHandler",
     "JobLimits",

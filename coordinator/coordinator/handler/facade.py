@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.blobs import BlobStore
-from coordinator.enclave_client import EnclaveClient, RelayedEvidence
+from coordinator.enclave_client import EnclaveClient, PredictMessage, RelayedEvidence
 from coordinator.handler.datasets import Datasets
 from coordinator.handler.jobs import Jobs
+from coordinator.handler.models import Models
 from coordinator.handler.registry import Registry
 from coordinator.limits import JobLimits
 from coordinator.scheduler import Scheduler
-from coordinator.store import CoordinatorStore, DatasetRecord, JobRecord, PartyRecord
+from coordinator.store import (
+    CoordinatorStore,
+    DatasetRecord,
+    JobRecord,
+    ModelRecord,
+    PartyRecord,
+)
 from protocols.errors import EnclaveUnavailable, InvalidRequest
 
 NONCE_SIZE = 32
@@ -24,7 +31,8 @@ class CoordinatorHandler:
     key that signed the request (checked by :mod:`coordinator.auth`). A party
     sees its own data sets, the jobs it takes part in (as proposer, data owner
     or recipient) and the public metadata of a data set whose id it names;
-    outputs go to recipients only.
+    outputs go to recipients only. A sealed model is seen by its owners and
+    queriers; queriers query it, owners retire it.
     """
 
     def __init__(
@@ -42,6 +50,7 @@ class CoordinatorHandler:
         self.registry = Registry(store)
         self.datasets = Datasets(store, blobs)
         self.jobs = Jobs(store, blobs, self.scheduler, self.limits)
+        self.models = Models(store, enclave)
 
     def start(self) -> None:
         """Start the scheduler and re-queue jobs interrupted by a restart."""
@@ -108,3 +117,24 @@ class CoordinatorHandler:
 
     def fetch_output(self, caller: str, job_id: str, name: str) -> Iterator[bytes]:
         return self.jobs.fetch_output(caller, job_id, name)
+
+    # sealed models --------------------------------------------------------
+
+    def get_model(self, caller: str, model_id: str) -> ModelRecord:
+        return self.models.visible_model(caller, model_id)
+
+    def list_models(self, caller: str) -> list[ModelRecord]:
+        return self.models.list_models(caller)
+
+    def predict(
+        self,
+        caller: str,
+        query: bytes,
+        chunks: Iterable[bytes],
+        on_start: Callable[[Callable[[], object]], object] | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[PredictMessage]:
+        return self.models.predict(caller, query, chunks, on_start, timeout)
+
+    def retire_model(self, caller: str, model_id: str, retirement: bytes) -> ModelRecord:
+        return self.models.retire_model(caller, model_id, retirement)

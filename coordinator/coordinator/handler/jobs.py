@@ -298,6 +298,12 @@ class Jobs:
 
     def fetch_output(self, caller: str, job_id: str, name: str) -> Iterator[bytes]:
         job = self.visible_job(caller, job_id)
+        if name == "model" and JobTerms.verify(Envelope.from_bytes(job.terms, "job terms")).sealed:
+            raise NotAllowed(
+                f"job {job_id!r} sealed its model in the enclave: it is released to no one, "
+                f"not even its owners; a querier its terms name scores rows with "
+                f"`detente party predict {job_id} FILE`"
+            )
         if caller not in job.recipients:
             raise NotAllowed(
                 f"you are not a recipient of job {job_id!r}: its outputs are not yours"

@@ -16,6 +16,13 @@ CANCELLED = "cancelled"
 JOB_STATES = (PROPOSED, APPROVED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
 
+# Sealed-model states (docs/protocol.md §7): sealed when its job succeeds, retired once
+# the enclave destroyed it with every owner's signature. The coordinator's record is a
+# convenience for parties; the enclave's own record decides whether a query is answered.
+SEALED = "sealed"
+RETIRED = "retired"
+MODEL_STATES = (SEALED, RETIRED)
+
 
 def now_ms() -> int:
     """Milliseconds since the epoch: the unit of every timestamp the store keeps."""
@@ -101,3 +108,51 @@ class JobRecord:
     def takes_part(self, key: str) -> bool:
         """Whether ``key`` is this job's proposer, one of its data owners or a recipient."""
         return key == self.proposer or key in self.required_approvers or key in self.recipients
+
+
+@dataclass(frozen=True)
+class RetirementRecord:
+    """One owner's signed retirement of a sealed model, as received."""
+
+    owner: str
+    envelope: bytes
+    at: int
+
+
+@dataclass(frozen=True)
+class QueryCount:
+    """Queries of a sealed model the coordinator relayed for one querier, and their rows."""
+
+    querier: str
+    queries: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model sealed in the enclave: who owns it, who may query it, what was relayed.
+
+    ``model_id`` is the id of the job that sealed it; ``owners`` are that job's
+    data owners (who retire it), ``queriers`` the signing keys the terms let
+    query it (hex, terms order).
+    """
+
+    model_id: str
+    job_id: str
+    terms_digest: str
+    owners: list[str]
+    queriers: list[str]
+    state: str
+    created_at: int
+    retired_at: int | None = None
+    retirements: list[RetirementRecord] = field(default_factory=list)
+    queries: list[QueryCount] = field(default_factory=list)
+
+    def visible_to(self, key: str) -> bool:
+        """Whether ``key`` is one of the model's owners or queriers."""
+        return key in self.owners or key in self.queriers
+
+    def unsigned_owners(self) -> list[str]:
+        """The owners whose retirement the coordinator has not received, in owner order."""
+        signed = {r.owner for r in self.retirements}
+        return [o for o in self.owners if o not in signed]

@@ -92,6 +92,47 @@ class JobEventRow(Base):
     text: Mapped[str] = mapped_column(Text)
 
 
+class SealedModelRow(Base):
+    """A model kept in the enclave (docs/protocol.md §7); its id is the job id."""
+
+    __tablename__ = "sealed_models"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(128), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.job_id"), unique=True)
+    terms_digest: Mapped[str] = mapped_column(String(64))
+    owners: Mapped[str] = mapped_column(Text)  # JSON list of hex keys, the job's approvers
+    queriers: Mapped[str] = mapped_column(Text)  # JSON list of hex keys, terms order
+    state: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    retired_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class ModelRetirementRow(Base):
+    __tablename__ = "model_retirements"
+    __table_args__ = (UniqueConstraint("model_id", "owner"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("sealed_models.model_id"), index=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ModelQueriesRow(Base):
+    """Queries the coordinator relayed and saw answered, per model and querier.
+
+    Informative only: the enclave counts the budget itself, in its
+    rollback-protected file system.
+    """
+
+    __tablename__ = "model_queries"
+    __table_args__ = (UniqueConstraint("model_id", "querier"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("sealed_models.model_id"), index=True)
+    querier: Mapped[str] = mapped_column(String(64))
+    queries: Mapped[int] = mapped_column(BigInteger, default=0)
+    rows: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class AuditRow(Base):
     __tablename__ = "audit_log"
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
