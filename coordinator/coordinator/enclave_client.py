@@ -14,7 +14,11 @@ worker for another process is refused with the rule that failed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +39,9 @@ CONNECT_TIMEOUT = 10.0
 # Longest a relayed query or retirement may take when the party set no deadline.
 PREDICT_TIMEOUT = 900.0
 RETIRE_TIMEOUT = 60.0
+# Queries share one verified, pinned channel (see _QueryChannel), verified again at
+# least this often.
+QUERY_CHANNEL_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -135,12 +142,92 @@ def _relayed_error(exc: grpc.RpcError) -> DetenteError:
     return kind(str(details or "the enclave refused the call"))
 
 
+@dataclass(eq=False)
+class _Shared:
+    channel: grpc.Channel
+    until: float  # time.monotonic() after which no new call uses it
+    users: int = 0
+    stale: bool = False
+    connected: bool = False
+
+
+class _QueryChannel:
+    """One verified, pinned channel that queries share.
+
+    Verifying the enclave's certificate and opening a TLS channel costs more
+    than a small query (a TLS handshake to read the certificate, the quote
+    check, a second handshake). Reusing the channel is as safe as verifying
+    again: it is pinned to the verified certificate, whose key only the
+    attested enclave holds, until it restarts with a new one. So the channel is
+    verified again when its connection drops (the enclave may have restarted),
+    after a call on it fails as UNAVAILABLE, and at least every
+    QUERY_CHANNEL_SECONDS; a channel is closed once its last call ended.
+    """
+
+    def __init__(self, open_verified: Callable[[], grpc.Channel]) -> None:
+        self._open = open_verified
+        self._lock = threading.Lock()
+        self._current: _Shared | None = None
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[_Shared]:
+        shared = self._acquire()
+        try:
+            yield shared
+        finally:
+            with self._lock:
+                shared.users -= 1
+                self._close_if_done(shared)
+
+    def discard(self, shared: _Shared) -> None:
+        """No new call uses ``shared``: the next one verifies the enclave again."""
+        with self._lock:
+            shared.stale = True
+            self._close_if_done(shared)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._current is not None:
+                self._current.stale = True
+                self._close_if_done(self._current)
+
+    def _acquire(self) -> _Shared:
+        with self._lock:
+            shared = self._current
+            if shared is None or shared.stale or time.monotonic() >= shared.until:
+                if shared is not None:
+                    shared.stale = True
+                    self._close_if_done(shared)
+                shared = _Shared(self._open(), time.monotonic() + QUERY_CHANNEL_SECONDS)
+                shared.channel.subscribe(functools.partial(self._watch, shared))
+                self._current = shared
+            shared.users += 1
+            return shared
+
+    def _watch(self, shared: _Shared, state: grpc.ChannelConnectivity) -> None:
+        if state == grpc.ChannelConnectivity.READY:
+            shared.connected = True
+        elif shared.connected:  # the connection dropped: IDLE, TRANSIENT_FAILURE, SHUTDOWN
+            shared.stale = True
+
+    def _close_if_done(self, shared: _Shared) -> None:
+        if self._current is shared and shared.stale:
+            self._current = None
+        if shared.users == 0 and shared is not self._current:
+            shared.channel.close()
+
+
 class EnclaveClient:
     """Calls the enclave at ``address`` (HOST:PORT) if its RA-TLS certificate passes ``policy``."""
 
     def __init__(self, address: str, policy: AttestationPolicy) -> None:
         self.address = address
         self.policy = policy
+        self._queries = _QueryChannel(self.channel)
+
+    def close(self) -> None:
+        """Close the channel queries share (calls under way keep it until they end)."""
+        self._queries.close()
 
     def verify(self) -> tuple[bytes, VerifiedEnclave]:
         """Read the enclave's certificate and verify its evidence; nothing else is sent.
@@ -261,8 +348,8 @@ class EnclaveClient:
                 failure.append(exc)  # gRPC would only report CANCELLED
                 raise
 
-        with self.channel() as channel:
-            stub = enclave_pb2_grpc.EnclaveStub(channel)
+        with self._queries.use() as shared:
+            stub = enclave_pb2_grpc.EnclaveStub(shared.channel)
             try:
                 # The party's own deadline if it set one, never longer than PREDICT_TIMEOUT
                 # (without one, gRPC reports the far future).
@@ -279,6 +366,8 @@ class EnclaveClient:
             except grpc.RpcError as exc:
                 if failure:
                     raise failure[0] from None
+                if hasattr(exc, "code") and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self._queries.discard(shared)
                 raise _relayed_error(exc) from None
 
     def retire_model(self, model_id: str, retirements: list[bytes]) -> None:

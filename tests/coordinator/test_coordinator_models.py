@@ -9,7 +9,10 @@ processes in tests/e2e/test_attack_sealed_coordinator.py."""
 from __future__ import annotations
 
 import hashlib
+import socket
+import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +21,12 @@ import grpc
 import pytest
 from coordinator_testkit import (
     FAKE_ENCLAVE_KEY,
+    MRENCLAVE,
     FakeEnclave,
     Harness,
     Party,
     default_script,
+    fake_enclave_credentials,
     job_terms,
     prediction_query,
     refusing_script,
@@ -31,9 +36,10 @@ from coordinator_testkit import (
     sealing_script,
 )
 
+from coordinator import enclave_client
 from coordinator.handler import models as model_handler
 from coordinator.store import verify_audit_chain
-from protocols import grpc_status
+from protocols import grpc_status, tls
 from protocols.documents import JobTerms, PredictionAnswer
 from protocols.errors import (
     BudgetExhausted,
@@ -43,9 +49,10 @@ from protocols.errors import (
     ModelRetired,
     NotAllowed,
 )
+from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import SigningKey
 from protocols.statements import Envelope
-from protocols.wire.v1 import coordinator_pb2, enclave_pb2
+from protocols.wire.v1 import coordinator_pb2, enclave_pb2, enclave_pb2_grpc
 
 
 @pytest.fixture
@@ -454,3 +461,79 @@ def test_the_audit_log_names_no_value(sealed: Sealed) -> None:
     content = b"".join(p.read_bytes() for p in db.parent.glob("coordinator.db*"))
     assert b"CANARY-ROW-BYTES" not in content
     assert hashlib.sha256(rows).hexdigest().encode() not in content
+
+
+# --------------------------------------------------------------------------- the enclave channel
+
+
+def serve_fake(fake: FakeEnclave, address: str, mrenclave: str = MRENCLAVE) -> grpc.Server:
+    """Serve ``fake`` at ``address`` under a new RA-TLS identity (as a restarted worker)."""
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=CHANNEL_OPTIONS)
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(fake, server)
+    port = server.add_secure_port(
+        address, tls.server_credentials(*fake_enclave_credentials(mrenclave))
+    )
+    assert port == int(address.rsplit(":", 1)[1])
+    server.start()
+    return server
+
+
+def test_queries_share_a_verified_channel_verified_again_when_the_enclave_changes(
+    home: Path, alice: Party, carol: Party, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Queries reuse one pinned channel; a restarted enclave (new certificate) is verified
+    before the next query; one the coordinator's policy refuses gets no query."""
+    verified: list[str] = []
+    peer_certificate = enclave_client.tls.peer_certificate
+
+    def counting(address: str, timeout: float = 10.0) -> bytes:
+        verified.append(address)
+        return peer_certificate(address, timeout)
+
+    monkeypatch.setattr(enclave_client.tls, "peer_certificate", counting)
+    fake = FakeEnclave()
+    fake.script = sealing_script
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    server = serve_fake(fake, address)
+    coord = Harness(home, enclave=address)
+    try:
+        coord.register(alice, carol)
+        data = [seal_dataset(alice, "alice-2024")]
+        coord.upload(data[0])
+        job = run_job(coord, sealed_terms(alice, "job-1", data, queriers=[carol]), alice)
+        assert job.state == "succeeded", job.error
+        s = Sealed(coord, fake, Envelope.from_bytes(job.terms), alice, alice, carol, carol)
+        verified.clear()
+        for i in range(3):
+            predict(s, carol, prediction_query(carol, "job-1", query_id=f"q-{i}"))
+        assert len(verified) == 1
+
+        server.stop(0).wait()  # the worker restarts: a new TLS key and certificate
+        server = serve_fake(fake, address)
+        deadline = time.monotonic() + 10
+        while True:  # the dropped connection marks the channel for verification
+            try:
+                predict(s, carol, prediction_query(carol, "job-1", query_id="q-after"))
+                break
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+                assert time.monotonic() < deadline
+        assert len(verified) == 2 and len(fake.queries) == 4
+
+        server.stop(0).wait()  # the host swaps in an enclave of another measurement
+        server = serve_fake(fake, address, mrenclave="cd" * 32)
+        deadline = time.monotonic() + 10
+        swapped = prediction_query(carol, "job-1", query_id="q-swapped")
+        while True:
+            err = refused(lambda: predict(s, carol, swapped))
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                break
+            assert time.monotonic() < deadline
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "does not trust the enclave" in err.details()
+        assert len(fake.queries) == 4
+    finally:
+        coord.stop()
+        server.stop(0).wait()

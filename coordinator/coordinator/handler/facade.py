@@ -59,6 +59,8 @@ class CoordinatorHandler:
 
     def stop(self) -> None:
         self.scheduler.stop()
+        if self.enclave is not None:
+            self.enclave.close()
 
     # parties --------------------------------------------------------------
 
