@@ -3,9 +3,10 @@
 ``main`` is the image's entry point; ``identity`` holds the enclave's keys
 (sealed, attested, RA-TLS); ``service`` is the Enclave gRPC edge; ``jobs``
 checks consent and runs a job (join, training, release); ``job_process``
-runs each job in a child process of its own.
+runs each job in a child process of its own; ``models`` keeps the sealed
+models, answers their queries and retires them.
 
 Nothing is imported here: each job process imports only what it runs.
 """
 
-__all__ = ["identity", "job_process", "jobs", "main", "service"]
+__all__ = ["identity", "job_process", "jobs", "main", "models", "service"]

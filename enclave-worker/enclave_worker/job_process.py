@@ -20,7 +20,14 @@ child → parent
     ``progress``        JSON ``{"kind", "text"}``, forwarded as a gRPC Progress (also
                         while the data arrives: the parent reads them between chunks)
     ``output``          u16 length of the output name ‖ name ‖ up to 1 MiB of ciphertext
+    ``model``           up to 1 MiB of a sealed model's ``save_raw("ubj")`` (terms that
+                        seal the model), before the statement
+    ``model-end``       JSON: the model's schema (models.schema); the job then
+                        waits for ``model-stored`` before it signs the statement
     ``statement``       the signed result statement (last)
+
+parent → child, once more
+    ``model-stored``    empty: the service stored the sealed model (models.store)
 
 The child runs jobs.accept again on the same bytes (and the parent's clock),
 so the job it trains is one that passed every consent check in its own
@@ -42,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 from enclave_worker import jobs
 from enclave_worker.identity import EnclaveIdentity
+from enclave_worker.models.schema import ModelSchema
+from enclave_worker.models.store import SealedModel
 from libos import process
 from protocols import canonical
 from protocols.errors import DetenteError, FormatError, IntegrityError
@@ -162,8 +171,10 @@ class JobProcess:
         except process.ChildError as exc:
             raise _translate(exc) from None
 
-    def results(self) -> Iterator[jobs.JobProgress | jobs.ReleasedOutput | bytes]:
-        """Progress, output pieces (consecutive pieces of one output), then the statement."""
+    def results(self) -> Iterator[jobs.JobProgress | jobs.ReleasedOutput | SealedModel | bytes]:
+        """Progress, output pieces (consecutive pieces of one output), the sealed model (its
+        reader must call :meth:`model_stored` before it reads on), then the statement."""
+        model = bytearray()
         try:
             self._child.send("end")
             for message in self._child.messages():
@@ -172,10 +183,23 @@ class JobProcess:
                 elif message.kind == "output":
                     name, data = _unnamed(message.body, "job output")
                     yield jobs.ReleasedOutput(name, bytes(data))
+                elif message.kind == "model":
+                    model += message.body
+                elif message.kind == "model-end":
+                    schema = ModelSchema.from_dict(canonical.loads(message.body, "model schema"))
+                    yield SealedModel(bytes(model), schema)
+                    model = bytearray()
                 elif message.kind == "statement":
                     yield message.body
                 else:
                     raise FormatError(f"the job process sent an unknown {message.kind!r} message")
+        except process.ChildError as exc:
+            raise _translate(exc) from None
+
+    def model_stored(self) -> None:
+        """Tell the job its sealed model is stored: it may now sign the result statement."""
+        try:
+            self._child.send("model-stored")
         except process.ChildError as exc:
             raise _translate(exc) from None
 
@@ -266,11 +290,20 @@ def _environment(channel: process.Channel) -> jobs.JobEnvironment:
     def emit(progress: jobs.JobProgress) -> None:
         channel.send("progress", canonical.dumps({"kind": progress.kind, "text": progress.text}))
 
+    def seal_model(model: SealedModel) -> None:
+        data = model.raw
+        for start in range(0, max(len(data), 1), CHUNK_SIZE):
+            channel.send("model", data[start : start + CHUNK_SIZE])
+        channel.send("model-end", canonical.dumps(model.schema.to_dict()))
+        reply = channel.recv()
+        if reply.kind != "model-stored":
+            raise FormatError(f"the worker answered a sealed model with {reply.kind!r}")
+
     fs = runtime.current().default_mount()
     if fs is None:
         log.info("training without checkpoints: no usable encrypted mount")
     checkpoints = MountCheckpoints(fs) if fs is not None else None
-    return jobs.JobEnvironment(emit=emit, checkpoints=checkpoints)
+    return jobs.JobEnvironment(emit=emit, checkpoints=checkpoints, seal_model=seal_model)
 
 
 # What a job imports, started on a thread as the job process starts, while its data arrives.

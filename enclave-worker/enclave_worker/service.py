@@ -1,10 +1,16 @@
-"""The enclave's gRPC edge: decode, call the job logic, map errors to status codes.
+"""The enclave's gRPC edge: decode, call the job or model logic, map errors to status codes.
 
 RunJob checks consent here, in the service's process, then runs the job in a
 process of its own (enclave_worker.job_process): the data chunks go to that
 process as they arrive, and its progress, outputs and statement come back on
 the stream. A job process that crashes fails its call with ABORTED ("the job
-process crashed: exit code …"); the service keeps serving.
+process crashed: exit code …"); the service keeps serving. A job whose terms
+seal the model hands it back to this process, which stores it (models.store)
+before the job signs the statement naming it.
+
+Predict and RetireModel run here, in the service's process, beside a running
+job (they never wait for its lock): the model store lives in the runtime's
+default encrypted mount, which is safe for several processes and threads.
 """
 
 from __future__ import annotations
@@ -17,15 +23,24 @@ from typing import Any
 
 import grpc
 
-from enclave_worker import job_process, jobs
+from enclave_worker import job_process, jobs, models
 from enclave_worker.identity import EnclaveIdentity
 from libos.runtime import Runtime
 from protocols import grpc_status
-from protocols.errors import DetenteError, FormatError
+from protocols.errors import DetenteError, FormatError, PolicyError
 from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
 log = logging.getLogger("enclave_worker.service")
+
+
+def _no_model_store(runtime: Runtime) -> PolicyError:
+    return PolicyError(
+        f"this enclave ({runtime.backend} backend) has no rollback-protected encrypted mount "
+        "to keep sealed models in, so a host could reset the queriers' budgets by putting "
+        "back old files: it refuses terms that seal the model and answers no query "
+        "(docs/libos.md); release the model, or run the job on an enclave with such a mount"
+    )
 
 
 class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
@@ -33,6 +48,13 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
         self._runtime = runtime
         self._identity = identity
         self._one_job = threading.Lock()  # one job at a time: memory is the enclave's
+        fs = runtime.default_mount()
+        self._store = models.ModelStore(fs) if fs is not None else None
+        self._cache = models.ModelCache()
+        self._queries: models.QueryHandler | None = None
+        if self._store is not None:
+            self._store.sweep()
+            self._queries = models.QueryHandler(self._store, self._cache, identity)
 
     def _abort(self, context: Any, exc: DetenteError) -> None:
         log.warning("request refused: %s", exc)
@@ -58,6 +80,11 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                 accepted_at = time.time()
                 approvals, manifests = list(spec.approvals), list(spec.manifests)
                 job = jobs.accept(self._identity, spec.terms, approvals, manifests, now=accepted_at)
+                if job.terms.sealed:
+                    # Before any data: a model sealed here must be kept rollback-protected.
+                    if self._store is None:
+                        raise _no_model_store(self._runtime)
+                    self._store.check_can_seal(job.terms, job.terms_envelope.digest)
                 with job_process.JobProcess.start(
                     self._identity, job, approvals, manifests, accepted_at
                 ) as running:
@@ -103,8 +130,64 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                             name=item.name, data=data[start : start + CHUNK_SIZE]
                         )
                     )
+            elif isinstance(item, models.SealedModel):
+                self._seal(job, item)
+                running.model_stored()
             else:
+                if job.terms.sealed:
+                    # The model answers queries once the statement naming it exists.
+                    assert self._store is not None
+                    self._store.activate(job.terms.job_id, item)
                 yield enclave_pb2.RunJobResponse(result_statement=item)
+
+    def _seal(self, job: jobs.AcceptedJob, model: models.SealedModel) -> None:
+        if not job.terms.sealed or self._store is None:
+            raise FormatError("the job process sent a model its terms do not seal")
+        owners = sorted({m.owner_key for m in job.manifests.values()}, key=lambda k: k.hex)
+        self._store.seal(job.terms_envelope, owners, model)
+
+    def Predict(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
+        try:
+            if self._queries is None:
+                raise _no_model_store(self._runtime)
+            first = next(request_iterator, None)
+            if first is None or not first.HasField("query"):
+                raise FormatError("Predict must start with the signed prediction query")
+            checked = self._queries.check(bytes(first.query))
+            rows = bytearray()
+            for request in request_iterator:
+                if not request.HasField("chunk"):
+                    raise FormatError("Predict takes one query, then the sealed rows' chunks only")
+                if len(rows) + len(request.chunk) > checked.max_bytes:
+                    raise FormatError(
+                        f"the sealed rows of query {checked.query.query_id!r} exceed "
+                        f"{checked.max_bytes:,} bytes, more than {checked.query.rows:,} rows of "
+                        f"this model's features can take"
+                    )
+                rows += request.chunk
+            answer = self._queries.answer(checked, bytes(rows))
+            del rows
+        except DetenteError as exc:
+            self._abort(context, exc)
+        except Exception:
+            log.exception("query failed")
+            context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to answer the query")
+        data = answer.ciphertext
+        for start in range(0, max(len(data), 1), CHUNK_SIZE):
+            yield enclave_pb2.PredictResponse(chunk=data[start : start + CHUNK_SIZE])
+        yield enclave_pb2.PredictResponse(answer=answer.envelope)
+
+    def RetireModel(self, request: Any, context: Any) -> Any:
+        try:
+            if self._store is None:
+                raise _no_model_store(self._runtime)
+            models.retire(self._store, self._cache, request.model_id, list(request.retirements))
+        except DetenteError as exc:
+            self._abort(context, exc)
+        except Exception:
+            log.exception("retirement failed")
+            context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to retire the model")
+        return enclave_pb2.RetireModelResponse()
 
 
 def _progress(item: jobs.JobProgress) -> Any:

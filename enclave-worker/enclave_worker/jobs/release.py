@@ -105,7 +105,8 @@ def artefacts(
     terms = job.terms
     everyone = list(terms.recipients)
     released: list[Artefact] = []
-    if "model" in terms.outputs:
+    # A sealed model never leaves (the terms cannot both seal and release it; checked again).
+    if "model" in terms.outputs and not terms.sealed:
         model = bytes(trained.booster.save_raw(raw_format=terms.model_format))
         released.append(Artefact("model", model, everyone))
     if "metrics" in terms.outputs:
@@ -147,12 +148,15 @@ def result_statement(
     job: AcceptedJob,
     records: list[OutputRecord],
     summary: dict[str, Any],
+    sealed_model: str | None = None,
 ) -> ResultStatement:
-    """What the enclave states about the job it ran: terms, measurement, outputs, a summary."""
+    """What the enclave states about the job it ran: terms, measurement, outputs, a summary,
+    and the id of the model it keeps when the terms seal it."""
     return ResultStatement(
         job_id=job.terms.job_id,
         terms_digest=job.terms_envelope.digest,
         mrenclave=identity.mrenclave,
         outputs=records,
         summary=summary,
+        sealed_model=sealed_model,
     )

@@ -25,8 +25,11 @@ from enclave_worker.jobs.tables import (
     value_free_errors,
 )
 from enclave_worker.jobs.training import Matrices, Trained, matrices, train
+from enclave_worker.models.schema import ModelSchema
+from enclave_worker.models.store import SealedModel
 from libos import limits
 from protocols.documents import JobTerms
+from protocols.errors import PolicyError
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ def run(
     del named, joined
     with value_free_errors("building XGBoost's training matrix"):
         built = matrices(data, terms)
+        # What predicting needs of a sealed model: the features and their categories.
+        schema = ModelSchema.of_training(data.features, data.names, terms) if terms.sealed else None
     # XGBoost holds the quantised rows now: the Arrow data can go.
     data.features = None
     _release_arrow_memory()
@@ -94,7 +99,12 @@ def run(
     summary: dict[str, Any] = {"features": len(data.names), "rounds": trained.rounds}
     if terms.join == "horizontal":
         summary["rows"] = built.rows
-    statement = result_statement(identity, job, records, summary)
+    sealed_model = None
+    if schema is not None:
+        _seal(env, trained, schema, terms)
+        sealed_model = terms.job_id
+        yield JobProgress("progress", f"model sealed in the enclave as {sealed_model!r}")
+    statement = result_statement(identity, job, records, summary, sealed_model)
     yield JobProgress("timing", f"release {time.perf_counter() - finished:.3f}s")
     peak = env.peak_rss_bytes()
     yield JobProgress(
@@ -103,6 +113,19 @@ def run(
     )
     log.info("job %s released %d outputs, peak memory %d bytes", terms.job_id, len(records), peak)
     yield statement.sign(identity.signing_key).to_bytes()
+
+
+def _seal(env: JobEnvironment, trained: Trained, schema: ModelSchema, terms: JobTerms) -> None:
+    """Hand the model to the worker's model store; returns once it is stored."""
+    if env.seal_model is None:
+        # The service refuses such terms before any data (models.store); this is a backstop.
+        raise PolicyError(
+            f"job {terms.job_id!r} seals its model, but this enclave has no model store: it "
+            "needs a rollback-protected encrypted mount (docs/libos.md)"
+        )
+    with value_free_errors("saving the sealed model"):
+        raw = bytes(trained.booster.save_raw("ubj"))
+    env.seal_model(SealedModel(raw, schema))
 
 
 def _predict_rows(trained: Trained, built: Matrices, rows: int) -> Any:
