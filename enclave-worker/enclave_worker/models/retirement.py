@@ -38,7 +38,7 @@ def retire(
             keys = ", ".join(k.hex[:16] + "…" for k in missing)
             raise ConsentError(
                 f"retiring model {model_id!r} needs every data owner's signature; missing: "
-                f"{keys} (each owner runs `detente party retire {model_id}`)"
+                f"{keys} (each data owner signs a model retirement of it, protocols/SPEC.md §3.10)"
             )
         if isinstance(found, Tombstone):
             return found
