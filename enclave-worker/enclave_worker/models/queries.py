@@ -156,14 +156,19 @@ class QueryHandler:
         )
         private = self._identity.hpke_private_key_for(query.sealed_to_hpke_key)
         assert private is not None  # checked by check()
-        key = hpke.unwrap_key(
-            query.wrapped_key,
-            private,
-            hpke.query_key_info(model_id, query.query_id, query.sealed_to_hpke_key),
-        )
-        plaintext = stream.open_stream(
-            key, ciphertext, predictions.query_associated_data(model_id, query.query_id)
-        )
+        try:
+            key = hpke.unwrap_key(
+                query.wrapped_key,
+                private,
+                hpke.query_key_info(model_id, query.query_id, query.sealed_to_hpke_key),
+            )
+            plaintext = stream.open_stream(
+                key, ciphertext, predictions.query_associated_data(model_id, query.query_id)
+            )
+        except (IntegrityError, FormatError) as exc:
+            raise IntegrityError(
+                f"the sealed rows of {where}: {exc}; seal them to this enclave again"
+            ) from None
         del ciphertext
         with value_free_errors(f"reading the rows of {where}"):
             table = predictions.from_ipc(plaintext, f"the rows of {where}")
