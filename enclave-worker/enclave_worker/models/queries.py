@@ -128,11 +128,13 @@ class QueryHandler:
             )
         _check_fresh(query, now)
         if isinstance(found, Tombstone):
-            raise found.refusal()
+            raise found.refusal()  # its usage, replayed ids included, is destroyed with it
+        usage = self._store.usage(model_id, envelope.signer)
+        usage.check_replay(query, now)
         record = self._store.active(model_id)
         querier = record.terms.querier(envelope.signer)
         assert querier is not None  # it is one of the queriers' keys
-        self._store.usage(model_id, querier.signing_key).check(querier, query, now)
+        usage.check_budget(querier, query, now)
         features = max(len(record.schema.features), 1)
         max_bytes = BASE_QUERY_BYTES + query.rows * features * MAX_BYTES_PER_VALUE
         return CheckedQuery(envelope, query, querier, record, max_bytes)

@@ -72,11 +72,19 @@ class Usage:
 
     def check(self, querier: Querier, query: PredictionQuery, now: float) -> None:
         """Refuse a query id seen in the window (IntegrityError) or rows over the budget."""
+        self.check_replay(query, now)
+        self.check_budget(querier, query, now)
+
+    def check_replay(self, query: PredictionQuery, now: float) -> None:
+        """Refuse a query whose id was answered within the window (IntegrityError)."""
         if query.query_id in self.pruned(now).recent:
             raise IntegrityError(
                 f"query {query.query_id!r} of model {query.model_id!r} was already answered: "
                 "a query is answered once (send a new query with a fresh id)"
             )
+
+    def check_budget(self, querier: Querier, query: PredictionQuery, now: float) -> None:
+        """Refuse rows over what ``querier`` has left, in all or today (BudgetExhausted)."""
         left = self.remaining(querier, now)
         today_short = left.today is not None and query.rows > left.today
         if query.rows > left.total or today_short:
