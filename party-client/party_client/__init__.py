@@ -5,9 +5,10 @@ Register and pin (:mod:`~party_client.identity`), attest the enclave
 (:mod:`~party_client.tables`), seal and upload data sets through a private
 spool file (:mod:`~party_client.datasets`, :mod:`~party_client.spool`),
 propose jobs (:mod:`~party_client.proposal`), review and approve them
-(:mod:`~party_client.consent`), follow them (:mod:`~party_client.job_control`)
-and collect their outputs
-(:mod:`~party_client.outputs`). Every function returns dataclasses; protobuf
+(:mod:`~party_client.consent`), follow them (:mod:`~party_client.job_control`),
+collect their outputs (:mod:`~party_client.outputs`), and query and retire
+the models they seal in the enclave (:mod:`~party_client.queries`,
+:mod:`~party_client.models`). Every function returns dataclasses; protobuf
 stays in :mod:`~party_client.remote`, the gRPC edge.
 
 The names below are the API. Each loads its module on first use, so that
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from party_client.consent import (
         DatasetView,
+        QuerierView,
         RecipientView,
         Review,
         approve,
@@ -33,8 +35,16 @@ if TYPE_CHECKING:
     from party_client.home import PartyHome
     from party_client.identity import KnownParty, init, parties, pin, register
     from party_client.job_control import JobView, cancel, fetch_job, jobs, retry, wait
+    from party_client.models import ModelOwner, ModelQuerier, ModelView, model, models, retire
     from party_client.outputs import results
-    from party_client.proposal import DEFAULT_PARAMS, propose
+    from party_client.proposal import DEFAULT_PARAMS, QueryGrant, propose
+    from party_client.queries import (
+        Predicted,
+        QueryProgress,
+        predict,
+        predict_table,
+        predict_table_with_budget,
+    )
     from party_client.remote import CoordinatorError
     from party_client.tables import load_schema
 
@@ -44,7 +54,14 @@ _MODULE_OF = {
     "DatasetView": "consent",
     "JobView": "job_control",
     "KnownParty": "identity",
+    "ModelOwner": "models",
+    "ModelQuerier": "models",
+    "ModelView": "models",
     "PartyHome": "home",
+    "Predicted": "queries",
+    "QuerierView": "consent",
+    "QueryGrant": "proposal",
+    "QueryProgress": "queries",
     "RecipientView": "consent",
     "Review": "consent",
     "UploadProgress": "datasets",
@@ -58,11 +75,17 @@ _MODULE_OF = {
     "jobs": "job_control",
     "list_datasets": "datasets",
     "load_schema": "tables",
+    "model": "models",
+    "models": "models",
     "parties": "identity",
     "pin": "identity",
+    "predict": "queries",
+    "predict_table": "queries",
+    "predict_table_with_budget": "queries",
     "propose": "proposal",
     "register": "identity",
     "results": "outputs",
+    "retire": "models",
     "retry": "job_control",
     "review": "consent",
     "sign_approval": "consent",
@@ -76,7 +99,14 @@ __all__ = [
     "DatasetView",
     "JobView",
     "KnownParty",
+    "ModelOwner",
+    "ModelQuerier",
+    "ModelView",
     "PartyHome",
+    "Predicted",
+    "QuerierView",
+    "QueryGrant",
+    "QueryProgress",
     "RecipientView",
     "Review",
     "UploadProgress",
@@ -90,11 +120,17 @@ __all__ = [
     "jobs",
     "list_datasets",
     "load_schema",
+    "model",
+    "models",
     "parties",
     "pin",
+    "predict",
+    "predict_table",
+    "predict_table_with_budget",
     "propose",
     "register",
     "results",
+    "retire",
     "retry",
     "review",
     "sign_approval",

@@ -53,6 +53,20 @@ class RecipientView:
     pin: str  # "pinned", "new" (first use), "MISMATCH"
 
 
+@dataclass(frozen=True)
+class QuerierView:
+    """A party the terms let query the sealed model, with its budget and pin status."""
+
+    name: str
+    signing_key: str
+    fingerprint: str
+    you: bool
+    owner: bool  # owns a data set of the job
+    pin: str  # "pinned", "new" (first use), "MISMATCH"
+    total_rows: int
+    rows_per_day: int | None
+
+
 @dataclass
 class Review:
     """What approving a job means for this party, and what stands in the way.
@@ -64,6 +78,7 @@ class Review:
     job: JobView
     datasets: list[DatasetView] = field(default_factory=list)
     recipients: list[RecipientView] = field(default_factory=list)
+    queriers: list[QuerierView] = field(default_factory=list)  # of a sealed model
     refusals: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -82,6 +97,20 @@ class Review:
                     r.name for r in self.recipients if r.signing_key == d.owner_key
                 ]
         return shown
+
+    def model(self) -> dict[str, Any]:
+        """What becomes of the model: released (an output, to the recipients) or sealed in
+        the enclave, with who may query it, how many rows, and what an answer holds."""
+        terms = self.job.terms
+        if not terms.sealed:
+            return {"disposition": terms.model}
+        return {
+            "disposition": terms.model,
+            "model_id": terms.job_id,
+            "queriers": [q.__dict__ for q in self.queriers],
+            "answer": terms.answer,
+            "digits": terms.answer_digits,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         terms = self.job.terms
@@ -109,6 +138,7 @@ class Review:
             "outputs": terms.outputs,
             "release_to": terms.release_to,
             "releases": self.releases(),
+            "model": self.model(),
             "datasets": [d.__dict__ for d in self.datasets],
             "recipients": [r.__dict__ for r in self.recipients],
             "refusals": self.refusals,
@@ -141,10 +171,11 @@ def review(home: PartyHome, policy: AttestationPolicy, job: JobView) -> Review:
 
     Nothing is signed here. Refusals: one of this party's data sets named with
     another manifest, a measurement its policy does not allow, expired terms,
-    a recipient under this party's name (or key) with other keys, a recipient
-    whose keys differ from the ones pinned for its name, terms releasing to
-    the owners whose recipients are not exactly the owners. Warning: this
-    party receives nothing (it must confirm that explicitly).
+    a recipient or querier under this party's name (or key) with other keys,
+    a recipient or querier whose keys differ from the ones pinned for its
+    name, terms releasing to the owners whose recipients are not exactly the
+    owners. Warnings (the party must confirm them explicitly): this party
+    receives nothing; the model is sealed and this party may not query it.
     """
     terms = job.terms
     found = Review(job)
@@ -154,8 +185,10 @@ def review(home: PartyHome, policy: AttestationPolicy, job: JobView) -> Review:
     found.refusals += _enclave_refusals(terms, policy)
     owners = _check_datasets(home, me, found)
     _check_recipients(home, me, owners, found)
+    _check_queriers(home, me, owners, found)
     found.refusals += _release_refusals(terms, owners)
     found.warnings += _receives_nothing(terms, me.key)
+    found.warnings += _queries_nothing(terms, me.key)
     # Another owner left out of named recipients is shown (datasets and recipients
     # list who receives what) but is that owner's own decision when it approves.
     return found
@@ -257,15 +290,58 @@ def _check_recipients(home: PartyHome, me: _Me, owners: set[VerifyKey], found: R
         )
 
 
+def _check_queriers(home: PartyHome, me: _Me, owners: set[VerifyKey], found: Review) -> None:
+    """List each querier of a sealed model with its budget; refuse impostors and mismatches."""
+    recipients = {r.name: r.fingerprint for r in found.job.terms.recipients}
+    for q in found.job.terms.queriers:
+        fingerprint = party_fingerprint(q.signing_key, q.hpke_key)
+        status, problem = _party_pin(
+            home, me, q.name, q.signing_key, fingerprint, "querier", "its answers"
+        )
+        if problem is None and recipients.get(q.name, fingerprint) != fingerprint:
+            status = "MISMATCH"
+            problem = (
+                f"the terms name {q.name!r} as a recipient and as a querier with different "
+                "keys: one of them is not that party"
+            )
+        if problem:
+            found.refusals.append(problem)
+        found.queriers.append(
+            QuerierView(
+                q.name,
+                q.signing_key.hex,
+                fingerprint,
+                q.signing_key == me.key,
+                q.signing_key in owners,
+                status,
+                q.total,
+                q.per_day,
+            )
+        )
+
+
 def _recipient_pin(home: PartyHome, me: _Me, r: Recipient) -> tuple[str, str | None]:
     """A recipient's pin status, and why it is refused if it is."""
-    if (r.name == me.name or r.signing_key == me.key) and r.fingerprint != me.fingerprint:
+    return _party_pin(home, me, r.name, r.signing_key, r.fingerprint, "recipient", "the results")
+
+
+def _party_pin(
+    home: PartyHome,
+    me: _Me,
+    name: str,
+    key: VerifyKey,
+    fingerprint: str,
+    role: str,
+    what: str,
+) -> tuple[str, str | None]:
+    """A recipient's or querier's pin status, and why it is refused if it is."""
+    if (name == me.name or key == me.key) and fingerprint != me.fingerprint:
         return "MISMATCH", (
-            f"the recipient {r.name!r} ({r.signing_key.hex[:16]}…) claims your name or key "
-            "but is not your identity: the results would go to someone else"
+            f"the {role} {name!r} ({key.hex[:16]}…) claims your name or key but is not your "
+            f"identity: {what} would go to someone else"
         )
     try:
-        status: PinStatus = home.known_parties.check(r.name, r.fingerprint, "recipient")
+        status: PinStatus = home.known_parties.check(name, fingerprint, role)
     except KeyMismatch as exc:
         return "MISMATCH", str(exc)
     return status, None
@@ -290,6 +366,16 @@ def _receives_nothing(terms: JobTerms, me: VerifyKey) -> list[str]:
     return []
 
 
+def _queries_nothing(terms: JobTerms, me: VerifyKey) -> list[str]:
+    """An owner of a sealed model that may not query it must confirm that explicitly."""
+    if terms.sealed and terms.querier(me) is None:
+        return [
+            f"the model stays sealed in the enclave and you may not query it: only "
+            f"{', '.join(q.name for q in terms.queriers)} may"
+        ]
+    return []
+
+
 def sign_approval(home: PartyHome, reviewed: Review, accept_warnings: bool = False) -> JobView:
     """Sign an approval of the exact terms envelope that was reviewed, and send it.
 
@@ -306,9 +392,10 @@ def sign_approval(home: PartyHome, reviewed: Review, accept_warnings: bool = Fal
             f"job {reviewed.job.job_id!r} needs your explicit confirmation: "
             + "; ".join(reviewed.warnings)
         )
-    for recipient in reviewed.recipients:
-        if recipient.pin == "new":
-            home.known_parties.remember(recipient.name, recipient.fingerprint)
+    seen: list[RecipientView | QuerierView] = [*reviewed.recipients, *reviewed.queriers]
+    for party in seen:
+        if party.pin == "new":
+            home.known_parties.remember(party.name, party.fingerprint)
     job = reviewed.job
     approval = Approval(job.job_id, job.terms_digest).sign(home.signing_key())
     with Coordinator.for_home(home) as remote:

@@ -1,4 +1,5 @@
-"""A job's outputs: verify the result statement, decrypt what the job released to this party."""
+"""A job's outputs: verify the result statement, decrypt what the job released to this party
+(a sealed model is not among them: it stays in the enclave, :mod:`party_client.queries`)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> 
 
     Each output goes to the file :func:`file_name` gives it, with mode 0600,
     like keys: they are this party's results. Returns the paths by output name.
+
+    A job whose terms seal the model releases no model to anyone: its
+    statement must name the sealed model (the job id), which is queried with
+    :func:`party_client.predict`; the other outputs, if any, are written as
+    usual (and there may be none).
     """
     job = wait(home, job_id, timeout)
     if job.state != "succeeded":
@@ -60,6 +66,11 @@ def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> 
         raise IntegrityError("the result statement is about other job terms: refuse it")
     if statement.mrenclave not in terms.allowed_mrenclaves:
         raise IntegrityError("the result comes from a measurement the terms do not allow")
+    if statement.sealed_model != (job_id if terms.sealed else None):
+        raise IntegrityError(
+            "the result statement does not say what the terms say of the model (sealed in the "
+            "enclave, or released): refuse it"
+        )
     me = home.signing_key().verify_key
     hpke_key = home.hpke_key()
     written: dict[str, Path] = {}
@@ -79,6 +90,6 @@ def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> 
             path = out_dir / name
             write_atomic(path, plaintext, mode=0o600)
             written[output.name] = path
-    if not written:
+    if not written and not terms.sealed:
         raise ConsentError(f"job {job_id} released nothing to you: you are not a named recipient")
     return written

@@ -1,11 +1,14 @@
-"""Proposing a job: signed terms naming the data sets, the attested enclave and the recipients.
+"""Proposing a job: signed terms naming the data sets, the attested enclave, the recipients
+and, for a model sealed in the enclave, who may query it and how much.
 
 Before anything is sent, the terms are checked against the data sets' signed
 manifests (:func:`check_terms`): the objective against each label summary,
 where the label is (one data set of a vertical job holds it), the minimum
 number of rows against their row counts, and every rule by which
 :meth:`JobTerms.verify <protocols.documents.JobTerms.verify>` refuses terms.
-What the enclave would refuse after every owner approved is refused here.
+What the enclave would refuse after every owner approved is refused here;
+a sealed model's options are checked first (:func:`check_sealing`), each
+refusal naming the option to change.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from party_client.datasets import fetch_manifest
@@ -20,14 +24,21 @@ from party_client.home import PartyHome
 from party_client.identity import fetch_registrations
 from party_client.remote import Coordinator
 from protocols.documents import (
+    ANSWER_CLASS,
+    ANSWER_PROBABILITY,
+    ANSWERS,
+    MODEL_RELEASE,
+    MODEL_SEALED,
     RELEASE_TO_NAMED,
     RELEASE_TO_OWNERS,
     DatasetManifest,
     JobTerms,
+    Querier,
     Recipient,
     Registration,
     check_id,
 )
+from protocols.documents.terms import MAX_ANSWER_DIGITS
 from protocols.errors import FormatError, SetupError
 from protocols.objectives import LabelSummary, check_labels
 from protocols.policy import AttestationPolicy
@@ -154,9 +165,10 @@ def _owner_recipients(
     return chosen
 
 
-def _named_recipients(
+def _by_name(
     home: PartyHome, names: list[str], registrations: dict[str, Registration]
-) -> list[Recipient]:
+) -> list[Registration]:
+    """The registration of each name, checked against (or pinned as) the key known for it."""
     by_name: dict[str, list[Registration]] = {}
     for registration in registrations.values():
         by_name.setdefault(registration.name, []).append(registration)
@@ -171,8 +183,92 @@ def _named_recipients(
             )
         registration = found[0]
         home.known_parties.remember(name, registration.fingerprint)
-        chosen.append(Recipient(name, registration.signing_key, registration.hpke_key))
+        chosen.append(registration)
     return chosen
+
+
+def _named_recipients(
+    home: PartyHome, names: list[str], registrations: dict[str, Registration]
+) -> list[Recipient]:
+    return [
+        Recipient(r.name, r.signing_key, r.hpke_key) for r in _by_name(home, names, registrations)
+    ]
+
+
+@dataclass(frozen=True)
+class QueryGrant:
+    """A party (by its registered name) that may query a sealed model, and how many rows:
+    ``total`` over the model's life, at most ``per_day`` per UTC day (None: no daily limit).
+    `detente party propose --query NAME=ROWS[/PER_DAY]`."""
+
+    name: str
+    total: int
+    per_day: int | None = None
+
+
+def check_sealing(
+    sealed: bool,
+    outputs: Sequence[str],
+    grants: Sequence[QueryGrant],
+    answer: str,
+    digits: int | None,
+    objective: str,
+) -> None:
+    """Refuse (SetupError) what the terms' own rules would refuse of a sealed model, naming
+    the `detente party propose` option to change."""
+    nothing = "; nothing was proposed"
+    if not sealed:
+        if grants or answer != ANSWER_PROBABILITY or digits is not None:
+            raise SetupError(
+                "--query, --answer and --digits describe a sealed model, and this job releases "
+                f"its model: add --sealed, or drop them{nothing}"
+            )
+        return
+    if "model" in outputs:
+        raise SetupError(
+            "--sealed keeps the model in the enclave, and --output model would release it: "
+            f"drop --output model{nothing}"
+        )
+    if not grants:
+        raise SetupError(
+            "--sealed needs at least one --query NAME=ROWS[/PER_DAY]: the parties that may "
+            f"query the model, and how many rows{nothing}"
+        )
+    names = [g.name for g in grants]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SetupError(f"--query names {', '.join(map(repr, twice))} twice{nothing}")
+    for g in grants:
+        if g.total < 1 or (g.per_day is not None and not 1 <= g.per_day <= g.total):
+            raise SetupError(
+                f"--query {g.name}={g.total}{'' if g.per_day is None else f'/{g.per_day}'}: "
+                f"ROWS must be at least 1 and PER_DAY from 1 to ROWS{nothing}"
+            )
+    if answer not in ANSWERS:
+        raise SetupError(f"--answer {answer!r} is not one of {', '.join(ANSWERS)}{nothing}")
+    if answer == ANSWER_CLASS and not objective.startswith(("binary:", "multi:")):
+        raise SetupError(
+            f"--answer class needs a classification --objective (binary:… or multi:…), not "
+            f"{objective}: use --answer probability{nothing}"
+        )
+    if digits is not None:
+        if answer == ANSWER_CLASS:
+            raise SetupError(
+                f"--digits rounds probabilities, and --answer class returns classes: drop "
+                f"--digits{nothing}"
+            )
+        if not 0 <= digits <= MAX_ANSWER_DIGITS:
+            raise SetupError(f"--digits must be from 0 to {MAX_ANSWER_DIGITS}{nothing}")
+
+
+def _queriers(
+    home: PartyHome, grants: Sequence[QueryGrant], registrations: dict[str, Registration]
+) -> list[Querier]:
+    found = _by_name(home, [g.name for g in grants], registrations)
+    return [
+        Querier(r.name, r.signing_key, r.hpke_key, g.total, g.per_day)
+        for r, g in zip(found, grants, strict=True)
+    ]
 
 
 def propose(
@@ -198,6 +294,10 @@ def propose(
     early_stopping_rounds: int | None = None,
     metrics_every: int | None = None,
     model_format: str = "json",
+    sealed: bool = False,
+    queriers: Sequence[QueryGrant] = (),
+    answer: str = ANSWER_PROBABILITY,
+    digits: int | None = None,
 ) -> JobTerms:
     """Write and sign job terms naming the data sets, the enclave and the recipients.
 
@@ -210,7 +310,15 @@ def propose(
     Without ``recipients`` the terms release to the data owners
     (``release.to = "owners"``): one recipient per owner, and proposing fails
     if any owner's registration is missing.
+
+    ``sealed`` keeps the model in the enclave (``outputs`` must not name
+    ``model``): the parties of ``queriers`` (by registered name, checked
+    against the keys pinned for those names) may query it within their row
+    budgets, and get ``answer`` (``probability``, rounded to ``digits``
+    decimals if given, or ``class``). :func:`check_sealing` refuses what the
+    terms would.
     """
+    check_sealing(sealed, outputs, queriers, answer, digits, objective)
     enclave, _ = home.attested_enclave(policy)
     signing = home.signing_key()
     unknown = sorted(set(id_columns or {}) - set(dataset_ids))
@@ -235,6 +343,7 @@ def propose(
         else:
             chosen = _owner_recipients(home, list(manifests.values()), registrations)
             release_to = RELEASE_TO_OWNERS
+        granted = _queriers(home, queriers, registrations) if sealed else []
         terms = JobTerms(
             job_id=check_id(job_id or f"job-{secrets.token_hex(6)}", "job id"),
             datasets=entries,
@@ -258,6 +367,10 @@ def propose(
             early_stopping_rounds=early_stopping_rounds,
             metrics_every=metrics_every,
             model_format=model_format,
+            model=MODEL_SEALED if sealed else MODEL_RELEASE,
+            queriers=granted,
+            answer=answer,
+            answer_digits=digits,
         )
         check_terms(terms, manifests)
         remote.propose(terms.sign(signing).to_bytes())

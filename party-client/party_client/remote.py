@@ -20,13 +20,14 @@ import grpc
 from cryptography import x509
 
 from protocols import grpc_status, tls
-from protocols.errors import DetenteError, FormatError
+from protocols.errors import DetenteError, FormatError, IntegrityError
 from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import SigningKey
 from protocols.request_auth import RequestSigner
 from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import coordinator_pb2 as pb
 from protocols.wire.v1 import coordinator_pb2_grpc
+from protocols.wire.v1 import enclave_pb2 as enclave_pb
 
 if TYPE_CHECKING:
     from party_client.home import PartyHome
@@ -84,6 +85,39 @@ class RemoteEvidence:
     backend: str
 
 
+@dataclass(frozen=True)
+class RemoteModelQueries:
+    """Queries of a sealed model the coordinator relayed for one querier (its count)."""
+
+    querier: str  # hex signing key
+    queries: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """A sealed model as the coordinator records it (verify ``retirements`` before use)."""
+
+    model_id: str
+    job_id: str
+    state: str  # sealed, retired
+    terms_digest: str
+    owners: list[str]  # hex keys
+    retirements: list[bytes]  # signed model retirements so far
+    queries: list[RemoteModelQueries]
+    created_at: int
+    retired_at: int
+
+
+@dataclass(frozen=True)
+class RemoteAnswer:
+    """What the coordinator relayed back for one query: the enclave's signed answer and the
+    sealed answer table (verify both before use)."""
+
+    answer: bytes
+    ciphertext: bytes
+
+
 def _party(p: Any) -> RemoteParty:
     return RemoteParty(p.name, p.signing_key, bytes(p.registration))
 
@@ -105,6 +139,27 @@ def _job(j: Any) -> RemoteJob:
         proposer=j.proposer,
         attempts=int(j.attempts),
     )
+
+
+def _model(m: Any) -> RemoteModel:
+    return RemoteModel(
+        model_id=m.model_id,
+        job_id=m.job_id,
+        state=m.state,
+        terms_digest=m.terms_digest,
+        owners=list(m.owners),
+        retirements=[bytes(r) for r in m.retirements],
+        queries=[RemoteModelQueries(q.querier, int(q.queries), int(q.rows)) for q in m.queries],
+        created_at=int(m.created_at),
+        retired_at=int(m.retired_at),
+    )
+
+
+def _pieces(data: bytes) -> Iterator[bytes]:
+    """``data`` in pieces of at most ``CHUNK_SIZE`` bytes (one gRPC message each)."""
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK_SIZE):
+        yield bytes(view[start : start + CHUNK_SIZE])
 
 
 class CoordinatorError(DetenteError):
@@ -244,10 +299,7 @@ class Coordinator:
         """Send a signed manifest, then the ciphertext: given whole, or as pieces of at most
         ``CHUNK_SIZE`` bytes (streamed as they come; the call may last ``timeout`` seconds)."""
         if isinstance(ciphertext, bytes | bytearray | memoryview):
-            whole = ciphertext
-            pieces: Iterable[bytes] = (
-                bytes(whole[i : i + CHUNK_SIZE]) for i in range(0, len(whole), CHUNK_SIZE)
-            )
+            pieces: Iterable[bytes] = _pieces(bytes(ciphertext))
         else:
             pieces = ciphertext
 
@@ -301,3 +353,64 @@ class Coordinator:
             return b"".join(c.data for c in chunks)
 
         return self._call(lambda timeout: read())
+
+    # -- sealed models (docs/protocol.md §7) ------------------------------------------
+
+    def model(self, model_id: str) -> RemoteModel:
+        return _model(self._call(self._stub.GetModel, pb.GetModelRequest(model_id=model_id)))
+
+    def models(self) -> list[RemoteModel]:
+        reply = self._call(self._stub.ListModels, pb.ListModelsRequest())
+        return [_model(m) for m in reply.models]
+
+    def retire_model(self, model_id: str, retirement: bytes) -> RemoteModel:
+        return _model(
+            self._call(
+                self._stub.RetireModel,
+                pb.CoordinatorRetireModelRequest(model_id=model_id, retirement=retirement),
+            )
+        )
+
+    def predict(
+        self,
+        query: bytes,
+        ciphertext: bytes,
+        timeout: float | None = None,
+        sent: Callable[[int], None] | None = None,
+    ) -> RemoteAnswer:
+        """Send a signed query, then its sealed rows in ``CHUNK_SIZE`` pieces; return the
+        answer the enclave streams back (its sealed table, then its signed answer, last).
+
+        ``sent``, if given, is called with the ciphertext bytes sent so far (on the
+        thread that feeds gRPC).
+        """
+
+        def messages() -> Iterator[Any]:
+            yield enclave_pb.PredictRequest(query=query)
+            done = 0
+            for piece in _pieces(ciphertext):
+                yield enclave_pb.PredictRequest(chunk=piece)
+                done += len(piece)
+                if sent is not None:
+                    sent(done)
+
+        def exchange(timeout: float) -> RemoteAnswer:
+            pieces: list[bytes] = []
+            answer: bytes | None = None
+            for reply in self._stub.Predict(messages(), timeout=timeout):
+                if answer is not None:
+                    raise IntegrityError(
+                        "the coordinator sent more after the enclave's signed answer: refused"
+                    )
+                if reply.WhichOneof("part") == "answer":
+                    answer = bytes(reply.answer)
+                else:
+                    pieces.append(bytes(reply.chunk))
+            if answer is None:
+                raise IntegrityError(
+                    "the coordinator ended the answer without the enclave's signed answer: "
+                    "nothing was written; query again"
+                )
+            return RemoteAnswer(answer, b"".join(pieces))
+
+        return self._call(exchange, timeout=timeout)

@@ -430,6 +430,21 @@ class _ParquetSource:
             raise DatasetError(f"cannot read {self.path} as Parquet: {exc}") from None
 
 
+class _ArrowSource:
+    """A table already in memory (a Python caller's), read as the files are."""
+
+    kind = "Arrow"
+
+    def __init__(self, table: Any, batch_rows: int) -> None:
+        self.table, self.batch_rows = table, batch_rows
+
+    def fields(self) -> list[tuple[str, Any]]:
+        return [(f.name, f.type) for f in self.table.schema]
+
+    def batches(self, plan: list[_Column]) -> Iterator[Any]:
+        yield from self.table.to_batches(max_chunksize=self.batch_rows)
+
+
 # --------------------------------------------------------------------------- the scan
 
 
@@ -478,6 +493,9 @@ class TableScan:
     ids) are counted to the end of the file and raised there; once one is
     found no further batch is yielded. A value that is not of its column's
     kind stops the scan at once.
+
+    ``table`` (a :class:`pyarrow.Table`) is scanned instead of a file by the
+    rules for Parquet; ``path`` then only names it in messages.
     """
 
     def __init__(
@@ -488,17 +506,22 @@ class TableScan:
         kinds: dict[str, str] | None = None,
         block_size: int = CSV_BLOCK_SIZE,
         batch_rows: int = PARQUET_BATCH_ROWS,
+        table: Any = None,
     ) -> None:
         import pyarrow as pa
 
         path = Path(path)
-        _check_path(path)
         self.path, self.label, self.id_column = path, label, id_column
-        parquet = path.suffix.lower() in _PARQUET_SUFFIXES
-        self._source: _CsvSource | _ParquetSource = (
-            _ParquetSource(path, batch_rows) if parquet else _CsvSource(path, block_size)
-        )
-        self._plan = _plan(path, self._source.fields(), label, id_column, kinds or {}, not parquet)
+        if table is not None:
+            self._source: _CsvSource | _ParquetSource | _ArrowSource = _ArrowSource(
+                table, batch_rows
+            )
+            csv = False
+        else:
+            _check_path(path)
+            csv = path.suffix.lower() not in _PARQUET_SUFFIXES
+            self._source = _CsvSource(path, block_size) if csv else _ParquetSource(path, batch_rows)
+        self._plan = _plan(path, self._source.fields(), label, id_column, kinds or {}, csv)
         release_memory()  # the header's reader is gone
         self.schema = pa.schema([pa.field(c.name, c.sent_as) for c in self._plan])
         self.rows = 0

@@ -84,12 +84,44 @@ def propose(
         list[str] | None,
         typer.Option(
             help="Released output (repeat): model, metrics, importance, predictions "
-            "(each owner its own rows'); default: model"
+            "(each owner its own rows'); default: model, or nothing with --sealed"
         ),
     ] = None,
     model_format: Annotated[
         str, typer.Option("--model-format", help="Released model format: json or ubj")
     ] = "json",
+    sealed: Annotated[
+        bool,
+        typer.Option(
+            "--sealed",
+            help="Keep the model in the enclave: nobody receives it, the --query parties query it",
+        ),
+    ] = False,
+    query: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--query",
+            help="With --sealed: a party that may query the model, NAME=ROWS or "
+            "NAME=ROWS/PER_DAY (rows in all, and per UTC day); repeat",
+        ),
+    ] = None,
+    answer: Annotated[
+        str,
+        typer.Option(
+            "--answer",
+            help="With --sealed: what a query returns, probability (the model's output) or "
+            "class (classification only)",
+        ),
+    ] = "probability",
+    digits: Annotated[
+        int | None,
+        typer.Option(
+            "--digits",
+            min=0,
+            max=15,
+            help="With --answer probability: round answers to this many decimals",
+        ),
+    ] = None,
     job_id: Annotated[str | None, typer.Option(help="Job id (default: random)")] = None,
     max_seconds: Annotated[
         int | None,
@@ -107,16 +139,23 @@ def propose(
     their rows): nothing is proposed that the enclave would refuse. Without
     --recipient the results go to exactly the data owners, and the proposal
     fails if an owner's registration is missing.
+
+    With --sealed the model stays in the enclave: nobody takes it home, not
+    even its owners; the parties named by --query score rows with it (`detente
+    party predict`) within their budgets, and the owners retire it together
+    (`detente party retire`).
     """
-    from protocols.documents.terms import JOINS, MODEL_FORMATS, OUTPUTS
+    from protocols.documents.terms import ANSWERS, JOINS, MODEL_FORMATS, OUTPUTS
     from protocols.objectives import OBJECTIVES
 
     _choice("--join", join, JOINS)
     _choice("--objective", objective, OBJECTIVES)
     _choice("--model-format", model_format, MODEL_FORMATS)
-    outputs = output or ["model"]
+    _choice("--answer", answer, ANSWERS)
+    outputs = output if output is not None else ([] if sealed else ["model"])
     for item in outputs:
         _choice("--output", item, OUTPUTS)
+    grants = [_grant(item) for item in query or []]
     every, each = _id_columns(id_column or [], dataset)
     params = _params(param or [])
     home = party.PartyHome.default()
@@ -141,6 +180,10 @@ def propose(
         early_stopping_rounds=early_stopping_rounds,
         metrics_every=metrics_every,
         model_format=model_format,
+        sealed=sealed,
+        queriers=grants,
+        answer=answer,
+        digits=digits,
     )
     if json_out:
         emit_json({"job_id": terms.job_id})
@@ -155,6 +198,23 @@ def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
         raise typer.BadParameter(
             f"{value!r} is not one of {', '.join(choices)}", param_hint=f"'{option}'"
         )
+
+
+def _grant(item: str) -> party.QueryGrant:
+    """--query NAME=ROWS or NAME=ROWS/PER_DAY (digits may be grouped with _ or ,)."""
+    name, sep, budget = item.partition("=")
+    total, slash, per_day = budget.partition("/")
+    try:
+        if not sep or not name:
+            raise ValueError
+        rows = int(total.replace(",", ""))
+        daily = int(per_day.replace(",", "")) if slash else None
+    except ValueError:
+        raise typer.BadParameter(
+            f"{item!r} must be NAME=ROWS or NAME=ROWS/PER_DAY, for example bank-b=10000/1000",
+            param_hint="'--query'",
+        ) from None
+    return party.QueryGrant(name, rows, daily)
 
 
 def _params(items: list[str]) -> dict[str, Any]:
@@ -219,7 +279,8 @@ def approve(
     manifest, an enclave your policy does not allow, a recipient that uses
     your name or key with other keys, a recipient whose keys differ from the
     ones you pinned for its name (see `detente party parties`), an owner left
-    out of terms that release to the owners.
+    out of terms that release to the owners. A sealed model's queriers are
+    checked as recipients are, and listed with their budgets.
     """
     home = party.PartyHome.default()
     checked = home.policy(policy)
@@ -274,6 +335,42 @@ def _checks(terms: JobTerms) -> str:
     return "; ".join(parts)
 
 
+def _answer(terms: JobTerms) -> str:
+    """What an answer to a query of the sealed model holds."""
+    if terms.answer == "class":
+        return "the class only"
+    what = "probabilities" if terms.objective.startswith(("binary:", "multi:")) else "values"
+    if terms.answer_digits is None:
+        return f"the model's {what}, unrounded"
+    return f"the model's {what}, rounded to {terms.answer_digits} decimals"
+
+
+def _print_model(reviewed: party.Review) -> None:
+    """A sealed model, stated plainly: nobody receives it; who queries it, how much, and what."""
+    terms = reviewed.job.terms
+    p = out.print
+    if not terms.sealed:
+        return
+    p(
+        f"  model: [bold]SEALED[/] in the enclave as {terms.job_id!r}: nobody receives it, "
+        "not even you; the parties below may query it, and every data owner must sign to "
+        "retire it",
+        highlight=False,
+    )
+    p(f"  each answer holds: {_answer(terms)}", highlight=False, markup=False)
+    p("  may query it:")
+    for q in reviewed.queriers:
+        role = "you" if q.you else ("data owner" if q.owner else "not a data owner")
+        daily = f", at most {q.rows_per_day:,} a day" if q.rows_per_day is not None else ""
+        pin = {"pinned": "matches your pin", "new": "first seen: will be pinned"}.get(q.pin, q.pin)
+        p(
+            f"    {q.name} ({role}): {q.total_rows:,} rows in all{daily}; fingerprint "
+            f"{show_fingerprint(q.fingerprint)} — {pin}",
+            highlight=False,
+            markup=False,
+        )
+
+
 def _print_review(reviewed: party.Review) -> None:
     """What approving means, as the party reads it before it signs."""
     terms = reviewed.job.terms
@@ -300,6 +397,7 @@ def _print_review(reviewed: party.Review) -> None:
             highlight=False,
             markup=False,
         )
+    _print_model(reviewed)
     to = "the data owners" if terms.release_to == "owners" else "the named recipients"
     p(f"  releases {', '.join(terms.outputs) or 'nothing'} to {to}:")
     for r in reviewed.recipients:

@@ -23,11 +23,16 @@ def status(job_id: str, json_out: JsonOption = False) -> None:
         "approvals": len(job.approvers),
         "required": len(job.required_approvers),
         "events": [{"at": e.at, "kind": e.kind, "text": e.text} for e in job.events],
+        "model": _model(home, job),
     }
     if json_out:
         emit_json(info)
         return
     out.print(f"{job.job_id}: {job.state} ({info['approvals']}/{info['required']} approvals)")
+    model = info["model"]
+    if isinstance(model, dict):
+        state = model["state"] or "not sealed yet"
+        out.print(f"  sealed model {job.job_id}: {state}", highlight=False, markup=False)
     for event in job.events:
         out.print(f"  {event.kind}: {event.text}", highlight=False, markup=False)
     # The error is also an event; print it apart only if the events lack it.
@@ -35,6 +40,16 @@ def status(job_id: str, json_out: JsonOption = False) -> None:
         out.print(f"  error: {job.error}", highlight=False, markup=False)
     if job.state == "failed" and job.terms.proposer == home.signing_key().verify_key.hex:
         out.print(f"  retry it with `detente party retry {job_id}`")
+
+
+def _model(home: party.PartyHome, job: party.JobView) -> dict[str, Any] | None:
+    """A sealed job's model: its id (the job's) and state (None until the coordinator records
+    it); None for a job that releases its model."""
+    if not job.terms.sealed:
+        return None
+    from party_client.models import sealed_model_state
+
+    return {"model_id": job.job_id, "state": sealed_model_state(home, job.job_id)}
 
 
 def jobs(json_out: JsonOption = False) -> None:
@@ -69,6 +84,8 @@ def _job_item(job: party.JobView, me: str) -> dict[str, Any]:
         roles.append("owner")
     if any(r.signing_key.hex == me for r in job.terms.recipients):
         roles.append("recipient")
+    if any(q.signing_key.hex == me for q in job.terms.queriers):
+        roles.append("querier")
     return {
         "job_id": job.job_id,
         "state": job.state,
@@ -109,10 +126,31 @@ def results(
     wait: Annotated[float, typer.Option(help="Seconds to wait for the job to finish")] = 0,
     json_out: JsonOption = False,
 ) -> None:
-    """Verify the enclave's result statement and decrypt your outputs."""
-    written = party.results(party.PartyHome.default(), job_id, out_dir, wait)
+    """Verify the enclave's result statement and decrypt your outputs.
+
+    A sealed model is not among them: it stays in the enclave, and the
+    parties its terms name query it with `detente party predict`.
+    """
+    home = party.PartyHome.default()
+    written = party.results(home, job_id, out_dir, wait)
+    terms = party.fetch_job(home, job_id).terms
     if json_out:
-        emit_json({k: str(v) for k, v in written.items()})
-    else:
-        for name, path in written.items():
-            out.print(f"{name}: {path}")
+        shown = {k: str(v) for k, v in written.items()}
+        if terms.sealed:  # not an output name: outputs are model, metrics, importance, …
+            shown["sealed_model"] = job_id
+        emit_json(shown)
+        return
+    for name, path in written.items():
+        out.print(f"{name}: {path}")
+    if terms.sealed:
+        me = home.signing_key().verify_key
+        how = (
+            f"query it with `detente party predict {job_id} FILE --out FILE`"
+            if terms.querier(me) is not None
+            else f"only {', '.join(q.name for q in terms.queriers)} may query it"
+        )
+        out.print(
+            f"model: sealed in the enclave as {job_id!r}, released to nobody; {how}",
+            highlight=False,
+            markup=False,
+        )

@@ -1,12 +1,17 @@
-"""Upload progress as the CLI shows it: one line redrawn on a terminal, plain lines when piped."""
+"""Upload and query progress as the CLI shows it: one line redrawn on a terminal, plain lines
+when piped."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 
 from party_client.datasets import SEALING, UploadProgress
+from party_client.queries import ANSWERED, QueryProgress
+from party_client.queries import SEALING as QUERY_SEALING
 
 # Piped output gets a line at most this often, and the last line of each phase.
 PLAIN_INTERVAL = 2.0
@@ -27,21 +32,33 @@ def describe(p: UploadProgress) -> str:
     )
 
 
-class UploadReport:
-    """A progress callback for :func:`party_client.upload` writing to ``console``."""
+def describe_query(p: QueryProgress) -> str:
+    """One line saying how far a query is."""
+    if p.phase == QUERY_SEALING:
+        return f"checked and sealed {p.rows:,} rows ({_mb(p.bytes)} of ciphertext)"
+    if p.phase == ANSWERED:
+        return f"answered {p.rows:,} rows (verified: signed by the attested enclave)"
+    share = f" ({100 * p.bytes / p.total_bytes:.0f}%)" if p.total_bytes else ""
+    return f"sent {p.rows:,} rows, {_mb(p.bytes)} of {_mb(p.total_bytes or 0)}{share}"
 
-    def __init__(self, console: Console) -> None:
+
+class UploadReport:
+    """A progress callback for :func:`party_client.upload` (or, with ``describe`` =
+    :func:`describe_query`, :func:`party_client.predict`) writing to ``console``."""
+
+    def __init__(self, console: Console, describe: Callable[[Any], str] = describe) -> None:
+        self._describe = describe
         self._console = console
         self._terminal = console.is_terminal
-        self._last: UploadProgress | None = None  # the latest report
-        self._printed: UploadProgress | None = None  # the latest one printed (piped)
+        self._last: Any = None  # the latest report
+        self._printed: Any = None  # the latest one printed (piped)
         self._printed_at = 0.0
         self._width = 0
 
-    def __call__(self, progress: UploadProgress) -> None:
+    def __call__(self, progress: Any) -> None:
         previous, self._last = self._last, progress
         if self._terminal:
-            line = describe(progress)
+            line = self._describe(progress)
             self._console.file.write("\r" + line.ljust(self._width))
             self._console.file.flush()
             self._width = len(line)
@@ -52,8 +69,8 @@ class UploadReport:
         if new_phase or time.monotonic() - self._printed_at >= PLAIN_INTERVAL:
             self._print(progress)
 
-    def _print(self, progress: UploadProgress) -> None:
-        self._console.print(describe(progress), highlight=False, markup=False)
+    def _print(self, progress: Any) -> None:
+        self._console.print(self._describe(progress), highlight=False, markup=False)
         self._printed, self._printed_at = progress, time.monotonic()
 
     def close(self) -> None:
