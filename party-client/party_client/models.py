@@ -76,8 +76,8 @@ class ModelView:
     objective: str | None
     answer: str | None
     digits: int | None
-    created_at: int
-    retired_at: int
+    created_at: int  # milliseconds since the epoch, by the coordinator's clock
+    retired_at: int  # 0 while sealed
 
     @property
     def retired(self) -> bool:

@@ -43,9 +43,7 @@ from protocols.errors import (
     DatasetError,
     DetenteError,
     IntegrityError,
-    ModelRetired,
     NotAllowed,
-    NotFound,
     SetupError,
 )
 from protocols.keys import HpkePrivateKey, HpkePublicKey, SigningKey, VerifyKey
@@ -181,26 +179,22 @@ def seal_rows(
     return SealedRows(ciphertext, key, scan.rows), id_values
 
 
-def _next_step(exc: CoordinatorError, model_id: str) -> DetenteError:
-    """The coordinator's (or the enclave's) refusal, with what to do next by its kind."""
-    text = str(exc)
+def _next_step(exc: CoordinatorError) -> DetenteError:
+    """The coordinator's (or the enclave's) refusal, with what to do next by its kind (a
+    retired or unknown model needs no more than the refusal says)."""
     if issubclass(exc.kind, BudgetExhausted):
         hint = (
             "query fewer rows, wait for the next UTC day if today's budget is spent, or ask "
             "the model's owners for a new job with a larger budget; nothing was charged"
         )
-    elif issubclass(exc.kind, ModelRetired):
-        hint = f"its owners retired model {model_id!r}: it answers no more queries"
     elif issubclass(exc.kind, NotAllowed):
         hint = (
-            f"only the queriers the terms of job {model_id!r} name may query it (see "
-            "`detente party models`)"
+            "a model answers only the queriers its terms name: ask its owners for a job that "
+            "names you with `detente party propose --sealed --query NAME=ROWS`"
         )
-    elif issubclass(exc.kind, NotFound):
-        hint = "see the models you may query with `detente party models`"
     else:
         return exc
-    return CoordinatorError(f"{text}; {hint}", exc.code, exc.kind)
+    return CoordinatorError(f"{exc}; {hint}", exc.code, exc.kind)
 
 
 def sign_query(
@@ -307,7 +301,7 @@ def _ask(
                 sent=sent,
             )
         except CoordinatorError as exc:
-            raise _next_step(exc, model_id) from None
+            raise _next_step(exc) from None
     answer, table = open_answer(relayed, query, enclave.identity.signing_key, hpke_key)
     if progress is not None:
         progress(QueryProgress(ANSWERED, sealed.rows, total, total))

@@ -84,8 +84,9 @@ def predict(
         warn_simulation()
 
 
-def _when(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _when(ms: int) -> str:
+    """A coordinator timestamp (milliseconds since the epoch) for reading."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _answers(view: ModelView) -> str:
