@@ -184,8 +184,8 @@ def _next_step(exc: CoordinatorError) -> DetenteError:
     retired or unknown model needs no more than the refusal says)."""
     if issubclass(exc.kind, BudgetExhausted):
         hint = (
-            "query fewer rows, wait for the next UTC day if today's budget is spent, or ask "
-            "the model's owners for a new job with a larger budget; nothing was charged"
+            "nothing was charged; for more rows than the terms grant, the model's owners "
+            "propose a new job with a larger --query budget"
         )
     elif issubclass(exc.kind, NotAllowed):
         hint = (
