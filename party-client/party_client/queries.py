@@ -394,8 +394,9 @@ def predict_table(
     policy: AttestationPolicy | None = None,
     column_kinds: dict[str, str] | None = None,
 ) -> Any:
-    """Score a table in memory (a :class:`pyarrow.Table` or a pandas DataFrame of the model's
-    feature columns) with the sealed model ``model_id``; the answer table, in row order.
+    """Score a table in memory (a :class:`pyarrow.Table`, or what :func:`pyarrow.table`
+    reads: a dict of columns, a pandas DataFrame) of the model's feature columns with the
+    sealed model ``model_id``; the answer table, in row order.
 
     Columns are read by the rules of a Parquet upload: integers, floats and
     booleans as numbers, strings and dictionaries as categories.
@@ -419,7 +420,13 @@ def predict_table_with_budget(
 
     model_id = check_id(model_id, "model id")
     if not isinstance(table, pa.Table):
-        table = pa.Table.from_pandas(table, preserve_index=False)
+        try:
+            table = pa.table(table)  # a dict of columns, a pandas DataFrame, …
+        except (TypeError, ValueError, pa.ArrowException) as exc:
+            raise DatasetError(
+                f"predict_table takes a pyarrow.Table (or what pyarrow.table() reads), not "
+                f"{type(table).__name__}: {exc}"
+            ) from None
     enclave, _ = home.attested_enclave(policy or home.policy())
     scan = tables.TableScan(Path("the query table"), None, None, column_kinds, table=table)
     query_id = _query_id()
