@@ -41,9 +41,9 @@ if TYPE_CHECKING:
     from party_client.queries import (
         Predicted,
         QueryProgress,
+        QuerySession,
         predict,
         predict_table,
-        predict_table_with_budget,
     )
     from party_client.remote import CoordinatorError
     from party_client.tables import load_schema
@@ -62,6 +62,7 @@ _MODULE_OF = {
     "QuerierView": "consent",
     "QueryGrant": "proposal",
     "QueryProgress": "queries",
+    "QuerySession": "queries",
     "RecipientView": "consent",
     "Review": "consent",
     "UploadProgress": "datasets",
@@ -81,7 +82,6 @@ _MODULE_OF = {
     "pin": "identity",
     "predict": "queries",
     "predict_table": "queries",
-    "predict_table_with_budget": "queries",
     "propose": "proposal",
     "register": "identity",
     "results": "outputs",
@@ -107,6 +107,7 @@ __all__ = [
     "QuerierView",
     "QueryGrant",
     "QueryProgress",
+    "QuerySession",
     "RecipientView",
     "Review",
     "UploadProgress",
@@ -126,7 +127,6 @@ __all__ = [
     "pin",
     "predict",
     "predict_table",
-    "predict_table_with_budget",
     "propose",
     "register",
     "results",

@@ -271,43 +271,6 @@ def open_answer(
     return answer, table
 
 
-def _ask(
-    home: PartyHome,
-    enclave: VerifiedEnclave,
-    model_id: str,
-    query_id: str,
-    sealed: SealedRows,
-    progress: ProgressCallback | None,
-) -> tuple[PredictionAnswer, Any]:
-    """Sign the query, relay it and its rows, verify and open the answer."""
-    hpke_key = home.hpke_key()
-    # A post-quantum party wraps to the enclave's post-quantum key (protocols/SPEC.md §4.3).
-    enclave_key = enclave.identity.data_key_recipient(hpke_key.kem)
-    query = sign_query(
-        home.signing_key(), enclave_key, enclave.mrenclave, model_id, query_id, sealed
-    )
-    total = len(sealed.ciphertext)
-
-    def sent(done: int) -> None:
-        if progress is not None:
-            progress(QueryProgress(SENDING, sealed.rows, done, total))
-
-    with Coordinator.for_home(home) as remote:
-        try:
-            relayed = remote.predict(
-                query.to_bytes(),
-                sealed.ciphertext,
-                timeout=remote.timeout + 2 * total / MIN_QUERY_RATE,
-                sent=sent,
-            )
-        except CoordinatorError as exc:
-            raise _next_step(exc) from None
-    answer, table = open_answer(relayed, query, enclave.identity.signing_key, hpke_key)
-    if progress is not None:
-        progress(QueryProgress(ANSWERED, sealed.rows, total, total))
-    return answer, table
-
-
 def _out_format(out: Path) -> str:
     suffix = out.suffix.lower()
     if suffix in CSV_SUFFIXES:
@@ -335,6 +298,113 @@ def _write(out: Path, table: Any, form: str) -> None:
 
 def _query_id() -> str:
     return f"q-{secrets.token_hex(12)}"
+
+
+class QuerySession:
+    """Queries of one sealed model over one connection to the coordinator.
+
+    The enclave's stored evidence is verified once under ``policy`` (the
+    home's by default) and again once it is older than the policy's
+    ``max_evidence_age_seconds``; the party's keys are read once. For many
+    batches (a benchmark, a scoring service) this saves a verification, two
+    key reads and a TLS handshake per query. Use it as a context manager, or
+    :meth:`close` it.
+    """
+
+    def __init__(
+        self, home: PartyHome, model_id: str, policy: AttestationPolicy | None = None
+    ) -> None:
+        self.model_id = check_id(model_id, "model id")
+        self._home = home
+        self._policy = policy or home.policy()
+        self._enclave = self._verify()
+        self._signing = home.signing_key()
+        self._hpke = home.hpke_key()
+        self._remote = Coordinator.for_home(home)
+        self.last: Predicted | None = None  # the latest answer: rows, columns, budget left
+
+    def _verify(self) -> VerifiedEnclave:
+        enclave, age = self._home.attested_enclave(self._policy)
+        self._verified_until = time.monotonic() + self._policy.max_evidence_age_seconds - age
+        return enclave
+
+    @property
+    def simulation(self) -> bool:
+        return bool(self._enclave.simulation)
+
+    def close(self) -> None:
+        self._remote.close()
+
+    def __enter__(self) -> QuerySession:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def ask(
+        self, sealed: SealedRows, query_id: str, progress: ProgressCallback | None = None
+    ) -> tuple[PredictionAnswer, Any]:
+        """Sign the query of ``sealed`` rows, relay it and them, verify and open the answer."""
+        if time.monotonic() > self._verified_until:
+            self._enclave = self._verify()  # refuses evidence older than the policy allows
+        enclave = self._enclave
+        # A post-quantum party wraps to the enclave's post-quantum key (protocols/SPEC.md §4.3).
+        enclave_key = enclave.identity.data_key_recipient(self._hpke.kem)
+        query = sign_query(
+            self._signing, enclave_key, enclave.mrenclave, self.model_id, query_id, sealed
+        )
+        total = len(sealed.ciphertext)
+
+        def sent(done: int) -> None:
+            if progress is not None:
+                progress(QueryProgress(SENDING, sealed.rows, done, total))
+
+        try:
+            relayed = self._remote.predict(
+                query.to_bytes(),
+                sealed.ciphertext,
+                timeout=self._remote.timeout + 2 * total / MIN_QUERY_RATE,
+                sent=sent,
+            )
+        except CoordinatorError as exc:
+            raise _next_step(exc) from None
+        answer, table = open_answer(relayed, query, enclave.identity.signing_key, self._hpke)
+        if progress is not None:
+            progress(QueryProgress(ANSWERED, sealed.rows, total, total))
+        self.last = Predicted(
+            self.model_id,
+            query_id,
+            answer.rows,
+            answer.columns,
+            answer.remaining,
+            None,
+            None,
+            self.simulation,
+        )
+        return answer, table
+
+    def predict_table(self, table: Any, column_kinds: dict[str, str] | None = None) -> Any:
+        """Score a table in memory (a :class:`pyarrow.Table`, or what :func:`pyarrow.table`
+        reads: a dict of columns, a pandas DataFrame) of the model's feature columns; the
+        answer table, in row order (:attr:`last` holds the budget left).
+
+        Columns are read by the rules of a Parquet upload: integers, floats and
+        booleans as numbers, strings and dictionaries as categories.
+        """
+        import pyarrow as pa
+
+        if not isinstance(table, pa.Table):
+            try:
+                table = pa.table(table)  # a dict of columns, a pandas DataFrame, …
+            except (TypeError, ValueError, pa.ArrowException) as exc:
+                raise DatasetError(
+                    f"predict_table takes a pyarrow.Table (or what pyarrow.table() reads), not "
+                    f"{type(table).__name__}: {exc}"
+                ) from None
+        scan = tables.TableScan(Path("the query table"), None, None, column_kinds, table=table)
+        query_id = _query_id()
+        sealed, _ = seal_rows(scan, self.model_id, query_id, None)
+        return self.ask(sealed, query_id)[1]
 
 
 def predict(
@@ -366,11 +436,11 @@ def predict(
             f"the id column {id_column!r} has the name of an answer column: rename it in "
             "the file; nothing was sent"
         )
-    enclave, _ = home.attested_enclave(policy or home.policy())
-    scan = tables.TableScan(Path(path), None, id_column, column_kinds)
-    query_id = _query_id()
-    sealed, ids = seal_rows(scan, model_id, query_id, progress)
-    answer, table = _ask(home, enclave, model_id, query_id, sealed, progress)
+    with QuerySession(home, model_id, policy) as session:
+        scan = tables.TableScan(Path(path), None, id_column, column_kinds)
+        query_id = _query_id()
+        sealed, ids = seal_rows(scan, model_id, query_id, progress)
+        answer, table = session.ask(sealed, query_id, progress)
     if ids is not None:
         table = table.add_column(0, id_column, ids)
     _write(out, table, form)
@@ -382,7 +452,7 @@ def predict(
         answer.remaining,
         out,
         id_column,
-        enclave.simulation,
+        session.simulation,
     )
 
 
@@ -394,52 +464,7 @@ def predict_table(
     policy: AttestationPolicy | None = None,
     column_kinds: dict[str, str] | None = None,
 ) -> Any:
-    """Score a table in memory (a :class:`pyarrow.Table`, or what :func:`pyarrow.table`
-    reads: a dict of columns, a pandas DataFrame) of the model's feature columns with the
-    sealed model ``model_id``; the answer table, in row order.
-
-    Columns are read by the rules of a Parquet upload: integers, floats and
-    booleans as numbers, strings and dictionaries as categories.
-    :func:`predict_table_with_budget` also returns what the answer says is left.
-    """
-    return predict_table_with_budget(
-        home, model_id, table, policy=policy, column_kinds=column_kinds
-    )[0]
-
-
-def predict_table_with_budget(
-    home: PartyHome,
-    model_id: str,
-    table: Any,
-    *,
-    policy: AttestationPolicy | None = None,
-    column_kinds: dict[str, str] | None = None,
-) -> tuple[Any, Predicted]:
-    """:func:`predict_table`, with the answer's :class:`Predicted` (the budget left)."""
-    import pyarrow as pa
-
-    model_id = check_id(model_id, "model id")
-    if not isinstance(table, pa.Table):
-        try:
-            table = pa.table(table)  # a dict of columns, a pandas DataFrame, …
-        except (TypeError, ValueError, pa.ArrowException) as exc:
-            raise DatasetError(
-                f"predict_table takes a pyarrow.Table (or what pyarrow.table() reads), not "
-                f"{type(table).__name__}: {exc}"
-            ) from None
-    enclave, _ = home.attested_enclave(policy or home.policy())
-    scan = tables.TableScan(Path("the query table"), None, None, column_kinds, table=table)
-    query_id = _query_id()
-    sealed, _ = seal_rows(scan, model_id, query_id, None)
-    answer, answered = _ask(home, enclave, model_id, query_id, sealed, None)
-    done = Predicted(
-        model_id,
-        query_id,
-        answer.rows,
-        answer.columns,
-        answer.remaining,
-        None,
-        None,
-        enclave.simulation,
-    )
-    return answered, done
+    """Score a table in memory with the sealed model ``model_id``: one query of a
+    :class:`QuerySession` (use one for many batches, and for the budget left)."""
+    with QuerySession(home, model_id, policy) as session:
+        return session.predict_table(table, column_kinds)

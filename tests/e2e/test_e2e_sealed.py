@@ -281,14 +281,18 @@ def test_queriers_get_the_plaintext_models_predictions_and_ids_stay_here(sealed:
     # through the CLI to CSV, whose human output names the budget left.
     features = rows.drop_columns(["ID"])
     home = PartyHome(sealed.home("alice"))
-    table, done = party_client.predict_table_with_budget(home, sealed.job_id, features)
-    assert np.array_equal(table.column("prediction").to_numpy(), plain)
-    assert done.remaining.total == 100_000 - 250 and done.remaining.today is None
+    with party_client.QuerySession(home, sealed.job_id) as session:
+        table = session.predict_table(features)
+        assert np.array_equal(table.column("prediction").to_numpy(), plain)
+        assert session.last is not None and session.last.remaining.total == 100_000 - 250
+        assert session.last.remaining.today is None and session.last.rows == 250
+        assert session.predict_table(features.slice(0, 10)).equals(table.slice(0, 10))
+        assert session.last.remaining.total == 100_000 - 260
     as_dict = {name: features.column(name).to_pylist() for name in features.column_names}
     assert party_client.predict_table(home, sealed.job_id, as_dict).equals(table)
     shown = sealed.predict("alice", rows, "alice.csv")
     assert "wrote 250 predictions (prediction) next to the ids of 'ID'" in shown.stdout
-    assert "budget left: 99,250 rows in all" in shown.stdout
+    assert "budget left: 99,240 rows in all" in shown.stdout
     assert "answered 250 rows" in shown.stderr  # progress, piped: plain lines
     written = (sealed.tmp / "alice.csv").read_text().splitlines()
     assert written[0] == '"ID","prediction"' and written[1].startswith(f'"{canary}-0",')
