@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
+import sqlite3
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import party_client
 from detente.cluster import ClusterError, Process
 from party_client.home import PartyHome
 from party_client.remote import CoordinatorError
+from protocols.documents import ModelRetirement
 from protocols.errors import NotAllowed
 from tests.e2e.conftest import (
     LABEL,
@@ -346,6 +348,53 @@ def test_a_query_over_budget_is_refused_naming_what_is_left(sealed: Sealed) -> N
     assert answered["remaining"] == {"total_rows": 100, "rows_today": 0}
     done = sealed.predict("carol", rows.slice(0, 1), "carol2.csv", check=False)
     assert done.returncode == 1 and "0 today left" in done.stderr
+
+
+def test_an_operator_editing_the_models_record_changes_nothing_a_party_trusts(
+    sealed: Sealed,
+) -> None:
+    """The coordinator's database says dave may query and bob has signed the retirement
+    (a retirement signed by dave's key): dave is still refused, by the enclave, and alice
+    still sees bob's retirement missing; a record under other terms is refused outright."""
+    running = sealed.running
+    dave = PartyHome(sealed.home("dave")).signing_key()
+    bob_key = PartyHome(sealed.home("bob")).signing_key().verify_key.hex
+    job = party_client.fetch_job(PartyHome(sealed.home("alice")), sealed.job_id)
+    forged = ModelRetirement(sealed.job_id, job.terms_digest).sign(dave).to_bytes()
+    with sqlite3.connect(running.db) as db:
+        (queriers, digest) = db.execute(
+            "SELECT queriers, terms_digest FROM sealed_models WHERE model_id=?", (sealed.job_id,)
+        ).fetchone()
+        edited = json.dumps([*json.loads(queriers), dave.verify_key.hex])
+        db.execute("UPDATE sealed_models SET queriers=? WHERE model_id=?", (edited, sealed.job_id))
+        db.execute(
+            "INSERT INTO model_retirements (model_id, owner, envelope, at) VALUES (?, ?, ?, 0)",
+            (sealed.job_id, bob_key, forged),
+        )
+    try:
+        done = sealed.predict("dave", sealed.rows(3250, 5), "dave-scores.csv", check=False)
+        assert done.returncode == 1, done.stdout
+        assert f"is not a querier of model '{sealed.job_id}'" in done.stderr, done.stderr
+        assert not (sealed.tmp / "dave-scores.csv").exists()
+        (listed,) = json.loads(detente(["party", "models", "--json"], sealed.home("alice")).stdout)
+        assert {o["name"]: o["retired"] for o in listed["owners"]} == {
+            "alice": False,
+            "bob": False,
+        }
+        with sqlite3.connect(running.db) as db:
+            db.execute(
+                "UPDATE sealed_models SET terms_digest=? WHERE model_id=?",
+                ("0" * 64, sealed.job_id),
+            )
+        done = detente(["party", "models", "--json"], sealed.home("alice"), check=False)
+        assert done.returncode == 1 and "under terms digest 0000000000000000" in done.stderr
+    finally:
+        with sqlite3.connect(running.db) as db:
+            db.execute(
+                "UPDATE sealed_models SET queriers=?, terms_digest=? WHERE model_id=?",
+                (queriers, digest, sealed.job_id),
+            )
+            db.execute("DELETE FROM model_retirements WHERE model_id=?", (sealed.job_id,))
 
 
 def test_the_budget_holds_across_a_worker_restart(sealed: Sealed, worker_restored: None) -> None:
