@@ -255,6 +255,9 @@ class Scheduler:
         except DetenteError as exc:
             log.warning("job %s failed: %s", job_id, exc)
             self._store.transition(job_id, [RUNNING], FAILED, FAILED, error=str(exc))
+            for output in outputs:  # kept for no one: not left on disk either
+                if not self._store.blob_referenced(output.blob_sha256):
+                    self._blobs.delete(output.blob_sha256)
             return
         self._store.finish_job(job_id, outputs, result, model)
         log.info(

@@ -230,6 +230,31 @@ def test_a_statement_that_disagrees_with_the_terms_fails_the_job(
         assert not stub.ListModels(coordinator_pb2.ListModelsRequest()).models
 
 
+def test_a_model_output_of_a_sealing_job_is_not_kept(
+    with_enclave: Harness, fake_enclave: tuple[FakeEnclave, str], alice: Party, carol: Party
+) -> None:
+    """An enclave that streams the model of terms that seal it: the job fails, nobody gets it."""
+    coord, fake = with_enclave, fake_enclave[0]
+
+    def leaking(fake: FakeEnclave, context: Any) -> Iterator[enclave_pb2.RunJobResponse]:
+        yield enclave_pb2.RunJobResponse(output=enclave_pb2.OutputChunk(name="model", data=b"M"))
+        yield from sealing_script(fake, context)
+
+    coord.register(alice, carol)
+    data = [seal_dataset(alice, "alice-2024")]
+    coord.upload(data[0])
+    fake.script = leaking
+    job = run_job(coord, sealed_terms(alice, "job-1", data, queriers=[carol]), alice)
+    assert job.state == "failed" and not job.outputs
+    assert "the enclave sent a model output for job 'job-1', whose terms seal the model" in (
+        job.error
+    )
+    with coord.as_party(alice) as stub:
+        assert not stub.ListModels(coordinator_pb2.ListModelsRequest()).models
+    stored = [p.read_bytes() for p in (coord.home / "blobs").rglob("*") if p.is_file()]
+    assert b"M" not in stored and data[0].ciphertext in stored
+
+
 # --------------------------------------------------------------------------- visibility
 
 
