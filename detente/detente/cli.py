@@ -158,11 +158,21 @@ def demo(
             "about the same customers, matched by --id, the label with one party",
         ),
     ] = Join.horizontal,
+    sealed: Annotated[
+        bool,
+        typer.Option(
+            "--sealed",
+            help="Keep the model in the enclave (released to nobody); each party then scores "
+            "its own held-out rows through it and sees the budget left",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole three-party flow with real processes (SIMULATION enclave)."""
     from detente import demo as run_demo  # numpy, pyarrow and xgboost load only for the demo
 
-    code = run_demo.main(data, label, id_column, split_by, parties, workdir, rounds, join.value)
+    code = run_demo.main(
+        data, label, id_column, split_by, parties, workdir, rounds, join.value, sealed
+    )
     raise typer.Exit(code)
 
 

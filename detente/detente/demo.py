@@ -73,6 +73,8 @@ VERTICAL_DROP_FRACTION = 0.02
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 JOB_TIMEOUT = 900.0
+# With --sealed each party may score this many times its held-out rows.
+QUERY_BUDGET_FACTOR = 2
 
 
 class DemoError(DetenteError):
@@ -102,6 +104,17 @@ class Party:
 
 
 @dataclass
+class Options:
+    """How the demo shares the data and what it asks of the enclave."""
+
+    split_by: str | None
+    parties: int
+    rounds: int
+    join: str
+    sealed: bool  # keep the model in the enclave; each party scores its held-out rows
+
+
+@dataclass
 class Task:
     """What the label asks for: the objective, its parameters and the score printed."""
 
@@ -117,6 +130,9 @@ class Run:
     """What the cluster run returns to the report."""
 
     models: dict[str, bytes] = field(default_factory=dict)
+    # --sealed: each party's answers on its own held-out rows, and the budget left after
+    answers: dict[str, Any] = field(default_factory=dict)
+    remaining: dict[str, dict[str, Any]] = field(default_factory=dict)
     terms: Any = None
     status: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -267,32 +283,37 @@ def main(
     workdir: Path | None,
     rounds: int,
     join: str = "horizontal",
+    sealed: bool = False,
 ) -> int:
     """Run the demo (`detente demo`); the exit code: 0 when the models are identical."""
+    if sealed and join != "horizontal":
+        raise typer.BadParameter(
+            "a sealed model answers queries with every feature column, and in a vertical "
+            "demo no party holds them all: use --sealed with --join horizontal",
+            param_hint="'--sealed'",
+        )
+    options = Options(split_by, parties, rounds, join, sealed)
     if data is None:
         with default_data() as bundled:
             label = label or DEFAULT_LABEL
             id_column = id_column or DEFAULT_ID
             if join == "horizontal":
-                split_by = split_by or DEFAULT_SPLIT
-            return _main(bundled, label, id_column, split_by, parties, workdir, rounds, join, True)
-    return _main(data, label, id_column, split_by, parties, workdir, rounds, join, False)
+                options.split_by = split_by or DEFAULT_SPLIT
+            return _main(bundled, label, id_column, options, workdir, True)
+    return _main(data, label, id_column, options, workdir, False)
 
 
 def _main(
     data: Path,
     label: str | None,
     id_column: str | None,
-    split_by: str | None,
-    parties: int,
+    options: Options,
     workdir: Path | None,
-    rounds: int,
-    join: str,
     default: bool,
 ) -> int:
     if label is None:
         raise typer.BadParameter("required with --data", param_hint="'--label'")
-    if join == "vertical" and id_column is None:
+    if options.join == "vertical" and id_column is None:
         raise typer.BadParameter(
             "a vertical join matches rows by an id column: name it", param_hint="'--id'"
         )
@@ -304,22 +325,14 @@ def _main(
         )
     root.mkdir(parents=True, exist_ok=True)
     try:  # a DemoError or ClusterError reaches the CLI's handler (protocols.cli_convention)
-        return _run(data, label, id_column, split_by, parties, root, rounds, join, default)
+        return _run(data, label, id_column, options, root, default)
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
 
 
 def _run(
-    data: Path,
-    label: str,
-    id_column: str | None,
-    split_by: str | None,
-    parties: int,
-    root: Path,
-    rounds: int,
-    join: str,
-    default: bool,
+    data: Path, label: str, id_column: str | None, options: Options, root: Path, default: bool
 ) -> int:
     import pyarrow.csv as pacsv
 
@@ -332,23 +345,28 @@ def _run(
         raise DemoError(f"label column {label!r} has missing values")
     task = _task(table.column(label).to_numpy(zero_copy_only=False))
     train, test = _hold_out(table, label, task.classification)
-    if join == "vertical":
+    held_out: dict[str, Any] = {}
+    if options.join == "vertical":
         assert id_column is not None
-        shared = _vertical_parties(train, label, id_column, parties, default)
+        shared = _vertical_parties(train, label, id_column, options.parties, default)
     else:
-        shared = _horizontal_parties(train, parties, split_by)
+        shared = _horizontal_parties(train, options.parties, options.split_by)
+        # Each party's own held-out rows, split as its training rows were.
+        held_out = dict(split_parties(test, options.parties, options.split_by))
     warn_simulation()
-    run = _run_cluster(shared, root, label, id_column, rounds, join, task, started)
-    return _report(shared, test, label, id_column, join, task, run, started)
+    run = _run_cluster(shared, held_out, root, label, id_column, options, task, started)
+    if options.sealed:
+        return _report_sealed(shared, held_out, label, id_column, task, run, started)
+    return _report(shared, test, label, id_column, options.join, task, run, started)
 
 
 def _run_cluster(
     shared: list[Party],
+    held_out: dict[str, Any],
     root: Path,
     label: str,
     id_column: str | None,
-    rounds: int,
-    join: str,
+    options: Options,
     task: Task,
     started: float,
 ) -> Run:
@@ -362,7 +380,8 @@ def _run_cluster(
         run.timings["start"] = time.perf_counter() - started
         homes = {p.name: _contribute(c, roles, root, p, label, id_column, run) for p in shared}
         first = next(iter(homes.values()))
-        job_id = _propose(c, first, shared, label, id_column, rounds, join, task)
+        budgets = {p.name: QUERY_BUDGET_FACTOR * held_out[p.name].num_rows for p in shared}
+        job_id = _propose(c, first, shared, label, id_column, options, task, budgets)
         t0 = time.perf_counter()
         for home in homes.values():
             c.run(["party", "approve", job_id, "--yes"], home)
@@ -370,8 +389,15 @@ def _run_cluster(
             out = home / "results"
             args = ["party", "results", job_id, "--out", str(out), "--wait", str(JOB_TIMEOUT)]
             written = json.loads(c.run([*args, "--json"], home))
-            run.models[name] = Path(written["model"]).read_bytes()
+            if not options.sealed:
+                run.models[name] = Path(written["model"]).read_bytes()
         run.timings["job"] = time.perf_counter() - t0
+        if options.sealed:
+            t0 = time.perf_counter()
+            for party in shared:
+                job = (job_id, label, id_column)
+                _score_held_out(c, homes[party.name], party, held_out[party.name], job, run)
+            run.timings["queries"] = time.perf_counter() - t0
         run.status = json.loads(c.run(["party", "status", job_id, "--json"], first))
         run.terms = _with_home(first, lambda: fetch_job(PartyHome.default(), job_id)).terms
     return run
@@ -407,13 +433,19 @@ def _propose(
     shared: list[Party],
     label: str,
     id_column: str | None,
-    rounds: int,
-    join: str,
+    options: Options,
     task: Task,
+    budgets: dict[str, int],
 ) -> str:
-    args = ["party", "propose", "--label", label, "--rounds", str(rounds), "--json"]
-    args += ["--join", join, "--objective", task.objective]
-    args += ["--output", "model", "--output", "metrics"]
+    args = ["party", "propose", "--label", label, "--rounds", str(options.rounds), "--json"]
+    args += ["--join", options.join, "--objective", task.objective]
+    if options.sealed:
+        # Nobody takes the model home; each party may score its held-out rows (twice over).
+        args += ["--sealed", "--output", "metrics"]
+        for name, rows in budgets.items():
+            args += ["--query", f"{name}={rows}"]
+    else:
+        args += ["--output", "model", "--output", "metrics"]
     for key, value in task.params.items():
         args += ["--param", f"{key}={value}"]
     for party in shared:
@@ -421,6 +453,23 @@ def _propose(
     if id_column:
         args += ["--id", id_column]
     return str(json.loads(c.run(args, home))["job_id"])
+
+
+def _score_held_out(
+    c: Cluster, home: Path, party: Party, rows: Any, job: tuple[str, str, str | None], run: Run
+) -> None:
+    """`detente party predict` as ``party`` on its own held-out rows (the label dropped, the
+    ids kept at home by --id); the answers and the budget left go to ``run``."""
+    import pyarrow.csv as pacsv
+
+    job_id, label, id_column = job
+    path, out = home / "held-out.csv", home / "held-out.predictions.csv"
+    pacsv.write_csv(rows.drop_columns([label]), path)
+    args = ["party", "predict", job_id, str(path), "--out", str(out), "--json"]
+    args += ["--id", id_column] if id_column else []
+    answer = json.loads(c.run(args, home))
+    run.answers[party.name] = pacsv.read_csv(out)
+    run.remaining[party.name] = answer["remaining"]
 
 
 # --------------------------------------------------------------------------- the report
@@ -436,8 +485,9 @@ def _plaintext(named: list[tuple[str, Any]], label: str, id_column: str | None, 
     return training.join_horizontal(named, ids)
 
 
-def _fit_and_score(joined: Any, test: Any, label: str, terms: Any, task: Task) -> tuple[Any, float]:
-    """Train in plaintext on ``joined`` with the terms' parameters; predict and score ``test``."""
+def _fit(joined: Any, label: str, terms: Any) -> Any:
+    """XGBoost trained in plaintext on ``joined`` with the terms' parameters, and a function
+    predicting rows with it as the enclave would (protocols.training's categories)."""
     import xgboost as xgb
 
     from protocols import training
@@ -453,10 +503,21 @@ def _fit_and_score(joined: Any, test: Any, label: str, terms: Any, task: Task) -
         xgb.DMatrix(x, label=y, enable_categorical=True),
         num_boost_round=terms.num_rounds,
     )
-    ready = xgb.DMatrix(training.prediction_table(test, categories, names), enable_categorical=True)
+
+    def ready(rows: Any) -> Any:
+        table = training.prediction_table(rows, categories, names)
+        return xgb.DMatrix(table, enable_categorical=True)
+
+    return model, ready
+
+
+def _fit_and_score(joined: Any, test: Any, label: str, terms: Any, task: Task) -> tuple[Any, float]:
+    """Train in plaintext on ``joined`` with the terms' parameters; predict and score ``test``."""
+    model, ready = _fit(joined, label, terms)
+    matrix = ready(test)
     truth = test.column(label).to_numpy(zero_copy_only=False)
-    predictions = model.predict(ready)
-    return (predictions, ready), task.score(truth, predictions)
+    predictions = model.predict(matrix)
+    return (predictions, matrix), task.score(truth, predictions)
 
 
 def _report(
@@ -503,6 +564,48 @@ def _report(
     return 0 if identical else 1
 
 
+def _report_sealed(
+    shared: list[Party],
+    held_out: dict[str, Any],
+    label: str,
+    id_column: str | None,
+    task: Task,
+    run: Run,
+    started: float,
+) -> int:
+    """Each party's score on its own held-out rows through the sealed model, the budget left,
+    and whether every answer equals what the same model trained in plaintext predicts."""
+    import numpy as np
+
+    named = [(p.dataset_id, p.table) for p in shared]
+    joined = _plaintext(named, label, id_column, "horizontal")
+    model, ready = _fit(joined, label, run.terms)
+    print()
+    print(f"model sealed in the enclave ({joined.num_rows} rows), released to nobody")
+    identical = True
+    for party in shared:
+        rows = held_out[party.name]
+        answers = run.answers[party.name]
+        columns = [n for n in answers.column_names if n.startswith("prediction")]
+        enclave = np.column_stack(
+            [answers.column(n).to_numpy(zero_copy_only=False) for n in columns]
+        ).astype(np.float32)
+        if enclave.shape[1] == 1:
+            enclave = enclave[:, 0]
+        plain = model.predict(ready(rows))
+        identical = identical and bool(np.array_equal(enclave, plain))
+        truth = rows.column(label).to_numpy(zero_copy_only=False)
+        left = run.remaining[party.name]
+        print(
+            f"{party.name} scored its {rows.num_rows:,} held-out rows through the enclave: "
+            f"{task.score_name} {task.score(truth, enclave):.4f}; budget left "
+            f"{left['total_rows']:,} rows"
+        )
+    print(f"identical to plaintext: {'yes' if identical else 'no'}")
+    _print_timings(run, started)
+    return 0 if identical else 1
+
+
 def _with_label(party: Party, joined: Any, label: str, id_column: str | None) -> Any:
     """A party's columns on the joined rows, with the label: what it could learn alone."""
     names = [n for n in party.table.column_names if n not in (label, id_column)]
@@ -520,8 +623,9 @@ def _print_timings(run: Run, started: float) -> None:
     print(
         f"wall time {time.perf_counter() - started:.1f}s: start {t['start']:.1f}s, "
         f"attest {t['attest']:.2f}s, upload {t['upload']:.2f}s, "
-        f"approve+train+release+download {t['job']:.1f}s "
-        f"(in the enclave: {', '.join(f'{k} {v}' for k, v in timings.items())})"
+        f"approve+train+release+download {t['job']:.1f}s"
+        + (f", queries {t['queries']:.2f}s " if "queries" in t else " ")
+        + f"(in the enclave: {', '.join(f'{k} {v}' for k, v in timings.items())})"
     )
 
 
