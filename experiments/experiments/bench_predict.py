@@ -112,7 +112,7 @@ def _local_predict(booster: Any, table: Any) -> tuple[float, Any]:
 
     started = time.perf_counter()
     x = np.column_stack([c.to_numpy() for c in table.columns]).astype(np.float32)
-    predictions = booster.predict(xgb.DMatrix(x))
+    predictions = booster.predict(xgb.DMatrix(x, feature_names=table.column_names))
     return time.perf_counter() - started, predictions
 
 
@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 homes.append(home)
             propose = ["party", "propose", "--label", LABEL, "--id", ID, "--json"]
             propose += ["--rounds", str(args.rounds), "--sealed", "--output", "metrics"]
-            propose += ["--query", f"{data[0].name}={budget}"]
+            # The first party queries; the other may too (an owner left out must confirm).
+            propose += ["--query", f"{data[0].name}={budget}", "--query", f"{data[1].name}=1000"]
             for d in data:
                 propose += ["--dataset", f"{d.name}-data"]
             job_id = str(json.loads(c.run(propose, homes[0]))["job_id"])
