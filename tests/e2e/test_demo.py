@@ -120,3 +120,44 @@ def test_demo_trains_the_plaintext_model_and_leaks_no_canary(
         content = path.read_bytes()
         for what, pattern in _encodings(id_canary, number).items():
             assert pattern not in content, f"canary ({what}) found in {path}"
+
+
+def test_demo_sealed_scores_each_partys_held_out_rows_through_the_enclave(
+    small_csv: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    done = subprocess.run(
+        [
+            *[sys.executable, "-m", "detente", "demo", "--data", str(small_csv)],
+            *["--label", LABEL, "--id", "ID", "--split-by", "EDUCATION", "--sealed"],
+            *["--rounds", "10", "--workdir", str(workdir)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "released to nobody" in done.stdout
+    assert "identical to plaintext: yes" in done.stdout
+    scored = [line for line in done.stdout.splitlines() if "through the enclave: AUC" in line]
+    assert len(scored) == 3
+    for line in scored:
+        rows = int(line.split("scored its ")[1].split()[0].replace(",", ""))
+        left = int(line.split("budget left ")[1].split()[0].replace(",", ""))
+        assert left == rows  # twice the held-out rows granted, one pass spent
+    # Nobody took the model home; each party holds its own predictions, ids written back.
+    assert not list(workdir.rglob("model.json")) and not list(workdir.rglob("model.ubj"))
+    for n in (1, 2, 3):
+        predictions = (workdir / f"party-party{n}" / "held-out.predictions.csv").read_text()
+        assert predictions.splitlines()[0].startswith('"ID"') or predictions.startswith("ID")
+
+
+def test_demo_refuses_a_sealed_vertical_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "detente", "demo", "--join", "vertical", "--sealed"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "use --sealed with --join horizontal" in done.stderr

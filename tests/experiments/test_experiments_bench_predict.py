@@ -16,7 +16,7 @@ def test_bench_predict_reports_latency_throughput_and_the_target(tmp_path: Path)
     done = subprocess.run(
         [
             *[sys.executable, "-m", "experiments.bench_predict", "--train-rows", "3000"],
-            *["--features", "5", "--rounds", "5", "--batches", "1,100,10000"],
+            *["--features", "5", "--rounds", "5", "--batches", "1,100,10000", "--max-repeats", "5"],
             *["--workdir", str(tmp_path / "work"), "--timeout", "500", "--json"],
         ],
         capture_output=True,
