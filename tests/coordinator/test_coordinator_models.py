@@ -263,7 +263,14 @@ def test_a_model_is_seen_by_its_owners_and_queriers_only(sealed: Sealed) -> None
     for party in (s.alice, s.bob, s.carol):
         assert list_models(s, party) == ["job-1"]
         assert get_model(s, party).model_id == "job-1"
+        # A querier sees the sealing job too: its terms say the budgets and the answer.
+        with s.coord.as_party(party) as stub:
+            jobs = stub.ListJobs(coordinator_pb2.ListJobsRequest()).jobs
+            assert [j.job_id for j in jobs] == ["job-1"]
+            assert stub.GetJob(coordinator_pb2.GetJobRequest(job_id="job-1")).terms
     assert list_models(s, s.dave) == []
+    with s.coord.as_party(s.dave) as stub:
+        assert list(stub.ListJobs(coordinator_pb2.ListJobsRequest()).jobs) == []
     hidden = refused(lambda: get_model(s, s.dave))
     unknown = refused(lambda: get_model(s, s.alice, "no-such-model"))
     assert hidden.code() == unknown.code() == grpc.StatusCode.NOT_FOUND
@@ -286,8 +293,11 @@ def test_nobody_fetches_a_sealed_model(sealed: Sealed) -> None:
         assert err.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "sealed its model in the enclave: it is released to no one" in err.details()
         assert "`detente party predict job-1 FILE`" in err.details()
-    # carol may query the model but takes no part in the job: she does not see the job.
-    assert refused(lambda: fetch(s.carol, "model")).code() == grpc.StatusCode.NOT_FOUND
+    # carol may query the model: she sees the job (its terms say her budget and the
+    # answer's shape), but receives none of its outputs.
+    err = refused(lambda: fetch(s.carol, "model"))
+    assert "sealed its model in the enclave: it is released to no one" in err.details()
+    assert refused(lambda: fetch(s.carol, "metrics")).code() == grpc.StatusCode.PERMISSION_DENIED
     assert fetch(s.alice, "metrics") == b"m" * 10
 
 

@@ -242,17 +242,28 @@ class Jobs:
             job = self.store.get_job(job_id)
         except NotFound:
             job = None
-        if job is None or not job.takes_part(caller):
+        if job is None or not (job.takes_part(caller) or caller in self._queriers(job_id)):
             raise NotFound(
                 f"no job {job_id!r} that you take part in: list yours with `detente party jobs`"
             )
         return job
 
+    def _queriers(self, job_id: str) -> list[str]:
+        """Who may query the model a job sealed (its id is the job's): they see the job's
+        terms, which say their budgets and the answer's shape."""
+        try:
+            return self.store.get_model(job_id).queriers
+        except NotFound:
+            return []
+
     def get_job(self, caller: str, job_id: str) -> JobRecord:
         return self.visible_job(caller, job_id)
 
     def list_jobs(self, caller: str) -> list[JobRecord]:
-        return [j for j in self.store.list_jobs() if j.takes_part(caller)]
+        querying = {m.job_id for m in self.store.list_models() if caller in m.queriers}
+        return [
+            j for j in self.store.list_jobs() if j.takes_part(caller) or j.job_id in querying
+        ]
 
     def cancel_job(self, caller: str, job_id: str, reason: str) -> JobRecord:
         """The proposer cancels a job that has not finished (the operator uses the CLI)."""
