@@ -380,7 +380,11 @@ def _run_cluster(
         run.timings["start"] = time.perf_counter() - started
         homes = {p.name: _contribute(c, roles, root, p, label, id_column, run) for p in shared}
         first = next(iter(homes.values()))
-        budgets = {p.name: QUERY_BUDGET_FACTOR * held_out[p.name].num_rows for p in shared}
+        budgets = {
+            p.name: QUERY_BUDGET_FACTOR * held_out[p.name].num_rows
+            for p in shared
+            if options.sealed
+        }
         job_id = _propose(c, first, shared, label, id_column, options, task, budgets)
         t0 = time.perf_counter()
         for home in homes.values():
