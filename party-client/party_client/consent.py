@@ -19,7 +19,7 @@ from party_client.home import PartyHome
 from party_client.identity import fetch_registrations
 from party_client.job_control import JobView, fetch_job, job_view
 from party_client.pins import KeyMismatch, PinStatus
-from party_client.remote import Coordinator
+from party_client.remote import Coordinator, connected
 from protocols.documents import (
     Approval,
     JobTerms,
@@ -166,7 +166,9 @@ class _Me:
         )
 
 
-def review(home: PartyHome, policy: AttestationPolicy, job: JobView) -> Review:
+def review(
+    home: PartyHome, policy: AttestationPolicy, job: JobView, *, remote: Coordinator | None = None
+) -> Review:
     """Check a fetched job's terms for this party: what it would sign, and to whom it releases.
 
     Nothing is signed here. Refusals: one of this party's data sets named with
@@ -183,7 +185,7 @@ def review(home: PartyHome, policy: AttestationPolicy, job: JobView) -> Review:
     found.refusals += _state_refusals(job)
     found.refusals += _expiry_refusals(terms)
     found.refusals += _enclave_refusals(terms, policy)
-    owners = _check_datasets(home, me, found)
+    owners = _check_datasets(home, me, found, remote)
     _check_recipients(home, me, owners, found)
     _check_queriers(home, me, owners, found)
     found.refusals += _release_refusals(terms, owners)
@@ -222,13 +224,15 @@ def _enclave_refusals(terms: JobTerms, policy: AttestationPolicy) -> list[str]:
     ]
 
 
-def _check_datasets(home: PartyHome, me: _Me, found: Review) -> set[VerifyKey]:
+def _check_datasets(
+    home: PartyHome, me: _Me, found: Review, remote: Coordinator | None
+) -> set[VerifyKey]:
     """List each data set of the terms (or refuse it); return the owners' keys."""
     owners: set[VerifyKey] = set()
-    with Coordinator.for_home(home) as remote:
-        registrations = fetch_registrations(remote)
+    with connected(home, remote) as coordinator:
+        registrations = fetch_registrations(coordinator)
         for dataset_id, digest in found.job.terms.datasets:
-            checked = _check_dataset(remote, registrations, me, dataset_id, digest)
+            checked = _check_dataset(coordinator, registrations, me, dataset_id, digest)
             if isinstance(checked, str):
                 found.refusals.append(checked)
                 continue
@@ -376,7 +380,13 @@ def _queries_nothing(terms: JobTerms, me: VerifyKey) -> list[str]:
     return []
 
 
-def sign_approval(home: PartyHome, reviewed: Review, accept_warnings: bool = False) -> JobView:
+def sign_approval(
+    home: PartyHome,
+    reviewed: Review,
+    accept_warnings: bool = False,
+    *,
+    remote: Coordinator | None = None,
+) -> JobView:
     """Sign an approval of the exact terms envelope that was reviewed, and send it.
 
     Refuses (ConsentError) if the review found refusals, or warnings that
@@ -398,14 +408,19 @@ def sign_approval(home: PartyHome, reviewed: Review, accept_warnings: bool = Fal
             home.known_parties.remember(party.name, party.fingerprint)
     job = reviewed.job
     approval = Approval(job.job_id, job.terms_digest).sign(home.signing_key())
-    with Coordinator.for_home(home) as remote:
-        return job_view(remote.approve(job.job_id, approval.to_bytes()), job.job_id)
+    with connected(home, remote) as coordinator:
+        return job_view(coordinator.approve(job.job_id, approval.to_bytes()), job.job_id)
 
 
 def approve(
-    home: PartyHome, policy: AttestationPolicy, job_id: str, accept_warnings: bool = False
+    home: PartyHome,
+    policy: AttestationPolicy,
+    job_id: str,
+    accept_warnings: bool = False,
+    *,
+    remote: Coordinator | None = None,
 ) -> Review:
     """Fetch once, review and sign (the library form of `detente party approve --yes`)."""
-    reviewed = review(home, policy, fetch_job(home, job_id))
-    sign_approval(home, reviewed, accept_warnings)
+    reviewed = review(home, policy, fetch_job(home, job_id, remote=remote), remote=remote)
+    sign_approval(home, reviewed, accept_warnings, remote=remote)
     return reviewed

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from party_client import tables
 from party_client.home import PartyHome
-from party_client.remote import Coordinator, RemoteDataset
+from party_client.remote import Coordinator, RemoteDataset, connected
 from party_client.spool import SealedSpool
 from protocols import hpke, stream
 from protocols.documents import DatasetManifest, check_id, schema_columns, schema_sha256
@@ -76,6 +76,8 @@ def upload(
     display_name: str = "",
     column_kinds: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
+    *,
+    remote: Coordinator | None = None,
 ) -> Uploaded:
     """Validate, convert to Arrow IPC, seal to the attested enclave, sign, upload.
 
@@ -120,11 +122,11 @@ def upload(
             created_at=int(time.time()),
             label=scan.label_summary,
         ).sign(signing)
-        with Coordinator.for_home(home) as remote:
-            remote.upload(
+        with connected(home, remote) as coordinator:
+            coordinator.upload(
                 manifest.to_bytes(),
                 _sending(spool, marks, scan.rows, progress),
-                timeout=remote.timeout + size / MIN_UPLOAD_RATE,
+                timeout=coordinator.timeout + size / MIN_UPLOAD_RATE,
             )
     home.save_dataset(dataset_id, manifest.to_bytes())
     categorical = [n for n, kind in scan.columns.items() if kind == tables.CATEGORICAL]
@@ -174,11 +176,11 @@ def _sending(
             progress(UploadProgress(SENDING, done, sent, rows, spool.size))
 
 
-def list_datasets(home: PartyHome) -> list[RemoteDataset]:
+def list_datasets(home: PartyHome, *, remote: Coordinator | None = None) -> list[RemoteDataset]:
     """This party's data sets and those of the jobs it takes part in, as the coordinator lists
     them (ids, owners, sizes; verify a manifest with :func:`fetch_manifest` before use)."""
-    with Coordinator.for_home(home) as remote:
-        return remote.datasets()
+    with connected(home, remote) as coordinator:
+        return coordinator.datasets()
 
 
 def fetch_manifest(remote: Coordinator, dataset_id: str) -> tuple[Envelope, DatasetManifest]:

@@ -6,16 +6,18 @@ import secrets
 from typing import Any
 
 from party_client.home import PartyHome
-from party_client.remote import Coordinator
+from party_client.remote import Coordinator, connected
 from protocols.attestation import Evidence, VerifiedEnclave, verify_evidence
 from protocols.policy import AttestationPolicy
 
 
-def attest(home: PartyHome, policy: AttestationPolicy) -> VerifiedEnclave:
+def attest(
+    home: PartyHome, policy: AttestationPolicy, *, remote: Coordinator | None = None
+) -> VerifiedEnclave:
     """Send a fresh nonce, verify the evidence, keep the record. Raises EvidenceRefused."""
     nonce = secrets.token_bytes(32)
-    with Coordinator.for_home(home) as remote:
-        reply = remote.evidence(nonce)
+    with connected(home, remote) as coordinator:
+        reply = coordinator.evidence(nonce)
     evidence = Evidence(reply.identity, reply.quote, reply.backend)
     enclave = verify_evidence(evidence, nonce, policy)
     home.save_record(evidence, nonce, enclave)

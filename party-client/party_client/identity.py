@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from party_client.home import PartyHome
 from party_client.pins import KeyMismatch
-from party_client.remote import Coordinator
+from party_client.remote import Coordinator, connected
 from protocols.documents import Registration, check_id
 from protocols.statements import Envelope
 
@@ -41,7 +41,7 @@ class KnownParty:
     you: bool
 
 
-def parties(home: PartyHome) -> list[KnownParty]:
+def parties(home: PartyHome, *, remote: Coordinator | None = None) -> list[KnownParty]:
     """Every registration the coordinator lists, verified and compared with the pins.
 
     Names seen for the first time are pinned (trust on first use); a name
@@ -50,8 +50,8 @@ def parties(home: PartyHome) -> list[KnownParty]:
     :func:`~party_client.review`).
     """
     me = home.signing_key().verify_key
-    with Coordinator.for_home(home) as remote:
-        listed = remote.parties()
+    with connected(home, remote) as coordinator:
+        listed = coordinator.parties()
     known = home.known_parties
     seen = []
     for party in listed:

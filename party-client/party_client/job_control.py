@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 
 from party_client.home import PartyHome
-from party_client.remote import Coordinator, RemoteEvent, RemoteJob
+from party_client.remote import Coordinator, RemoteEvent, RemoteJob, connected
 from protocols.documents import JobTerms
 from protocols.errors import DetenteError, IntegrityError
 from protocols.statements import Envelope
@@ -62,35 +62,39 @@ def job_view(job: RemoteJob, job_id: str) -> JobView:
     )
 
 
-def fetch_job(home: PartyHome, job_id: str) -> JobView:
+def fetch_job(home: PartyHome, job_id: str, *, remote: Coordinator | None = None) -> JobView:
     """Fetch a job once and verify its terms (signed by their proposer)."""
-    with Coordinator.for_home(home) as remote:
-        return job_view(remote.job(job_id), job_id)
+    with connected(home, remote) as coordinator:
+        return job_view(coordinator.job(job_id), job_id)
 
 
-def jobs(home: PartyHome) -> list[JobView]:
+def jobs(home: PartyHome, *, remote: Coordinator | None = None) -> list[JobView]:
     """The jobs this party takes part in (as proposer, data owner or recipient)."""
-    with Coordinator.for_home(home) as remote:
-        listed = remote.jobs()
+    with connected(home, remote) as coordinator:
+        listed = coordinator.jobs()
     return [job_view(j, j.job_id) for j in listed]
 
 
-def cancel(home: PartyHome, job_id: str, reason: str = "") -> JobView:
-    with Coordinator.for_home(home) as remote:
-        return job_view(remote.cancel(job_id, reason), job_id)
+def cancel(
+    home: PartyHome, job_id: str, reason: str = "", *, remote: Coordinator | None = None
+) -> JobView:
+    with connected(home, remote) as coordinator:
+        return job_view(coordinator.cancel(job_id, reason), job_id)
 
 
-def retry(home: PartyHome, job_id: str) -> JobView:
-    with Coordinator.for_home(home) as remote:
-        return job_view(remote.retry(job_id), job_id)
+def retry(home: PartyHome, job_id: str, *, remote: Coordinator | None = None) -> JobView:
+    with connected(home, remote) as coordinator:
+        return job_view(coordinator.retry(job_id), job_id)
 
 
-def wait(home: PartyHome, job_id: str, timeout: float) -> JobView:
+def wait(
+    home: PartyHome, job_id: str, timeout: float, *, remote: Coordinator | None = None
+) -> JobView:
     """The job once it has finished, or as it is after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    with Coordinator.for_home(home) as remote:
+    with connected(home, remote) as coordinator:
         while True:
-            job = job_view(remote.job(job_id), job_id)
+            job = job_view(coordinator.job(job_id), job_id)
             if job.state in FINISHED or time.monotonic() > deadline:
                 return job
             time.sleep(0.2)

@@ -19,7 +19,7 @@ from party_client.datasets import fetch_manifest
 from party_client.home import PartyHome
 from party_client.identity import fetch_registrations
 from party_client.job_control import JobView, job_view
-from party_client.remote import Coordinator, CoordinatorError, RemoteModel
+from party_client.remote import Coordinator, CoordinatorError, RemoteModel, connected
 from protocols.documents import ModelRetirement, Registration
 from protocols.errors import (
     ConsentError,
@@ -189,30 +189,32 @@ def _view(
     )
 
 
-def models(home: PartyHome) -> list[ModelView]:
+def models(home: PartyHome, *, remote: Coordinator | None = None) -> list[ModelView]:
     """The sealed models this party owns or may query, as the coordinator lists them."""
     me = home.signing_key().verify_key.hex
-    with Coordinator.for_home(home) as remote:
-        registrations = fetch_registrations(remote)
+    with connected(home, remote) as coordinator:
+        registrations = fetch_registrations(coordinator)
         return [
-            _view(record, _visible_job(remote, record.job_id), registrations, me)
-            for record in remote.models()
+            _view(record, _visible_job(coordinator, record.job_id), registrations, me)
+            for record in coordinator.models()
         ]
 
 
-def model(home: PartyHome, model_id: str) -> ModelView:
+def model(home: PartyHome, model_id: str, *, remote: Coordinator | None = None) -> ModelView:
     """One sealed model (NotFound, through the coordinator, if this party may not see it)."""
     me = home.signing_key().verify_key.hex
-    with Coordinator.for_home(home) as remote:
-        record = remote.model(model_id)
+    with connected(home, remote) as coordinator:
+        record = coordinator.model(model_id)
         if record.model_id != model_id:
             raise IntegrityError(
                 f"the coordinator returned model {record.model_id!r} for {model_id!r}"
             )
-        return _view(record, _visible_job(remote, record.job_id), fetch_registrations(remote), me)
+        return _view(
+            record, _visible_job(coordinator, record.job_id), fetch_registrations(coordinator), me
+        )
 
 
-def retire(home: PartyHome, model_id: str) -> ModelView:
+def retire(home: PartyHome, model_id: str, *, remote: Coordinator | None = None) -> ModelView:
     """Sign this owner's retirement of ``model_id`` and send it; the model as it is after.
 
     The retirement is signed over the digest of the job's terms, verified here
@@ -223,16 +225,16 @@ def retire(home: PartyHome, model_id: str) -> ModelView:
     """
     signing = home.signing_key()
     me = signing.verify_key
-    with Coordinator.for_home(home) as remote:
-        record = remote.model(model_id)
-        job = _visible_job(remote, model_id)
+    with connected(home, remote) as coordinator:
+        record = coordinator.model(model_id)
+        job = _visible_job(coordinator, model_id)
         if job is None or record.model_id != model_id:
             raise ConsentError(
                 f"you own no data set of job {model_id!r}: only its data owners retire its model"
             )
         if not job.terms.sealed:
             raise WrongState(f"job {model_id!r} released its model: there is no model to retire")
-        owners = {fetch_manifest(remote, d)[1].owner_key for d, _ in job.terms.datasets}
+        owners = {fetch_manifest(coordinator, d)[1].owner_key for d, _ in job.terms.datasets}
         if me not in owners:
             raise ConsentError(
                 f"you own no data set of job {model_id!r}: only its data owners retire its model"
@@ -240,16 +242,18 @@ def retire(home: PartyHome, model_id: str) -> ModelView:
         if record.state == RETIRED:
             raise WrongState(f"model {model_id!r} is already retired: nothing left to destroy")
         retirement = ModelRetirement(model_id, job.terms_digest).sign(signing)
-        after = remote.retire_model(model_id, retirement.to_bytes())
-        return _view(after, job, fetch_registrations(remote), me.hex)
+        after = coordinator.retire_model(model_id, retirement.to_bytes())
+        return _view(after, job, fetch_registrations(coordinator), me.hex)
 
 
-def sealed_model_state(home: PartyHome, job_id: str) -> str | None:
+def sealed_model_state(
+    home: PartyHome, job_id: str, *, remote: Coordinator | None = None
+) -> str | None:
     """The state of the model job ``job_id`` sealed (``sealed`` or ``retired``), or None if
     the coordinator records no such model (yet) or does not show it to this party."""
-    with Coordinator.for_home(home) as remote:
+    with connected(home, remote) as coordinator:
         try:
-            return remote.model(job_id).state
+            return coordinator.model(job_id).state
         except CoordinatorError as exc:
             if issubclass(exc.kind, NotFound):
                 return None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from party_client.home import PartyHome
 from party_client.job_control import wait
-from party_client.remote import Coordinator
+from party_client.remote import Coordinator, connected
 from protocols import hpke, stream
 from protocols.documents import JobTerms, ResultStatement
 from protocols.durable import write_atomic
@@ -42,7 +42,14 @@ def file_name(terms: JobTerms, output: str) -> str:
     )
 
 
-def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> dict[str, Path]:
+def results(
+    home: PartyHome,
+    job_id: str,
+    out_dir: Path,
+    timeout: float = 0,
+    *,
+    remote: Coordinator | None = None,
+) -> dict[str, Path]:
     """Verify the enclave's result statement, decrypt our outputs, write them to ``out_dir``.
 
     Each output goes to the file :func:`file_name` gives it, with mode 0600,
@@ -53,7 +60,7 @@ def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> 
     :func:`party_client.predict`; the other outputs, if any, are written as
     usual (and there may be none).
     """
-    job = wait(home, job_id, timeout)
+    job = wait(home, job_id, timeout, remote=remote)
     if job.state != "succeeded":
         detail = f": {job.error}" if job.error else ""
         raise SetupError(f"job {job_id} is {job.state}{detail}")
@@ -74,13 +81,13 @@ def results(home: PartyHome, job_id: str, out_dir: Path, timeout: float = 0) -> 
     me = home.signing_key().verify_key
     hpke_key = home.hpke_key()
     written: dict[str, Path] = {}
-    with Coordinator.for_home(home) as remote:
+    with connected(home, remote) as coordinator:
         for output in statement.outputs:
             wrapped = output.wrapped_keys.get(me.hex)
             if wrapped is None:
                 continue
             name = file_name(terms, output.name)
-            ciphertext = remote.fetch_output(job_id, output.name)
+            ciphertext = coordinator.fetch_output(job_id, output.name)
             if hashlib.sha256(ciphertext).hexdigest() != output.ciphertext_sha256:
                 raise IntegrityError(f"output {output.name!r} does not match the signed statement")
             key = hpke.unwrap_key(

@@ -22,7 +22,7 @@ from typing import Any
 from party_client.datasets import fetch_manifest
 from party_client.home import PartyHome
 from party_client.identity import fetch_registrations
-from party_client.remote import Coordinator
+from party_client.remote import Coordinator, connected
 from protocols.documents import (
     ANSWER_CLASS,
     ANSWER_PROBABILITY,
@@ -298,6 +298,7 @@ def propose(
     queriers: Sequence[QueryGrant] = (),
     answer: str = ANSWER_PROBABILITY,
     digits: int | None = None,
+    remote: Coordinator | None = None,
 ) -> JobTerms:
     """Write and sign job terms naming the data sets, the enclave and the recipients.
 
@@ -327,16 +328,16 @@ def propose(
             f"--id names the data set(s) {', '.join(map(repr, unknown))}, which the job does "
             "not: name them with --dataset too, or correct the id"
         )
-    with Coordinator.for_home(home) as remote:
+    with connected(home, remote) as coordinator:
         entries = []
         manifests: dict[str, DatasetManifest] = {}
         for dataset_id in dataset_ids:
-            envelope, manifest = fetch_manifest(remote, dataset_id)
+            envelope, manifest = fetch_manifest(coordinator, dataset_id)
             entries.append((dataset_id, envelope.digest))
             manifests[dataset_id] = manifest
         labels = [m.label for m in manifests.values() if m.label is not None]
         label = label or _label_of(labels)
-        registrations = fetch_registrations(remote)
+        registrations = fetch_registrations(coordinator)
         if recipients:
             chosen = _named_recipients(home, recipients, registrations)
             release_to = RELEASE_TO_NAMED
@@ -373,7 +374,7 @@ def propose(
             answer_digits=digits,
         )
         check_terms(terms, manifests)
-        remote.propose(terms.sign(signing).to_bytes())
+        coordinator.propose(terms.sign(signing).to_bytes())
     return terms
 
 

@@ -312,7 +312,12 @@ class QuerySession:
     """
 
     def __init__(
-        self, home: PartyHome, model_id: str, policy: AttestationPolicy | None = None
+        self,
+        home: PartyHome,
+        model_id: str,
+        policy: AttestationPolicy | None = None,
+        *,
+        remote: Coordinator | None = None,
     ) -> None:
         self.model_id = check_id(model_id, "model id")
         self._home = home
@@ -320,7 +325,9 @@ class QuerySession:
         self._enclave = self._verify()
         self._signing = home.signing_key()
         self._hpke = home.hpke_key()
-        self._remote = Coordinator.for_home(home)
+        # A connection given is its owner's to close (a Party's); one opened here is ours.
+        self._owned = remote is None
+        self._remote = remote if remote is not None else Coordinator.for_home(home)
         self.last: Predicted | None = None  # the latest answer: rows, columns, budget left
 
     def _verify(self) -> VerifiedEnclave:
@@ -333,7 +340,8 @@ class QuerySession:
         return bool(self._enclave.simulation)
 
     def close(self) -> None:
-        self._remote.close()
+        if self._owned:
+            self._remote.close()
 
     def __enter__(self) -> QuerySession:
         return self
@@ -417,6 +425,7 @@ def predict(
     *,
     policy: AttestationPolicy | None = None,
     column_kinds: dict[str, str] | None = None,
+    remote: Coordinator | None = None,
 ) -> Predicted:
     """Score the rows of a CSV or Parquet file with the sealed model ``model_id``.
 
@@ -436,7 +445,7 @@ def predict(
             f"the id column {id_column!r} has the name of an answer column: rename it in "
             "the file; nothing was sent"
         )
-    with QuerySession(home, model_id, policy) as session:
+    with QuerySession(home, model_id, policy, remote=remote) as session:
         scan = tables.TableScan(Path(path), None, id_column, column_kinds)
         query_id = _query_id()
         sealed, ids = seal_rows(scan, model_id, query_id, progress)
@@ -463,8 +472,9 @@ def predict_table(
     *,
     policy: AttestationPolicy | None = None,
     column_kinds: dict[str, str] | None = None,
+    remote: Coordinator | None = None,
 ) -> Any:
     """Score a table in memory with the sealed model ``model_id``: one query of a
     :class:`QuerySession` (use one for many batches, and for the budget left)."""
-    with QuerySession(home, model_id, policy) as session:
+    with QuerySession(home, model_id, policy, remote=remote) as session:
         return session.predict_table(table, column_kinds)

@@ -12,6 +12,7 @@ rest of the client plain dataclasses of the bytes received.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -414,3 +415,14 @@ class Coordinator:
             return RemoteAnswer(answer, b"".join(pieces))
 
         return self._call(exchange, timeout=timeout)
+
+
+@contextmanager
+def connected(home: PartyHome, remote: Coordinator | None = None) -> Iterator[Coordinator]:
+    """``remote`` if given (left open: its owner, such as a :class:`party_client.Party`,
+    closes it), or a new connection to the home's coordinator, closed on exit."""
+    if remote is not None:
+        yield remote
+        return
+    with Coordinator.for_home(home) as opened:
+        yield opened
