@@ -11,6 +11,12 @@ the models they seal in the enclave (:mod:`~party_client.queries`,
 :mod:`~party_client.models`). Every function returns dataclasses; protobuf
 stays in :mod:`~party_client.remote`, the gRPC edge.
 
+:class:`Party` (:mod:`~party_client.api`) gathers them for scripts and notebooks:
+one object per party, one connection per object, :class:`Job` objects that wait
+for and open their results, and the scikit-learn style estimators
+:class:`SecureXGBClassifier` and :class:`SecureXGBRegressor`
+(:mod:`~party_client.estimators`).
+
 The names below are the API. Each loads its module on first use, so that
 `detente --help` does not import gRPC and the crypto stack.
 """
@@ -21,6 +27,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from party_client.api import Dataset, Job, JobFailed, JobTimeout, Party, Prediction
     from party_client.consent import (
         DatasetView,
         QuerierView,
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
     )
     from party_client.datasets import Uploaded, UploadProgress, list_datasets, upload
     from party_client.enclave import attest, enclave_summary
+    from party_client.estimators import Columns, SecureXGBClassifier, SecureXGBRegressor
     from party_client.home import PartyHome
     from party_client.identity import KnownParty, init, parties, pin, register
     from party_client.job_control import JobView, cancel, fetch_job, jobs, retry, wait
@@ -49,6 +57,15 @@ if TYPE_CHECKING:
     from party_client.tables import load_schema
 
 _MODULE_OF = {
+    "Columns": "estimators",
+    "SecureXGBClassifier": "estimators",
+    "SecureXGBRegressor": "estimators",
+    "Dataset": "api",
+    "Job": "api",
+    "JobFailed": "api",
+    "JobTimeout": "api",
+    "Party": "api",
+    "Prediction": "api",
     "DEFAULT_PARAMS": "proposal",
     "CoordinatorError": "remote",
     "DatasetView": "consent",
@@ -95,21 +112,30 @@ _MODULE_OF = {
 
 __all__ = [
     "DEFAULT_PARAMS",
+    "Columns",
     "CoordinatorError",
+    "Dataset",
     "DatasetView",
+    "Job",
+    "JobFailed",
+    "JobTimeout",
     "JobView",
     "KnownParty",
     "ModelOwner",
     "ModelQuerier",
     "ModelView",
+    "Party",
     "PartyHome",
     "Predicted",
+    "Prediction",
     "QuerierView",
     "QueryGrant",
     "QueryProgress",
     "QuerySession",
     "RecipientView",
     "Review",
+    "SecureXGBClassifier",
+    "SecureXGBRegressor",
     "UploadProgress",
     "Uploaded",
     "approve",
