@@ -37,7 +37,7 @@ import party_client.models as sealed_models
 from party_client import consent, job_control, outputs, proposal, queries
 from party_client.home import PartyHome
 from party_client.remote import Coordinator
-from protocols.documents import ANSWER_PROBABILITY, DatasetManifest
+from protocols.documents import ANSWER_PROBABILITY, DatasetManifest, JobTerms
 from protocols.errors import DetenteError, SetupError, WrongState
 from protocols.statements import Envelope
 
@@ -145,7 +145,7 @@ class Job:
         return self.view.state
 
     @property
-    def terms(self) -> Any:
+    def terms(self) -> JobTerms:
         """The verified :class:`~protocols.documents.JobTerms`."""
         return self.view.terms
 

@@ -140,9 +140,7 @@ def predict_requests(query: bytes, rows: bytes, piece: int = 1 << 20) -> Iterato
         yield enclave_pb2.PredictRequest(chunk=rows[i : i + piece])
 
 
-def predict(
-    s: Sealed, party: Party, query: bytes, rows: bytes = b"r" * 100
-) -> tuple[bytes, bytes]:
+def predict(s: Sealed, party: Party, query: bytes, rows: bytes = b"r" * 100) -> tuple[bytes, bytes]:
     """Run a query as ``party``: the answer's sealed bytes and its signed envelope."""
     with s.coord.as_party(party) as stub:
         replies = list(stub.Predict(predict_requests(query, rows)))
@@ -275,8 +273,7 @@ def test_a_model_is_seen_by_its_owners_and_queriers_only(sealed: Sealed) -> None
     unknown = refused(lambda: get_model(s, s.alice, "no-such-model"))
     assert hidden.code() == unknown.code() == grpc.StatusCode.NOT_FOUND
     assert hidden.details() == (
-        "no sealed model 'job-1' that you own or may query: list yours with "
-        "`detente party models`"
+        "no sealed model 'job-1' that you own or may query: list yours with `detente party models`"
     )
 
 

@@ -231,6 +231,27 @@ def test_the_classifier_in_a_pipeline_trains_through_the_enclave(world: World) -
         clf.predict(["bank-ds"])
 
 
+def test_a_sealed_regressor_predicts_through_the_enclave(world: World) -> None:
+    reg = party_client.SecureXGBRegressor(
+        world.bank,
+        label=LABEL,
+        id_column="ID",
+        n_estimators=ROUNDS,
+        sealed=True,
+        on_proposed=lambda job: world.insurer.approve(job.job_id, yes=True),
+        approval_timeout=180,
+    )
+    reg.fit(["bank-ds", "insurer-ds"])
+    assert reg.booster_ is None and reg.job_.terms.sealed
+    assert reg.job_.terms.objective == "reg:squarederror"
+    rows = credit_rows(2000, 50)
+    got = reg.predict(rows.drop_columns([LABEL, "ID"]))
+    plain = plaintext([world.tables["bank"], world.tables["insurer"]], reg.job_.terms)
+    assert np.allclose(got, predict_plain(plain, rows), atol=1e-6)
+    with pytest.raises(SetupError, match="queried by column name"):
+        reg.predict(np.zeros((1, 23)))
+
+
 def test_cross_validation_is_refused_before_anything_is_proposed(world: World) -> None:
     from sklearn.model_selection import cross_val_score
 
