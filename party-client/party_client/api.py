@@ -320,11 +320,18 @@ class Party:
         path: Path | str | None = None,
         policy: Path | str | AttestationPolicy | None = None,
         timeout: float = 60.0,
+        passphrase: str | None = None,
     ) -> Party:
         """The party whose home is ``path`` (default: ``DETENTE_HOME`` or
         ``~/.config/detente``), as `detente party init` created it; ``policy`` an
-        attestation policy (or its file) instead of the home's ``policy.toml``."""
+        attestation policy (or its file) instead of the home's ``policy.toml``.
+
+        Keys encrypted under a passphrase (`detente party init --encrypt-keys`) are
+        opened with ``passphrase``, else ``DETENTE_PASSPHRASE``, else a prompt on a
+        terminal; a wrong one raises :class:`~party_client.keyfile.WrongPassphrase`.
+        """
         home = PartyHome(Path(path)) if path is not None else PartyHome.default()
+        home.passphrase = passphrase
         if isinstance(policy, str | Path):
             policy = home.policy(Path(policy))
         return cls(home, policy, timeout)

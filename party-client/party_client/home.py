@@ -10,7 +10,7 @@ import json
 import os
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +38,14 @@ def home_dir() -> Path:
 
 @dataclass
 class PartyHome:
+    """The folder of one party. ``passphrase`` opens keys encrypted under one
+    (:mod:`party_client.keyfile`); without it, ``DETENTE_PASSPHRASE`` or a prompt on a
+    terminal does."""
+
     root: Path
+    passphrase: str | None = field(default=None, repr=False, compare=False)
+    # Keys opened once per object: scrypt is deliberately slow.
+    _opened: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def default(cls) -> PartyHome:
@@ -95,14 +102,32 @@ class PartyHome:
 
     # -- identity -------------------------------------------------------------
 
-    def create_identity(self, name: str, coordinator: str, pq: bool = False) -> None:
+    def create_identity(
+        self,
+        name: str,
+        coordinator: str,
+        pq: bool = False,
+        *,
+        passphrase: str | None = None,
+        signing_key: SigningKey | None = None,
+    ) -> None:
         """Create keys once; re-running with the same name only updates the coordinator.
 
         ``pq`` makes the HPKE key ML-KEM-768+X25519 (post-quantum) instead of
         X25519; the key file's encoding records the choice (protocols/SPEC.md §4.1).
+        ``passphrase`` writes the keys encrypted under it (an existing identity's
+        keys are encrypted in place); ``signing_key`` is an existing key to sign
+        with instead of a new one (first creation only).
         """
         keys = self.root / "keys"
         if (keys / "signing.key").exists():
+            if signing_key is not None and signing_key.verify_key != self.signing_key().verify_key:
+                raise SetupError(
+                    f"{self.root} already holds another signing key: a party's key is chosen "
+                    "when it is created; use another DETENTE_HOME for a party with this key"
+                )
+            if passphrase is not None:
+                self.encrypt_keys(passphrase)
             existing = self.config()["name"]
             if existing != name:
                 raise SetupError(
@@ -117,9 +142,33 @@ class PartyHome:
             self.save_config(name, coordinator)
             return
         kem = Kem.MLKEM768_X25519 if pq else Kem.X25519
-        write_secret_file(keys / "signing.key", SigningKey.generate().private_raw())
-        write_secret_file(keys / "hpke.key", HpkePrivateKey.generate(kem).private_raw())
+        signing = signing_key or SigningKey.generate()
+        self._write_secret("signing.key", signing.private_raw(), passphrase)
+        self._write_secret("hpke.key", HpkePrivateKey.generate(kem).private_raw(), passphrase)
         self.save_config(name, coordinator)
+
+    def _write_secret(self, name: str, raw: bytes, passphrase: str | None) -> None:
+        from party_client import keyfile
+
+        data = raw if passphrase is None else keyfile.seal_key(raw, passphrase, name)
+        write_secret_file(self.root / "keys" / name, data)
+        self._opened[name] = raw
+        if passphrase is not None:
+            self.passphrase = passphrase
+
+    def encrypt_keys(self, passphrase: str) -> None:
+        """Rewrite this party's keys encrypted under ``passphrase`` (read with the current
+        one if they are encrypted already)."""
+        raws = {name: self._secret(name) for name in ("signing.key", "hpke.key")}
+        for name, raw in raws.items():
+            self._write_secret(name, raw, passphrase)
+
+    @property
+    def keys_encrypted(self) -> bool:
+        from party_client import keyfile
+
+        path = self.root / "keys" / "signing.key"
+        return path.exists() and keyfile.is_encrypted(path.read_bytes())
 
     def save_config(self, name: str, coordinator: str) -> None:
         text = (
@@ -152,7 +201,37 @@ class PartyHome:
             raise SetupError(f"no key {path}: run `detente party init` first")
         if path.stat().st_mode & 0o077:
             raise SetupError(f"{path} is readable by others: run `chmod 600 {path}`")
-        return path.read_bytes()
+        data = path.read_bytes()
+        from party_client import keyfile
+
+        if not keyfile.is_encrypted(data):
+            return data
+        if name not in self._opened:
+            try:
+                self._opened[name] = keyfile.open_key(data, self._passphrase(path), name, str(path))
+            except keyfile.WrongPassphrase:
+                self.passphrase = None  # a prompt asks again next time
+                raise
+        return self._opened[name]
+
+    def _passphrase(self, path: Path) -> str:
+        """The passphrase given, else ``DETENTE_PASSPHRASE``, else asked on a terminal."""
+        from party_client.keyfile import PASSPHRASE_ENV
+
+        if self.passphrase is None:
+            self.passphrase = os.environ.get(PASSPHRASE_ENV)
+        if self.passphrase is None:
+            import sys
+
+            if not sys.stdin.isatty():
+                raise SetupError(
+                    f"{path} is encrypted under a passphrase: set {PASSPHRASE_ENV}, or run "
+                    "on a terminal to be asked for it"
+                )
+            import getpass
+
+            self.passphrase = getpass.getpass(f"passphrase for {self.root / 'keys'}: ")
+        return self.passphrase
 
     # -- attestation ----------------------------------------------------------
 

@@ -3,20 +3,72 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from party_client.home import PartyHome
 from party_client.pins import KeyMismatch
 from party_client.remote import Coordinator, connected
 from protocols.documents import Registration, check_id
+from protocols.errors import SetupError
+from protocols.keys import SigningKey
 from protocols.statements import Envelope
 
 
 def init(
-    home: PartyHome, name: str, coordinator: str, pq: bool = False, enrollment_token: str = ""
+    home: PartyHome,
+    name: str,
+    coordinator: str,
+    pq: bool = False,
+    enrollment_token: str = "",
+    *,
+    passphrase: str | None = None,
+    signing_key: SigningKey | None = None,
 ) -> Registration:
+    """Create this party's keys in ``home`` (encrypted under ``passphrase`` if given; signing
+    with ``signing_key`` if given, see :func:`load_signing_key`) and register them."""
     check_id(name, "party name")
-    home.create_identity(name, coordinator, pq)
+    home.create_identity(name, coordinator, pq, passphrase=passphrase, signing_key=signing_key)
     return register(home, enrollment_token)
+
+
+def load_signing_key(path: Path, passphrase: str | None = None) -> SigningKey:
+    """An existing Ed25519 private key: PEM or DER PKCS#8 (encrypted under ``passphrase`` if it
+    is), or the raw 32 bytes `detente party init` writes."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise SetupError(f"cannot read the key {path}: {exc.strerror}") from None
+    if len(data) == 32:
+        return SigningKey.from_raw(data)
+    password = passphrase.encode() if passphrase else None
+    loaders = (serialization.load_pem_private_key, serialization.load_der_private_key)
+    for load in loaders:
+        try:
+            try:
+                key = load(data, password)
+            except TypeError:  # a passphrase given for a key that is not encrypted
+                if password is None:
+                    raise
+                key = load(data, None)
+        except TypeError:
+            raise SetupError(
+                f"the key {path} is encrypted: set DETENTE_PASSPHRASE to its passphrase"
+            ) from None
+        except ValueError:
+            continue
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise SetupError(
+                f"the key {path} is a {type(key).__name__}, not Ed25519: a party signs with "
+                "Ed25519 (`openssl genpkey -algorithm ed25519`)"
+            )
+        return SigningKey(key)
+    raise SetupError(
+        f"the key {path} is neither a PEM or DER PKCS#8 Ed25519 key nor 32 raw bytes "
+        "(or its passphrase is wrong)"
+    )
 
 
 def register(home: PartyHome, enrollment_token: str = "") -> Registration:

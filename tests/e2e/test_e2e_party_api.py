@@ -65,6 +65,66 @@ def predict_plain(model: xgb.Booster, table: pa.Table) -> Any:
     return model.predict(xgb.DMatrix(x, feature_names=names))
 
 
+def test_init_with_an_existing_key_encrypted_under_a_passphrase(world: World) -> None:
+    """`detente party init --encrypt-keys --key FILE`, then the CLI and the API need the
+    passphrase; a missing or wrong one is a clear error."""
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    running = world.running
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = world.tmp / "vault.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    home = world.tmp / "vault"
+
+    def run(args: list[str], passphrase: str | None) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", "DETENTE_HOME": str(home)}
+        if passphrase is not None:
+            env["DETENTE_PASSPHRASE"] = passphrase
+        return subprocess.run(
+            [sys.executable, "-m", "detente", "party", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    token = running.roles.enroll(running.c, "vault")
+    init = [
+        *("init", "--name", "vault", "--coordinator", running.address),
+        *("--coordinator-cert", str(running.coordinator_cert), "--policy", str(running.policy())),
+        *("--enrollment-token", token, "--encrypt-keys", "--key", str(pem)),
+    ]
+    done = run(init, "open sesame")
+    assert done.returncode == 0, done.stderr
+    assert "your keys are encrypted" in done.stdout
+    raw = key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    assert raw not in (home / "keys" / "signing.key").read_bytes()
+    assert run(["attest"], "open sesame").returncode == 0
+    missing = run(["attest"], None)
+    assert missing.returncode == 1 and "set DETENTE_PASSPHRASE" in missing.stderr
+    wrong = run(["attest"], "open barley")
+    assert wrong.returncode == 1 and "wrong passphrase" in wrong.stderr
+    with Party.from_home(home, passphrase="open sesame") as vault:
+        vault.attest()
+        public = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        assert vault.names()[public.hex()] == "vault"
+
+
 def test_a_home_without_identity_says_to_run_init(tmp_path: Path) -> None:
     with pytest.raises(SetupError, match="run `detente party init`"):
         Party.from_home(tmp_path)

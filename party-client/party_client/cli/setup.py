@@ -41,14 +41,50 @@ def init(
             "to pin; needed on first init",
         ),
     ] = None,
+    encrypt_keys: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt-keys",
+            help="Keep the private keys encrypted under a passphrase (scrypt + AES-256-GCM), "
+            "taken from DETENTE_PASSPHRASE or asked for; every later command needs it the same "
+            "way. On an existing identity, encrypts its keys in place",
+        ),
+    ] = False,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="Sign with this existing Ed25519 private key (PEM or DER PKCS#8, encrypted "
+            "under DETENTE_PASSPHRASE if it is, or 32 raw bytes) instead of a new one",
+        ),
+    ] = None,
 ) -> None:
     """Create this party's keys (mode 0600), pin the coordinator's TLS certificate and register."""
+    import os
+
+    from party_client.identity import load_signing_key
+    from party_client.keyfile import PASSPHRASE_ENV
+
     home = party.PartyHome.default()
+    passphrase = os.environ.get(PASSPHRASE_ENV)
+    if encrypt_keys and passphrase is None:
+        passphrase = typer.prompt(
+            "passphrase for your keys", hide_input=True, confirmation_prompt=True
+        )
+    signing_key = load_signing_key(key, passphrase) if key is not None else None
     if coordinator_cert is not None:
         home.pin_coordinator_certificate(coordinator_cert)
     if policy is not None:
         home.policy(policy)  # validate before the identity is made
-    registration = party.init(home, name, coordinator, pq, enrollment_token)
+    registration = party.init(
+        home,
+        name,
+        coordinator,
+        pq,
+        enrollment_token,
+        passphrase=passphrase if encrypt_keys else None,
+        signing_key=signing_key,
+    )
     if policy is not None:
         home.policy_path.write_text(policy.read_text())
     out.print(f"party {name!r} registered; signing key {registration.signing_key.hex}")
@@ -58,6 +94,10 @@ def init(
         f"{show_fingerprint(registration.fingerprint)}",
         highlight=False,
     )
+    if home.keys_encrypted:
+        out.print(
+            f"your keys are encrypted: commands read the passphrase from {PASSPHRASE_ENV} or ask"
+        )
     out.print("next: `detente party attest`")
 
 
