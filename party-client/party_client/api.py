@@ -38,7 +38,7 @@ from party_client import consent, job_control, outputs, proposal, queries
 from party_client.home import PartyHome
 from party_client.remote import Coordinator
 from protocols.documents import ANSWER_PROBABILITY, DatasetManifest, JobTerms
-from protocols.errors import DetenteError, SetupError, WrongState
+from protocols.errors import DetenteError, IntegrityError, SetupError, WrongState
 from protocols.statements import Envelope
 
 if TYPE_CHECKING:
@@ -457,8 +457,12 @@ class Party:
         found = []
         for record in data_sets.list_datasets(self.home, remote=self.remote):
             manifest = DatasetManifest.verify(Envelope.from_bytes(record.manifest, "manifest"))
-            if manifest.dataset_id == record.dataset_id:
-                found.append(self._dataset(manifest, names, me))
+            if manifest.dataset_id != record.dataset_id:
+                raise IntegrityError(
+                    f"the coordinator lists data set {record.dataset_id!r} with the signed "
+                    f"manifest of {manifest.dataset_id!r}: refused"
+                )
+            found.append(self._dataset(manifest, names, me))
         return found
 
     def dataset(self, ref: str) -> Dataset:
