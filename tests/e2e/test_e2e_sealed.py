@@ -214,9 +214,12 @@ def test_the_models_each_party_sees(sealed: Sealed) -> None:
     )
     assert sorted(o["name"] for o in mine["owners"]) == ["alice", "bob"]
     assert sorted(q["name"] for q in mine["queriers"]) == sorted(BUDGETS)
-    # carol takes no part in the job's terms: she sees the model, not its terms.
+    # carol only queries the model: she sees it and the terms that sealed it (her budget
+    # and the answer's shape are in them), as an owner does.
     (hers,) = json.loads(detente(["party", "models", "--json"], sealed.home("carol")).stdout)
-    assert hers["model_id"] == sealed.job_id and hers["queriers"] == []
+    assert hers["model_id"] == sealed.job_id
+    assert sorted(q["name"] for q in hers["queriers"]) == sorted(BUDGETS)
+    assert hers["answer"] == "probability"
     assert json.loads(detente(["party", "models", "--json"], sealed.home("dave")).stdout) == []
 
 
