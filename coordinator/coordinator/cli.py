@@ -63,12 +63,22 @@ def serve(
             help="Largest job accepted, as rounds × rows (checked when it is proposed).",
         ),
     ] = 10_000_000_000,
+    dashboard: Annotated[
+        str | None,
+        typer.Option(
+            "--dashboard",
+            help="Also serve the read-only operator dashboard on HOST:PORT (loopback only; "
+            "port 0 picks one). Its login token is printed and kept in --home/dashboard-token "
+            "(or set DETENTE_DASHBOARD_TOKEN).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the coordinator API over TLS until SIGTERM or SIGINT.
 
     The TLS certificate is made once in --home; parties pin it with
     `detente party init --coordinator-cert FILE`.
     """
+    from coordinator.dashboard import parse_address
     from coordinator.limits import JobLimits
     from coordinator.server import serve as run
     from protocols.policy import AttestationPolicy
@@ -85,8 +95,19 @@ def serve(
             "enclave whose RA-TLS certificate passes that attestation policy"
         )
     policy = AttestationPolicy.load(enclave_policy) if enclave_policy is not None else None
+    board = parse_address(dashboard) if dashboard is not None else None
     # A TLS key readable by others, or not matching its certificate, is refused here.
-    run(home, db_url, host, port, enclave, port_file, policy, JobLimits(max_job_seconds, max_work))
+    run(
+        home,
+        db_url,
+        host,
+        port,
+        enclave,
+        port_file,
+        policy,
+        JobLimits(max_job_seconds, max_work),
+        dashboard=board,
+    )
 
 
 def _open_store(home: Path, db_url: str | None) -> Any:

@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.blobs import BlobStore
+from coordinator.dashboard import RunningDashboard, start_dashboard
 from coordinator.enclave_client import EnclaveClient
 from coordinator.handler import CoordinatorHandler
 from coordinator.limits import JobLimits
@@ -92,6 +93,7 @@ class RunningCoordinator:
     handler: CoordinatorHandler
     store: SqlStore
     _log_handler: logging.Handler | None = None
+    dashboard: RunningDashboard | None = None
 
     @property
     def address(self) -> str:
@@ -102,6 +104,8 @@ class RunningCoordinator:
         return certificate_path(self.home)
 
     def stop(self, grace: float = 2.0) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         self.server.stop(grace=grace).wait()
         self.handler.stop()
         self.store.close()
@@ -135,11 +139,15 @@ def start(
     log_to_file: bool = True,
     enclave_policy: AttestationPolicy | None = None,
     limits: JobLimits | None = None,
+    dashboard: tuple[str, int] | None = None,
+    dashboard_token: str | None = None,
 ) -> RunningCoordinator:
     """Start a coordinator in this process; returns once it is serving.
 
     ``enclave_policy`` is required with ``enclave``: the coordinator talks
-    only to an enclave whose RA-TLS certificate passes it.
+    only to an enclave whose RA-TLS certificate passes it. ``dashboard``
+    (host, port) also serves the operator's dashboard there
+    (:mod:`coordinator.dashboard`), started before the port file is written.
     """
     if enclave is not None and enclave_policy is None:
         raise PolicyError(
@@ -166,6 +174,15 @@ def start(
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
     handler.start()
+    board = None
+    if dashboard is not None:
+        try:
+            board = start_dashboard(store, client, home, *dashboard, token=dashboard_token)
+        except BaseException:
+            server.stop(grace=0).wait()
+            handler.stop()
+            store.close()
+            raise
     if port_file is not None:
         _write_port_file(Path(port_file), bound)
     log.info(
@@ -175,7 +192,7 @@ def start(
         enclave or "not configured",
         certificate_path(home),
     )
-    return RunningCoordinator(home, bound, server, handler, store, log_handler)
+    return RunningCoordinator(home, bound, server, handler, store, log_handler, board)
 
 
 def serve(
@@ -187,10 +204,19 @@ def serve(
     port_file: Path | None,
     enclave_policy: AttestationPolicy | None = None,
     limits: JobLimits | None = None,
+    dashboard: tuple[str, int] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     running = start(
-        home, db_url, host, port, enclave, port_file, enclave_policy=enclave_policy, limits=limits
+        home,
+        db_url,
+        host,
+        port,
+        enclave,
+        port_file,
+        enclave_policy=enclave_policy,
+        limits=limits,
+        dashboard=dashboard,
     )
     print(
         f"coordinator serving TLS on {host}:{running.port}; its certificate is "
@@ -198,6 +224,13 @@ def serve(
         f"--coordinator-cert {running.certificate_path.resolve()}`)",
         flush=True,
     )
+    if running.dashboard is not None:
+        # Printed once; it is also in the 0600 file named here.
+        print(
+            f"dashboard at {running.dashboard.url} — operator token (also in "
+            f"{running.dashboard.token_file}): {running.dashboard.token}",
+            flush=True,
+        )
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

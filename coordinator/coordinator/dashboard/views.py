@@ -1,0 +1,504 @@
+"""The data the dashboard's pages and its JSON API serve, read from the store.
+
+Each view picks public fields one by one: names, public keys, ids, counts,
+sizes, digests, states, times and the signed terms' plain words. Never a
+manifest's wrapped key, an output's ciphertext, a signed envelope or a token.
+Times are milliseconds since the epoch, as the store keeps them.
+
+Training progress is what the enclave streams to the coordinator in the
+clear: "round N/M" events (enclave_worker.jobs.training). The released
+metrics are encrypted to the job's recipients, so the coordinator cannot
+chart them; the views say so instead of inventing a curve.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from coordinator.dashboard.enclaves import EnclaveMonitor, EnclaveStatus
+from coordinator.store import (
+    FINISHED_STATES,
+    RUNNING,
+    AuditEntry,
+    CoordinatorStore,
+    DatasetRecord,
+    JobRecord,
+    ModelRecord,
+    verify_audit_chain,
+)
+from protocols.documents import DatasetManifest, JobTerms
+from protocols.errors import DetenteError, IntegrityError
+from protocols.statements import Envelope
+
+ROUND_EVENT = re.compile(r"^round (\d+)/(\d+)$")
+METRICS_NOT_PUBLIC = (
+    "The released metrics are encrypted to the job's recipients: the coordinator cannot read "
+    "them, so it charts only the rounds the enclave reports in the clear."
+)
+AUDIT_PAGE = 200
+
+
+class Enclave(BaseModel):
+    """An enclave worker as the coordinator last saw it (from its RA-TLS certificate)."""
+
+    address: str
+    health: str = Field(description="attested, unreachable, refused by the policy, or not checked")
+    backend: str = Field(description="SIMULATION, SGX or TDX, from its last accepted evidence")
+    simulation: bool
+    mrenclave: str
+    mrsigner: str
+    tcb_status: str
+    last_attested_at: int | None
+    last_checked_at: int | None
+    problem: str
+    policy_allows_simulation: bool
+    current_jobs: list[str]
+
+
+class Dataset(BaseModel):
+    dataset_id: str
+    name: str
+    owner: str = Field(description="the owner's party name (or its key if unregistered)")
+    owner_key: str
+    rows: int
+    ciphertext_size: int
+    schema_sha256: str
+    columns: int | None = Field(description="number of columns, if the manifest shows its schema")
+    created_at: int
+    withdrawn: bool
+
+
+class Party(BaseModel):
+    name: str
+    signing_key: str
+    registered_at: int
+    datasets: list[Dataset]
+
+
+class Approval(BaseModel):
+    party: str
+    key: str
+    approved: bool
+    at: int | None
+
+
+class TermsDataset(BaseModel):
+    dataset_id: str
+    owner: str
+    rows: int | None
+
+
+class Querier(BaseModel):
+    name: str
+    total_rows: int
+    rows_per_day: int | None
+
+
+class ProgressPoint(BaseModel):
+    seconds: float = Field(description="seconds since the job started")
+    round: int
+
+
+class JobEvent(BaseModel):
+    at: int
+    kind: str
+    text: str
+
+
+class ReleasedOutput(BaseModel):
+    name: str
+    size: int = Field(description="bytes of ciphertext (encrypted to the recipients)")
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    state: str
+    proposer: str
+    objective: str
+    datasets: list[str]
+    approved: int
+    approvers: int
+    rounds_done: int
+    rounds: int
+    created_at: int
+    duration_seconds: float | None
+
+
+class Job(JobSummary):
+    join: str
+    label: str
+    params: dict[str, Any]
+    seed: int
+    outputs: list[str]
+    release_to: str
+    recipients: list[str]
+    model: str = Field(description="release (encrypted to the recipients) or sealed")
+    queriers: list[Querier]
+    terms_datasets: list[TermsDataset]
+    approvals: list[Approval]
+    error: str
+    cancel_reason: str
+    attempts: int
+    started_at: int | None
+    updated_at: int
+    expires_at: int
+    max_seconds: int | None
+    released: list[ReleasedOutput]
+    progress: list[ProgressPoint]
+    metrics_note: str
+    events: list[JobEvent]
+
+
+class QuerierUse(BaseModel):
+    name: str
+    key: str
+    total_rows: int | None
+    rows_per_day: int | None
+    relayed_queries: int
+    relayed_rows: int
+    remaining_by_coordinator_count: int | None = Field(
+        description="total_rows less the rows the coordinator relayed; the enclave keeps the "
+        "budget that decides, and may count differently (refused or failed queries)"
+    )
+
+
+class Model(BaseModel):
+    model_id: str
+    job_id: str
+    state: str
+    owners: list[str]
+    retired_by: list[str]
+    not_retired_by: list[str]
+    created_at: int
+    retired_at: int | None
+    queriers: list[QuerierUse]
+
+
+class AuditRow(BaseModel):
+    seq: int
+    at: int
+    event: str
+    subject: str
+    detail: dict[str, Any]
+    hash: str
+
+
+class AuditLog(BaseModel):
+    intact: bool
+    problem: str
+    entries: int
+    head: str
+    shown: list[AuditRow]
+
+
+class Overview(BaseModel):
+    enclaves: list[Enclave]
+    simulation: bool
+    parties: int
+    datasets: int
+    jobs_by_state: dict[str, int]
+    models: int
+    audit_intact: bool
+
+
+class Views:
+    """Builds the dashboard's views from the store (read-only) and the enclave monitor."""
+
+    def __init__(self, store: CoordinatorStore, monitors: Sequence[EnclaveMonitor]) -> None:
+        self._store = store
+        self._monitors = list(monitors)
+        self._lock = threading.Lock()
+        # Verified documents by digest: verifying a signature on every refresh is wasted work.
+        self._terms: OrderedDict[str, JobTerms | None] = OrderedDict()
+        self._manifests: OrderedDict[str, DatasetManifest | None] = OrderedDict()
+
+    # -- parsing, cached ---------------------------------------------------------------
+    def _cached(self, cache: OrderedDict[str, Any], key: str, make: Any) -> Any:
+        with self._lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        try:
+            value = make()
+        except DetenteError:
+            value = None  # shown as unreadable rather than failing the page
+        with self._lock:
+            cache[key] = value
+            while len(cache) > 4096:
+                cache.popitem(last=False)
+        return value
+
+    def terms(self, job: JobRecord) -> JobTerms | None:
+        return self._cached(
+            self._terms,
+            job.terms_digest,
+            lambda: JobTerms.verify(Envelope.from_bytes(job.terms, "job terms")),
+        )
+
+    def manifest(self, record: DatasetRecord) -> DatasetManifest | None:
+        return self._cached(
+            self._manifests,
+            record.manifest_digest,
+            lambda: DatasetManifest.verify(Envelope.from_bytes(record.manifest, "manifest")),
+        )
+
+    def _names(self) -> dict[str, str]:
+        return {p.signing_key: p.name for p in self._store.list_parties()}
+
+    # -- enclaves ----------------------------------------------------------------------
+    def enclave_statuses(self) -> list[EnclaveStatus]:
+        return [m.status for m in self._monitors]
+
+    def simulation(self) -> bool:
+        """Whether a SIMULATION banner applies: an enclave attested as simulated, or one
+        not attested yet under a policy that accepts simulated evidence."""
+        return any(
+            s.simulation or (s.last_attested_at is None and s.policy_allows_simulation)
+            for s in self.enclave_statuses()
+        )
+
+    def enclaves(self) -> list[Enclave]:
+        running = self._store.job_ids_in_states([RUNNING])
+        return [
+            Enclave(
+                address=s.address,
+                health=s.health,
+                backend=s.backend,
+                simulation=s.simulation,
+                mrenclave=s.mrenclave,
+                mrsigner=s.mrsigner,
+                tcb_status=s.tcb_status,
+                last_attested_at=s.last_attested_at,
+                last_checked_at=s.last_checked_at,
+                problem=s.problem,
+                policy_allows_simulation=s.policy_allows_simulation,
+                # One enclave per coordinator: it runs every running job.
+                current_jobs=running,
+            )
+            for s in self.enclave_statuses()
+        ]
+
+    # -- parties and data sets ---------------------------------------------------------
+    def datasets(self, names: dict[str, str] | None = None) -> list[Dataset]:
+        names = self._names() if names is None else names
+        out = []
+        for record in self._store.list_datasets():
+            manifest = self.manifest(record)
+            out.append(
+                Dataset(
+                    dataset_id=record.dataset_id,
+                    name=manifest.name if manifest else "",
+                    owner=names.get(record.owner_key, record.owner_key[:16]),
+                    owner_key=record.owner_key,
+                    rows=manifest.row_count if manifest else 0,
+                    ciphertext_size=record.size,
+                    schema_sha256=manifest.schema_sha256 if manifest else "",
+                    columns=len(manifest.public_schema)
+                    if manifest and manifest.public_schema is not None
+                    else None,
+                    created_at=record.created_at,
+                    # Withdrawal (issue 12) may add this to the record; absent: not withdrawn.
+                    withdrawn=getattr(record, "withdrawn_at", None) is not None,
+                )
+            )
+        return out
+
+    def parties(self) -> list[Party]:
+        names = self._names()
+        datasets = self.datasets(names)
+        return [
+            Party(
+                name=p.name,
+                signing_key=p.signing_key,
+                registered_at=p.registered_at,
+                datasets=[d for d in datasets if d.owner_key == p.signing_key],
+            )
+            for p in self._store.list_parties()
+        ]
+
+    # -- jobs --------------------------------------------------------------------------
+    def _summary_fields(self, job: JobRecord, names: dict[str, str]) -> dict[str, Any]:
+        terms = self.terms(job)
+        approved = {a.approver for a in job.approvals}
+        points = progress(job)
+        end = job.updated_at if job.state in FINISHED_STATES else None
+        duration = None
+        if job.started_at is not None:
+            from coordinator.store import now_ms
+
+            duration = ((end or now_ms()) - job.started_at) / 1000
+        return {
+            "job_id": job.job_id,
+            "state": job.state,
+            "proposer": names.get(job.proposer, job.proposer[:16]),
+            "objective": terms.objective if terms else "(terms unreadable)",
+            "datasets": list(job.dataset_ids),
+            "approved": len(approved & set(job.required_approvers)),
+            "approvers": len(job.required_approvers),
+            "rounds_done": points[-1].round if points else 0,
+            "rounds": terms.num_rounds if terms else 0,
+            "created_at": job.created_at,
+            "duration_seconds": duration,
+        }
+
+    def jobs(self) -> list[JobSummary]:
+        names = self._names()
+        jobs = sorted(self._store.list_jobs(), key=lambda j: j.created_at, reverse=True)
+        return [JobSummary(**self._summary_fields(j, names)) for j in jobs]
+
+    def job(self, job_id: str) -> Job:
+        """Raises NotFound if there is no such job."""
+        names = self._names()
+        job = self._store.get_job(job_id)
+        terms = self.terms(job)
+        rows = {d.dataset_id: d for d in self.datasets(names)}
+        by_approver = {a.approver: a for a in job.approvals}
+        return Job(
+            **self._summary_fields(job, names),
+            join=terms.join if terms else "",
+            label=terms.label if terms else "",
+            params=dict(terms.params) if terms else {},
+            seed=terms.seed if terms else 0,
+            outputs=list(terms.outputs) if terms else [],
+            release_to=terms.release_to if terms else "",
+            recipients=[r.name for r in terms.recipients] if terms else [],
+            model=terms.model if terms else "",
+            queriers=[
+                Querier(name=q.name, total_rows=q.total, rows_per_day=q.per_day)
+                for q in terms.queriers
+            ]
+            if terms
+            else [],
+            terms_datasets=[
+                TermsDataset(
+                    dataset_id=d,
+                    owner=rows[d].owner if d in rows else "",
+                    rows=rows[d].rows if d in rows else None,
+                )
+                for d, _ in (terms.datasets if terms else [])
+            ],
+            approvals=[
+                Approval(
+                    party=names.get(key, key[:16]),
+                    key=key,
+                    approved=key in by_approver,
+                    at=by_approver[key].at if key in by_approver else None,
+                )
+                for key in job.required_approvers
+            ],
+            error=job.error,
+            cancel_reason=job.cancel_reason,
+            attempts=job.attempts,
+            started_at=job.started_at,
+            updated_at=job.updated_at,
+            expires_at=terms.expires_at if terms else 0,
+            max_seconds=terms.max_seconds if terms else None,
+            released=[ReleasedOutput(name=o.name, size=o.size) for o in job.outputs],
+            progress=progress(job),
+            metrics_note=METRICS_NOT_PUBLIC,
+            events=[JobEvent(at=e.at, kind=e.kind, text=e.text) for e in job.events],
+        )
+
+    # -- sealed models -----------------------------------------------------------------
+    def models(self) -> list[Model]:
+        names = self._names()
+        jobs = {j.job_id: j for j in self._store.list_jobs()}
+        return [self._model(m, names, jobs.get(m.job_id)) for m in self._store.list_models()]
+
+    def _model(self, model: ModelRecord, names: dict[str, str], job: JobRecord | None) -> Model:
+        terms = self.terms(job) if job is not None else None
+        budgets = {q.signing_key.hex: q for q in terms.queriers} if terms else {}
+        counts = {q.querier: q for q in model.queries}
+        signed = [r.owner for r in model.retirements]
+        queriers = []
+        for key in model.queriers:
+            budget, count = budgets.get(key), counts.get(key)
+            relayed = count.rows if count else 0
+            queriers.append(
+                QuerierUse(
+                    name=budget.name if budget else names.get(key, key[:16]),
+                    key=key,
+                    total_rows=budget.total if budget else None,
+                    rows_per_day=budget.per_day if budget else None,
+                    relayed_queries=count.queries if count else 0,
+                    relayed_rows=relayed,
+                    remaining_by_coordinator_count=max(budget.total - relayed, 0)
+                    if budget
+                    else None,
+                )
+            )
+        return Model(
+            model_id=model.model_id,
+            job_id=model.job_id,
+            state=model.state,
+            owners=[names.get(o, o[:16]) for o in model.owners],
+            retired_by=[names.get(o, o[:16]) for o in signed],
+            not_retired_by=[names.get(o, o[:16]) for o in model.unsigned_owners()],
+            created_at=model.created_at,
+            retired_at=model.retired_at,
+            queriers=queriers,
+        )
+
+    # -- audit log ---------------------------------------------------------------------
+    def audit(self, limit: int = AUDIT_PAGE) -> AuditLog:
+        entries: list[AuditEntry] = self._store.audit_entries()
+        try:
+            verify_audit_chain(entries)
+            intact, problem = True, ""
+        except IntegrityError as exc:
+            intact, problem = False, str(exc)
+        shown = entries[-limit:][::-1] if limit > 0 else []
+        return AuditLog(
+            intact=intact,
+            problem=problem,
+            entries=len(entries),
+            head=entries[-1].hash if entries else "",
+            shown=[
+                AuditRow(
+                    seq=e.seq,
+                    at=e.at,
+                    event=e.event,
+                    subject=e.subject,
+                    detail=e.detail,
+                    hash=e.hash,
+                )
+                for e in shown
+            ],
+        )
+
+    def overview(self) -> Overview:
+        states: dict[str, int] = {}
+        for job in self._store.list_jobs():
+            states[job.state] = states.get(job.state, 0) + 1
+        return Overview(
+            enclaves=self.enclaves(),
+            simulation=self.simulation(),
+            parties=len(self._store.list_parties()),
+            datasets=len(self._store.list_datasets()),
+            jobs_by_state=states,
+            models=len(self._store.list_models()),
+            audit_intact=self.audit(0).intact,
+        )
+
+
+def progress(job: JobRecord) -> list[ProgressPoint]:
+    """Rounds done over time, from the enclave's "round N/M" events (in the clear).
+
+    Starts at (0 s, round 0) once the job started; the events of an earlier
+    attempt are kept, so a resumed job's curve continues where it stopped.
+    """
+    if job.started_at is None:
+        return []
+    points = [ProgressPoint(seconds=0.0, round=0)]
+    for event in job.events:
+        match = ROUND_EVENT.match(event.text) if event.kind == "round" else None
+        if match:
+            seconds = max((event.at - job.started_at) / 1000, 0.0)
+            points.append(ProgressPoint(seconds=seconds, round=int(match.group(1))))
+    return points

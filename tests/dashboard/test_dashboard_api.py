@@ -1,0 +1,90 @@
+"""The dashboard's JSON API against a live coordinator process with a job."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from tests.dashboard.conftest import ROUNDS, Board
+
+
+def test_the_api_needs_the_operator_token(board: Board) -> None:
+    assert board.status("api/jobs", token="") == 401
+    assert board.status("api/jobs", token="x" * 43) == 401
+    assert board.status("api/openapi.json", token="wrong") == 401
+    assert board.status("api/jobs") == 200
+    token_file = board.running.coordinator_home / "dashboard-token"
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+
+
+def test_openapi_describes_every_endpoint(board: Board) -> None:
+    spec = board.api("api/openapi.json")
+    paths = set(spec["paths"])
+    for path in ("overview", "enclaves", "parties", "datasets", "jobs", "jobs/{job_id}",
+                 "models", "audit"):  # fmt: skip
+        assert f"/api/{path}" in paths
+    assert "Job" in spec["components"]["schemas"]
+
+
+def test_enclave_attested_as_simulation(board: Board) -> None:
+    enclaves = board.wait_api_enclave()
+    (enclave,) = enclaves
+    assert enclave["address"] == board.running.enclave
+    assert enclave["health"] == "attested"
+    assert enclave["backend"] == "SIMULATION" and enclave["simulation"] is True
+    assert enclave["mrenclave"] == board.running.measured["mrenclave"]
+    assert len(enclave["mrsigner"]) == 64
+    assert enclave["tcb_status"]
+    assert board.api("api/overview")["simulation"] is True
+
+
+def test_parties_and_public_dataset_metadata(board: Board) -> None:
+    parties = {p["name"]: p for p in board.api("api/parties")}
+    assert set(parties) == {"alice", "bob"}
+    (alice_ds,) = parties["alice"]["datasets"]
+    assert alice_ds["dataset_id"] == board.datasets["alice"]
+    assert alice_ds["owner"] == "alice" and alice_ds["rows"] == 300
+    assert alice_ds["ciphertext_size"] > 0 and len(alice_ds["schema_sha256"]) == 64
+    assert alice_ds["withdrawn"] is False
+
+
+def test_a_proposed_job_shows_who_has_not_approved(board: Board) -> None:
+    job = board.api(f"api/jobs/{board.job_id}")
+    assert job["state"] == "proposed"
+    assert job["rounds"] == ROUNDS and job["proposer"] == "alice"
+    assert {a["party"]: a["approved"] for a in job["approvals"]} == {
+        "alice": True,
+        "bob": False,
+    }
+    assert [d["owner"] for d in job["terms_datasets"]] == ["alice", "bob"]
+    assert job["params"]["num_parallel_tree"] in (20, "20")
+    assert job["progress"] == []
+    assert board.status("api/jobs/no-such-job") == 404
+
+
+def test_progress_advances_while_the_job_runs(approved: Board) -> None:
+    first = approved.wait_job(lambda j: j["state"] == "running" and len(j["progress"]) >= 2)
+    assert first["approved"] == first["approvers"] == 2
+    assert first["started_at"] and first["duration_seconds"] > 0
+    done = first["rounds_done"]
+    assert 0 < done < ROUNDS
+    later = approved.wait_job(lambda j: j["rounds_done"] > done or j["state"] != "running")
+    assert later["rounds_done"] > done
+    seconds = [p["seconds"] for p in later["progress"]]
+    assert seconds == sorted(seconds)
+    # Metrics are encrypted to the recipients: the API says so and charts none.
+    assert "encrypted to the job's recipients" in later["metrics_note"]
+    (enclave,) = approved.api("api/enclaves")
+    assert approved.job_id in enclave["current_jobs"]
+    summary = {j["job_id"]: j for j in approved.api("api/jobs")}
+    assert summary[approved.job_id]["rounds_done"] >= done
+    assert summary[approved.pending_id]["state"] == "proposed"
+
+
+def test_audit_log_chain_status(board: Board) -> None:
+    audit = board.api("api/audit?limit=5")
+    assert audit["intact"] is True and audit["problem"] == ""
+    assert audit["entries"] >= 6 and len(audit["shown"]) == 5
+    assert audit["shown"][0]["seq"] == audit["entries"]  # newest first
+    assert audit["head"] == audit["shown"][0]["hash"]
+    assert board.status("api/audit?limit=-1") == 422
