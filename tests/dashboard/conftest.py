@@ -22,9 +22,19 @@ from typing import Any
 import pytest
 
 from detente.cluster import cluster, start_roles
-from tests.e2e.conftest import Running, contribute, credit_rows, detente, propose
+from tests.e2e.conftest import (
+    LABEL,
+    Running,
+    contribute,
+    credit_rows,
+    detente,
+    propose,
+    wait_state,
+    write_csv,
+)
 
 ROUNDS = 800
+QUERIED_ROWS = 20
 SLOW_PARAMS = ("--param", "max_depth=8", "--param", "num_parallel_tree=20")
 
 
@@ -37,6 +47,7 @@ class Board:
     datasets: dict[str, str]
     job_id: str = ""  # approved by both owners once `approved` is used: it runs
     pending_id: str = ""  # approved by alice only: stays proposed
+    sealed_id: str = ""  # a sealed model alice queried once (QUERIED_ROWS rows)
 
     @property
     def coordinator_pid(self) -> int:
@@ -88,6 +99,24 @@ def _dashboard_url(home: Path) -> str:
     return path.read_text().strip()
 
 
+def _sealed_and_queried(board: Board, root: Path) -> str:
+    """A small sealed job run to the end, then one query of QUERIED_ROWS rows by alice."""
+    alice, bob = board.homes["alice"], board.homes["bob"]
+    job_id = propose(
+        alice,
+        [board.datasets["alice"], board.datasets["bob"]],
+        *("--id", "ID", "--rounds", "5", "--sealed", "--output", "metrics"),
+        *("--query", "alice=100", "--query", "bob=50/10"),
+    )
+    for home in (alice, bob):
+        detente(["party", "approve", job_id, "--yes"], home)
+    assert wait_state(alice, job_id, ("succeeded", "failed"), timeout=300)["state"] == "succeeded"
+    rows = write_csv(credit_rows(600, QUERIED_ROWS).drop_columns([LABEL]), root / "query.csv")
+    out = root / "answers.csv"
+    detente(["party", "predict", job_id, str(rows), "--out", str(out), "--id", "ID"], alice)
+    return job_id
+
+
 @pytest.fixture(scope="session")
 def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
     """A coordinator serving its dashboard, with a job proposed (not yet approved by bob)."""
@@ -102,6 +131,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
         for i, name in enumerate(("alice", "bob")):
             homes[name], datasets[name] = contribute(running, name, credit_rows(300 * i, 300), root)
         board = Board(running, url, token, homes, datasets)
+        board.sealed_id = _sealed_and_queried(board, root)
         board.job_id = propose(
             homes["alice"],
             [datasets["alice"], datasets["bob"]],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+from typing import Any
 
-from tests.dashboard.conftest import ROUNDS, Board
+from tests.dashboard.conftest import QUERIED_ROWS, ROUNDS, Board
 
 
 def test_the_api_needs_the_operator_token(board: Board) -> None:
@@ -88,3 +90,50 @@ def test_audit_log_chain_status(board: Board) -> None:
     assert audit["shown"][0]["seq"] == audit["entries"]  # newest first
     assert audit["head"] == audit["shown"][0]["hash"]
     assert board.status("api/audit?limit=-1") == 422
+
+
+def test_sealed_model_with_what_the_coordinator_relayed(board: Board) -> None:
+    (model,) = board.api("api/models")
+    assert model["model_id"] == board.sealed_id and model["state"] == "sealed"
+    assert sorted(model["owners"]) == ["alice", "bob"]
+    assert model["not_retired_by"] == model["owners"] and model["retired_by"] == []
+    use = {q["name"]: q for q in model["queriers"]}
+    assert use["alice"]["total_rows"] == 100 and use["alice"]["relayed_queries"] == 1
+    assert use["alice"]["relayed_rows"] == QUERIED_ROWS
+    assert use["alice"]["remaining_by_coordinator_count"] == 100 - QUERIED_ROWS
+    assert (use["bob"]["total_rows"], use["bob"]["rows_per_day"]) == (50, 10)
+    assert use["bob"]["relayed_rows"] == 0
+    job = board.api(f"api/jobs/{board.sealed_id}")
+    assert job["model"] == "sealed" and [q["name"] for q in job["queriers"]] == ["alice", "bob"]
+    assert [o["name"] for o in job["released"]] == ["metrics"]
+
+
+def test_nothing_secret_is_served(board: Board) -> None:
+    """No wrapped key, ciphertext, signed envelope or token in any API answer."""
+    from coordinator.store import SqlStore
+    from protocols import canonical
+
+    store = SqlStore(f"sqlite:///{board.running.coordinator_home / 'coordinator.db'}")
+    try:
+        secrets_ = [board.token]
+        for record in store.list_datasets():
+            manifest = board_manifest(record.manifest)
+            secrets_.append(canonical.b64(manifest.wrapped_key))
+        for job in store.list_jobs():
+            secrets_ += [a.envelope.hex()[:64] for a in job.approvals]
+    finally:
+        store.close()
+    for path in ("api/overview", "api/enclaves", "api/parties", "api/datasets", "api/jobs",
+                 f"api/jobs/{board.job_id}", f"api/jobs/{board.sealed_id}", "api/models",
+                 "api/audit?limit=10000"):  # fmt: skip
+        text = json.dumps(board.api(path))
+        for secret in secrets_:
+            assert secret not in text, path
+        assert "wrapped_key" not in text and "envelope" not in text
+
+
+def board_manifest(data: bytes) -> Any:
+    from protocols.documents import DatasetManifest
+    from protocols.statements import Envelope
+
+    return DatasetManifest.verify(Envelope.from_bytes(data, "manifest"))

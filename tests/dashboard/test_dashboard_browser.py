@@ -1,0 +1,159 @@
+"""The dashboard in headless Chromium (Playwright driving Debian's chromium).
+
+Each page is loaded against the live coordinator of ``board`` with a running
+job; screenshots go to tests/artifacts/dashboard/ (ignored by git).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.dashboard.conftest import ROUNDS, Board
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
+
+
+def _install_chromium() -> None:
+    """Debian's chromium, installed as the README says `make test` does on a fresh machine."""
+    if CHROMIUM.exists():
+        return
+    if shutil.which("apt-get") is None:
+        pytest.fail("no /usr/bin/chromium and no apt-get to install it: install Debian's chromium")
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=True, env=env, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    _install_chromium()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: object, board: Board) -> Iterator[object]:
+    """A fresh browser context; every request it makes is recorded in ``page.requested``."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.requested = []
+    page.on("request", lambda request: page.requested.append(request.url))
+    page.set_default_timeout(20_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def _log_in(page: object, board: Board) -> None:
+    page.goto(board.url + "login")  # type: ignore[attr-defined]
+    page.fill("#token", board.token)  # type: ignore[attr-defined]
+    page.click("button[type=submit]")  # type: ignore[attr-defined]
+    page.wait_for_url(board.url)  # type: ignore[attr-defined]
+
+
+def _shot(page: object, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def _only_the_coordinator(page: object, board: Board) -> None:
+    origin = urlsplit(board.url).netloc
+    outside = [u for u in page.requested if urlsplit(u).netloc != origin]  # type: ignore[attr-defined]
+    assert outside == [], outside
+
+
+def test_login_refused_without_or_with_a_wrong_token(page: object, board: Board) -> None:
+    page.goto(board.url + "jobs")
+    assert page.url == board.url + "login"  # redirected: no session
+    page.fill("#token", "not-the-operator-token-at-all-0123456789")
+    with page.expect_response(
+        lambda r: r.url.endswith("/login") and r.request.method == "POST"
+    ) as r:
+        page.click("button[type=submit]")
+    assert r.value.status == 401
+    assert page.locator("#login-error").is_visible()
+    _shot(page, "login-refused")
+    assert page.context.cookies() == []
+    assert "alice" not in page.content()
+    page.goto(board.url + "api/jobs")
+    assert "log in" in page.content()
+
+
+def test_login_opens_an_http_only_strict_session(page: object, board: Board) -> None:
+    _log_in(page, board)
+    (cookie,) = page.context.cookies()
+    assert cookie["name"] == "detente_session" and cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert board.token not in cookie["value"] and board.token not in page.content()
+    banner = page.locator("#simulation-banner")
+    assert banner.is_visible() and "SIMULATION" in banner.inner_text()
+    _shot(page, "overview")
+    page.click("form.logout button")
+    page.wait_for_url(board.url + "login")
+    page.goto(board.url + "jobs")
+    assert page.url == board.url + "login"
+
+
+def test_every_page_shows_the_simulation_banner_and_its_data(page: object, board: Board) -> None:
+    _log_in(page, board)
+    expected = {
+        "enclaves": ["SIMULATION", board.running.measured["mrenclave"], "attested"],
+        "parties": ["alice", "bob", board.datasets["alice"], "300"],
+        "jobs": [board.job_id, board.pending_id, board.sealed_id],
+        "models": [board.sealed_id, "Remaining (coordinator's count)", "80"],
+        "audit": ["Hash chain intact"],
+        f"jobs/{board.pending_id}": ["not yet", "proposed"],
+    }
+    for path, texts in expected.items():
+        page.goto(board.url + path)
+        assert page.locator("#simulation-banner").is_visible(), path
+        body = page.inner_text("main")
+        for text in texts:
+            assert text in body, (path, text)
+        _shot(page, path.replace("/", "-"))
+    rows = page.locator("table.approvals tbody tr")
+    assert [r.inner_text().split("\t")[:2] for r in rows.all()] == [
+        ["alice", "approved"],
+        ["bob", "not yet"],
+    ]
+    _only_the_coordinator(page, board)
+
+
+def test_a_running_job_charts_progress_that_advances(
+    page: object, board: Board, approved: Board
+) -> None:
+    _log_in(page, board)
+    approved.wait_job(lambda j: j["state"] == "running" and len(j["progress"]) >= 2)
+    page.goto(board.url + f"jobs/{board.job_id}")
+    points = page.locator("#progress-chart circle.point")
+    first = points.count()
+    assert first >= 2
+    assert "approved" in page.inner_text("table.approvals")
+    assert "not yet" not in page.inner_text("table.approvals")
+    _shot(page, "job-running")
+    # The page reloads itself (meta refresh): wait for a reload that shows more points.
+    deadline = time.monotonic() + 90
+    while points.count() <= first and page.locator("#job-state").inner_text() == "running":
+        assert time.monotonic() < deadline, "progress did not advance"
+        page.wait_for_event("load", timeout=15_000)
+    done = int(re.search(r"Round (\d+) of", page.inner_text("#progress-text")).group(1))
+    assert points.count() > first or done == ROUNDS
+    assert "encrypted to the job's recipients" in page.inner_text("#metrics-note")
+    _shot(page, "job-progress")
+    _only_the_coordinator(page, board)
