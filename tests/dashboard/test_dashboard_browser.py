@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import Browser, Page
 
 from tests.dashboard.conftest import ROUNDS, Board
 
@@ -34,7 +35,7 @@ def _install_chromium() -> None:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 
     _install_chromium()
@@ -48,12 +49,13 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser: object, board: Board) -> Iterator[object]:
+def page(browser: Browser, board: Board) -> Iterator[Page]:
     """A fresh browser context; every request it makes is recorded in ``page.requested``."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})  # type: ignore[attr-defined]
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
-    page.requested = []
-    page.on("request", lambda request: page.requested.append(request.url))
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.requested = requested  # type: ignore[attr-defined]
     page.set_default_timeout(20_000)
     try:
         yield page
@@ -61,24 +63,24 @@ def page(browser: object, board: Board) -> Iterator[object]:
         context.close()
 
 
-def _log_in(page: object, board: Board) -> None:
-    page.goto(board.url + "login")  # type: ignore[attr-defined]
-    page.fill("#token", board.token)  # type: ignore[attr-defined]
-    page.click("button[type=submit]")  # type: ignore[attr-defined]
-    page.wait_for_url(board.url)  # type: ignore[attr-defined]
+def _log_in(page: Page, board: Board) -> None:
+    page.goto(board.url + "login")
+    page.fill("#token", board.token)
+    page.click("button[type=submit]")
+    page.wait_for_url(board.url)
 
 
-def _shot(page: object, name: str) -> None:
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+def _shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def _only_the_coordinator(page: object, board: Board) -> None:
+def _only_the_coordinator(page: Page, board: Board) -> None:
     origin = urlsplit(board.url).netloc
     outside = [u for u in page.requested if urlsplit(u).netloc != origin]  # type: ignore[attr-defined]
     assert outside == [], outside
 
 
-def test_login_refused_without_or_with_a_wrong_token(page: object, board: Board) -> None:
+def test_login_refused_without_or_with_a_wrong_token(page: Page, board: Board) -> None:
     page.goto(board.url + "jobs")
     assert page.url == board.url + "login"  # redirected: no session
     page.fill("#token", "not-the-operator-token-at-all-0123456789")
@@ -95,7 +97,7 @@ def test_login_refused_without_or_with_a_wrong_token(page: object, board: Board)
     assert "log in" in page.content()
 
 
-def test_login_opens_an_http_only_strict_session(page: object, board: Board) -> None:
+def test_login_opens_an_http_only_strict_session(page: Page, board: Board) -> None:
     _log_in(page, board)
     (cookie,) = page.context.cookies()
     assert cookie["name"] == "detente_session" and cookie["httpOnly"] is True
@@ -110,7 +112,7 @@ def test_login_opens_an_http_only_strict_session(page: object, board: Board) -> 
     assert page.url == board.url + "login"
 
 
-def test_every_page_shows_the_simulation_banner_and_its_data(page: object, board: Board) -> None:
+def test_every_page_shows_the_simulation_banner_and_its_data(page: Page, board: Board) -> None:
     _log_in(page, board)
     expected = {
         "enclaves": ["SIMULATION", board.running.measured["mrenclave"], "attested"],
@@ -136,7 +138,7 @@ def test_every_page_shows_the_simulation_banner_and_its_data(page: object, board
 
 
 def test_a_running_job_charts_progress_that_advances(
-    page: object, board: Board, approved: Board
+    page: Page, board: Board, approved: Board
 ) -> None:
     _log_in(page, board)
     approved.wait_job(lambda j: j["state"] == "running" and len(j["progress"]) >= 2)
@@ -152,7 +154,9 @@ def test_a_running_job_charts_progress_that_advances(
     while points.count() <= first and page.locator("#job-state").inner_text() == "running":
         assert time.monotonic() < deadline, "progress did not advance"
         page.wait_for_event("load", timeout=15_000)
-    done = int(re.search(r"Round (\d+) of", page.inner_text("#progress-text")).group(1))
+    shown = re.search(r"Round (\d+) of", page.inner_text("#progress-text"))
+    assert shown is not None
+    done = int(shown.group(1))
     assert points.count() > first or done == ROUNDS
     assert "encrypted to the job's recipients" in page.inner_text("#metrics-note")
     _shot(page, "job-progress")
