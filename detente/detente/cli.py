@@ -166,12 +166,35 @@ def demo(
             "its own held-out rows through it and sees the budget left",
         ),
     ] = False,
+    dashboard: Annotated[
+        bool,
+        typer.Option(
+            "--dashboard",
+            help="Serve the coordinator's dashboard, and keep it and the roles running after "
+            "the job until Ctrl-C; prints its address and login token",
+        ),
+    ] = False,
+    dashboard_port: Annotated[
+        int,
+        typer.Option(
+            "--dashboard-port", min=0, max=65535, help="With --dashboard: port on 127.0.0.1"
+        ),
+    ] = 8765,
 ) -> None:
     """Run the whole three-party flow with real processes (SIMULATION enclave)."""
     from detente import demo as run_demo  # numpy, pyarrow and xgboost load only for the demo
 
     code = run_demo.main(
-        data, label, id_column, split_by, parties, workdir, rounds, join.value, sealed
+        data,
+        label,
+        id_column,
+        split_by,
+        parties,
+        workdir,
+        rounds,
+        join.value,
+        sealed,
+        dashboard_port if dashboard else None,
     )
     raise typer.Exit(code)
 

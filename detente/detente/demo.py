@@ -112,6 +112,9 @@ class Options:
     rounds: int
     join: str
     sealed: bool  # keep the model in the enclave; each party scores its held-out rows
+    # A loopback port: serve the coordinator's dashboard and keep the roles running after
+    # the report until SIGINT/SIGTERM (None: stop at once).
+    dashboard: int | None = None
 
 
 @dataclass
@@ -284,15 +287,21 @@ def main(
     rounds: int,
     join: str = "horizontal",
     sealed: bool = False,
+    dashboard: int | None = None,
 ) -> int:
-    """Run the demo (`detente demo`); the exit code: 0 when the models are identical."""
+    """Run the demo (`detente demo`); the exit code: 0 when the models are identical.
+
+    ``dashboard`` (a loopback port, 0 for any free one): the coordinator also
+    serves its dashboard, and after the report the demo keeps the roles running
+    until SIGINT (Ctrl-C) or SIGTERM, having printed the address and login token.
+    """
     if sealed and join != "horizontal":
         raise typer.BadParameter(
             "a sealed model answers queries with every feature column, and in a vertical "
             "demo no party holds them all: use --sealed with --join horizontal",
             param_hint="'--sealed'",
         )
-    options = Options(split_by, parties, rounds, join, sealed)
+    options = Options(split_by, parties, rounds, join, sealed, dashboard)
     if data is None:
         with default_data() as bundled:
             label = label or DEFAULT_LABEL
@@ -354,10 +363,13 @@ def _run(
         # Each party's own held-out rows, split as its training rows were.
         held_out = dict(split_parties(test, options.parties, options.split_by))
     warn_simulation()
-    run = _run_cluster(shared, held_out, root, label, id_column, options, task, started)
-    if options.sealed:
-        return _report_sealed(shared, held_out, label, id_column, task, run, started)
-    return _report(shared, test, label, id_column, options.join, task, run, started)
+
+    def report(run: Run) -> int:
+        if options.sealed:
+            return _report_sealed(shared, held_out, label, id_column, task, run, started)
+        return _report(shared, test, label, id_column, options.join, task, run, started)
+
+    return _run_cluster(shared, held_out, root, label, id_column, options, task, started, report)
 
 
 def _run_cluster(
@@ -369,14 +381,21 @@ def _run_cluster(
     options: Options,
     task: Task,
     started: float,
-) -> Run:
-    """Start the roles, and drive every party through the real CLI; return what they got."""
+    report: Callable[[Run], int],
+) -> int:
+    """Start the roles, drive every party through the real CLI, and report what they got.
+
+    With ``options.dashboard`` (a port), keep the roles running after the report
+    until SIGINT or SIGTERM, so the operator can look around the dashboard.
+    """
     from party_client import fetch_job
     from party_client.home import PartyHome
 
     run = Run()
+    port = options.dashboard
+    board = ["--dashboard", f"127.0.0.1:{port}"] if port is not None else None
     with cluster(root) as c:
-        roles = start_roles(c, root)
+        roles = start_roles(c, root, board)
         run.timings["start"] = time.perf_counter() - started
         homes = {p.name: _contribute(c, roles, root, p, label, id_column, run) for p in shared}
         first = next(iter(homes.values()))
@@ -404,7 +423,46 @@ def _run_cluster(
             run.timings["queries"] = time.perf_counter() - t0
         run.status = json.loads(c.run(["party", "status", job_id, "--json"], first))
         run.terms = _with_home(first, lambda: fetch_job(PartyHome.default(), job_id)).terms
-    return run
+        code = report(run)
+        if port is not None:
+            _serve_dashboard(c, roles)
+    return code
+
+
+def _serve_dashboard(c: Cluster, roles: Roles) -> None:
+    """Print the dashboard's address and token; wait for SIGINT/SIGTERM or a role's exit.
+
+    The cluster then stops every role by its process id (detente.cluster).
+    """
+    import signal
+    import threading
+
+    from coordinator.dashboard import TOKEN_FILE_NAME
+    from coordinator.dashboard.service import URL_FILE_NAME
+
+    home = roles.coordinator_home
+    url = (home / URL_FILE_NAME).read_text().strip()
+    token = (home / TOKEN_FILE_NAME).read_text().strip()
+    print()
+    print(f"dashboard: {url}")
+    print(f"login token: {token}  (also in {home / TOKEN_FILE_NAME}, mode 0600)")
+    print("the coordinator and the enclave keep running; Ctrl-C stops them", flush=True)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # Bounded by the roles: if one of them exits, there is nothing left to show.
+        while not stopping.wait(0.5):
+            if any(p.popen.poll() is not None for p in c.processes):
+                print("a role exited: stopping the demo", flush=True)
+                break
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    print("stopping the coordinator and the enclave", flush=True)
 
 
 def _contribute(

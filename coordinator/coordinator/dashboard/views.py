@@ -32,7 +32,8 @@ from coordinator.store import (
     ModelRecord,
     verify_audit_chain,
 )
-from protocols.documents import DatasetManifest, JobTerms
+from protocols import canonical
+from protocols.documents import DatasetManifest, JobTerms, ResultStatement
 from protocols.errors import DetenteError, IntegrityError
 from protocols.statements import Envelope
 
@@ -491,14 +492,41 @@ def progress(job: JobRecord) -> list[ProgressPoint]:
     """Rounds done over time, from the enclave's "round N/M" events (in the clear).
 
     Starts at (0 s, round 0) once the job started; the events of an earlier
-    attempt are kept, so a resumed job's curve continues where it stopped.
+    attempt are kept, so a resumed job's curve continues where it stopped. The
+    enclave reports rounds at its checkpoints, not the last one: a finished
+    job's last point is the rounds its result statement records (early
+    stopping may make them fewer than the terms'), at the "train" timing event.
     """
     if job.started_at is None:
         return []
     points = [ProgressPoint(seconds=0.0, round=0)]
+    trained_at = None
     for event in job.events:
         match = ROUND_EVENT.match(event.text) if event.kind == "round" else None
         if match:
             seconds = max((event.at - job.started_at) / 1000, 0.0)
             points.append(ProgressPoint(seconds=seconds, round=int(match.group(1))))
+        elif event.kind == "timing" and event.text.startswith("train "):
+            trained_at = event.at
+    rounds = _trained_rounds(job)
+    if rounds is not None and rounds > points[-1].round:
+        at = trained_at if trained_at is not None else job.updated_at
+        points.append(ProgressPoint(seconds=max((at - job.started_at) / 1000, 0.0), round=rounds))
     return points
+
+
+def _trained_rounds(job: JobRecord) -> int | None:
+    """The rounds the enclave's result statement records (None: no statement yet).
+
+    Read without checking the enclave's signature, as the coordinator's handler
+    does: it only completes a chart; parties verify the statement themselves.
+    """
+    if not job.result_statement:
+        return None
+    try:
+        envelope = Envelope.from_bytes(job.result_statement, "result statement")
+        statement = ResultStatement.from_dict(canonical.loads(envelope.payload, "result"))
+    except DetenteError:
+        return None
+    rounds = statement.summary.get("rounds")
+    return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None

@@ -1,0 +1,74 @@
+"""`detente demo --dashboard`: the roles keep running after the job, until SIGINT."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+DEMO_TIMEOUT = 600.0
+
+
+def _get(url: str, token: str) -> object:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_demo_keeps_the_dashboard_until_sigint(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETENTE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    workdir = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "detente", "demo", "--rounds", "10", "--workdir", str(workdir),
+         "--dashboard", "--dashboard-port", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        seen: list[str] = []
+        url = token = ""
+        deadline = time.monotonic() + DEMO_TIMEOUT
+        while not (url and token and "Ctrl-C" in "".join(seen[-1:])):
+            assert time.monotonic() < deadline, "".join(seen)
+            line = demo.stdout.readline()
+            assert line, "the demo exited:\n" + "".join(seen)
+            seen.append(line)
+            if m := re.match(r"dashboard: (http://127\.0\.0\.1:\d+/)$", line.strip()):
+                url = m.group(1)
+            if m := re.match(r"login token: (\S+) ", line.strip()):
+                token = m.group(1)
+        assert "identical to plaintext: yes" in "".join(seen)
+        coordinator_port = int((workdir / "coordinator" / "port").read_text())
+        dashboard_port = int(url.rsplit(":", 1)[1].rstrip("/"))
+        # Still serving after the job: its one job succeeded, the enclave is SIMULATION.
+        time.sleep(1)
+        assert demo.poll() is None
+        (job,) = _get(url + "api/jobs", token)  # type: ignore[misc]
+        assert job["state"] == "succeeded" and job["rounds_done"] == 10
+        (enclave,) = _get(url + "api/enclaves", token)  # type: ignore[misc]
+        assert enclave["backend"] == "SIMULATION"
+        assert (workdir / "coordinator" / "dashboard-token").read_text().strip() == token
+
+        demo.send_signal(signal.SIGINT)  # Ctrl-C, to the demo's own pid
+        rest, _ = demo.communicate(timeout=60)
+        assert demo.returncode == 0, rest
+        assert "stopping the coordinator and the enclave" in rest
+        assert not _listening(dashboard_port) and not _listening(coordinator_port)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait(timeout=30)
