@@ -4,7 +4,7 @@ Every role is a real process (detente.cluster): the coordinator runs with
 ``--dashboard 127.0.0.1:0`` and writes its address to ``dashboard.url`` in its
 home, its operator token to ``dashboard-token``. Two parties upload slices of
 the credit data; alice proposes a job heavy enough per round (20 parallel
-trees of depth 8) to run for about half a minute, so progress is seen to
+trees of depth 8) to run for about 40 s unloaded, so progress is seen to
 advance; bob approves it a little later, so "not yet approved" is seen too.
 """
 
@@ -33,7 +33,7 @@ from tests.e2e.conftest import (
     write_csv,
 )
 
-ROUNDS = 800
+ROUNDS = 600
 QUERIED_ROWS = 20
 SLOW_PARAMS = ("--param", "max_depth=8", "--param", "num_parallel_tree=20")
 
@@ -117,7 +117,7 @@ def _sealed_and_queried(board: Board, root: Path) -> str:
     return job_id
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
     """A coordinator serving its dashboard, with a job proposed (not yet approved by bob)."""
     root = tmp_path_factory.mktemp("dashboard")
@@ -147,7 +147,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
         yield board
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def approved(board: Board) -> Board:
     """The job approved by both owners (so it runs)."""
     detente(["party", "approve", board.job_id, "--yes"], board.homes["bob"])

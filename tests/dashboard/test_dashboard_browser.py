@@ -1,7 +1,8 @@
 """The dashboard in headless Chromium (Playwright driving Debian's chromium).
 
 Each page is loaded against the live coordinator of ``board`` with a running
-job; screenshots go to tests/artifacts/dashboard/ (ignored by git).
+job (the running job's page first, while it runs); screenshots go to
+tests/artifacts/dashboard/ (ignored by git).
 """
 
 from __future__ import annotations
@@ -80,6 +81,32 @@ def _only_the_coordinator(page: Page, board: Board) -> None:
     assert outside == [], outside
 
 
+def test_a_running_job_charts_progress_that_advances(
+    page: Page, board: Board, approved: Board
+) -> None:
+    _log_in(page, board)
+    approved.wait_job(lambda j: j["state"] == "running" and len(j["progress"]) >= 2)
+    page.goto(board.url + f"jobs/{board.job_id}")
+    points = page.locator("#progress-chart circle.point")
+    first = points.count()
+    assert first >= 2
+    assert "approved" in page.inner_text("table.approvals")
+    assert "not yet" not in page.inner_text("table.approvals")
+    _shot(page, "job-running")
+    # The page reloads itself (meta refresh): wait for a reload that shows more points.
+    deadline = time.monotonic() + 90
+    while points.count() <= first and page.locator("#job-state").inner_text() == "running":
+        assert time.monotonic() < deadline, "progress did not advance"
+        page.wait_for_event("load", timeout=15_000)
+    shown = re.search(r"Round (\d+) of", page.inner_text("#progress-text"))
+    assert shown is not None
+    done = int(shown.group(1))
+    assert points.count() > first or done == ROUNDS
+    assert "encrypted to the job's recipients" in page.inner_text("#metrics-note")
+    _shot(page, "job-progress")
+    _only_the_coordinator(page, board)
+
+
 def test_login_refused_without_or_with_a_wrong_token(page: Page, board: Board) -> None:
     page.goto(board.url + "jobs")
     assert page.url == board.url + "login"  # redirected: no session
@@ -134,30 +161,4 @@ def test_every_page_shows_the_simulation_banner_and_its_data(page: Page, board: 
         ["alice", "approved"],
         ["bob", "not yet"],
     ]
-    _only_the_coordinator(page, board)
-
-
-def test_a_running_job_charts_progress_that_advances(
-    page: Page, board: Board, approved: Board
-) -> None:
-    _log_in(page, board)
-    approved.wait_job(lambda j: j["state"] == "running" and len(j["progress"]) >= 2)
-    page.goto(board.url + f"jobs/{board.job_id}")
-    points = page.locator("#progress-chart circle.point")
-    first = points.count()
-    assert first >= 2
-    assert "approved" in page.inner_text("table.approvals")
-    assert "not yet" not in page.inner_text("table.approvals")
-    _shot(page, "job-running")
-    # The page reloads itself (meta refresh): wait for a reload that shows more points.
-    deadline = time.monotonic() + 90
-    while points.count() <= first and page.locator("#job-state").inner_text() == "running":
-        assert time.monotonic() < deadline, "progress did not advance"
-        page.wait_for_event("load", timeout=15_000)
-    shown = re.search(r"Round (\d+) of", page.inner_text("#progress-text"))
-    assert shown is not None
-    done = int(shown.group(1))
-    assert points.count() > first or done == ROUNDS
-    assert "encrypted to the job's recipients" in page.inner_text("#metrics-note")
-    _shot(page, "job-progress")
     _only_the_coordinator(page, board)

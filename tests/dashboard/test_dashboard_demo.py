@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.e2e.conftest import LABEL, credit_rows, write_csv
+
 DEMO_TIMEOUT = 600.0
 
 
@@ -32,8 +34,10 @@ def test_demo_keeps_the_dashboard_until_sigint(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETENTE_")}
     env["PYTHONUNBUFFERED"] = "1"
     workdir = tmp_path / "demo"
+    data = write_csv(credit_rows(0, 3000), tmp_path / "credit-3000.csv")  # quicker than 30,000
     demo = subprocess.Popen(
         [sys.executable, "-m", "detente", "demo", "--rounds", "10", "--workdir", str(workdir),
+         "--data", str(data), "--label", LABEL, "--id", "ID", "--split-by", "EDUCATION",
          "--dashboard", "--dashboard-port", "0"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
