@@ -19,6 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page
 
 from tests.dashboard.conftest import ROUNDS, Board
+from tests.e2e.conftest import detente
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
@@ -162,3 +163,17 @@ def test_every_page_shows_the_simulation_banner_and_its_data(page: Page, board: 
         ["bob", "not yet"],
     ]
     _only_the_coordinator(page, board)
+
+
+def test_a_job_the_operator_cancels_shows_why(page: Page, board: Board, approved: Board) -> None:
+    """Last: `detente coordinator cancel` stops the long job (and frees the CPU)."""
+    home = str(board.running.coordinator_home)
+    reason = "dashboard tests are done"
+    detente(["coordinator", "cancel", board.job_id, "--home", home, "--reason", reason])
+    approved.wait_job(lambda j: j["state"] in ("cancelled", "succeeded"), timeout=60)
+    _log_in(page, board)
+    page.goto(board.url + f"jobs/{board.job_id}")
+    state = page.inner_text("#job-state")
+    if state == "cancelled":  # unless it had already finished
+        assert reason in page.inner_text("main")
+    _shot(page, "job-cancelled")
