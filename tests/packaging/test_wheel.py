@@ -30,6 +30,10 @@ PACKAGE_DATA = [
     "protocols/intel_sgx_root_ca.der",
     "detente/data/UCI_Credit_Card.csv",
     "detente/data/README.md",
+    # The dashboard's pages and stylesheet (coordinator.dashboard serves nothing from elsewhere).
+    "coordinator/dashboard/templates/base.html",
+    "coordinator/dashboard/templates/job.html",
+    "coordinator/dashboard/static/dashboard.css",
 ]
 
 
