@@ -74,5 +74,10 @@ def test_demo_keeps_the_dashboard_until_sigint(tmp_path: Path) -> None:
         assert not _listening(dashboard_port) and not _listening(coordinator_port)
     finally:
         if demo.poll() is None:
-            demo.kill()
-            demo.wait(timeout=30)
+            # SIGINT first: the demo stops its roles by their pids (SIGKILL would orphan them).
+            demo.send_signal(signal.SIGINT)
+            try:
+                demo.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                demo.kill()
+                demo.wait(timeout=30)
