@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 COMPONENTS := protocols libos enclave-worker coordinator party-client experiments detente
 
-.PHONY: demo test lint typecheck protos clean
+.PHONY: demo test lint typecheck protos clean postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy -p protocols -p libos -p enclave_worker -p coordinator -p party_client -p experiments -p detente
 
-test: lint
+# The coordinator's tests also run against a real PostgreSQL: a throwaway server
+# they start themselves (tests/coordinator/coordinator_postgres.py). Install
+# Debian's package if no PostgreSQL is here; if that fails, those tests fail.
+postgresql:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| (apt-get update && apt-get install -y postgresql) \
+		|| echo "could not install PostgreSQL (apt-get install -y postgresql): its tests will fail" >&2
+
+test: lint postgresql
 	$(VENV)/bin/pytest -q
 
 protos: $(STAMP)

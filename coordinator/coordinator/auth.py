@@ -21,19 +21,53 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
 from protocols.request_auth import (
+    WINDOW_SECONDS,
     NonceCache,
     ReplayCacheFull,
+    ReplayedRequest,
     UnauthenticatedRequest,
     parse_metadata,
     verify_request,
 )
 
 log = logging.getLogger(__name__)
+
+
+class Nonces(Protocol):
+    """Where verified requests' nonces are remembered (NonceCache: in memory)."""
+
+    def remember(self, key: str, nonce: str, timestamp: int, now: float) -> None: ...
+
+
+class NonceTable(Protocol):
+    """The store's side of :class:`DatabaseNonces` (SqlStore has it)."""
+
+    def remember_nonce(self, signer: str, nonce: str, forget_after: int, now: int) -> bool: ...
+
+
+class DatabaseNonces:
+    """Nonces remembered in the coordinator's database, so that a request captured
+    before a restart (or sent to another replica sharing the database) is refused.
+
+    Each nonce is kept until its request's timestamp + the window (a request is
+    accepted only while ``|now - timestamp| <= window``, SPEC §14.3), then pruned.
+    """
+
+    def __init__(self, table: NonceTable, window: int = WINDOW_SECONDS) -> None:
+        self._table = table
+        self._window = window
+
+    def remember(self, key: str, nonce: str, timestamp: int, now: float) -> None:
+        if not self._table.remember_nonce(key, nonce, timestamp + self._window, int(now)):
+            raise ReplayedRequest(
+                "replayed request: this nonce was already used within the last "
+                f"{self._window} s; a client signs every request afresh"
+            )
 
 
 @dataclass(frozen=True)
@@ -102,12 +136,12 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
         is_registered: Callable[[str], bool],
         self_registering: Mapping[str, Callable[[Any], str | None]] | None = None,
         clock: Callable[[], float] = time.time,
-        nonces: NonceCache | None = None,
+        nonces: Nonces | None = None,
     ) -> None:
         self._is_registered = is_registered
         self._self_registering = dict(self_registering or {})
         self._clock = clock
-        self._nonces = nonces if nonces is not None else NonceCache()
+        self._nonces: Nonces = nonces if nonces is not None else NonceCache()
 
     # -- the checks -----------------------------------------------------------
 

@@ -110,6 +110,32 @@ def serve(
     )
 
 
+@app.command()
+def migrate(
+    home: HomeOption = Path("coordinator-home"),
+    db_url: DbUrlOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Bring the coordinator's database to the schema this version needs.
+
+    Run it after an upgrade of Detente (back the database up first), and once
+    on a new PostgreSQL database; the coordinator refuses to start until it
+    has. A database already at the newest schema is left as it is.
+    """
+    from coordinator.migrations import upgrade
+    from coordinator.server import default_db_url
+
+    if db_url is None:
+        home.mkdir(parents=True, exist_ok=True)
+    before, after = upgrade(db_url or default_db_url(home))
+    if json_out:
+        emit_json({"from": before, "to": after})
+    elif before == after:
+        typer.echo(f"the database is already at the newest schema ({after})")
+    else:
+        typer.echo(f"migrated the database from {before or 'nothing'} to {after}")
+
+
 def _open_store(home: Path, db_url: str | None) -> Any:
     """The coordinator's store, opened directly (the operator's own machine)."""
     from coordinator.server import default_db_url

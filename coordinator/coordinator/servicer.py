@@ -14,7 +14,7 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from coordinator.auth import RequestAuthInterceptor, caller_of
+from coordinator.auth import DatabaseNonces, RequestAuthInterceptor, caller_of
 from coordinator.enclave_client import AnswerPiece
 from coordinator.handler import CoordinatorHandler
 from coordinator.store import (
@@ -357,4 +357,6 @@ def request_authenticator(store: CoordinatorStore) -> RequestAuthInterceptor:
     return RequestAuthInterceptor(
         is_registered=lambda key: store.get_party_by_key(key) is not None,
         self_registering={REGISTER_PARTY: _registration_key},
+        # In the database: a request captured before a restart stays refused after it.
+        nonces=DatabaseNonces(store),
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from coordinator_postgres import PostgresServer
 from coordinator_testkit import FakeEnclave, Harness, Party, fake_enclave_credentials
 
 from protocols import tls
@@ -22,9 +23,32 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "coordinator-home"
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the run, started only if a test needs it;
+    a server that cannot start fails those tests (PostgresUnavailable says why)."""
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite"])
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """The coordinator's database: None (its SQLite file) or a fresh PostgreSQL database,
+    migrated as an operator would. A module runs on both with
+    ``pytestmark = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)``."""
+    if request.param == "sqlite":
+        return None
+    from coordinator.migrations import upgrade
+
+    url = request.getfixturevalue("postgres").database()
+    upgrade(url)
+    return url
+
+
 @pytest.fixture
-def coord(home: Path) -> Iterator[Harness]:
-    harness = Harness(home)
+def coord(home: Path, db_url: str | None) -> Iterator[Harness]:
+    harness = Harness(home, db_url=db_url)
     yield harness
     harness.stop()
 

@@ -70,6 +70,8 @@ from protocols.stream import seal_stream
 from protocols.wire.v1 import coordinator_pb2, coordinator_pb2_grpc, enclave_pb2, enclave_pb2_grpc
 
 MRENCLAVE = "ab" * 32
+# For pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True) (conftest.db_url).
+BOTH_DATABASES = ["sqlite", "postgresql"]
 # Private keys of every Party made here, by public key hex: the harness signs
 # requests with them.
 KEYS: dict[str, SigningKey] = {}
@@ -249,8 +251,10 @@ class Harness:
         enclave: str | None = None,
         enclave_policy: AttestationPolicy | None = None,
         limits: JobLimits | None = None,
+        db_url: str | None = None,
     ) -> None:
         self.home = home
+        self.db_url = db_url
         self.enclave = enclave
         self.enclave_policy = enclave_policy
         self.limits = limits
@@ -265,7 +269,11 @@ class Harness:
     def start(self) -> None:
         policy = self.enclave_policy or (fake_enclave_policy() if self.enclave else None)
         self.running = start(
-            self.home, enclave=self.enclave, enclave_policy=policy, limits=self.limits
+            self.home,
+            self.db_url,
+            enclave=self.enclave,
+            enclave_policy=policy,
+            limits=self.limits,
         )
         certificate = tls.load_certificate(self.running.certificate_path.read_bytes(), "cert")
         self.channel = tls.pinned_channel(self.running.address, certificate, CHANNEL_OPTIONS)

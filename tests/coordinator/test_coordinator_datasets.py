@@ -7,9 +7,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_testkit import Harness, Party, seal_dataset, upload_requests
+from coordinator_testkit import BOTH_DATABASES, Harness, Party, seal_dataset, upload_requests
 
 from protocols.wire.v1 import coordinator_pb2
+
+# On SQLite and on a real PostgreSQL (a throwaway server, conftest.postgres).
+pytestmark = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
 
 
 def blob_files(home: Path) -> list[Path]:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from coordinator_testkit import Harness, Party
+from coordinator_testkit import BOTH_DATABASES, Harness, Party
 
 from protocols.documents import Registration
 from protocols.statements import Envelope, pae
 from protocols.wire.v1 import coordinator_pb2
+
+# On SQLite and on a real PostgreSQL (a throwaway server, conftest.postgres).
+pytestmark = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
 
 
 def register(
@@ -135,19 +138,22 @@ def test_an_expired_token_is_refused(coord: Harness, alice: Party) -> None:
 
 
 def test_the_operator_cli_issues_a_token_that_registers(
-    coord: Harness, home: Path, alice: Party
+    coord: Harness, home: Path, alice: Party, db_url: str | None
 ) -> None:
     from typer.testing import CliRunner
 
     from coordinator.cli import app
 
-    result = CliRunner().invoke(
-        app, ["enroll", "--name", "alice-bank", "--home", str(home), "--json"]
-    )
+    where = ["--home", str(home), *(["--db-url", db_url] if db_url else [])]
+    result = CliRunner().invoke(app, ["enroll", "--name", "alice-bank", *where, "--json"])
     assert result.exit_code == 0, result.output
     token = json.loads(result.output)["token"]
     assert register(coord, alice.registration(), token=token).name == "alice-bank"
     # The database keeps only the token's hash.
-    assert token.encode() not in (home / "coordinator.db").read_bytes()
-    again = CliRunner().invoke(app, ["enroll", "--name", "alice-bank", "--home", str(home)])
+    if db_url is None:
+        assert token.encode() not in (home / "coordinator.db").read_bytes()
+    else:
+        assert coord.running is not None
+        assert token not in repr(coord.running.store.list_enrollments())
+    again = CliRunner().invoke(app, ["enroll", "--name", "alice-bank", *where])
     assert again.exit_code == 1 and "already registered" in again.output

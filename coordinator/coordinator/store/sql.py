@@ -17,10 +17,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from coordinator import migrations
 from coordinator.store.audit import Audit, AuditEntry, next_entry
 from coordinator.store.records import (
     APPROVED,
@@ -44,7 +45,6 @@ from coordinator.store.records import (
 from coordinator.store.tables import (
     ApprovalRow,
     AuditRow,
-    Base,
     DatasetRow,
     EnrollmentRow,
     JobEventRow,
@@ -53,6 +53,7 @@ from coordinator.store.tables import (
     ModelRetirementRow,
     OutputRow,
     PartyRow,
+    RequestNonceRow,
     SealedModelRow,
 )
 from protocols import canonical
@@ -101,10 +102,26 @@ class SqlStore:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        self._require_schema(url)
         # One writer at a time in this process keeps the audit chain linear;
         # the unique seq/hash columns refuse a fork from a second process.
         self._write_lock = threading.RLock()
+
+    def _require_schema(self, url: str) -> None:
+        """Refuse a database not at the newest schema, naming `detente coordinator migrate`.
+
+        A SQLite database with no table at all (a file just made) gets the
+        schema here: there is nothing in it to lose, and a first start (the
+        demo) needs no extra command. PostgreSQL, shared by replicas, is
+        migrated only by the operator (docs/operations.md, databases).
+        """
+        if url.startswith("sqlite") and migrations.is_empty(self.engine):
+            migrations.upgrade(url)
+        try:
+            migrations.require_current(self.engine, self.engine.url.render_as_string())
+        except Exception:
+            self.engine.dispose()
+            raise
 
     def close(self) -> None:
         self.engine.dispose()
@@ -651,6 +668,24 @@ class SqlStore:
                 self._append_audit(s, Audit(audit.event, model_id, detail), at)
             s.flush()
             return self._model(s, row)
+
+    # request nonces -------------------------------------------------------
+
+    def remember_nonce(self, signer: str, nonce: str, forget_after: int, now: int) -> bool:
+        """Record a verified request's nonce until ``forget_after`` (Unix seconds);
+        False if it is already recorded (a replay). Nonces past their window are
+        dropped in the same transaction, so the table holds one window's worth."""
+        try:
+            with self._write() as s:
+                s.execute(delete(RequestNonceRow).where(RequestNonceRow.forget_after < now))
+                s.add(RequestNonceRow(signer=signer, nonce=nonce, forget_after=forget_after))
+        except sqlalchemy.exc.IntegrityError:
+            return False
+        return True
+
+    def remembered_nonces(self) -> int:
+        with self._read() as s:
+            return int(s.scalar(select(func.count()).select_from(RequestNonceRow)) or 0)
 
     # audit ----------------------------------------------------------------
 

@@ -142,3 +142,14 @@ class AuditRow(Base):
     detail: Mapped[str] = mapped_column(Text)  # canonical JSON
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class RequestNonceRow(Base):
+    """A signed request's nonce, kept until its signature's window has passed
+    (protocols/SPEC.md §14): in the database, so a request captured before a
+    restart is still refused after it."""
+
+    __tablename__ = "request_nonces"
+    signer: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    forget_after: Mapped[int] = mapped_column(BigInteger, index=True)  # Unix seconds
