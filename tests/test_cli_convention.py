@@ -101,7 +101,7 @@ def test_attest_of_a_missing_quote(tmp_path: Path) -> None:
 
 
 def test_coordinator_without_a_database_names_serve(tmp_path: Path) -> None:
-    done = detente("coordinator", "audit-verify", "--home", tmp_path)
+    done = detente("coordinator", "audit", "verify", "--home", tmp_path)
     check_error(done, EXIT_ERROR, f"run `detente coordinator serve --home {tmp_path}`")
 
 

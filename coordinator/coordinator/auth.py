@@ -19,7 +19,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,11 +137,19 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
         self_registering: Mapping[str, Callable[[Any], str | None]] | None = None,
         clock: Callable[[], float] = time.time,
         nonces: Nonces | None = None,
+        reply_trailer: Callable[[], Sequence[tuple[str, str]]] | None = None,
     ) -> None:
         self._is_registered = is_registered
         self._self_registering = dict(self_registering or {})
         self._clock = clock
         self._nonces: Nonces = nonces if nonces is not None else NonceCache()
+        # Trailing metadata added to every successful reply (the signed audit head),
+        # read after the servicer ran, so it covers what the call appended.
+        self._reply_trailer = reply_trailer
+
+    def _trail(self, context: Any) -> None:
+        if self._reply_trailer is not None:
+            context.set_trailing_metadata(tuple(self._reply_trailer()))
 
     # -- the checks -----------------------------------------------------------
 
@@ -195,13 +203,15 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
         method = str(handler_call_details.method)
         metadata = handler_call_details.invocation_metadata
         parse = _capture(handler.request_deserializer)
-        guard = self._guard
+        guard, trail = self._guard, self._trail
 
         if handler.unary_unary is not None:
             unary_unary = handler.unary_unary
 
             def unary(request: _Received, context: Any) -> Any:
-                return unary_unary(request.message, guard(method, metadata, request, context))
+                reply = unary_unary(request.message, guard(method, metadata, request, context))
+                trail(context)
+                return reply
 
             return grpc.unary_unary_rpc_method_handler(unary, parse, handler.response_serializer)
         if handler.unary_stream is not None:
@@ -210,6 +220,7 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
             def server_stream(request: _Received, context: Any) -> Iterator[Any]:
                 checked = guard(method, metadata, request, context)
                 yield from unary_stream(request.message, checked)
+                trail(context)
 
             return grpc.unary_stream_rpc_method_handler(
                 server_stream, parse, handler.response_serializer
@@ -233,7 +244,9 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
             stream_unary = handler.stream_unary
 
             def client_stream(requests: Iterator[_Received], context: Any) -> Any:
-                return stream_unary(*open_stream(requests, context))
+                reply = stream_unary(*open_stream(requests, context))
+                trail(context)
+                return reply
 
             return grpc.stream_unary_rpc_method_handler(
                 client_stream, parse, handler.response_serializer
@@ -243,5 +256,6 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
 
         def bidi(requests: Iterator[_Received], context: Any) -> Iterator[Any]:
             yield from stream_stream(*open_stream(requests, context))
+            trail(context)
 
         return grpc.stream_stream_rpc_method_handler(bidi, parse, handler.response_serializer)

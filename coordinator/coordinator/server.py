@@ -11,9 +11,11 @@ a party (:mod:`coordinator.auth`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from coordinator.limits import JobLimits
 from coordinator.servicer import CoordinatorServicer, request_authenticator
 from coordinator.store import SqlStore
 from protocols import tls
+from protocols.audit_head import sign_head
 from protocols.durable import write_atomic
 from protocols.errors import PolicyError
 from protocols.grpc_status import CHANNEL_OPTIONS
@@ -72,6 +75,11 @@ def tls_identity(home: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certifica
     write_atomic(cert_path, tls.certificate_pem(cert))
     log.info("created the coordinator's TLS certificate %s", cert_path)
     return key, cert
+
+
+def head_signer(key: ec.EllipticCurvePrivateKey) -> Callable[[int, str], bytes]:
+    """Signs each new audit head with the coordinator's TLS key (the key parties pin)."""
+    return functools.partial(sign_head, key)
 
 
 def default_db_url(home: Path) -> str:
@@ -158,7 +166,7 @@ def start(
     home.mkdir(parents=True, exist_ok=True)
     tls_key, tls_cert = tls_identity(home)
     log_handler = _add_log_file(home) if log_to_file else None
-    store = SqlStore(db_url or default_db_url(home))
+    store = SqlStore(db_url or default_db_url(home), head_signer=head_signer(tls_key))
     blobs = BlobStore(home / "blobs")
     client = EnclaveClient(enclave, enclave_policy) if enclave and enclave_policy else None
     handler = CoordinatorHandler(store, blobs, client, limits)

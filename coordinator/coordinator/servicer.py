@@ -24,7 +24,8 @@ from coordinator.store import (
     ModelRecord,
     PartyRecord,
 )
-from protocols import grpc_status
+from protocols import canonical, grpc_status
+from protocols.audit_head import TRAILER as AUDIT_HEAD_TRAILER
 from protocols.errors import DetenteError, FormatError
 from protocols.statements import Envelope
 from protocols.stream import CHUNK_SIZE
@@ -287,6 +288,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             )
         )
 
+    def ListAuditEntries(
+        self, request: coordinator_pb2.ListAuditEntriesRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.ListAuditEntriesResponse:
+        entries = _call(
+            context,
+            "ListAuditEntries",
+            lambda: self.handler.audit_entries(request.first, request.last),
+        )
+        return coordinator_pb2.ListAuditEntriesResponse(
+            entries=[
+                coordinator_pb2.AuditEntry(
+                    seq=e.seq,
+                    at=e.at,
+                    event=e.event,
+                    subject=e.subject,
+                    detail=canonical.dumps(e.detail).decode(),
+                    prev_hash=e.prev_hash,
+                    hash=e.hash,
+                )
+                for e in entries
+            ]
+        )
+
     def ListModels(
         self, request: coordinator_pb2.ListModelsRequest, context: grpc.ServicerContext
     ) -> coordinator_pb2.ListModelsResponse:
@@ -359,4 +383,11 @@ def request_authenticator(store: CoordinatorStore) -> RequestAuthInterceptor:
         self_registering={REGISTER_PARTY: _registration_key},
         # In the database: a request captured before a restart stays refused after it.
         nonces=DatabaseNonces(store),
+        reply_trailer=lambda: audit_head_trailer(store),
     )
+
+
+def audit_head_trailer(store: CoordinatorStore) -> list[tuple[str, str]]:
+    """The signed audit head as trailing metadata (none while the log is empty)."""
+    head = store.audit_head()
+    return [] if head is None or not head.signature else [(AUDIT_HEAD_TRAILER, head.to_trailer())]

@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from cryptography import x509
 
+from party_client.audit import (
+    AuditLogRewritten,
+    AuditMemory,
+    AuditWatch,
+    RemoteAuditEntry,
+    memory_for,
+)
 from protocols import grpc_status, tls
+from protocols.audit_head import AuditHead, head_from_metadata
 from protocols.errors import DetenteError, FormatError, IntegrityError
 from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import SigningKey
@@ -156,6 +164,10 @@ def _model(m: Any) -> RemoteModel:
     )
 
 
+def _audit_entry(e: Any) -> RemoteAuditEntry:
+    return RemoteAuditEntry(e.seq, e.at, e.event, e.subject, e.detail, e.prev_hash, e.hash)
+
+
 def _pieces(data: bytes) -> Iterator[bytes]:
     """``data`` in pieces of at most ``CHUNK_SIZE`` bytes (one gRPC message each)."""
     view = memoryview(data)
@@ -203,7 +215,10 @@ class Coordinator:
         signing_key: SigningKey,
         pinned_at: Path | str = "this party's home",
         timeout: float = 60.0,
+        audit_memory: AuditMemory | None = None,
     ) -> None:
+        """With ``audit_memory``, each reply's signed audit head is checked against the
+        heads this party saw before (party_client.audit) and remembered."""
         self.address = address
         self._certificate = certificate
         self._pinned_at = pinned_at
@@ -211,6 +226,12 @@ class Coordinator:
         signed = grpc.intercept_channel(self._channel, RequestSigner(signing_key))
         self._stub = coordinator_pb2_grpc.CoordinatorStub(signed)
         self._timeout = timeout
+        self.last_head: AuditHead | None = None
+        self._audit = (
+            AuditWatch(audit_memory, certificate, self._entry_unwatched)
+            if audit_memory is not None
+            else None
+        )
 
     @classmethod
     def for_home(cls, home: PartyHome, timeout: float = 60.0) -> Coordinator:
@@ -221,6 +242,7 @@ class Coordinator:
             home.signing_key(),
             home.coordinator_cert_path,
             timeout,
+            memory_for(home.root, home.coordinator_certificate()),
         )
 
     def close(self) -> None:
@@ -241,12 +263,54 @@ class Coordinator:
         self, fn: Callable[..., T], *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> T:
         try:
-            return fn(*args, timeout=timeout or self._timeout, **kwargs)
+            with_call = getattr(fn, "with_call", None)
+            if with_call is None:  # a stream reader: it reports the head itself
+                return fn(*args, timeout=timeout or self._timeout, **kwargs)
+            reply, call = with_call(*args, timeout=timeout or self._timeout, **kwargs)
         except grpc.RpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise self._diagnose(exc) from None
             raise _refused(exc) from None
+        self._saw(call.trailing_metadata())
+        return reply
+
+    def _saw(self, trailers: Any) -> None:
+        """Check the signed audit head a reply carried (party_client.audit)."""
+        head = head_from_metadata(trailers)
+        if head is not None:
+            self.last_head = head
+        if self._audit is None:
+            return
+        if head is None:
+            verified, seen = self._audit.memory.load()
+            if verified is not None or seen is not None:
+                raise AuditLogRewritten(
+                    "the coordinator's reply carried no signed audit head, though this party "
+                    f"saw its log signed at entry {max(h.seq for h in (verified, seen) if h)}: "
+                    "its log may have been emptied; run `detente party audit`"
+                )
+            return
+        self._audit.saw(head)
+
+    def _entry_unwatched(self, seq: int) -> RemoteAuditEntry | None:
+        """Audit entry ``seq`` (None if the log has none), without checking the reply's head
+        (the check itself asks for it)."""
+        try:
+            reply = self._stub.ListAuditEntries(
+                pb.ListAuditEntriesRequest(first=seq, last=seq), timeout=self._timeout
+            )
+        except grpc.RpcError as exc:
+            raise _refused(exc) from None
+        entries = [_audit_entry(e) for e in reply.entries]
+        return entries[0] if entries and entries[0].seq == seq else None
+
+    def audit_entries(self, first: int, last: int = 0) -> list[RemoteAuditEntry]:
+        """Audit entries ``first``..``last`` (0: to the end; a reply holds at most 1000)."""
+        reply = self._call(
+            self._stub.ListAuditEntries, pb.ListAuditEntriesRequest(first=first, last=last)
+        )
+        return [_audit_entry(e) for e in reply.entries]
 
     def _diagnose(self, exc: grpc.RpcError) -> CoordinatorError:
         """Why a call was UNAVAILABLE: no server, a server with another certificate, or
@@ -351,7 +415,9 @@ class Coordinator:
             chunks = self._stub.FetchOutput(
                 pb.FetchOutputRequest(job_id=job_id, name=name), timeout=self._timeout
             )
-            return b"".join(c.data for c in chunks)
+            data = b"".join(c.data for c in chunks)
+            self._saw(chunks.trailing_metadata())
+            return data
 
         return self._call(lambda timeout: read())
 
@@ -398,7 +464,8 @@ class Coordinator:
         def exchange(timeout: float) -> RemoteAnswer:
             pieces: list[bytes] = []
             answer: bytes | None = None
-            for reply in self._stub.Predict(messages(), timeout=timeout):
+            replies = self._stub.Predict(messages(), timeout=timeout)
+            for reply in replies:
                 if answer is not None:
                     raise IntegrityError(
                         "the coordinator sent more after the enclave's signed answer: refused"
@@ -412,6 +479,7 @@ class Coordinator:
                     "the coordinator ended the answer without the enclave's signed answer: "
                     "nothing was written; query again"
                 )
+            self._saw(replies.trailing_metadata())
             return RemoteAnswer(answer, b"".join(pieces))
 
         return self._call(exchange, timeout=timeout)

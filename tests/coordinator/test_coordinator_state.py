@@ -103,7 +103,7 @@ def test_tampered_audit_log_is_detected(
             verify_audit_chain(store.audit_entries())
     finally:
         store.close()
-    result = CliRunner().invoke(app, ["audit-verify", "--home", str(home)])
+    result = CliRunner().invoke(app, ["audit", "verify", "--home", str(home)])
     assert result.exit_code == 1
     assert "BROKEN" in result.output
 
@@ -111,13 +111,13 @@ def test_tampered_audit_log_is_detected(
 def test_cli_audit_verify_ok(coord: Harness, home: Path, alice: Party, bob: Party) -> None:
     populate(coord, alice, bob)
     coord.stop()
-    result = CliRunner().invoke(app, ["audit-verify", "--home", str(home)])
+    result = CliRunner().invoke(app, ["audit", "verify", "--home", str(home)])
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ok: 8 audit log entries")
 
 
 def test_cli_audit_verify_without_database(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["audit-verify", "--home", str(tmp_path / "none")])
+    result = CliRunner().invoke(app, ["audit", "verify", "--home", str(tmp_path / "none")])
     assert result.exit_code == EXIT_ERROR
     assert "detente coordinator serve" in result.output
 
@@ -125,7 +125,7 @@ def test_cli_audit_verify_without_database(tmp_path: Path) -> None:
 def test_cli_help_lists_commands() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "serve" in result.output and "audit-verify" in result.output
+    assert all(c in result.output for c in ("serve", "migrate", "audit"))
 
 
 def test_blob_store_refuses_corrupted_blob(tmp_path: Path) -> None:

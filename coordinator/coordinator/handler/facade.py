@@ -13,6 +13,7 @@ from coordinator.handler.registry import Registry
 from coordinator.limits import JobLimits
 from coordinator.scheduler import Scheduler
 from coordinator.store import (
+    AuditEntry,
     CoordinatorStore,
     DatasetRecord,
     JobRecord,
@@ -20,6 +21,9 @@ from coordinator.store import (
     PartyRecord,
 )
 from protocols.errors import EnclaveUnavailable, InvalidRequest
+
+# Most audit entries one ListAuditEntries reply carries; a party asks again for more.
+AUDIT_PAGE = 1000
 
 NONCE_SIZE = 32
 
@@ -127,6 +131,19 @@ class CoordinatorHandler:
 
     def list_models(self, caller: str) -> list[ModelRecord]:
         return self.models.list_models(caller)
+
+    # audit ----------------------------------------------------------------
+
+    def audit_entries(self, first: int, last: int) -> list[AuditEntry]:
+        """Entries ``first``..``last`` (0: to the end), at most AUDIT_PAGE of them.
+
+        Any registered party reads them: they hold ids, keys and digests only,
+        and a party needs them to check the log it was shown was not rewritten.
+        """
+        if first < 1 or (last and last < first):
+            raise InvalidRequest(f"audit entries {first}..{last}: first ≥ 1 and last ≥ first")
+        end = first + AUDIT_PAGE - 1
+        return self.store.audit_entries(first, min(last, end) if last else end)
 
     def predict(
         self,

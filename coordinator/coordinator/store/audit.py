@@ -8,15 +8,14 @@ dropping or reordering any row breaks every hash after it.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from protocols import canonical
+from protocols.audit_head import GENESIS_HASH, audit_hash
 from protocols.errors import IntegrityError
 
-GENESIS_HASH = "00" * 32
+__all__ = ["GENESIS_HASH", "Audit", "AuditEntry", "audit_hash", "next_entry", "verify_audit_chain"]
 
 
 @dataclass(frozen=True)
@@ -48,11 +47,6 @@ class AuditEntry:
             "subject": self.subject,
             "detail": self.detail,
         }
-
-
-def audit_hash(prev_hash: str, body: dict[str, Any]) -> str:
-    """SHA-256(prev_hash ‖ canonical JSON of the entry's body), hex."""
-    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical.dumps(body)).hexdigest()
 
 
 def next_entry(last: AuditEntry | None, audit: Audit, at: int) -> AuditEntry:

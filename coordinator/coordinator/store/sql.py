@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,6 +57,7 @@ from coordinator.store.tables import (
     SealedModelRow,
 )
 from protocols import canonical
+from protocols.audit_head import AuditHead
 from protocols.errors import AlreadyExists, NotAllowed, NotFound, WrongState
 
 
@@ -82,6 +83,9 @@ def _audit_entry(row: AuditRow) -> AuditEntry:
     )
 
 
+HeadSigner = Callable[[int, str], bytes]
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -93,8 +97,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class SqlStore:
     """:class:`CoordinatorStore` over any SQLAlchemy URL (SQLite file by default)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, head_signer: HeadSigner | None = None) -> None:
+        """``head_signer(seq, hash)`` signs each new audit head (the coordinator's key);
+        without it entries are written unsigned (tests of the store alone)."""
         self.url = url
+        self._head_signer = head_signer
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             # The gRPC server and the scheduler share this store across threads.
@@ -149,6 +156,9 @@ class SqlStore:
                 detail=canonical.dumps(entry.detail).decode("utf-8"),
                 prev_hash=entry.prev_hash,
                 hash=entry.hash,
+                head_signature=(
+                    self._head_signer(entry.seq, entry.hash) if self._head_signer else b""
+                ),
             )
         )
 
@@ -689,6 +699,20 @@ class SqlStore:
 
     # audit ----------------------------------------------------------------
 
-    def audit_entries(self) -> list[AuditEntry]:
+    def audit_entries(self, first: int = 1, last: int | None = None) -> list[AuditEntry]:
+        """Entries ``first``..``last`` (inclusive; ``last`` None: to the end), by seq."""
+        query = select(AuditRow).where(AuditRow.seq >= first)
+        if last is not None:
+            query = query.where(AuditRow.seq <= last)
         with self._read() as s:
-            return [_audit_entry(r) for r in s.scalars(select(AuditRow).order_by(AuditRow.seq))]
+            return [_audit_entry(r) for r in s.scalars(query.order_by(AuditRow.seq))]
+
+    def audit_head(self) -> AuditHead | None:
+        """The last entry's (seq, hash) with the signature stored with it; None if empty."""
+        with self._read() as s:
+            row = s.execute(
+                select(AuditRow.seq, AuditRow.hash, AuditRow.head_signature)
+                .order_by(AuditRow.seq.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else AuditHead(row[0], row[1], bytes(row[2] or b""))

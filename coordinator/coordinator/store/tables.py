@@ -142,6 +142,9 @@ class AuditRow(Base):
     detail: Mapped[str] = mapped_column(Text)  # canonical JSON
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # The coordinator's signature of (seq, hash) as the head (protocols.audit_head);
+    # empty for entries written before heads were signed, or by a store with no key.
+    head_signature: Mapped[bytes] = mapped_column(LargeBinary, default=b"", server_default="")
 
 
 class RequestNonceRow(Base):

@@ -7,7 +7,7 @@ exit codes, ``--json`` and the SIMULATION warning follow
 
 from __future__ import annotations
 
-from party_client.cli import consent, data, jobs, models, setup
+from party_client.cli import audit, consent, data, jobs, models, setup
 from protocols.cli_convention import command_group
 
 app = command_group("Contribute data, approve jobs and collect results as a party.")
@@ -28,3 +28,4 @@ app.command()(models.predict)
 app.command()(models.models)
 app.command()(models.retire)
 app.command()(data.datasets)
+app.command()(audit.audit)

@@ -121,6 +121,11 @@ class CoordinatorStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorRetireModelRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.FromString,
                 _registered_method=True)
+        self.ListAuditEntries = channel.unary_unary(
+                '/detente.v1.Coordinator/ListAuditEntries',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListAuditEntriesRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListAuditEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -245,6 +250,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEntries(self, request, context):
+        """Entries of the hash-chained audit log (ids, keys and digests only), for a
+        party to check that the log extends the signed head it saw last
+        (protocols/audit_head.py; every reply carries the current head).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -332,6 +346,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.RetireModel,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorRetireModelRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.SerializeToString,
+            ),
+            'ListAuditEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEntries,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListAuditEntriesRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListAuditEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -793,6 +812,33 @@ class Coordinator:
             '/detente.v1.Coordinator/RetireModel',
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorRetireModelRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/ListAuditEntries',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListAuditEntriesRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListAuditEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
