@@ -285,3 +285,41 @@ def _error_or(call: Any, *args: Any) -> Any:
         return call(*args)
     except grpc.RpcError as exc:
         return exc
+
+
+def test_two_replicas_on_one_postgresql_database_keep_one_chain(postgres: Any) -> None:
+    """Two stores (as two coordinator replicas would) writing at once: every audit entry
+    links to the one before, and a nonce one replica saw is refused by the other."""
+    from coordinator.store import EnrollmentRecord, verify_audit_chain
+    from coordinator.store.audit import Audit
+
+    url = postgres.database()
+    migrations.upgrade(url)
+    replicas = [SqlStore(url), SqlStore(url)]
+    errors: list[BaseException] = []
+
+    def enroll(store: SqlStore, prefix: str) -> None:
+        try:
+            for i in range(15):
+                name = f"{prefix}-{i}"
+                record = EnrollmentRecord(name, "00" * 32, 1, 2**40, None, None)
+                store.add_enrollment(record, Audit("party.enrollment_issued", name))
+        except BaseException as exc:
+            errors.append(exc)
+
+    try:
+        threads = [
+            threading.Thread(target=enroll, args=(store, f"r{n}"))
+            for n, store in enumerate(replicas)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors
+        assert verify_audit_chain(replicas[0].audit_entries()) == 30
+        assert replicas[0].remember_nonce("k" * 64, "n" * 32, 2**40, 0)
+        assert not replicas[1].remember_nonce("k" * 64, "n" * 32, 2**40, 0)
+    finally:
+        for store in replicas:
+            store.close()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy.exc
-from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy import create_engine, delete, event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -84,6 +84,8 @@ def _audit_entry(row: AuditRow) -> AuditEntry:
 
 
 HeadSigner = Callable[[int, str], bytes]
+# The PostgreSQL advisory lock key that serialises writers (any constant of our own).
+_WRITE_LOCK = 0x64657465  # "dete"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -102,6 +104,7 @@ class SqlStore:
         without it entries are written unsigned (tests of the store alone)."""
         self.url = url
         self._head_signer = head_signer
+        self._postgres = url.startswith("postgresql")
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             # The gRPC server and the scheduler share this store across threads.
@@ -137,6 +140,10 @@ class SqlStore:
     def _write(self) -> Iterator[Session]:
         with self._write_lock, Session(self.engine, expire_on_commit=False) as session:
             with session.begin():
+                if self._postgres:
+                    # Replicas sharing the database: one writer at a time across all of
+                    # them, so each audit entry links to the one before (released at commit).
+                    session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _WRITE_LOCK})
                 yield session
 
     @contextmanager
