@@ -52,6 +52,21 @@ def test_a_fresh_sqlite_file_gets_the_newest_schema(tmp_path: Path) -> None:
         store.close()
 
 
+def test_the_migrations_build_exactly_the_schema_of_the_tables(tmp_path: Path) -> None:
+    """A change to coordinator/store/tables.py without its migration fails here."""
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path / 'check.db'}"
+    migrations.upgrade(url)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            command.check(migrations._config(connection))  # raises on any difference
+    finally:
+        engine.dispose()
+
+
 def test_an_unmigrated_postgresql_database_is_refused_naming_migrate(postgres: Any) -> None:
     url = postgres.database()
     with pytest.raises(SetupError, match="run `detente coordinator migrate --db-url "):
