@@ -39,6 +39,7 @@ CONNECT_TIMEOUT = 10.0
 # Longest a relayed query or retirement may take when the party set no deadline.
 PREDICT_TIMEOUT = 900.0
 RETIRE_TIMEOUT = 60.0
+WITHDRAW_TIMEOUT = 60.0
 # Queries share one verified, pinned channel (see _QueryChannel), verified again at
 # least this often.
 QUERY_CHANNEL_SECONDS = 300.0
@@ -103,6 +104,16 @@ class SignedAnswer:
 
 
 PredictMessage = AnswerPiece | SignedAnswer
+
+
+@dataclass(frozen=True)
+class WithdrawalReceipt:
+    """What a worker destroyed for a withdrawn data set (counts and ids only)."""
+
+    already: bool
+    checkpoints_removed: int
+    models_retired: list[str]
+    jobs_stopped: int
 
 
 class EnclaveCallError(EnclaveUnavailable):
@@ -384,3 +395,26 @@ class EnclaveClient:
                 )
             except grpc.RpcError as exc:
                 raise _relayed_error(exc) from None
+
+    def withdraw_dataset(self, withdrawal: bytes, manifest: bytes) -> WithdrawalReceipt:
+        """Pass the owner's signed withdrawal and the manifest it names; returns once the
+        enclave recorded it and destroyed what it derived from the data set.
+
+        Raises the error class the enclave refused with (see :func:`_relayed_error`),
+        EnclaveCallError (UNAVAILABLE) if it cannot be reached.
+        """
+        with self.channel() as channel:
+            stub = enclave_pb2_grpc.EnclaveStub(channel)
+            try:
+                reply = stub.WithdrawDataset(
+                    enclave_pb2.WithdrawDatasetRequest(withdrawal=withdrawal, manifest=manifest),
+                    timeout=WITHDRAW_TIMEOUT,
+                )
+            except grpc.RpcError as exc:
+                raise _relayed_error(exc) from None
+        return WithdrawalReceipt(
+            bool(reply.already),
+            int(reply.checkpoints_removed),
+            list(reply.models_retired),
+            int(reply.jobs_stopped),
+        )

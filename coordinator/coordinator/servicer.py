@@ -75,6 +75,8 @@ def _dataset_pb(d: DatasetRecord) -> coordinator_pb2.Dataset:
         blob_sha256=d.blob_sha256,
         size=d.size,
         created_at=d.created_at,
+        withdrawn_at=d.withdrawn_at or 0,
+        withdrawal=d.withdrawal or b"",
     )
 
 
@@ -203,6 +205,32 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 "GetDataset",
                 lambda: self.handler.get_dataset(caller_of(context), request.dataset_id),
             )
+        )
+
+    def WithdrawDataset(
+        self,
+        request: coordinator_pb2.CoordinatorWithdrawDatasetRequest,
+        context: grpc.ServicerContext,
+    ) -> coordinator_pb2.DatasetWithdrawn:
+        done = _call(
+            context,
+            "WithdrawDataset",
+            lambda: self.handler.withdraw_dataset(
+                caller_of(context), request.dataset_id, request.withdrawal
+            ),
+        )
+        return coordinator_pb2.DatasetWithdrawn(
+            dataset=_dataset_pb(done.dataset),
+            cancelled_jobs=done.cancelled_jobs,
+            deliveries=[
+                coordinator_pb2.WorkerDelivery(
+                    worker=r.worker,
+                    delivered_at=r.delivered_at or 0,
+                    attempts=r.attempts,
+                    error=r.error,
+                )
+                for r in done.deliveries
+            ],
         )
 
     def ProposeJob(

@@ -332,6 +332,14 @@ def _chunks(channel: process.Channel) -> Iterator[tuple[str, memoryview]]:
         yield _unnamed(message.body, "data chunk")
 
 
+def _withdrawn(rt: Any) -> frozenset[str]:
+    """The withdrawn list of the runtime's default mount (enclave_worker.withdrawals)."""
+    from enclave_worker.withdrawals import Withdrawals
+
+    fs = rt.default_mount()
+    return Withdrawals(fs).digests() if fs is not None else frozenset()
+
+
 def job_main(channel: process.Channel, payload: bytes) -> None:
     """The job process: accept the job again, receive its data, run it, stream the results."""
     import threading
@@ -349,6 +357,7 @@ def job_main(channel: process.Channel, payload: bytes) -> None:
         [canonical.unhex(a, "approval") for a in canonical.field(doc, "approvals", list, "job")],
         [canonical.unhex(m, "manifest") for m in canonical.field(doc, "manifests", list, "job")],
         now=float(canonical.field(doc, "accepted_at", float, "job payload")),
+        withdrawn=_withdrawn(rt),
     )
     del payload, doc
     for item in jobs.run(identity, job, _chunks(channel), _environment(channel)):

@@ -8,9 +8,12 @@ process crashed: exit code …"); the service keeps serving. A job whose terms
 seal the model hands it back to this process, which stores it (models.store)
 before the job signs the statement naming it.
 
-Predict and RetireModel run here, in the service's process, beside a running
-job (they never wait for its lock): the model store lives in the runtime's
-default encrypted mount, which is safe for several processes and threads.
+Predict, RetireModel and WithdrawDataset run here, in the service's process,
+beside a running job (they never wait for its lock): the model store and the
+withdrawn list (enclave_worker.withdrawals) live in the runtime's default
+encrypted mount, which is safe for several processes and threads. A
+withdrawal stops a running job that reads the withdrawn data set before it
+destroys that job's checkpoints.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from typing import Any
 
 import grpc
 
-from enclave_worker import job_process, jobs, models
+from enclave_worker import job_process, jobs, models, withdrawals
 from enclave_worker.identity import EnclaveIdentity
 from libos.runtime import Runtime
 from protocols import grpc_status
-from protocols.errors import DetenteError, FormatError, PolicyError
+from protocols.errors import ConsentError, DetenteError, FormatError, PolicyError
 from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import enclave_pb2, enclave_pb2_grpc
 
@@ -55,6 +58,13 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
         if self._store is not None:
             self._store.sweep()
             self._queries = models.QueryHandler(self._store, self._cache, identity)
+        self._withdrawals = withdrawals.Withdrawals(fs) if fs is not None else None
+        if self._withdrawals is not None:
+            self._withdrawals.sweep(self._store, self._cache)
+        # Running jobs by the manifest digests they read: a withdrawal stops them. The lock
+        # orders "check the list, then register" against "record, then stop".
+        self._running: dict[int, tuple[frozenset[str], job_process.JobProcess]] = {}
+        self._running_lock = threading.Lock()
 
     def _abort(self, context: Any, exc: DetenteError) -> None:
         log.warning("request refused: %s", exc)
@@ -79,7 +89,17 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                 spec = first.spec
                 accepted_at = time.time()
                 approvals, manifests = list(spec.approvals), list(spec.manifests)
-                job = jobs.accept(self._identity, spec.terms, approvals, manifests, now=accepted_at)
+                with self._running_lock:
+                    job = jobs.accept(
+                        self._identity,
+                        spec.terms,
+                        approvals,
+                        manifests,
+                        now=accepted_at,
+                        withdrawn=self._withdrawn(),
+                    )
+                    if self._withdrawals is not None:
+                        self._withdrawals.note_job(job)
                 if job.terms.sealed:
                     # Before any data: a model sealed here must be kept rollback-protected.
                     if self._store is None:
@@ -90,7 +110,16 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                 ) as running:
                     # A cancelled call (client gone, server stopping) stops its job.
                     context.add_callback(running.kill)
-                    yield from self._relay(running, job, request_iterator)
+                    reads = frozenset(d for _, d in job.terms.datasets)
+                    with self._running_lock:
+                        self._running[id(running)] = (reads, running)
+                    if reads & self._withdrawn():  # withdrawn since it was accepted
+                        running.kill()
+                    try:
+                        yield from self._relay(running, job, request_iterator)
+                    finally:
+                        with self._running_lock:
+                            self._running.pop(id(running), None)
             except job_process.JobCrashedError as exc:
                 log.warning("job failed: %s", exc)
                 context.abort(grpc.StatusCode.ABORTED, str(exc))
@@ -140,9 +169,17 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                     self._store.activate(job.terms.job_id, item)
                 yield enclave_pb2.RunJobResponse(result_statement=item)
 
+    def _withdrawn(self) -> frozenset[str]:
+        return self._withdrawals.digests() if self._withdrawals is not None else frozenset()
+
     def _seal(self, job: jobs.AcceptedJob, model: models.SealedModel) -> None:
         if not job.terms.sealed or self._store is None:
             raise FormatError("the job process sent a model its terms do not seal")
+        if {d for _, d in job.terms.datasets} & self._withdrawn():
+            raise ConsentError(
+                f"a data set of job {job.terms.job_id!r} was withdrawn by its owner while the "
+                "job ran: its model is not kept"
+            )
         owners = sorted({m.owner_key for m in job.manifests.values()}, key=lambda k: k.hex)
         self._store.seal(job.terms_envelope, owners, model)
 
@@ -188,6 +225,41 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
             log.exception("retirement failed")
             context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to retire the model")
         return enclave_pb2.RetireModelResponse()
+
+    def WithdrawDataset(self, request: Any, context: Any) -> Any:
+        try:
+            if self._withdrawals is None:
+                raise PolicyError(
+                    f"this enclave ({self._runtime.backend} backend) has no rollback-protected "
+                    "encrypted mount to keep its withdrawn list in, so a host could make it "
+                    "forget a withdrawal: it cannot record one (docs/libos.md); run the worker "
+                    "with such a mount"
+                )
+            with self._running_lock:
+                doc, already = self._withdrawals.record(
+                    bytes(request.withdrawal), bytes(request.manifest)
+                )
+                stopping = [
+                    running
+                    for reads, running in self._running.values()
+                    if doc.manifest_digest in reads
+                ]
+            for running in stopping:
+                running.kill()
+            shredded = self._withdrawals.shred(
+                doc.dataset_id, doc.manifest_digest, self._store, self._cache, already
+            )
+        except DetenteError as exc:
+            self._abort(context, exc)
+        except Exception:
+            log.exception("withdrawal failed")
+            context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to record the withdrawal")
+        return enclave_pb2.WithdrawDatasetResponse(
+            already=shredded.already,
+            checkpoints_removed=shredded.checkpoints_removed,
+            models_retired=shredded.models_retired,
+            jobs_stopped=len(stopping),
+        )
 
 
 def _progress(item: jobs.JobProgress) -> Any:

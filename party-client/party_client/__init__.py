@@ -6,9 +6,10 @@ Register and pin (:mod:`~party_client.identity`), attest the enclave
 spool file (:mod:`~party_client.datasets`, :mod:`~party_client.spool`),
 propose jobs (:mod:`~party_client.proposal`), review and approve them
 (:mod:`~party_client.consent`), follow them (:mod:`~party_client.job_control`),
-collect their outputs (:mod:`~party_client.outputs`), and query and retire
+collect their outputs (:mod:`~party_client.outputs`), query and retire
 the models they seal in the enclave (:mod:`~party_client.queries`,
-:mod:`~party_client.models`). Every function returns dataclasses; protobuf
+:mod:`~party_client.models`), and withdraw a data set
+(:mod:`~party_client.withdrawal`). Every function returns dataclasses; protobuf
 stays in :mod:`~party_client.remote`, the gRPC edge.
 
 :class:`Party` (:mod:`~party_client.api`) gathers them for scripts and notebooks:
@@ -55,6 +56,14 @@ if TYPE_CHECKING:
     )
     from party_client.remote import CoordinatorError
     from party_client.tables import load_schema
+    from party_client.withdrawal import (
+        AffectedJob,
+        WithdrawalPlan,
+        Withdrawn,
+        WorkerAck,
+        withdraw,
+        withdrawal_plan,
+    )
 
 _MODULE_OF = {
     "Columns": "estimators",
@@ -108,10 +117,17 @@ _MODULE_OF = {
     "sign_approval": "consent",
     "upload": "datasets",
     "wait": "job_control",
+    "AffectedJob": "withdrawal",
+    "WithdrawalPlan": "withdrawal",
+    "Withdrawn": "withdrawal",
+    "WorkerAck": "withdrawal",
+    "withdraw": "withdrawal",
+    "withdrawal_plan": "withdrawal",
 }
 
 __all__ = [
     "DEFAULT_PARAMS",
+    "AffectedJob",
     "Columns",
     "CoordinatorError",
     "Dataset",
@@ -138,6 +154,9 @@ __all__ = [
     "SecureXGBRegressor",
     "UploadProgress",
     "Uploaded",
+    "WithdrawalPlan",
+    "Withdrawn",
+    "WorkerAck",
     "approve",
     "attest",
     "cancel",
@@ -162,6 +181,8 @@ __all__ = [
     "sign_approval",
     "upload",
     "wait",
+    "withdraw",
+    "withdrawal_plan",
 ]
 
 # Defined for the interpreter only: mypy reads the imports above, and so still

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import party_client.datasets as data_sets
 import party_client.models as sealed_models
-from party_client import consent, job_control, outputs, proposal, queries
+from party_client import consent, job_control, outputs, proposal, queries, withdrawal
 from party_client.home import PartyHome
 from party_client.remote import Coordinator
 from protocols.documents import ANSWER_PROBABILITY, DatasetManifest, JobTerms
@@ -659,6 +659,23 @@ class Party:
         return Prediction(
             model_id, last.query_id, last.rows, last.columns, last.remaining, s.simulation, table
         )
+
+    def withdrawal_plan(self, dataset: Dataset | str) -> withdrawal.WithdrawalPlan:
+        """What withdrawing this party's ``dataset`` would cancel (nothing is signed)."""
+        dataset_id = dataset.dataset_id if isinstance(dataset, Dataset) else dataset
+        return withdrawal.withdrawal_plan(self.home, dataset_id, remote=self.remote)
+
+    def withdraw(self, dataset: Dataset | str) -> withdrawal.Withdrawn:
+        """Withdraw this party's ``dataset`` for good: the coordinator deletes its
+        ciphertext and cancels the jobs waiting on it, and every enclave worker refuses it
+        and destroys the checkpoints and sealed models trained on it (protocols/SPEC.md
+        §3.11). :attr:`~party_client.Withdrawn.pending` lists workers that have not
+        acknowledged yet (the coordinator re-sends to them).
+
+        >>> bank.withdraw("loans-2024").cancelled_jobs                 # doctest: +SKIP
+        """
+        dataset_id = dataset.dataset_id if isinstance(dataset, Dataset) else dataset
+        return withdrawal.withdraw(self.home, dataset_id, remote=self.remote)
 
     def retire(self, model_id: str | Job) -> sealed_models.ModelView:
         """Sign this owner's retirement of a sealed model; with every owner's, the enclave

@@ -62,6 +62,27 @@ class RemoteDataset:
     owner_key: str
     manifest: bytes
     size: int
+    withdrawn_at: int = 0  # ms since the epoch; 0: not withdrawn
+    withdrawal: bytes = b""  # the owner's signed withdrawal (verify before use)
+
+
+@dataclass(frozen=True)
+class RemoteDelivery:
+    """Whether one enclave worker acknowledged a withdrawal, as the coordinator records it."""
+
+    worker: str
+    delivered_at: int  # ms since the epoch; 0: not yet
+    attempts: int
+    error: str
+
+
+@dataclass(frozen=True)
+class RemoteWithdrawn:
+    """The coordinator's answer to a withdrawal: the data set, cancelled jobs, deliveries."""
+
+    dataset: RemoteDataset
+    cancelled_jobs: list[str]
+    deliveries: list[RemoteDelivery]
 
 
 @dataclass(frozen=True)
@@ -132,7 +153,14 @@ def _party(p: Any) -> RemoteParty:
 
 
 def _dataset(d: Any) -> RemoteDataset:
-    return RemoteDataset(d.dataset_id, d.owner_key, bytes(d.manifest), int(d.size))
+    return RemoteDataset(
+        d.dataset_id,
+        d.owner_key,
+        bytes(d.manifest),
+        int(d.size),
+        int(d.withdrawn_at),
+        bytes(d.withdrawal),
+    )
 
 
 def _job(j: Any) -> RemoteJob:
@@ -384,6 +412,20 @@ class Coordinator:
     def dataset(self, dataset_id: str) -> RemoteDataset:
         return _dataset(
             self._call(self._stub.GetDataset, pb.GetDatasetRequest(dataset_id=dataset_id))
+        )
+
+    def withdraw_dataset(self, dataset_id: str, withdrawal: bytes) -> RemoteWithdrawn:
+        reply = self._call(
+            self._stub.WithdrawDataset,
+            pb.CoordinatorWithdrawDatasetRequest(dataset_id=dataset_id, withdrawal=withdrawal),
+        )
+        return RemoteWithdrawn(
+            _dataset(reply.dataset),
+            list(reply.cancelled_jobs),
+            [
+                RemoteDelivery(d.worker, int(d.delivered_at), int(d.attempts), d.error)
+                for d in reply.deliveries
+            ],
         )
 
     def propose(self, terms: bytes) -> RemoteJob:

@@ -29,6 +29,7 @@ REGISTRATION = TYPE_PREFIX + "registration.v1+json"
 PREDICTION_QUERY = TYPE_PREFIX + "prediction-query.v1+json"
 PREDICTION_ANSWER = TYPE_PREFIX + "prediction-answer.v1+json"
 MODEL_RETIREMENT = TYPE_PREFIX + "model-retirement.v1+json"
+DATASET_WITHDRAWAL = TYPE_PREFIX + "dataset-withdrawal.v1+json"
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

@@ -526,6 +526,9 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
         self.predict_script: PredictScript = answering_script
         self.retirements: list[enclave_pb2.RetireModelRequest] = []
         self.retire_error: DetenteError | None = None
+        # Withdrawals: what the enclave is sent, and an error to refuse them with.
+        self.withdrawals: list[enclave_pb2.WithdrawDatasetRequest] = []
+        self.withdraw_error: DetenteError | None = None
 
     def GetEvidence(self, request: Any, context: grpc.ServicerContext) -> enclave_pb2.Evidence:
         self.nonces.append(request.nonce)
@@ -563,6 +566,14 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
         if self.retire_error is not None:
             grpc_status.abort(context, self.retire_error)
         return enclave_pb2.RetireModelResponse()
+
+    def WithdrawDataset(
+        self, request: enclave_pb2.WithdrawDatasetRequest, context: grpc.ServicerContext
+    ) -> enclave_pb2.WithdrawDatasetResponse:
+        self.withdrawals.append(request)
+        if self.withdraw_error is not None:
+            grpc_status.abort(context, self.withdraw_error)
+        return enclave_pb2.WithdrawDatasetResponse(checkpoints_removed=1)
 
     def received(self, dataset_id: str) -> bytes:
         return b"".join(d for i, d in self.chunks if i == dataset_id)

@@ -304,8 +304,7 @@ class Views:
                     if manifest and manifest.public_schema is not None
                     else None,
                     created_at=record.created_at,
-                    # Withdrawal (issue 12) may add this to the record; absent: not withdrawn.
-                    withdrawn=getattr(record, "withdrawn_at", None) is not None,
+                    withdrawn=record.withdrawn_at is not None,
                 )
             )
         return out

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from coordinator.blobs import BlobStore
-from coordinator.store import Audit, CoordinatorStore, DatasetRecord, now_ms
-from protocols.documents import DatasetManifest
+from coordinator.store import (
+    Audit,
+    CoordinatorStore,
+    DatasetRecord,
+    DeliveryRecord,
+    now_ms,
+    withdrawal_reason,
+)
+from coordinator.withdrawals import WithdrawalDelivery
+from protocols.documents import DatasetManifest, DatasetWithdrawal
 from protocols.errors import (
     AlreadyExists,
     IntegrityError,
@@ -21,12 +30,25 @@ from protocols.statements import Envelope
 log = logging.getLogger(__name__)
 
 
-class Datasets:
-    """Takes in owners' data sets and shows each member the ones it may see."""
+@dataclass(frozen=True)
+class Withdrawn:
+    """A withdrawal as the coordinator carried it out: the data set (metadata kept), the
+    jobs it cancelled or stopped, and whether each worker acknowledged it."""
 
-    def __init__(self, store: CoordinatorStore, blobs: BlobStore) -> None:
+    dataset: DatasetRecord
+    cancelled_jobs: list[str]
+    deliveries: list[DeliveryRecord]
+
+
+class Datasets:
+    """Takes in owners' data sets, shows each member the ones it may see, withdraws them."""
+
+    def __init__(
+        self, store: CoordinatorStore, blobs: BlobStore, delivery: WithdrawalDelivery
+    ) -> None:
         self.store = store
         self.blobs = blobs
+        self.delivery = delivery
 
     def upload_dataset(
         self, caller: str, manifest: bytes, ciphertext: Iterable[bytes]
@@ -120,3 +142,54 @@ class Datasets:
                 "printed"
             )
         return record
+
+    def withdraw_dataset(self, caller: str, dataset_id: str, withdrawal: bytes) -> Withdrawn:
+        """The owner withdraws its data set (protocols/SPEC.md §3.11).
+
+        The statement must be signed by the data set's owner (the key that
+        signed its manifest), sent by that owner, and name this data set and
+        manifest. Then, in one transaction, the data set is marked withdrawn
+        (its public metadata stays), the jobs waiting on it are cancelled and a
+        running one is stopped, with a reason naming the withdrawal, and the
+        audit log records it; then its ciphertext is deleted and the statement
+        is sent to every worker (coordinator.withdrawals). Withdrawing again
+        changes nothing and reports the workers' acknowledgements so far.
+        """
+        record = self.store.get_dataset(dataset_id)
+        if record is None:
+            raise NotFound(f"no data set {dataset_id!r}: list yours with `detente party datasets`")
+        if record.owner_key != caller:
+            raise NotAllowed(
+                f"data set {dataset_id!r} is owned by {record.owner_key[:16]}…: only its owner "
+                "withdraws it"
+            )
+        envelope = Envelope.from_bytes(withdrawal, "dataset withdrawal")
+        doc, _ = DatasetWithdrawal.verify(
+            envelope, Envelope.from_bytes(record.manifest, "dataset manifest")
+        )
+        if envelope.signer.hex != caller:
+            raise NotAllowed("a withdrawal is sent by the owner that signed it")
+        record, cancelled, fresh = self.store.withdraw_dataset(
+            dataset_id,
+            withdrawal,
+            Audit(
+                "dataset.withdrawn",
+                dataset_id,
+                {
+                    "owner_key": caller,
+                    "manifest_digest": doc.manifest_digest,
+                    "withdrawal_sha256": envelope.digest,
+                    "blob_sha256": record.blob_sha256,
+                },
+            ),
+        )
+        if fresh:
+            log.info("dataset withdrawn: %s (%d job(s) stopped)", dataset_id, len(cancelled))
+        else:
+            reason = withdrawal_reason(dataset_id)
+            cancelled = [j.job_id for j in self.store.list_jobs() if j.cancel_reason == reason]
+        # Also on a repeat: a crash may have come between the record and the deletion.
+        if not self.store.blob_referenced(record.blob_sha256):
+            self.blobs.delete(record.blob_sha256)
+        self.delivery.deliver(dataset_id)
+        return Withdrawn(record, cancelled, self.delivery.status(dataset_id))

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.blobs import BlobStore
 from coordinator.enclave_client import EnclaveClient, PredictMessage, RelayedEvidence
-from coordinator.handler.datasets import Datasets
+from coordinator.handler.datasets import Datasets, Withdrawn
 from coordinator.handler.jobs import Jobs
 from coordinator.handler.models import Models
 from coordinator.handler.registry import Registry
@@ -20,6 +20,7 @@ from coordinator.store import (
     ModelRecord,
     PartyRecord,
 )
+from coordinator.withdrawals import WithdrawalDelivery
 from protocols.errors import EnclaveUnavailable, InvalidRequest
 
 # Most audit entries one ListAuditEntries reply carries; a party asks again for more.
@@ -52,7 +53,9 @@ class CoordinatorHandler:
         self.limits = limits or JobLimits()
         self.scheduler = Scheduler(store, blobs, enclave, self.limits)
         self.registry = Registry(store)
-        self.datasets = Datasets(store, blobs)
+        # Every worker this coordinator knows gets each withdrawal (one, until a pool).
+        self.withdrawals = WithdrawalDelivery(store, lambda: [enclave] if enclave else [])
+        self.datasets = Datasets(store, blobs, self.withdrawals)
         self.jobs = Jobs(store, blobs, self.scheduler, self.limits)
         self.models = Models(store, enclave)
 
@@ -60,8 +63,10 @@ class CoordinatorHandler:
         """Start the scheduler and re-queue jobs interrupted by a restart."""
         self.scheduler.start()
         self.scheduler.recover()
+        self.withdrawals.start()
 
     def stop(self) -> None:
+        self.withdrawals.stop()
         self.scheduler.stop()
         if self.enclave is not None:
             self.enclave.close()
@@ -100,6 +105,9 @@ class CoordinatorHandler:
 
     def get_dataset(self, caller: str, dataset_id: str) -> DatasetRecord:
         return self.datasets.get_dataset(caller, dataset_id)
+
+    def withdraw_dataset(self, caller: str, dataset_id: str, withdrawal: bytes) -> Withdrawn:
+        return self.datasets.withdraw_dataset(caller, dataset_id, withdrawal)
 
     # jobs -----------------------------------------------------------------
 

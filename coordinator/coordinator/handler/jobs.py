@@ -143,6 +143,11 @@ class Jobs:
                     f"job {doc.job_id!r} names data set {dataset_id!r}, which was never "
                     "uploaded: upload it first with `detente party upload`"
                 )
+            if record.withdrawn_at is not None:
+                raise WrongState(
+                    f"data set {dataset_id!r} was withdrawn by its owner: no job may use it; "
+                    f"propose job {doc.job_id!r} without it"
+                )
             if record.manifest_digest != digest:
                 raise InvalidRequest(
                     f"job {doc.job_id!r} names data set {dataset_id!r} with manifest digest "
@@ -261,9 +266,7 @@ class Jobs:
 
     def list_jobs(self, caller: str) -> list[JobRecord]:
         querying = {m.job_id for m in self.store.list_models() if caller in m.queriers}
-        return [
-            j for j in self.store.list_jobs() if j.takes_part(caller) or j.job_id in querying
-        ]
+        return [j for j in self.store.list_jobs() if j.takes_part(caller) or j.job_id in querying]
 
     def cancel_job(self, caller: str, job_id: str, reason: str) -> JobRecord:
         """The proposer cancels a job that has not finished (the operator uses the CLI)."""
@@ -288,6 +291,13 @@ class Jobs:
             raise NotAllowed(f"only the proposer of job {job_id!r} retries it")
         if job.state != FAILED:
             raise WrongState(f"job {job_id!r} is {job.state}; only a failed job is retried")
+        for dataset_id in job.dataset_ids:
+            record = self.store.get_dataset(dataset_id)
+            if record is not None and record.withdrawn_at is not None:
+                raise WrongState(
+                    f"data set {dataset_id!r} of job {job_id!r} was withdrawn by its owner: "
+                    "the job cannot run again"
+                )
         terms = JobTerms.verify(Envelope.from_bytes(job.terms, "job terms"))
         if terms.expires_at <= time.time():
             raise WrongState(

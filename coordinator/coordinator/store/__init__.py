@@ -31,6 +31,7 @@ from coordinator.store.records import (
     SUCCEEDED,
     ApprovalRecord,
     DatasetRecord,
+    DeliveryRecord,
     EnrollmentRecord,
     EventRecord,
     JobRecord,
@@ -42,6 +43,7 @@ from coordinator.store.records import (
     now_ms,
 )
 from coordinator.store.sql import SqlStore
+from coordinator.store.withdrawals import withdrawal_reason
 
 __all__ = [
     "APPROVED",
@@ -61,6 +63,7 @@ __all__ = [
     "AuditEntry",
     "CoordinatorStore",
     "DatasetRecord",
+    "DeliveryRecord",
     "EnrollmentRecord",
     "EventRecord",
     "JobRecord",
@@ -74,4 +77,5 @@ __all__ = [
     "next_entry",
     "now_ms",
     "verify_audit_chain",
+    "withdrawal_reason",
 ]

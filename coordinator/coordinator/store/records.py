@@ -59,6 +59,21 @@ class DatasetRecord:
     blob_sha256: str
     size: int
     created_at: int
+    # Set when its owner withdrew it (protocols/SPEC.md §3.11): ms since the epoch, and
+    # the owner's signed withdrawal. The blob is then deleted; the metadata stays.
+    withdrawn_at: int | None = None
+    withdrawal: bytes | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """Whether one enclave worker acknowledged a data set's withdrawal."""
+
+    dataset_id: str
+    worker: str  # the worker's address, as the coordinator knows it
+    delivered_at: int | None  # ms since the epoch; None: not yet
+    attempts: int
+    error: str  # why the last attempt failed
 
 
 @dataclass(frozen=True)

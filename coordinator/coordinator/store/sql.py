@@ -56,6 +56,7 @@ from coordinator.store.tables import (
     RequestNonceRow,
     SealedModelRow,
 )
+from coordinator.store.withdrawals import WithdrawalStore
 from protocols import canonical
 from protocols.audit_head import AuditHead
 from protocols.errors import AlreadyExists, NotAllowed, NotFound, WrongState
@@ -74,6 +75,8 @@ def _dataset(row: DatasetRow) -> DatasetRecord:
         row.blob_sha256,
         row.size,
         row.created_at,
+        row.withdrawn_at,
+        row.withdrawal,
     )
 
 
@@ -96,7 +99,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class SqlStore:
+class SqlStore(WithdrawalStore):
     """:class:`CoordinatorStore` over any SQLAlchemy URL (SQLite file by default)."""
 
     def __init__(self, url: str, head_signer: HeadSigner | None = None) -> None:
@@ -296,7 +299,9 @@ class SqlStore:
     def blob_referenced(self, sha256: str) -> bool:
         with self._read() as s:
             in_datasets = s.scalars(
-                select(DatasetRow.id).where(DatasetRow.blob_sha256 == sha256).limit(1)
+                select(DatasetRow.id)
+                .where(DatasetRow.blob_sha256 == sha256, DatasetRow.withdrawn_at.is_(None))
+                .limit(1)
             ).first()
             in_outputs = s.scalars(
                 select(OutputRow.id).where(OutputRow.blob_sha256 == sha256).limit(1)

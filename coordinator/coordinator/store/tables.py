@@ -41,6 +41,22 @@ class DatasetRow(Base):
     blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # The owner's withdrawal (protocols/SPEC.md §3.11): when, and the signed statement.
+    withdrawn_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    withdrawal: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class WithdrawalDeliveryRow(Base):
+    """Whether an enclave worker acknowledged a withdrawal; re-sent until it did."""
+
+    __tablename__ = "withdrawal_deliveries"
+    __table_args__ = (UniqueConstraint("dataset_id", "worker"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.dataset_id"), index=True)
+    worker: Mapped[str] = mapped_column(String(256))
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
 
 
 class JobRow(Base):

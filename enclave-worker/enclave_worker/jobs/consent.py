@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from enclave_worker.identity import EnclaveIdentity
@@ -52,8 +53,14 @@ def accept(
     approvals: list[bytes],
     manifests: list[bytes],
     now: float | None = None,
+    withdrawn: Collection[str] = (),
 ) -> AcceptedJob:
-    """Check consent for a job, or raise ConsentError/SignatureError/FormatError."""
+    """Check consent for a job, or raise ConsentError/SignatureError/FormatError.
+
+    ``withdrawn`` holds the manifest digests of data sets whose owners withdrew
+    them (enclave_worker.withdrawals): a job naming one is refused, whatever
+    approvals it carries and whoever kept a copy of the ciphertext.
+    """
     terms_envelope = Envelope.from_bytes(terms_bytes, "job terms")
     terms = JobTerms.verify(terms_envelope)
     now = time.time() if now is None else now
@@ -79,6 +86,12 @@ def accept(
         if envelope.digest != digest:
             raise ConsentError(
                 f"the manifest of data set {dataset_id!r} is not the one the job terms name"
+            )
+        if digest in withdrawn:
+            raise ConsentError(
+                f"data set {dataset_id!r} was withdrawn by its owner: this enclave runs no job "
+                f"on it (its manifest {digest[:16]}… is on the enclave's withdrawn list); "
+                "propose the job without it"
             )
         if manifest.sealed_to_mrenclave != identity.mrenclave:
             raise ConsentError(

@@ -96,18 +96,22 @@ class Tombstone:
     owners: tuple[VerifyKey, ...]
     queriers: tuple[VerifyKey, ...]
     retired_at: int
+    # The data set whose owner's withdrawal destroyed the model (enclave_worker.withdrawals);
+    # "" when every owner retired it.
+    withdrawn_dataset: str = ""
 
     def to_bytes(self) -> bytes:
-        return canonical.dumps(
-            {
-                "version": META_VERSION,
-                "model_id": self.model_id,
-                "terms_digest": self.terms_digest,
-                "owners": [k.hex for k in self.owners],
-                "queriers": [k.hex for k in self.queriers],
-                "retired_at": self.retired_at,
-            }
-        )
+        doc = {
+            "version": META_VERSION,
+            "model_id": self.model_id,
+            "terms_digest": self.terms_digest,
+            "owners": [k.hex for k in self.owners],
+            "queriers": [k.hex for k in self.queriers],
+            "retired_at": self.retired_at,
+        }
+        if self.withdrawn_dataset:
+            doc["withdrawn_dataset"] = self.withdrawn_dataset
+        return canonical.dumps(doc)
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str) -> Tombstone:
@@ -118,9 +122,15 @@ class Tombstone:
             tuple(VerifyKey.from_hex(k) for k in canonical.field(doc, "owners", list, what)),
             tuple(VerifyKey.from_hex(k) for k in canonical.field(doc, "queriers", list, what)),
             int(canonical.field(doc, "retired_at", int, what)),
+            str(doc.get("withdrawn_dataset") or ""),
         )
 
     def refusal(self) -> ModelRetired:
+        if self.withdrawn_dataset:
+            return ModelRetired(
+                f"the model {self.model_id!r} was destroyed because its owner withdrew data set "
+                f"{self.withdrawn_dataset!r} it was trained on: it answers no query"
+            )
         return ModelRetired(
             f"the model {self.model_id!r} was retired by its owners: its file and key are "
             "destroyed and it answers no query"
@@ -267,6 +277,10 @@ class ModelStore:
         self._fs.write_bytes(_path(model_id, "retired"), tombstone.to_bytes())
         removed = self._remove_all(model_id, keep="retired")
         log.info("sealed model %s retired: %d files removed", model_id, removed)
+
+    def model_ids(self) -> list[str]:
+        """The ids of every model this store keeps or keeps a tombstone of."""
+        return sorted({p.split("/")[1] for p in self._fs.files() if p.startswith(f"{ROOT}/")})
 
     def _remove_all(self, model_id: str, keep: str | None = None) -> int:
         """Remove the model's files but ``keep``, and its job's checkpoints, key first."""

@@ -1,4 +1,5 @@
-"""`detente party attest`, `upload` and `datasets`: the enclave to seal to, and the data."""
+"""`detente party attest`, `upload`, `datasets` and `withdraw`: the enclave to seal to, and
+the data."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import typer
 import party_client as party
 from party_client.cli.options import PolicyOption
 from protocols.cli_convention import (
+    EXIT_ERROR,
     JsonOption,
     emit_json,
     err,
@@ -111,13 +113,66 @@ def upload(
 def datasets(json_out: JsonOption = False) -> None:
     """List your data sets and those of jobs you take part in (ids, owners, sizes)."""
     items: list[dict[str, Any]] = [
-        {"dataset_id": d.dataset_id, "owner_key": d.owner_key, "size": d.size}
+        {
+            "dataset_id": d.dataset_id,
+            "owner_key": d.owner_key,
+            "size": d.size,
+            "withdrawn_at": d.withdrawn_at,
+        }
         for d in party.list_datasets(party.PartyHome.default())
     ]
     if json_out:
         emit_json(items)
     else:
         for item in items:
+            withdrawn = "  withdrawn" if item["withdrawn_at"] else ""
             out.print(
                 f"{item['dataset_id']}  owner {item['owner_key'][:16]}…  {item['size']} bytes"
+                f"{withdrawn}"
             )
+
+
+def withdraw(
+    dataset_id: Annotated[str, typer.Argument(help="Your data set's id")],
+    yes: Annotated[bool, typer.Option("--yes", help="Withdraw without asking")] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Withdraw your data set for good: its ciphertext is deleted, jobs using it cancelled.
+
+    Every enclave worker refuses the data set from then on and destroys the
+    checkpoints and sealed models trained on it. Nothing can undo it: to use
+    the data again, upload it as a new data set. Exit code 1 if you do not
+    own the data set or the coordinator refuses.
+    """
+    home = party.PartyHome.default()
+    plan = party.withdrawal_plan(home, dataset_id)
+    if not yes and not plan.withdrawn_at:
+        stops = ", ".join(f"{j.job_id} ({j.state})" for j in plan.jobs) or "none"
+        err.print(
+            f"withdrawing data set {dataset_id!r} ({plan.rows} rows) deletes its ciphertext at "
+            "the coordinator, has every enclave worker refuse it and destroy the checkpoints "
+            "and sealed models trained on it, and cancels the jobs that use it: "
+            f"{stops}. Nothing can undo it.",
+            highlight=False,
+            markup=False,
+        )
+        if not typer.confirm(f"Withdraw data set {dataset_id}?", err=True):
+            raise typer.Exit(EXIT_ERROR)
+    done = party.withdraw(home, dataset_id)
+    if json_out:
+        emit_json(done.to_dict())
+        return
+    cancelled = ", ".join(done.cancelled_jobs) or "none"
+    out.print(
+        f"data set {dataset_id} withdrawn; jobs cancelled: {cancelled}",
+        highlight=False,
+        markup=False,
+    )
+    for worker in done.workers:
+        state = (
+            "acknowledged: it refuses the data set and destroyed what it derived from it"
+            if worker.acknowledged
+            else f"not reached yet ({worker.error or 'no attempt yet'}); the coordinator "
+            "sends it again until it acknowledges"
+        )
+        out.print(f"  worker {worker.worker}: {state}", highlight=False, markup=False)

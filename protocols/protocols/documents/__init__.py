@@ -37,6 +37,7 @@ from protocols.documents.terms import (
     check_approvals,
     check_release,
 )
+from protocols.documents.withdrawal import DatasetWithdrawal
 
 __all__ = [
     "ANSWERS",
@@ -56,6 +57,7 @@ __all__ = [
     "Approval",
     "Budget",
     "DatasetManifest",
+    "DatasetWithdrawal",
     "IdentityDocument",
     "JobTerms",
     "ModelRetirement",

@@ -55,7 +55,7 @@ class UploadDatasetRequest(_message.Message):
     def __init__(self, manifest: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("dataset_id", "owner_key", "manifest_digest", "manifest", "blob_sha256", "size", "created_at")
+    __slots__ = ("dataset_id", "owner_key", "manifest_digest", "manifest", "blob_sha256", "size", "created_at", "withdrawn_at", "withdrawal")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_KEY_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,8 @@ class Dataset(_message.Message):
     BLOB_SHA256_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWN_AT_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     owner_key: str
     manifest_digest: str
@@ -70,7 +72,9 @@ class Dataset(_message.Message):
     blob_sha256: str
     size: int
     created_at: int
-    def __init__(self, dataset_id: _Optional[str] = ..., owner_key: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., manifest: _Optional[bytes] = ..., blob_sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
+    withdrawn_at: int
+    withdrawal: bytes
+    def __init__(self, dataset_id: _Optional[str] = ..., owner_key: _Optional[str] = ..., manifest_digest: _Optional[str] = ..., manifest: _Optional[bytes] = ..., blob_sha256: _Optional[str] = ..., size: _Optional[int] = ..., created_at: _Optional[int] = ..., withdrawn_at: _Optional[int] = ..., withdrawal: _Optional[bytes] = ...) -> None: ...
 
 class ListDatasetsRequest(_message.Message):
     __slots__ = ()
@@ -87,6 +91,36 @@ class GetDatasetRequest(_message.Message):
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     dataset_id: str
     def __init__(self, dataset_id: _Optional[str] = ...) -> None: ...
+
+class CoordinatorWithdrawDatasetRequest(_message.Message):
+    __slots__ = ("dataset_id", "withdrawal")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    dataset_id: str
+    withdrawal: bytes
+    def __init__(self, dataset_id: _Optional[str] = ..., withdrawal: _Optional[bytes] = ...) -> None: ...
+
+class WorkerDelivery(_message.Message):
+    __slots__ = ("worker", "delivered_at", "attempts", "error")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    delivered_at: int
+    attempts: int
+    error: str
+    def __init__(self, worker: _Optional[str] = ..., delivered_at: _Optional[int] = ..., attempts: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DatasetWithdrawn(_message.Message):
+    __slots__ = ("dataset", "cancelled_jobs", "deliveries")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    dataset: Dataset
+    cancelled_jobs: _containers.RepeatedScalarFieldContainer[str]
+    deliveries: _containers.RepeatedCompositeFieldContainer[WorkerDelivery]
+    def __init__(self, dataset: _Optional[_Union[Dataset, _Mapping]] = ..., cancelled_jobs: _Optional[_Iterable[str]] = ..., deliveries: _Optional[_Iterable[_Union[WorkerDelivery, _Mapping]]] = ...) -> None: ...
 
 class ProposeJobRequest(_message.Message):
     __slots__ = ("terms",)

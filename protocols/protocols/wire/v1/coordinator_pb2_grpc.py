@@ -66,6 +66,11 @@ class CoordinatorStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetDatasetRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.FromString,
                 _registered_method=True)
+        self.WithdrawDataset = channel.unary_unary(
+                '/detente.v1.Coordinator/WithdrawDataset',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorWithdrawDatasetRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.DatasetWithdrawn.FromString,
+                _registered_method=True)
         self.ProposeJob = channel.unary_unary(
                 '/detente.v1.Coordinator/ProposeJob',
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ProposeJobRequest.SerializeToString,
@@ -171,6 +176,15 @@ class CoordinatorServicer:
     def GetDataset(self, request, context):
         """One data set's public metadata (its signed manifest), by id: what a
         proposer needs to name it in job terms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WithdrawDataset(self, request, context):
+        """The owner withdraws its data set (protocols/SPEC.md §3.11): the ciphertext is
+        deleted, jobs that wait on it are cancelled, and every worker is told to
+        destroy what it derived from it (re-sent until each acknowledged).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +305,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetDataset,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetDatasetRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.SerializeToString,
+            ),
+            'WithdrawDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawDataset,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorWithdrawDatasetRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.DatasetWithdrawn.SerializeToString,
             ),
             'ProposeJob': grpc.unary_unary_rpc_method_handler(
                     servicer.ProposeJob,
@@ -515,6 +534,33 @@ class Coordinator:
             '/detente.v1.Coordinator/GetDataset',
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.GetDatasetRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/WithdrawDataset',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.CoordinatorWithdrawDatasetRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.DatasetWithdrawn.FromString,
             options,
             channel_credentials,
             insecure,

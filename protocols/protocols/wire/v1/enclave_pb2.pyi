@@ -102,3 +102,23 @@ class RetireModelRequest(_message.Message):
 class RetireModelResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class WithdrawDatasetRequest(_message.Message):
+    __slots__ = ("withdrawal", "manifest")
+    WITHDRAWAL_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    withdrawal: bytes
+    manifest: bytes
+    def __init__(self, withdrawal: _Optional[bytes] = ..., manifest: _Optional[bytes] = ...) -> None: ...
+
+class WithdrawDatasetResponse(_message.Message):
+    __slots__ = ("already", "checkpoints_removed", "models_retired", "jobs_stopped")
+    ALREADY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    MODELS_RETIRED_FIELD_NUMBER: _ClassVar[int]
+    JOBS_STOPPED_FIELD_NUMBER: _ClassVar[int]
+    already: bool
+    checkpoints_removed: int
+    models_retired: _containers.RepeatedScalarFieldContainer[str]
+    jobs_stopped: int
+    def __init__(self, already: _Optional[bool] = ..., checkpoints_removed: _Optional[int] = ..., models_retired: _Optional[_Iterable[str]] = ..., jobs_stopped: _Optional[int] = ...) -> None: ...

@@ -55,6 +55,11 @@ class EnclaveStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelResponse.FromString,
                 _registered_method=True)
+        self.WithdrawDataset = channel.unary_unary(
+                '/detente.v1.Enclave/WithdrawDataset',
+                request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetResponse.FromString,
+                _registered_method=True)
 
 
 class EnclaveServicer:
@@ -91,6 +96,15 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WithdrawDataset(self, request, context):
+        """A data owner withdrew a data set (protocols/SPEC.md §3.11): record its manifest
+        digest as withdrawn, refuse every job that names it, destroy the checkpoints and
+        sealed models derived from it. Idempotent: the same statement again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +127,11 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.RetireModel,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelResponse.SerializeToString,
+            ),
+            'WithdrawDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.WithdrawDataset,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +242,33 @@ class Enclave:
             '/detente.v1.Enclave/RetireModel',
             protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_enclave__pb2.RetireModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WithdrawDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Enclave/WithdrawDataset',
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetResponse.FromString,
             options,
             channel_credentials,
             insecure,
