@@ -502,6 +502,8 @@ def _propose(
 ) -> str:
     args = ["party", "propose", "--label", label, "--rounds", str(options.rounds), "--json"]
     args += ["--join", options.join, "--objective", task.objective]
+    # The owners let the coordinator see the metric while it trains: the dashboard's curve.
+    args += ["--live-metrics", "--metrics-every", str(max(1, options.rounds // 20))]
     if options.sealed:
         # Nobody takes the model home; each party may score its held-out rows (twice over).
         args += ["--sealed", "--output", "metrics"]

@@ -519,6 +519,7 @@ class Party:
         digits: int | None = None,
         expires_in: int = 24 * 3600,
         max_seconds: int | None = None,
+        live_metrics: bool = False,
     ) -> Job:
         """Sign and propose job terms over ``datasets`` (:class:`Dataset` objects, ids, or
         ``owner/dataset-id``). Checked before anything is sent, as
@@ -529,7 +530,9 @@ class Party:
         a sealed model map a registered name to its row budget, or to
         ``(total, per_day)``. In a vertical join the id column of each of this
         party's own :class:`Dataset` objects is used unless ``id_column`` or
-        ``id_columns`` says otherwise.
+        ``id_columns`` says otherwise. ``live_metrics`` lets the coordinator see the
+        metrics in the clear while the job trains (needs ``metrics`` among
+        ``outputs`` and ``metrics_every``).
 
         >>> job = bank.propose([ds, "insurer/claims"], join="vertical",
         ...                    params={"max_depth": 6}, num_boost_round=300,
@@ -577,6 +580,7 @@ class Party:
             queriers=grants,
             answer=answer,
             digits=digits,
+            live_metrics=live_metrics,
             remote=self.remote,
         )
         return self.job(terms.job_id)

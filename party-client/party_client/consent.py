@@ -134,6 +134,7 @@ class Review:
             "validation_fraction": terms.validation_fraction,
             "early_stopping_rounds": terms.early_stopping_rounds,
             "metrics_every": terms.metrics_every,
+            "live_metrics": terms.live_metrics,
             "model_format": terms.model_format,
             "outputs": terms.outputs,
             "release_to": terms.release_to,

@@ -261,6 +261,23 @@ def check_sealing(
             raise SetupError(f"--digits must be from 0 to {MAX_ANSWER_DIGITS}{nothing}")
 
 
+def check_live_metrics(live: bool, outputs: Sequence[str], metrics_every: int | None) -> None:
+    """Refuse (SetupError) live metrics the terms would refuse, naming the option to add."""
+    if live and ("metrics" not in outputs or metrics_every is None):
+        raise SetupError(
+            "--live-metrics shows the released metrics to the coordinator at their stride: add "
+            + " and ".join(
+                o
+                for o, needed in (
+                    ("--output metrics", "metrics" not in outputs),
+                    ("--metrics-every N", metrics_every is None),
+                )
+                if needed
+            )
+            + "; nothing was proposed"
+        )
+
+
 def _queriers(
     home: PartyHome, grants: Sequence[QueryGrant], registrations: dict[str, Registration]
 ) -> list[Querier]:
@@ -298,6 +315,7 @@ def propose(
     queriers: Sequence[QueryGrant] = (),
     answer: str = ANSWER_PROBABILITY,
     digits: int | None = None,
+    live_metrics: bool = False,
     remote: Coordinator | None = None,
 ) -> JobTerms:
     """Write and sign job terms naming the data sets, the enclave and the recipients.
@@ -318,8 +336,13 @@ def propose(
     budgets, and get ``answer`` (``probability``, rounded to ``digits``
     decimals if given, or ``class``). :func:`check_sealing` refuses what the
     terms would.
+
+    ``live_metrics`` lets the enclave report the metrics to the coordinator in
+    the clear while it trains (``release.live_metrics``); it needs ``metrics``
+    among ``outputs`` and a ``metrics_every`` stride.
     """
     check_sealing(sealed, outputs, queriers, answer, digits, objective)
+    check_live_metrics(live_metrics, outputs, metrics_every)
     enclave, _ = home.attested_enclave(policy)
     signing = home.signing_key()
     unknown = sorted(set(id_columns or {}) - set(dataset_ids))
@@ -372,6 +395,7 @@ def propose(
             queriers=granted,
             answer=answer,
             answer_digits=digits,
+            live_metrics=live_metrics,
         )
         check_terms(terms, manifests)
         coordinator.propose(terms.sign(signing).to_bytes())

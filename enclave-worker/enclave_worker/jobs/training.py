@@ -8,6 +8,10 @@ data), split into training and validation rows by the terms' seed
 validation rows when there are some, else on the training rows, every
 ``metrics_every`` rounds and after the last; early stopping watches the
 validation rows every round, as XGBoost's own ``early_stopping_rounds`` does.
+
+Only terms with live metrics (``release.live_metrics``) let each evaluation
+out while training, as ``metric`` events in the clear (protocols.live_metrics:
+round, data, metric name and the value rounded); other jobs report rounds only.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 from enclave_worker.jobs.consent import AcceptedJob
 from enclave_worker.jobs.environment import JobEnvironment, JobProgress
 from enclave_worker.jobs.tables import TrainingData
-from protocols import canonical, training
+from protocols import canonical, live_metrics, training
 from protocols.documents import JobTerms
 from protocols.errors import FormatError, IntegrityError
 
@@ -152,15 +156,19 @@ class Evaluation:
             [int(r) for r in rounds],
         )
 
-    def evaluate(self, model: Any, dmatrix: Any, name: str, finished: int) -> None:
+    def evaluate(self, model: Any, dmatrix: Any, name: str, finished: int) -> dict[str, float]:
         """Evaluate ``model`` after round ``finished`` on ``dmatrix``, as XGBoost's own
-        evaluation does (``eval_set``, read from its text the way its callbacks read it)."""
+        evaluation does (``eval_set``, read from its text the way its callbacks read it);
+        returns the values by metric."""
         text = model.eval_set([(dmatrix, name)], finished - 1)
+        values = {}
         for item in text.split()[1:]:
             key, value = item.rsplit(":", 1)
             data_name, metric = key.split("-", 1)
             self.curves.setdefault(data_name, {}).setdefault(metric, []).append(float(value))
+            values[metric] = float(value)
         self.rounds.append(finished)
+        return values
 
 
 @dataclass
@@ -347,6 +355,16 @@ def train(job: AcceptedJob, data: Matrices, env: JobEnvironment) -> Iterator[Job
     # released metrics are evaluated here, at the stride and after the last round.
     stride = terms.metrics_every
     evaluate = "metrics" in terms.outputs and early is None
+    reported: set[int] = set()
+
+    def report(finished: int, values: dict[str, float]) -> None:
+        """Metric events for one evaluation, if (and only if) the terms let them out."""
+        if not terms.live_metrics or env.emit is None or finished in reported:
+            return
+        reported.add(finished)
+        for metric, value in values.items():
+            point = live_metrics.MetricPoint(finished, terms.num_rounds, watched[1], metric, value)
+            env.emit(JobProgress(live_metrics.KIND, point.to_text()))
 
     class Rounds(xgb.callback.TrainingCallback):
         """Evaluate at the stride; every ``every`` rounds save a checkpoint, then report."""
@@ -354,8 +372,12 @@ def train(job: AcceptedJob, data: Matrices, env: JobEnvironment) -> Iterator[Job
         def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
             # Not ``epoch``: it restarts at 0 when training resumes from a model.
             finished = int(model.num_boosted_rounds())
-            if evaluate and (finished == terms.num_rounds or (stride and finished % stride == 0)):
-                evaluation.evaluate(model, *watched, finished)
+            at_stride = bool(stride) and finished % (stride or 1) == 0
+            if evaluate and (finished == terms.num_rounds or at_stride):
+                report(finished, evaluation.evaluate(model, *watched, finished))
+            elif early is not None and at_stride:
+                # XGBoost evaluated the validation rows this round for early stopping.
+                report(finished, {m: float(v[-1]) for m, v in evals_log["validation"].items()})
             if finished % every == 0 and finished < terms.num_rounds:
                 # Saved before it is reported: a "round N" event means round N is safe.
                 if store is not None:
@@ -385,6 +407,7 @@ def train(job: AcceptedJob, data: Matrices, env: JobEnvironment) -> Iterator[Job
             {"validation": {m: [float(v) for v in vs] for m, vs in history["validation"].items()}},
             list(range(1, trained + 1)),
         )
+        report(trained, {m: vs[-1] for m, vs in evaluation.curves["validation"].items()})
     if env.checkpoints is not None:
         # The finished model is kept (encrypted) for re-runs and for inference.
         final = Checkpoint(

@@ -77,6 +77,15 @@ def propose(
             "--metrics-every", min=1, help="Released metrics every N rounds (default: at the end)"
         ),
     ] = None,
+    live_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--live-metrics",
+            help="Let the enclave show the metrics to the coordinator IN THE CLEAR while it "
+            "trains (its operator and dashboard see them; needs --output metrics and "
+            "--metrics-every)",
+        ),
+    ] = False,
     recipient: Annotated[
         list[str] | None, typer.Option(help="Party to receive the results (default: all owners)")
     ] = None,
@@ -184,6 +193,7 @@ def propose(
         queriers=grants,
         answer=answer,
         digits=digits,
+        live_metrics=live_metrics,
     )
     if json_out:
         emit_json({"job_id": terms.job_id})
@@ -335,6 +345,20 @@ def _checks(terms: JobTerms) -> str:
     return "; ".join(parts)
 
 
+def _live_metrics(terms: JobTerms) -> str:
+    """Whether the coordinator sees the metrics while the job trains, in plain words."""
+    if not terms.live_metrics:
+        return "none: the coordinator sees the rounds done, never a metric"
+    names = terms.params.get("eval_metric", "the objective's default metric")
+    names = ", ".join(map(str, names)) if isinstance(names, list) else str(names)
+    rows = "validation rows" if terms.validation_fraction > 0 else "training rows"
+    return (
+        f"the enclave reports {names} on the {rows} every {terms.metrics_every} rounds to the "
+        "coordinator IN THE CLEAR, rounded to 4 significant digits: its operator, its "
+        "dashboard and its database see them while the job trains"
+    )
+
+
 def _answer(terms: JobTerms) -> str:
     """What an answer to a query of the sealed model holds."""
     if terms.answer == "class":
@@ -380,6 +404,7 @@ def _print_review(reviewed: party.Review) -> None:
     p(f"  proposer: {terms.proposer[:16]}…", highlight=False)
     p(f"  trains: {_training(terms)}", highlight=False, markup=False)
     p(f"  checks: {_checks(terms)}", highlight=False, markup=False)
+    p(f"  live metrics: {_live_metrics(terms)}", highlight=False, markup=False)
     p(f"  parameters: {json.dumps(terms.params, sort_keys=True)}", highlight=False, markup=False)
     expires = datetime.fromtimestamp(terms.expires_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     limit = f", at most {terms.max_seconds} s" if terms.max_seconds else ""

@@ -15,6 +15,7 @@ def status(job_id: str, json_out: JsonOption = False) -> None:
     """Show a job's state and events."""
     home = party.PartyHome.default()
     job = party.wait(home, job_id, 0)
+    metrics = _live_metrics(job)
     info = {
         "job_id": job.job_id,
         "state": job.state,
@@ -24,6 +25,7 @@ def status(job_id: str, json_out: JsonOption = False) -> None:
         "required": len(job.required_approvers),
         "events": [{"at": e.at, "kind": e.kind, "text": e.text} for e in job.events],
         "model": _model(home, job),
+        "live_metrics": metrics,
     }
     if json_out:
         emit_json(info)
@@ -33,6 +35,13 @@ def status(job_id: str, json_out: JsonOption = False) -> None:
     if isinstance(model, dict):
         state = model["state"] or "not sealed yet"
         out.print(f"  sealed model {job.job_id}: {state}", highlight=False, markup=False)
+    for m in metrics:
+        out.print(
+            f"  latest {m['data']} {m['metric']}: {m['value']:.4g} (round {m['round']}/"
+            f"{m['rounds']}, reported live by the enclave)",
+            highlight=False,
+            markup=False,
+        )
     for event in job.events:
         out.print(f"  {event.kind}: {event.text}", highlight=False, markup=False)
     # The error is also an event; print it apart only if the events lack it.
@@ -50,6 +59,14 @@ def _model(home: party.PartyHome, job: party.JobView) -> dict[str, Any] | None:
     from party_client.models import sealed_model_state
 
     return {"model_id": job.job_id, "state": sealed_model_state(home, job.job_id)}
+
+
+def _live_metrics(job: party.JobView) -> list[dict[str, Any]]:
+    """The latest value of each metric the enclave reported live (terms with live metrics)."""
+    from protocols.live_metrics import latest, points_of
+
+    found = latest(points_of([(e.kind, e.text) for e in job.events]))
+    return [p.__dict__ for _, p in sorted(found.items())]
 
 
 def jobs(json_out: JsonOption = False) -> None:

@@ -151,6 +151,9 @@ class JobTerms:
     queriers: list[Querier] = field(default_factory=list)
     answer: str = ANSWER_PROBABILITY
     answer_digits: int | None = None  # round answers to this many decimals (None: exact)
+    # The enclave reports the metrics to the coordinator in the clear while it trains, at the
+    # metrics stride (protocols.live_metrics); absent from the document when off.
+    live_metrics: bool = False
 
     @property
     def sealed(self) -> bool:
@@ -187,6 +190,7 @@ class JobTerms:
                 "outputs": self.outputs,
                 "recipients": [r.to_dict() for r in self.recipients],
                 "to": self.release_to,
+                **({"live_metrics": True} if self.live_metrics else {}),
             },
             "expires_at": self.expires_at,
             "max_seconds": self.max_seconds,
@@ -217,7 +221,11 @@ class JobTerms:
         join = get(doc, "join", str, what)
         if join not in JOINS:
             raise FormatError(f"job terms join {join!r} is not one of {', '.join(JOINS)}")
-        outputs, recipients, release_to = _parse_release(get(doc, "release", dict, what))
+        release = get(doc, "release", dict, what)
+        outputs, recipients, release_to = _parse_release(release)
+        live_metrics = release.get("live_metrics", False)
+        if not isinstance(live_metrics, bool):
+            raise FormatError("job terms release.live_metrics must be true or false")
         id_column = doc.get("id_column")
         if id_column is not None and not isinstance(id_column, str):
             raise FormatError("job terms id_column must be a string or null")
@@ -250,6 +258,7 @@ class JobTerms:
             release_to=release_to,
             max_seconds=_optional_positive(doc, "max_seconds"),
             id_columns=id_columns,
+            live_metrics=live_metrics,
             **_parse_training(doc.get("training", {})),
             **_parse_model(doc.get("model", {"disposition": MODEL_RELEASE})),
         )
@@ -271,6 +280,11 @@ class JobTerms:
                     "of its ids were joined"
                 )
         self._check_model()
+        if self.live_metrics and ("metrics" not in self.outputs or self.metrics_every is None):
+            raise FormatError(
+                "job terms with live metrics report the released metrics at their stride: "
+                "release 'metrics' and set training.metrics_every"
+            )
         if self.early_stopping_rounds is not None and self.validation_fraction <= 0:
             raise FormatError("early_stopping_rounds needs a validation_fraction above 0")
         if self.objective.startswith("multi:"):
