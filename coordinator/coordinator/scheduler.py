@@ -221,6 +221,10 @@ class Scheduler:
             if self._stopping.is_set():
                 log.info("job %s interrupted by shutdown: it will run again at restart", job_id)
                 return
+            if self._stop_reason is None and self._store.get_job(job_id).cancel_reason:
+                # Cancelled, and the enclave ended the call before the watchdog did (a
+                # withdrawal makes the worker stop a job on the withdrawn data set itself).
+                self._stop_reason = f"cancel:{limit}"
             if self._stop_reason is not None:
                 self._stopped(job_id)
                 return

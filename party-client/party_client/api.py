@@ -22,6 +22,7 @@ that does not approve simply never signs; the proposer may cancel).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -89,6 +90,7 @@ class Dataset:
     yours: bool
     id_column: str | None = None
     categorical: list[str] = field(default_factory=list)
+    withdrawn_at: int = 0  # ms since the epoch (coordinator's clock) its owner withdrew it
 
     @property
     def ref(self) -> str:
@@ -451,7 +453,8 @@ class Party:
 
     def datasets(self) -> list[Dataset]:
         """The data sets this party may see (its own, and those of its jobs), each manifest
-        verified under its owner's key."""
+        verified under its owner's key; a withdrawn one has ``withdrawn_at`` set once its
+        owner's signed withdrawal verifies."""
         me = self.home.signing_key().verify_key.hex
         names = self.names()
         found = []
@@ -462,7 +465,12 @@ class Party:
                     f"the coordinator lists data set {record.dataset_id!r} with the signed "
                     f"manifest of {manifest.dataset_id!r}: refused"
                 )
-            found.append(self._dataset(manifest, names, me))
+            seen = self._dataset(manifest, names, me)
+            if record.withdrawn_at:
+                # The owner's statement, checked here: a coordinator cannot fake one.
+                withdrawal.check_statement(record.withdrawal, record.manifest)
+                seen = dataclasses.replace(seen, withdrawn_at=record.withdrawn_at)
+            found.append(seen)
         return found
 
     def dataset(self, ref: str) -> Dataset:

@@ -25,7 +25,7 @@ from party_client.home import PartyHome
 from party_client.job_control import jobs
 from party_client.remote import Coordinator, connected
 from protocols.documents import DatasetManifest, DatasetWithdrawal
-from protocols.errors import ConsentError, IntegrityError
+from protocols.errors import ConsentError, DetenteError, IntegrityError
 from protocols.statements import Envelope
 
 # The jobs a withdrawal stops: those not finished (a failed one cannot be retried after it).
@@ -85,6 +85,23 @@ class Withdrawn:
         for worker, ack in zip(doc["workers"], self.workers, strict=True):
             worker["acknowledged"] = ack.acknowledged
         return doc
+
+
+def check_statement(withdrawal: bytes, manifest: bytes) -> DatasetWithdrawal:
+    """The owner's withdrawal the coordinator lists with a data set, verified against its
+    manifest (IntegrityError if it does not verify: the coordinator claims a withdrawal
+    the owner never signed)."""
+    try:
+        doc, _ = DatasetWithdrawal.verify(
+            Envelope.from_bytes(withdrawal, "dataset withdrawal"),
+            Envelope.from_bytes(manifest, "dataset manifest"),
+        )
+    except DetenteError as exc:
+        raise IntegrityError(
+            f"the coordinator lists a data set as withdrawn without a valid withdrawal by its "
+            f"owner ({exc}): refused"
+        ) from None
+    return doc
 
 
 def _own_manifest(
