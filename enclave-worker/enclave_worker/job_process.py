@@ -207,6 +207,12 @@ class JobProcess:
         """Stop the job now (the call was cancelled). Safe from any thread."""
         self._child.kill()
 
+    def kill_and_reap(self, timeout: float = 10.0) -> None:
+        """Stop the job and return once its process has ended, so it writes nothing more
+        (a withdrawal destroys its checkpoint next). Safe from any thread."""
+        self._child.kill()
+        self._child.wait(timeout)
+
     def close(self) -> None:
         self._child.close()
 

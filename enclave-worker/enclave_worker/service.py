@@ -245,7 +245,7 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
                     if doc.manifest_digest in reads
                 ]
             for running in stopping:
-                running.kill()
+                running.kill_and_reap()
             shredded = self._withdrawals.shred(
                 doc.dataset_id, doc.manifest_digest, self._store, self._cache, already
             )

@@ -27,6 +27,7 @@ from coordinator_testkit import (
     seal_dataset,
 )
 
+from coordinator.dashboard.views import Views
 from coordinator.store import verify_audit_chain
 from protocols import statements
 from protocols.documents import DatasetWithdrawal
@@ -126,6 +127,11 @@ def test_the_owner_withdraws_and_everything_that_uses_the_data_stops(
     assert any("'wd-a' was withdrawn by its owner" in e.text for e in job.events)
     with coord.as_party(bob):
         assert coord.job("wd-other").state == "proposed"
+    assert coord.running is not None  # the operator's dashboard shows it withdrawn
+    shown_on_dashboard = {
+        d.dataset_id: d.withdrawn for d in Views(coord.running.store, []).datasets()
+    }
+    assert shown_on_dashboard == {"wd-a": True, "wd-b": False}
 
     [(subject, detail)] = audit(coord, "dataset.withdrawn")
     assert subject == "wd-a" and detail["manifest_digest"] == a.manifest.digest
