@@ -246,8 +246,14 @@ def test_a_worker_that_missed_the_withdrawal_gets_it_when_reachable(
         time.sleep(0.2)
     [delivered] = coord.running.store.deliveries("wd-late")
     assert delivered.delivered_at and delivered.attempts >= 2
-    # After a restart nothing is sent again to a worker that acknowledged.
+    # After a restart nothing is sent again to a worker that acknowledged, and a blob a
+    # crash left behind (withdrawal committed, file not yet deleted) is deleted.
     sent = len(fake.withdrawals)
-    coord.restart()
+    blob = blob_path(coord, a)
+    coord.stop()
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(a.ciphertext)
+    coord.start()
     time.sleep(0.5)
     assert len(fake.withdrawals) == sent
+    assert not blob.exists()

@@ -143,6 +143,18 @@ class Datasets:
             )
         return record
 
+    def finish_withdrawals(self) -> None:
+        """At start: delete the ciphertext of withdrawn data sets that a crash left on disk
+        (the withdrawal is committed before its blob is deleted)."""
+        for record in self.store.withdrawn_datasets():
+            if self.blobs.path(record.blob_sha256).exists() and not self.store.blob_referenced(
+                record.blob_sha256
+            ):
+                self.blobs.delete(record.blob_sha256)
+                log.info(
+                    "dataset %s: deleted the ciphertext a crash left behind", record.dataset_id
+                )
+
     def withdraw_dataset(self, caller: str, dataset_id: str, withdrawal: bytes) -> Withdrawn:
         """The owner withdraws its data set (protocols/SPEC.md §3.11).
 

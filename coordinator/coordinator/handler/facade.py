@@ -61,6 +61,7 @@ class CoordinatorHandler:
 
     def start(self) -> None:
         """Start the scheduler and re-queue jobs interrupted by a restart."""
+        self.datasets.finish_withdrawals()
         self.scheduler.start()
         self.scheduler.recover()
         self.withdrawals.start()
