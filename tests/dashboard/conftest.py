@@ -6,6 +6,8 @@ home, its operator token to ``dashboard-token``. Two parties upload slices of
 the credit data; alice proposes a job heavy enough per round (20 parallel
 trees of depth 8) to run for about 40 s unloaded, so progress is seen to
 advance; bob approves it a little later, so "not yet approved" is seen too.
+Its terms let the enclave report its metrics live (every METRICS_EVERY rounds,
+on held-out rows), so the dashboard draws their curves as the job runs.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from tests.e2e.conftest import (
 ROUNDS = 600
 QUERIED_ROWS = 20
 SLOW_PARAMS = ("--param", "max_depth=8", "--param", "num_parallel_tree=20")
+METRICS_EVERY = 10
+LIVE_METRICS = ("--live-metrics", "--metrics-every", str(METRICS_EVERY), "--output", "model")
+LIVE_METRICS += ("--output", "metrics", "--validation-fraction", "0.2")
 
 
 @dataclass
@@ -138,6 +143,7 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Board]:
             "--rounds",
             str(ROUNDS),
             *SLOW_PARAMS,
+            *LIVE_METRICS,
         )
         detente(["party", "approve", board.job_id, "--yes"], homes["alice"])
         board.pending_id = propose(

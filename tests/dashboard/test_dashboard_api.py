@@ -74,8 +74,10 @@ def test_progress_advances_while_the_job_runs(approved: Board) -> None:
     assert later["rounds_done"] > done
     seconds = [p["seconds"] for p in later["progress"]]
     assert seconds == sorted(seconds)
-    # Metrics are encrypted to the recipients: the API says so and charts none.
-    assert "encrypted to the job's recipients" in later["metrics_note"]
+    # The owners let the enclave report the metric live: its curve is in the API.
+    assert later["live_metrics"] is True and "in the clear" in later["metrics_note"]
+    (curve,) = later["metrics"]
+    assert (curve["data"], curve["metric"]) == ("validation", "auc") and curve["points"]
     (enclave,) = approved.api("api/enclaves")
     assert approved.job_id in enclave["current_jobs"]
     summary = {j["job_id"]: j for j in approved.api("api/jobs")}
@@ -106,6 +108,9 @@ def test_sealed_model_with_what_the_coordinator_relayed(board: Board) -> None:
     job = board.api(f"api/jobs/{board.sealed_id}")
     assert job["model"] == "sealed" and [q["name"] for q in job["queriers"]] == ["alice", "bob"]
     assert [o["name"] for o in job["released"]] == ["metrics"]
+    # Its terms keep the metrics encrypted to the recipients: the API says so and charts none.
+    assert job["live_metrics"] is False and job["metrics"] == []
+    assert "encrypted to the job's recipients" in job["metrics_note"]
 
 
 def test_nothing_secret_is_served(board: Board) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Browser, Page
 
-from tests.dashboard.conftest import ROUNDS, Board
-from tests.e2e.conftest import detente
+from tests.dashboard.conftest import METRICS_EVERY, ROUNDS, Board
+from tests.e2e.conftest import LABEL, credit_rows, detente, propose, write_csv
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
@@ -80,6 +81,47 @@ def _only_the_coordinator(page: Page, board: Board) -> None:
     origin = urlsplit(board.url).netloc
     outside = [u for u in page.requested if urlsplit(u).netloc != origin]  # type: ignore[attr-defined]
     assert outside == [], outside
+
+
+def _metric_points(board: Board) -> int:
+    job = board.api(f"api/jobs/{board.job_id}")
+    return sum(len(s["points"]) for s in job["metrics"])
+
+
+def test_a_live_metrics_job_draws_each_metric_curve_growing(
+    page: Page, board: Board, approved: Board
+) -> None:
+    """First, while the long job runs: its terms let the enclave report the metric live."""
+    _log_in(page, board)
+    job = approved.wait_job(lambda j: sum(len(s["points"]) for s in j["metrics"]) >= 2)
+    assert job["live_metrics"] is True
+    (series,) = job["metrics"]  # eval_metric auc, on the held-out rows
+    assert (series["data"], series["metric"]) == ("validation", "auc")
+    rounds = [p["round"] for p in series["points"]]
+    assert rounds == list(range(METRICS_EVERY, METRICS_EVERY * len(rounds) + 1, METRICS_EVERY))
+    assert all(0 <= p["value"] <= 1 for p in series["points"])
+    page.goto(board.url + f"jobs/{board.job_id}")
+    points = page.locator("#metric-chart-1 circle.point")
+    first = points.count()
+    assert first >= 2
+    assert "auc" in page.inner_text("#metric-1 figcaption")
+    assert "validation rows" in page.inner_text("#metric-1 figcaption")
+    assert "in the clear" in page.inner_text("#metrics-note")
+    _shot(page, "job-metrics-first")
+    if page.inner_text("#job-state") == "running":
+        # Between two loads the enclave reports more evaluations: the chart has more points.
+        deadline = time.monotonic() + 120
+        while _metric_points(board) <= first:
+            assert time.monotonic() < deadline, "no new metric point in 120 s"
+            time.sleep(0.5)
+        page.reload()
+        assert points.count() > first
+    else:  # it finished before the first load (an idle machine): the whole curve is drawn
+        assert first == ROUNDS // METRICS_EVERY
+    tip = points.last.locator("title").text_content() or ""
+    assert re.fullmatch(r"round \d+: [0-9.e+-]+", tip), tip
+    _shot(page, "job-metrics")
+    _only_the_coordinator(page, board)
 
 
 def test_a_running_job_charts_progress_that_advances(
@@ -163,6 +205,57 @@ def test_every_page_shows_the_simulation_banner_and_its_data(page: Page, board: 
         ["bob", "not yet"],
     ]
     _only_the_coordinator(page, board)
+
+
+PAYLOADS = {
+    "name": '<img src=x onerror=alert("xss-name")><script>alert("xss-name")</script>',
+    "param": '" onload="alert(\'xss-param\')"><script>alert("xss-param")</script>',
+    "metric": "<svg/onload=alert('xss-metric')>",
+}
+
+
+def test_names_from_parties_and_the_enclave_are_shown_as_text(
+    page: Page, board: Board, tmp_path: Path
+) -> None:
+    """A party's data set name and job parameter, and a metric name in the job's events,
+    carry markup: every page shows it as text, no element is made of it, nothing runs."""
+    home = str(board.running.coordinator_home)
+    refused = detente(["coordinator", "enroll", "--home", home, "--name", "<b>x</b>"], check=False)
+    assert refused.returncode != 0 and "party name must be" in refused.stderr
+    mallory = board.running.party("mallory")
+    detente(["party", "attest"], mallory)
+    csv = write_csv(credit_rows(900, 100), tmp_path / "mallory.csv")
+    upload = ["party", "upload", str(csv), "--label", LABEL, "--id", "ID"]
+    detente([*upload, "--dataset-id", "mallory-ds", "--name", PAYLOADS["name"]], mallory)
+    job_id = propose(
+        mallory, ["mallory-ds"], "--rounds", "2", "--param", f"note={PAYLOADS['param']}"
+    )
+    # An event the enclave never sent (the operator's database): a metric named with markup.
+    with sqlite3.connect(board.running.db) as db:
+        db.execute(
+            "INSERT INTO job_events (job_id, at, kind, text) VALUES (?, ?, 'metric', ?)",
+            (
+                board.job_id,
+                int(time.time() * 1000),
+                f"round 1/{ROUNDS} validation {PAYLOADS['metric']} 0.5",
+            ),
+        )
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    _log_in(page, board)
+    for path, payload in (
+        ("parties", PAYLOADS["name"]),
+        (f"jobs/{job_id}", PAYLOADS["param"]),
+        (f"jobs/{board.job_id}", PAYLOADS["metric"]),
+    ):
+        page.goto(board.url + path)
+        page.wait_for_load_state("load")
+        assert payload in page.inner_text("main"), path  # the literal text, shown
+        assert page.locator("main script, main img, main figcaption svg").count() == 0, path
+        assert page.locator("[onload], [onerror]").count() == 0, path
+        _shot(page, "escaped-" + path.replace("/", "-"))
+    assert dialogs == []
+    assert board.api(f"api/jobs/{job_id}")["params"]["note"] == PAYLOADS["param"]
 
 
 def test_a_job_the_operator_cancels_shows_why(page: Page, board: Board, approved: Board) -> None:

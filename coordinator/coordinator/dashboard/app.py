@@ -200,13 +200,18 @@ def create_app(views: Views, token: str, sessions: Sessions | None = None) -> Fa
             job = views.job(job_id)
         except NotFound:
             return page("missing.html", status=404, what=f"no job {job_id}")
-        chart = charts.line_chart(
+        progress = charts.line_chart(
             [(p.seconds, float(p.round)) for p in job.progress],
             "seconds since start",
             "rounds",
             y_max=float(job.rounds),
         )
-        return page("job.html", job=job, chart=chart)
+        curves = [
+            (s, charts.metric_chart([(p.round, p.value) for p in s.points], job.rounds))
+            for s in job.metrics
+            if s.points
+        ]
+        return page("job.html", job=job, progress_chart=progress, metric_charts=curves)
 
     @app.get("/models", response_class=HTMLResponse, include_in_schema=False)
     def models_page() -> HTMLResponse:

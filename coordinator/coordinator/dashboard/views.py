@@ -6,9 +6,10 @@ manifest's wrapped key, an output's ciphertext, a signed envelope or a token.
 Times are milliseconds since the epoch, as the store keeps them.
 
 Training progress is what the enclave streams to the coordinator in the
-clear: "round N/M" events (enclave_worker.jobs.training). The released
-metrics are encrypted to the job's recipients, so the coordinator cannot
-chart them; the views say so instead of inventing a curve.
+clear: "round N/M" events (enclave_worker.jobs.training) and, only for terms
+with live metrics, "metric" events (dashboard.curves). Otherwise the metrics
+are encrypted to the job's recipients, so the coordinator cannot chart them;
+the views say so instead of inventing a curve.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from coordinator.dashboard.curves import ENCRYPTED_NOTE, LIVE_NOTE, MetricSeries, metric_series
 from coordinator.dashboard.enclaves import EnclaveMonitor, EnclaveStatus
 from coordinator.store import (
     FINISHED_STATES,
@@ -38,10 +40,6 @@ from protocols.errors import DetenteError, IntegrityError
 from protocols.statements import Envelope
 
 ROUND_EVENT = re.compile(r"^round (\d+)/(\d+)$")
-METRICS_NOT_PUBLIC = (
-    "The released metrics are encrypted to the job's recipients: the coordinator cannot read "
-    "them, so it charts only the rounds the enclave reports in the clear."
-)
 AUDIT_PAGE = 200
 
 
@@ -152,6 +150,8 @@ class Job(JobSummary):
     max_seconds: int | None
     released: list[ReleasedOutput]
     progress: list[ProgressPoint]
+    live_metrics: bool = Field(description="the terms let the enclave report metrics in the clear")
+    metrics: list[MetricSeries] = Field(description="each live metric's curve (live terms only)")
     metrics_note: str
     events: list[JobEvent]
 
@@ -401,7 +401,9 @@ class Views:
             max_seconds=terms.max_seconds if terms else None,
             released=[ReleasedOutput(name=o.name, size=o.size) for o in job.outputs],
             progress=progress(job),
-            metrics_note=METRICS_NOT_PUBLIC,
+            live_metrics=bool(terms and terms.live_metrics),
+            metrics=metric_series(job) if terms and terms.live_metrics else [],
+            metrics_note=LIVE_NOTE if terms and terms.live_metrics else ENCRYPTED_NOTE,
             events=[JobEvent(at=e.at, kind=e.kind, text=e.text) for e in job.events],
         )
 
