@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from coordinator.dashboard.audit_check import AuditChainCheck
 from coordinator.dashboard.curves import ENCRYPTED_NOTE, LIVE_NOTE, MetricSeries, metric_series
 from coordinator.dashboard.enclaves import EnclaveMonitor, EnclaveStatus
 from coordinator.store import (
@@ -32,11 +33,10 @@ from coordinator.store import (
     DatasetRecord,
     JobRecord,
     ModelRecord,
-    verify_audit_chain,
 )
 from protocols import canonical
 from protocols.documents import DatasetManifest, JobTerms, ResultStatement
-from protocols.errors import DetenteError, IntegrityError
+from protocols.errors import DetenteError
 from protocols.statements import Envelope
 
 ROUND_EVENT = re.compile(r"^round (\d+)/(\d+)$")
@@ -214,6 +214,7 @@ class Views:
     def __init__(self, store: CoordinatorStore, monitors: Sequence[EnclaveMonitor]) -> None:
         self._store = store
         self._monitors = list(monitors)
+        self._chain = AuditChainCheck(store)
         self._lock = threading.Lock()
         # Verified documents by digest: verifying a signature on every refresh is wasted work.
         self._terms: OrderedDict[str, JobTerms | None] = OrderedDict()
@@ -449,18 +450,15 @@ class Views:
 
     # -- audit log ---------------------------------------------------------------------
     def audit(self, limit: int = AUDIT_PAGE) -> AuditLog:
-        entries: list[AuditEntry] = self._store.audit_entries()
-        try:
-            verify_audit_chain(entries)
-            intact, problem = True, ""
-        except IntegrityError as exc:
-            intact, problem = False, str(exc)
-        shown = entries[-limit:][::-1] if limit > 0 else []
+        chain = self._chain.check()  # only what was appended since the last check is hashed
+        shown: list[AuditEntry] = []
+        if limit > 0 and chain.last_seq:
+            shown = self._store.audit_entries(max(1, chain.last_seq - limit + 1))[-limit:][::-1]
         return AuditLog(
-            intact=intact,
-            problem=problem,
-            entries=len(entries),
-            head=entries[-1].hash if entries else "",
+            intact=chain.intact,
+            problem=chain.problem,
+            entries=chain.entries,
+            head=chain.head,
             shown=[
                 AuditRow(
                     seq=e.seq,

@@ -8,6 +8,7 @@ dropping or reordering any row breaks every hash after it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,7 +16,19 @@ from typing import Any
 from protocols.audit_head import GENESIS_HASH, audit_hash
 from protocols.errors import IntegrityError
 
-__all__ = ["GENESIS_HASH", "Audit", "AuditEntry", "audit_hash", "next_entry", "verify_audit_chain"]
+__all__ = [
+    "GENESIS_HASH",
+    "Audit",
+    "AuditEntry",
+    "StoredAudit",
+    "audit_hash",
+    "next_entry",
+    "verify_audit_chain",
+]
+
+# An entry exactly as the database holds it: seq, at, event, subject, detail (canonical JSON
+# text), prev_hash, hash. Compared as it is, without parsing (dashboard.audit_check).
+StoredAudit = tuple[int, int, str, str, str, str, str]
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,11 @@ class AuditEntry:
     prev_hash: str
     hash: str
 
+    @classmethod
+    def from_stored(cls, row: StoredAudit) -> AuditEntry:
+        seq, at, event, subject, detail, prev_hash, hash_hex = row
+        return cls(seq, at, event, subject, json.loads(detail), prev_hash, hash_hex)
+
     def body(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
@@ -57,14 +75,14 @@ def next_entry(last: AuditEntry | None, audit: Audit, at: int) -> AuditEntry:
     return replace(unhashed, hash=audit_hash(prev, unhashed.body()))
 
 
-def verify_audit_chain(entries: Sequence[AuditEntry]) -> int:
+def verify_audit_chain(entries: Sequence[AuditEntry], after: tuple[int, str] | None = None) -> int:
     """Check every link of the audit chain; return the number of entries.
 
-    Raises IntegrityError naming the first entry that does not link or
-    does not hash to what it records.
+    ``after`` is the (seq, hash) of an entry already verified that ``entries``
+    follow (None: they start the log). Raises IntegrityError naming the first
+    entry that does not link or does not hash to what it records.
     """
-    prev = GENESIS_HASH
-    expected_seq = 1
+    expected_seq, prev = (1, GENESIS_HASH) if after is None else (after[0] + 1, after[1])
     for entry in entries:
         if entry.seq != expected_seq:
             raise IntegrityError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from coordinator.store.audit import Audit, AuditEntry
+from coordinator.store.audit import Audit, AuditEntry, StoredAudit
 from coordinator.store.records import (
     ApprovalRecord,
     DatasetRecord,
@@ -83,4 +83,5 @@ class CoordinatorStore(Protocol):
 
     def audit_entries(self, first: int = 1, last: int | None = None) -> list[AuditEntry]: ...
     def audit_head(self) -> AuditHead | None: ...
+    def audit_stored(self, last: int) -> list[StoredAudit]: ...
     def close(self) -> None: ...

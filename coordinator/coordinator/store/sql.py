@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy.exc
 from sqlalchemy import create_engine, delete, event, func, select, text
@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from coordinator import migrations
-from coordinator.store.audit import Audit, AuditEntry, next_entry
+from coordinator.store.audit import Audit, AuditEntry, StoredAudit, next_entry
 from coordinator.store.records import (
     APPROVED,
     CANCELLED,
@@ -84,6 +84,17 @@ def _audit_entry(row: AuditRow) -> AuditEntry:
     return AuditEntry(
         row.seq, row.at, row.event, row.subject, json.loads(row.detail), row.prev_hash, row.hash
     )
+
+
+_STORED_AUDIT = (
+    AuditRow.seq,
+    AuditRow.at,
+    AuditRow.event,
+    AuditRow.subject,
+    AuditRow.detail,
+    AuditRow.prev_hash,
+    AuditRow.hash,
+)
 
 
 HeadSigner = Callable[[int, str], bytes]
@@ -718,6 +729,12 @@ class SqlStore(WithdrawalStore):
             query = query.where(AuditRow.seq <= last)
         with self._read() as s:
             return [_audit_entry(r) for r in s.scalars(query.order_by(AuditRow.seq))]
+
+    def audit_stored(self, last: int) -> list[StoredAudit]:
+        """Entries up to seq ``last`` as stored (detail unparsed), by seq: one plain read."""
+        query = select(*_STORED_AUDIT).where(AuditRow.seq <= last).order_by(AuditRow.seq)
+        with self._read() as s:
+            return [cast(StoredAudit, tuple(r)) for r in s.execute(query)]
 
     def audit_head(self) -> AuditHead | None:
         """The last entry's (seq, hash) with the signature stored with it; None if empty."""
