@@ -21,15 +21,18 @@ import queue
 import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from protocols.durable import fsync_dir
-from protocols.errors import IntegrityError, NotFound
+from protocols.errors import IntegrityError, NotFound, WrongState
 from protocols.stream import CHUNK_SIZE
 
 _NAME = re.compile(r"^[0-9a-f]{64}$")
+# A resumable upload's temporary file in the blob folder (coordinator.handler.uploads).
+PARTIAL_PREFIX = ".partial-"
+_PARTIAL = re.compile(r"^\.partial-[0-9a-f]{32}$")
 
 
 def _check_name(sha256: str) -> str:
@@ -109,8 +112,12 @@ class BlobWriter:
                 try:
                     self._hash.update(data)
                     file.write(data)
+                    self._written(file, len(data))
                 except BaseException as exc:
                     self._failure = exc
+
+    def _written(self, file: BinaryIO, size: int) -> None:
+        """Called on the writer's thread after each piece is written (a hook)."""
 
     def _settle(self) -> None:
         """Wait until every queued piece is hashed and written."""
@@ -165,6 +172,120 @@ class BlobWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.abort()  # a no-op after commit
+
+
+class UploadBusy(WrongState):
+    """A partial upload's file is held by another live stream (an earlier connection)."""
+
+
+class PartialWriter(BlobWriter):
+    """Continue a blob in a named temporary file that outlives calls and restarts.
+
+    The file (``name`` in the blob folder, created 0600 if missing) is locked
+    for as long as this writer is open: a second stream of the same upload is
+    refused (:class:`UploadBusy`), and no cleanup takes it for stale. It is cut
+    to ``offset`` bytes, whose SHA-256 is computed again from the file, and
+    the pieces written after them. Every ``sync_every`` bytes, and when the
+    stream is suspended (:meth:`suspend`), the file is fsynced and
+    ``on_synced(total)`` is called: only synced bytes are ever acknowledged, so
+    a crash of the machine loses nothing acknowledged. :meth:`commit` moves
+    the file into place under its SHA-256 as :class:`BlobWriter` does.
+    """
+
+    def __init__(
+        self,
+        store: BlobStore,
+        name: str,
+        offset: int,
+        expected_sha256: str,
+        expected_size: int,
+        on_synced: Callable[[int], None],
+        what: str = "blob",
+        sync_every: int = 32 << 20,
+    ) -> None:
+        if not _PARTIAL.match(name):
+            raise ValueError(f"not a partial upload file name: {name!r}")
+        path = store.root / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadBusy(
+                f"{what} is still being received on an earlier connection: try again in a "
+                "few seconds"
+            ) from None
+        try:
+            held = os.fstat(fd).st_size
+            if offset > held:
+                raise ShortPartial(held)
+            os.ftruncate(fd, offset)
+            digest = hashlib.sha256()
+            os.lseek(fd, 0, os.SEEK_SET)
+            left = offset
+            while left:
+                piece = os.read(fd, min(left, CHUNK_SIZE))
+                if not piece:
+                    raise ShortPartial(offset - left)
+                digest.update(piece)
+                left -= len(piece)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._store = store
+        self._expected_sha256 = expected_sha256
+        self._expected_size = expected_size
+        self._what = what
+        self._hash = digest
+        self._size = offset
+        self._tmp = path
+        self._file = os.fdopen(fd, "r+b")
+        self._file.seek(offset)
+        self._pending = queue.Queue(self.WRITE_AHEAD)
+        self._failure = None
+        self._drainer = None
+        self._synced = offset
+        self._unsynced = 0
+        self._sync_every = sync_every
+        self._on_synced = on_synced
+
+    @property
+    def synced(self) -> int:
+        return self._synced
+
+    def _written(self, file: BinaryIO, size: int) -> None:
+        self._unsynced += size
+        if self._unsynced >= self._sync_every:
+            self._sync(file)
+
+    def _sync(self, file: BinaryIO) -> None:
+        file.flush()
+        os.fsync(file.fileno())
+        self._synced += self._unsynced
+        self._unsynced = 0
+        self._on_synced(self._synced)
+
+    def suspend(self) -> int:
+        """Keep what arrived for a later stream: sync and acknowledge it, close the file
+        (releasing its lock); the bytes held. After a write failure only what was
+        acknowledged before it counts (the next stream cuts the file there)."""
+        self._settle()
+        if self._file is not None:
+            try:
+                if self._failure is None and self._unsynced:
+                    self._sync(self._file)
+            finally:
+                self._file.close()
+                self._file = None
+        return self._synced
+
+
+class ShortPartial(IntegrityError):
+    """A partial upload's file holds fewer bytes than the coordinator recorded."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__(f"the partial upload's file holds only {held} bytes")
+        self.held = held
 
 
 class BlobStore:
@@ -276,6 +397,33 @@ class BlobStore:
 
     def read(self, sha256: str) -> bytes:
         return b"".join(self.iter_chunks(sha256))
+
+    def remove_partial(self, name: str, unless_busy: bool = True) -> bool:
+        """Delete a partial upload's file; with ``unless_busy``, not while a stream holds
+        it (False then). True if it is gone."""
+        if not _PARTIAL.match(name):
+            raise ValueError(f"not a partial upload file name: {name!r}")
+        path = self.root / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return True
+        try:
+            if unless_busy:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return False
+            path.unlink(missing_ok=True)
+            return True
+        finally:
+            os.close(fd)
+
+    def partial_names(self) -> list[str]:
+        """Names of the partial upload files in the folder."""
+        return sorted(
+            p.name for p in self.root.glob(PARTIAL_PREFIX + "*") if _PARTIAL.match(p.name)
+        )
 
     def delete(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):

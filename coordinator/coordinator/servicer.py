@@ -17,6 +17,7 @@ import grpc
 from coordinator.auth import DatabaseNonces, RequestAuthInterceptor, caller_of
 from coordinator.enclave_client import AnswerPiece
 from coordinator.handler import CoordinatorHandler
+from coordinator.handler.uploads import UploadState
 from coordinator.store import (
     CoordinatorStore,
     DatasetRecord,
@@ -63,6 +64,17 @@ def _party_pb(p: PartyRecord) -> coordinator_pb2.Party:
         hpke_key=p.hpke_key,
         registered_at=p.registered_at,
         registration=p.registration,
+    )
+
+
+def _upload_pb(u: UploadState) -> coordinator_pb2.UploadStatus:
+    return coordinator_pb2.UploadStatus(
+        upload_id=u.upload_id,
+        dataset_id=u.dataset_id,
+        received=u.received,
+        size=u.size,
+        expires_at=u.expires_at,
+        dataset=_dataset_pb(u.dataset) if u.dataset is not None else None,
     )
 
 
@@ -145,6 +157,13 @@ def _ciphertext(requests: Iterator[coordinator_pb2.UploadDatasetRequest]) -> Ite
         yield bytes(request.ciphertext)
 
 
+def _upload_ciphertext(requests: Iterator[coordinator_pb2.SendUploadRequest]) -> Iterator[bytes]:
+    for request in requests:
+        if request.WhichOneof("part") != "ciphertext":
+            raise FormatError("an upload stream carries one start, first, then ciphertext only")
+        yield bytes(request.ciphertext)
+
+
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, handler: CoordinatorHandler) -> None:
         self.handler = handler
@@ -187,6 +206,35 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             )
 
         return _dataset_pb(_call(context, "UploadDataset", upload))
+
+    def BeginUpload(
+        self, request: coordinator_pb2.BeginUploadRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.UploadStatus:
+        return _upload_pb(
+            _call(
+                context,
+                "BeginUpload",
+                lambda: self.handler.begin_upload(caller_of(context), request.manifest),
+            )
+        )
+
+    def SendUpload(
+        self,
+        request_iterator: Iterator[coordinator_pb2.SendUploadRequest],
+        context: grpc.ServicerContext,
+    ) -> coordinator_pb2.UploadStatus:
+        def send() -> UploadState:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "start":
+                raise FormatError("an upload stream must start with its upload id and offset")
+            return self.handler.send_upload(
+                caller_of(context),
+                first.start.upload_id,
+                first.start.offset,
+                _upload_ciphertext(request_iterator),
+            )
+
+        return _upload_pb(_call(context, "SendUpload", send))
 
     def ListDatasets(
         self, request: coordinator_pb2.ListDatasetsRequest, context: grpc.ServicerContext

@@ -26,7 +26,7 @@ import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,10 +93,27 @@ def _serve_sink(ready: Any, stop: Any) -> None:
     server.stop(grace=1).wait()
 
 
-def raw_seconds(pieces: Sequence[bytes], repeat: int) -> float:
-    """Best time to stream ``pieces`` over loopback TLS gRPC to a server that only counts them."""
+def raw_seconds(
+    pieces: Sequence[bytes] | Callable[[], Iterator[bytes]], repeat: int, total: int | None = None
+) -> float:
+    """Best time to stream ``pieces`` over loopback TLS gRPC to a server that only counts them.
+
+    ``pieces`` is a list, or a function giving them afresh for each run (with
+    ``total``, their size), so a large stream need not be held in memory.
+    """
     from protocols import tls
     from protocols.grpc_status import CHANNEL_OPTIONS
+
+    if callable(pieces):
+        make = pieces
+        if total is None:
+            raise ValueError("give the total size of pieces made by a function")
+    else:
+        listed = pieces
+        total = sum(len(p) for p in listed)
+
+        def make() -> Iterator[bytes]:
+            return iter(listed)
 
     ctx = multiprocessing.get_context("spawn")
     ready_recv, ready_send = ctx.Pipe(duplex=False)
@@ -108,13 +125,12 @@ def raw_seconds(pieces: Sequence[bytes], repeat: int) -> float:
             raise RuntimeError("the raw TLS gRPC sink did not start within 60 s")
         port, pem = ready_recv.recv()
         cert = tls.load_certificate(pem, "sink certificate")
-        total = sum(len(p) for p in pieces)
         best = float("inf")
         with tls.pinned_channel(f"127.0.0.1:{port}", cert, CHANNEL_OPTIONS) as channel:
             put = channel.stream_unary(SINK_METHOD, None, None)  # bytes as they are
             for _ in range(repeat):
                 started = time.perf_counter()
-                counted = int(put(iter(pieces), timeout=TIMEOUT))
+                counted = int(put(make(), timeout=TIMEOUT))
                 best = min(best, time.perf_counter() - started)
                 if counted != total:
                     raise RuntimeError(f"the sink counted {counted} bytes, not {total}")

@@ -38,7 +38,13 @@ if TYPE_CHECKING:
         review,
         sign_approval,
     )
-    from party_client.datasets import Uploaded, UploadProgress, list_datasets, upload
+    from party_client.datasets import (
+        Uploaded,
+        UploadInterrupted,
+        UploadProgress,
+        list_datasets,
+        upload,
+    )
     from party_client.enclave import attest, enclave_summary
     from party_client.estimators import Columns, SecureXGBClassifier, SecureXGBRegressor
     from party_client.home import PartyHome
@@ -93,6 +99,7 @@ _MODULE_OF = {
     "Review": "consent",
     "UploadProgress": "datasets",
     "Uploaded": "datasets",
+    "UploadInterrupted": "datasets",
     "approve": "consent",
     "attest": "enclave",
     "cancel": "job_control",
@@ -152,6 +159,7 @@ __all__ = [
     "Review",
     "SecureXGBClassifier",
     "SecureXGBRegressor",
+    "UploadInterrupted",
     "UploadProgress",
     "Uploaded",
     "WithdrawalPlan",

@@ -404,6 +404,7 @@ class Party:
         *,
         publish_schema: bool = False,
         display_name: str = "",
+        resume: bool = False,
     ) -> Dataset:
         """Validate a CSV or Parquet file, seal it to the attested enclave (attested now if
         the record is missing or too old), sign its manifest and upload it.
@@ -412,6 +413,14 @@ class Party:
         a schema file, as ``--schema``); ``progress`` is called with
         :class:`~party_client.UploadProgress` as batches are sealed and sent.
 
+        If sending fails (:class:`~party_client.UploadInterrupted`: a cut network, a
+        coordinator restart, or this process killed), the sealed copy stays in the
+        home and ``resume=True`` sends the rest of it from the last byte the
+        coordinator acknowledged: the same ciphertext under the same signed manifest
+        (``dataset_id`` picks one of several interrupted uploads of ``path``).
+
+        >>> ds = bank.upload("loans.csv", label="default", resume=True)      # doctest: +SKIP
+
         >>> ds = bank.upload("loans.csv", label="default", id_column="ID")  # doctest: +SKIP
         >>> ds.rows, ds.ref                                                   # doctest: +SKIP
         (600, 'bank/bank-5c1f0a9e2b7d')
@@ -419,7 +428,8 @@ class Party:
         from party_client.tables import load_schema
 
         kinds = load_schema(Path(schema)) if isinstance(schema, str | Path) else schema
-        self._attested()
+        if not resume:
+            self._attested()
         done = data_sets.upload(
             self.home,
             self.policy,
@@ -431,6 +441,7 @@ class Party:
             display_name=display_name,
             column_kinds=kinds,
             progress=progress,
+            resume=resume,
             remote=self.remote,
         )
         return Dataset(
@@ -439,7 +450,7 @@ class Party:
             self.home.signing_key().verify_key.hex,
             done.rows,
             done.ciphertext_size,
-            label,
+            done.label,
             True,
             id_column,
             done.categorical,

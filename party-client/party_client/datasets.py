@@ -4,13 +4,16 @@ The table is never held whole: it is read in record batches
 (:class:`party_client.tables.TableScan`), written as one Arrow IPC stream into
 a sink that seals it chunk by chunk into a private spool file
 (:class:`party_client.spool.SealedSpool`) while hashing the ciphertext; then
-the manifest — which names that hash — is signed, and the spool is streamed to
-the coordinator in ``CHUNK_SIZE`` pieces. A table that fails validation is
-refused before the coordinator is contacted: nothing is uploaded.
+the manifest — which names that hash — is signed, the spool is kept as a
+pending upload (:mod:`party_client.resume`) and streamed to the coordinator in
+``CHUNK_SIZE`` pieces from the last byte it acknowledged (0 for a new upload:
+docs/protocol.md §3). A table that fails validation is refused before the
+coordinator is contacted: nothing is uploaded.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -19,11 +22,12 @@ from pathlib import Path
 
 from party_client import tables
 from party_client.home import PartyHome
-from party_client.remote import Coordinator, RemoteDataset, connected
+from party_client.remote import Coordinator, CoordinatorError, RemoteDataset, connected
+from party_client.resume import PendingUpload, find_pending, keep
 from party_client.spool import SealedSpool
 from protocols import hpke, stream
 from protocols.documents import DatasetManifest, check_id, schema_columns, schema_sha256
-from protocols.errors import IntegrityError
+from protocols.errors import DetenteError, IntegrityError
 from protocols.policy import AttestationPolicy
 from protocols.statements import Envelope
 
@@ -48,6 +52,7 @@ class UploadProgress:
     bytes: int
     total_rows: int | None = None
     total_bytes: int | None = None
+    resumed_at: int = 0  # bytes the coordinator held when this sending began (a resume)
 
 
 ProgressCallback = Callable[[UploadProgress], None]
@@ -77,6 +82,7 @@ def upload(
     column_kinds: Mapping[str, str] | None = None,
     progress: ProgressCallback | None = None,
     *,
+    resume: bool = False,
     remote: Coordinator | None = None,
 ) -> Uploaded:
     """Validate, convert to Arrow IPC, seal to the attested enclave, sign, upload.
@@ -89,9 +95,20 @@ def upload(
     piece is sent (:class:`UploadProgress`); while sending it runs on the
     thread that feeds gRPC.
 
+    The upload is resumable: if sending fails, the sealed copy stays in the
+    party's home (:mod:`party_client.resume`) and ``resume=True`` sends the
+    rest of it — of the same ciphertext, under the same signed manifest —
+    from the last byte the coordinator acknowledged (the table is not read
+    again; it must not have changed). ``dataset_id`` then picks one of
+    several interrupted uploads of ``path``.
+
     The manifest names the data set by ``display_name`` only if the owner
     gives one: the local file name stays local.
     """
+    if resume:
+        pending = find_pending(home.spool_dir, Path(path), dataset_id)
+        pending.check()
+        return _send(home, pending, progress, remote)
     enclave, _ = home.attested_enclave(policy)
     scan = tables.TableScan(Path(path), label, id_column, dict(column_kinds or {}))
     columns = schema_columns(scan.schema)
@@ -102,6 +119,7 @@ def upload(
     # A post-quantum party wraps to the enclave's post-quantum key (protocols/SPEC.md §4.3).
     enclave_key = enclave.identity.data_key_recipient(home.hpke_key().kem)
     signing = home.signing_key()
+    source = os.stat(path)
     with SealedSpool(home.spool_dir, data_key, dataset_id.encode(), chunk_size) as spool:
         marks = seal_batches(scan, spool, progress)
         size, digest = spool.finish()
@@ -122,16 +140,74 @@ def upload(
             created_at=int(time.time()),
             label=scan.label_summary,
         ).sign(signing)
+        pending = keep(
+            home.spool_dir,
+            spool.path,
+            PendingUpload(
+                dataset_id=dataset_id,
+                manifest=manifest.to_bytes(),
+                size=size,
+                source=str(Path(path).resolve()),
+                source_size=source.st_size,
+                source_mtime_ns=source.st_mtime_ns,
+                rows=scan.rows,
+                columns=len(columns),
+                simulation=enclave.simulation,
+                chunk_size=chunk_size,
+                plaintext_size=spool.plaintext_size,
+                categorical=[n for n, k in scan.columns.items() if k == tables.CATEGORICAL],
+                label=label,
+                marks=marks,
+            ),
+        )
+    return _send(home, pending, progress, remote)
+
+
+class UploadInterrupted(DetenteError):
+    """Sending a sealed data set failed; its sealed copy is kept to resume from."""
+
+
+def _send(
+    home: PartyHome,
+    pending: PendingUpload,
+    progress: ProgressCallback | None,
+    remote: Coordinator | None,
+) -> Uploaded:
+    """Send the pending upload's remaining bytes; forget it once the coordinator confirms."""
+    try:
         with connected(home, remote) as coordinator:
-            coordinator.upload(
-                manifest.to_bytes(),
-                _sending(spool, marks, scan.rows, progress),
-                timeout=coordinator.timeout + size / MIN_UPLOAD_RATE,
-            )
-    home.save_dataset(dataset_id, manifest.to_bytes())
-    categorical = [n for n, kind in scan.columns.items() if kind == tables.CATEGORICAL]
+            status = coordinator.begin_upload(pending.manifest)
+            if status.dataset is None:
+                left = pending.size - status.received
+                status = coordinator.send_upload(
+                    status.upload_id,
+                    status.received,
+                    _sending(pending, status.received, progress),
+                    timeout=coordinator.timeout + left / MIN_UPLOAD_RATE,
+                )
+    except CoordinatorError as exc:
+        if issubclass(exc.kind, IntegrityError):
+            pending.remove()  # the coordinator deleted its part too: nothing to resume
+            raise
+        raise UploadInterrupted(
+            f"{exc}; the sealed data set {pending.dataset_id!r} is kept: run `detente party "
+            f"upload {pending.source} --resume` to send the rest"
+        ) from None
+    if status.dataset is None:
+        raise UploadInterrupted(
+            f"the coordinator holds {status.received} of {pending.size} bytes of data set "
+            f"{pending.dataset_id!r}: run `detente party upload {pending.source} --resume`"
+        )
+    home.save_dataset(pending.dataset_id, pending.manifest)
+    pending.remove()
     return Uploaded(
-        dataset_id, scan.rows, len(columns), size, enclave.simulation, categorical, label
+        pending.dataset_id,
+        pending.rows,
+        pending.columns,
+        pending.size,
+        pending.simulation,
+        pending.categorical,
+        pending.label,
     )
 
 
@@ -157,23 +233,19 @@ def seal_batches(
 
 
 def _sending(
-    spool: SealedSpool,
-    marks: list[tuple[int, int]],
-    rows: int,
-    progress: ProgressCallback | None,
+    pending: PendingUpload, offset: int, progress: ProgressCallback | None
 ) -> Iterator[bytes]:
-    """The spool in ``CHUNK_SIZE`` pieces, reporting the rows and bytes sent so far."""
-    sent = 0
-    mark = 0
-    for piece in spool.pieces(stream.CHUNK_SIZE):
-        yield piece
-        sent += len(piece)
-        if progress is not None:
-            whole = spool.plaintext_within(sent)
-            while mark < len(marks) and marks[mark][0] <= whole:
-                mark += 1
-            done = rows if sent >= spool.size else (marks[mark - 1][1] if mark else 0)
-            progress(UploadProgress(SENDING, done, sent, rows, spool.size))
+    """The spool from ``offset`` in ``CHUNK_SIZE`` pieces, reporting rows and bytes sent
+    (counting what the coordinator already held)."""
+    sent = offset
+    with pending.spool_path.open("rb") as spool:
+        spool.seek(offset)
+        while piece := spool.read(stream.CHUNK_SIZE):
+            yield piece
+            sent += len(piece)
+            if progress is not None:
+                rows = pending.rows_within(sent)
+                progress(UploadProgress(SENDING, rows, sent, pending.rows, pending.size, offset))
 
 
 def list_datasets(home: PartyHome, *, remote: Coordinator | None = None) -> list[RemoteDataset]:

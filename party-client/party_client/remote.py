@@ -86,6 +86,19 @@ class RemoteWithdrawn:
 
 
 @dataclass(frozen=True)
+class RemoteUpload:
+    """How far a resumable upload is at the coordinator: ``received`` of ``size`` bytes
+    acknowledged (written and synced); ``dataset`` once it is complete and checked."""
+
+    upload_id: str
+    dataset_id: str
+    received: int
+    size: int
+    expires_at: int  # Unix ms
+    dataset: RemoteDataset | None
+
+
+@dataclass(frozen=True)
 class RemoteEvent:
     at: int
     kind: str
@@ -160,6 +173,17 @@ def _dataset(d: Any) -> RemoteDataset:
         int(d.size),
         int(d.withdrawn_at),
         bytes(d.withdrawal),
+    )
+
+
+def _upload(u: Any) -> RemoteUpload:
+    return RemoteUpload(
+        u.upload_id,
+        u.dataset_id,
+        int(u.received),
+        int(u.size),
+        int(u.expires_at),
+        _dataset(u.dataset) if u.HasField("dataset") else None,
     )
 
 
@@ -404,6 +428,30 @@ class Coordinator:
                 yield pb.UploadDatasetRequest(ciphertext=piece)
 
         return _dataset(self._call(self._stub.UploadDataset, messages(), timeout=timeout))
+
+    def begin_upload(self, manifest: bytes) -> RemoteUpload:
+        """Begin the upload of the data set ``manifest`` signs, or find it again: how many
+        bytes the coordinator already holds (its data set, if complete)."""
+        return _upload(self._call(self._stub.BeginUpload, pb.BeginUploadRequest(manifest=manifest)))
+
+    def send_upload(
+        self,
+        upload_id: str,
+        offset: int,
+        pieces: Iterable[bytes],
+        timeout: float | None = None,
+    ) -> RemoteUpload:
+        """Stream ciphertext ``pieces`` (at most ``CHUNK_SIZE`` bytes each) from ``offset``;
+        the coordinator completes the data set at its last byte."""
+
+        def messages() -> Iterator[Any]:
+            yield pb.SendUploadRequest(start=pb.UploadStart(upload_id=upload_id, offset=offset))
+            for piece in pieces:
+                if len(piece) > CHUNK_SIZE:
+                    raise ValueError(f"an upload piece is at most {CHUNK_SIZE} bytes")
+                yield pb.SendUploadRequest(ciphertext=piece)
+
+        return _upload(self._call(self._stub.SendUpload, messages(), timeout=timeout))
 
     def datasets(self) -> list[RemoteDataset]:
         reply = self._call(self._stub.ListDatasets, pb.ListDatasetsRequest())

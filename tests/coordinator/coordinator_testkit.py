@@ -289,6 +289,7 @@ class Harness:
         statement = {
             "/RegisterParty": "registration",
             "/UploadDataset": "manifest",
+            "/BeginUpload": "manifest",
             "/ProposeJob": "terms",
             "/ApproveJob": "approval",
         }

@@ -75,6 +75,11 @@ class Datasets:
             raise AlreadyExists(
                 f"data set {doc.dataset_id!r} already exists: choose another dataset id"
             )
+        if self.store.partial_for_dataset(doc.dataset_id) is not None:
+            raise AlreadyExists(
+                f"data set {doc.dataset_id!r} has an unfinished upload: resume it "
+                "(`detente party upload FILE --resume`) or choose another dataset id"
+            )
         if doc.ciphertext_size < 0:
             raise InvalidRequest("the manifest's ciphertext_size is negative")
         try:

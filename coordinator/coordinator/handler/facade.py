@@ -10,6 +10,7 @@ from coordinator.handler.datasets import Datasets, Withdrawn
 from coordinator.handler.jobs import Jobs
 from coordinator.handler.models import Models
 from coordinator.handler.registry import Registry
+from coordinator.handler.uploads import Uploads, UploadState
 from coordinator.limits import JobLimits
 from coordinator.scheduler import Scheduler
 from coordinator.store import (
@@ -56,12 +57,15 @@ class CoordinatorHandler:
         # Every worker this coordinator knows gets each withdrawal (one, until a pool).
         self.withdrawals = WithdrawalDelivery(store, lambda: [enclave] if enclave else [])
         self.datasets = Datasets(store, blobs, self.withdrawals)
+        self.uploads = Uploads(store, blobs)
         self.jobs = Jobs(store, blobs, self.scheduler, self.limits)
         self.models = Models(store, enclave)
 
     def start(self) -> None:
-        """Start the scheduler and re-queue jobs interrupted by a restart."""
+        """Start the scheduler and re-queue jobs interrupted by a restart (and drop
+        unfinished uploads that expired meanwhile)."""
         self.datasets.finish_withdrawals()
+        self.uploads.expire()
         self.scheduler.start()
         self.scheduler.recover()
         self.withdrawals.start()
@@ -100,6 +104,14 @@ class CoordinatorHandler:
         self, caller: str, manifest: bytes, ciphertext: Iterable[bytes]
     ) -> DatasetRecord:
         return self.datasets.upload_dataset(caller, manifest, ciphertext)
+
+    def begin_upload(self, caller: str, manifest: bytes) -> UploadState:
+        return self.uploads.begin(caller, manifest)
+
+    def send_upload(
+        self, caller: str, upload_id: str, offset: int, ciphertext: Iterable[bytes]
+    ) -> UploadState:
+        return self.uploads.send(caller, upload_id, offset, ciphertext)
 
     def list_datasets(self, caller: str) -> list[DatasetRecord]:
         return self.datasets.list_datasets(caller)

@@ -43,6 +43,7 @@ from coordinator.store.records import (
     now_ms,
 )
 from coordinator.store.sql import SqlStore
+from coordinator.store.uploads import PartialUpload
 from coordinator.store.withdrawals import withdrawal_reason
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "EventRecord",
     "JobRecord",
     "ModelRecord",
+    "PartialUpload",
     "PartyRecord",
     "QueryCount",
     "RetirementRecord",

@@ -56,6 +56,7 @@ from coordinator.store.tables import (
     RequestNonceRow,
     SealedModelRow,
 )
+from coordinator.store.uploads import PartialUploads
 from coordinator.store.withdrawals import WithdrawalStore
 from protocols import canonical
 from protocols.audit_head import AuditHead
@@ -110,7 +111,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class SqlStore(WithdrawalStore):
+class SqlStore(PartialUploads, WithdrawalStore):
     """:class:`CoordinatorStore` over any SQLAlchemy URL (SQLite file by default)."""
 
     def __init__(self, url: str, head_signer: HeadSigner | None = None) -> None:

@@ -172,3 +172,21 @@ class RequestNonceRow(Base):
     signer: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
     forget_after: Mapped[int] = mapped_column(BigInteger, index=True)  # Unix seconds
+
+
+class PartialUploadRow(Base):
+    """A resumable upload not yet complete (docs/protocol.md §3): what the owner signed,
+    and how many ciphertext bytes the coordinator holds, synced, in its temporary file
+    (``temp_name`` in the blob folder). Never a data set: nothing lists or uses it."""
+
+    __tablename__ = "partial_uploads"
+    upload_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    dataset_id: Mapped[str] = mapped_column(String(128), unique=True)
+    owner_key: Mapped[str] = mapped_column(String(64), index=True)
+    manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    manifest_digest: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)  # the manifest's ciphertext_size
+    received: Mapped[int] = mapped_column(BigInteger)  # bytes synced to the temp file
+    temp_name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger, index=True)

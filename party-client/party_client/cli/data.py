@@ -64,6 +64,13 @@ def upload(
             "--name", help="A label for the data set that job participants see (default: none)"
         ),
     ] = "",
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Send the rest of an interrupted upload of FILE (the same sealed copy, from "
+            "the last byte the coordinator acknowledged)"
+        ),
+    ] = False,
     policy: PolicyOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -73,6 +80,10 @@ def upload(
     features, the others numeric; --schema overrides either. The file's name
     stays on your machine; give the data set a public label with --name if
     you want one.
+
+    An upload cut off while sending (network, coordinator restart, Ctrl-C)
+    keeps its sealed copy in your home: run the same command with --resume to
+    send the rest. The coordinator lists the data set only once it is whole.
     """
     from party_client.cli.progress import UploadReport
     from party_client.tables import load_schema
@@ -92,6 +103,7 @@ def upload(
             display_name=display_name,
             column_kinds=kinds,
             progress=report,
+            resume=resume,
         )
     finally:
         if report is not None:

@@ -21,14 +21,25 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:,.1f} MB"
 
 
-def describe(p: UploadProgress) -> str:
-    """One line saying how far an upload is."""
+def _eta(seconds: float) -> str:
+    whole = int(seconds + 0.5)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def describe(p: UploadProgress, rate: float | None = None) -> str:
+    """One line saying how far an upload is; with ``rate`` (bytes per second in this phase),
+    the throughput and, while sending, the time left."""
+    speed = f", {rate / 1e6:,.1f} MB/s" if rate else ""
     if p.phase == SEALING:
-        return f"checked and sealed {p.rows:,} rows ({_mb(p.bytes)} of ciphertext)"
+        return f"checked and sealed {p.rows:,} rows ({_mb(p.bytes)} of ciphertext){speed}"
     share = f" ({100 * p.bytes / p.total_bytes:.0f}%)" if p.total_bytes else ""
+    resumed = f", resumed at {_mb(p.resumed_at)}" if p.resumed_at else ""
+    left = ""
+    if rate and p.total_bytes:
+        left = f", ETA {_eta(max(0, p.total_bytes - p.bytes) / rate)}"
     return (
         f"sent {p.rows:,} of {p.total_rows or 0:,} rows, {_mb(p.bytes)} of "
-        f"{_mb(p.total_bytes or 0)}{share}"
+        f"{_mb(p.total_bytes or 0)}{share}{resumed}{speed}{left}"
     )
 
 
@@ -44,10 +55,15 @@ def describe_query(p: QueryProgress) -> str:
 
 class UploadReport:
     """A progress callback for :func:`party_client.upload` (or, with ``describe`` =
-    :func:`describe_query`, :func:`party_client.predict`) writing to ``console``."""
+    :func:`describe_query`, :func:`party_client.predict`) writing to ``console``.
 
-    def __init__(self, console: Console, describe: Callable[[Any], str] = describe) -> None:
-        self._describe = describe
+    For uploads each line also shows the throughput of the current phase and,
+    while sending, the time left at that rate.
+    """
+
+    def __init__(self, console: Console, describe: Callable[[Any], str] | None = None) -> None:
+        self._describe: Callable[[Any], str] = describe or self._upload_line
+        self._phase_start: tuple[Any, float, int] | None = None  # phase, time, bytes
         self._console = console
         self._terminal = console.is_terminal
         self._last: Any = None  # the latest report
@@ -55,7 +71,18 @@ class UploadReport:
         self._printed_at = 0.0
         self._width = 0
 
+    def _upload_line(self, progress: UploadProgress) -> str:
+        rate = None
+        if self._phase_start is not None and self._phase_start[0] == progress.phase:
+            _, since, start_bytes = self._phase_start
+            elapsed = time.monotonic() - since
+            rate = (progress.bytes - start_bytes) / elapsed if elapsed >= 0.2 else None
+        return describe(progress, rate)
+
     def __call__(self, progress: Any) -> None:
+        phase = getattr(progress, "phase", None)
+        if self._phase_start is None or self._phase_start[0] != phase:
+            self._phase_start = (phase, time.monotonic(), getattr(progress, "bytes", 0))
         previous, self._last = self._last, progress
         if self._terminal:
             line = self._describe(progress)

@@ -54,6 +54,44 @@ class UploadDatasetRequest(_message.Message):
     ciphertext: bytes
     def __init__(self, manifest: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
+class BeginUploadRequest(_message.Message):
+    __slots__ = ("manifest",)
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    manifest: bytes
+    def __init__(self, manifest: _Optional[bytes] = ...) -> None: ...
+
+class UploadStart(_message.Message):
+    __slots__ = ("upload_id", "offset")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    offset: int
+    def __init__(self, upload_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class SendUploadRequest(_message.Message):
+    __slots__ = ("start", "ciphertext")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    start: UploadStart
+    ciphertext: bytes
+    def __init__(self, start: _Optional[_Union[UploadStart, _Mapping]] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class UploadStatus(_message.Message):
+    __slots__ = ("upload_id", "dataset_id", "received", "size", "dataset", "expires_at")
+    UPLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    upload_id: str
+    dataset_id: str
+    received: int
+    size: int
+    dataset: Dataset
+    expires_at: int
+    def __init__(self, upload_id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., received: _Optional[int] = ..., size: _Optional[int] = ..., dataset: _Optional[_Union[Dataset, _Mapping]] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
 class Dataset(_message.Message):
     __slots__ = ("dataset_id", "owner_key", "manifest_digest", "manifest", "blob_sha256", "size", "created_at", "withdrawn_at", "withdrawal")
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]

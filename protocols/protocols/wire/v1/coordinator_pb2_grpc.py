@@ -56,6 +56,16 @@ class CoordinatorStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadDatasetRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.FromString,
                 _registered_method=True)
+        self.BeginUpload = channel.unary_unary(
+                '/detente.v1.Coordinator/BeginUpload',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.BeginUploadRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadStatus.FromString,
+                _registered_method=True)
+        self.SendUpload = channel.stream_unary(
+                '/detente.v1.Coordinator/SendUpload',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.SendUploadRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadStatus.FromString,
+                _registered_method=True)
         self.ListDatasets = channel.unary_unary(
                 '/detente.v1.Coordinator/ListDatasets',
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListDatasetsRequest.SerializeToString,
@@ -161,6 +171,27 @@ class CoordinatorServicer:
     def UploadDataset(self, request_iterator, context):
         """Client stream: first message carries the signed manifest, the rest the
         ciphertext (stream header, then chunks) in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BeginUpload(self, request, context):
+        """A resumable upload (docs/protocol.md §3, protocols/SPEC.md §9.2). BeginUpload
+        takes the signed manifest and answers how many ciphertext bytes the
+        coordinator already holds for it (0 for a new upload; the data set itself
+        if it is already complete). SendUpload streams ciphertext from that
+        offset; when the last byte arrives the coordinator checks the whole
+        ciphertext against the manifest and only then lists the data set. A cut
+        stream keeps what arrived, for the owner to resume; a partial upload is
+        never listed and expires.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendUpload(self, request_iterator, context):
+        """Client stream: first an UploadStart (upload id, offset), then ciphertext.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -295,6 +326,16 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.UploadDataset,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadDatasetRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.SerializeToString,
+            ),
+            'BeginUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginUpload,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.BeginUploadRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadStatus.SerializeToString,
+            ),
+            'SendUpload': grpc.stream_unary_rpc_method_handler(
+                    servicer.SendUpload,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.SendUploadRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadStatus.SerializeToString,
             ),
             'ListDatasets': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDatasets,
@@ -480,6 +521,60 @@ class Coordinator:
             '/detente.v1.Coordinator/UploadDataset',
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadDatasetRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/BeginUpload',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.BeginUploadRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/detente.v1.Coordinator/SendUpload',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.SendUploadRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.UploadStatus.FromString,
             options,
             channel_credentials,
             insecure,
