@@ -63,6 +63,11 @@ def test_demo_keeps_the_dashboard_until_sigint(tmp_path: Path) -> None:
         assert demo.poll() is None
         (job,) = _get(url + "api/jobs", token)  # type: ignore[misc]
         assert job["state"] == "succeeded" and job["rounds_done"] == 10
+        # The demo's owners let the enclave report its metric live: the whole curve is there.
+        detail = _get(url + f"api/jobs/{job['job_id']}", token)
+        assert detail["live_metrics"] is True  # type: ignore[index]
+        (curve,) = detail["metrics"]  # type: ignore[index]
+        assert [p["round"] for p in curve["points"]] == list(range(1, 11))
         (enclave,) = _get(url + "api/enclaves", token)  # type: ignore[misc]
         assert enclave["backend"] == "SIMULATION"
         assert (workdir / "coordinator" / "dashboard-token").read_text().strip() == token
