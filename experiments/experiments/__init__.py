@@ -14,4 +14,5 @@ __all__ = [
     "bench_scale",
     "bench_training",
     "bench_upload",
+    "scale_flows",
 ]

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from experiments.bench_scale import ID, LABEL, Deadline, generate
+from experiments.scale_flows import ID, LABEL, Deadline, generate
 
 DEFAULT_BATCHES = (1, 100, 10_000, 100_000)
 TARGET_BATCH = 10_000
