@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import grpc
 
 from protocols.request_auth import (
+    SERVER_TIME,
     WINDOW_SECONDS,
     NonceCache,
     ReplayCacheFull,
@@ -147,9 +148,13 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
         # read after the servicer ran, so it covers what the call appended.
         self._reply_trailer = reply_trailer
 
+    def _time(self) -> tuple[str, str]:
+        """This coordinator's clock as a trailer: a party compares its own with it."""
+        return (SERVER_TIME, str(int(self._clock() * 1000)))
+
     def _trail(self, context: Any) -> None:
-        if self._reply_trailer is not None:
-            context.set_trailing_metadata(tuple(self._reply_trailer()))
+        extra = tuple(self._reply_trailer()) if self._reply_trailer is not None else ()
+        context.set_trailing_metadata((*extra, self._time()))
 
     # -- the checks -----------------------------------------------------------
 
@@ -184,6 +189,8 @@ class RequestAuthInterceptor(grpc.ServerInterceptor):
             return AuthenticatedContext(context, self.check(method, metadata, received))
         except UnauthenticatedRequest as exc:
             log.info("%s refused: UNAUTHENTICATED (%s)", method, exc)
+            # With the clock: a party refused for a stale timestamp sees how far off it is.
+            context.set_trailing_metadata((self._time(),))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
         except ReplayCacheFull as exc:
             log.warning("%s refused: %s", method, exc)

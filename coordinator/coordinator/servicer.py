@@ -111,6 +111,7 @@ def _job_pb(j: JobRecord) -> coordinator_pb2.Job:
         updated_at=j.updated_at,
         proposer=j.proposer,
         attempts=j.attempts,
+        rejection=j.rejection or b"",
     )
 
 
@@ -319,6 +320,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> coordinator_pb2.ListJobsResponse:
         jobs = _call(context, "ListJobs", lambda: self.handler.list_jobs(caller_of(context)))
         return coordinator_pb2.ListJobsResponse(jobs=[_job_pb(j) for j in jobs])
+
+    def RejectJob(
+        self, request: coordinator_pb2.RejectJobRequest, context: grpc.ServicerContext
+    ) -> coordinator_pb2.Job:
+        return _job_pb(
+            _call(
+                context,
+                "RejectJob",
+                lambda: self.handler.reject_job(
+                    caller_of(context), request.job_id, request.rejection
+                ),
+            )
+        )
 
     def CancelJob(
         self, request: coordinator_pb2.CancelJobRequest, context: grpc.ServicerContext

@@ -38,12 +38,26 @@ NONCE_SIZE = 16
 # remembered for as long as it could be accepted.
 WINDOW_SECONDS = 300
 MAX_REMEMBERED_NONCES = 200_000
+# Trailing metadata of every coordinator reply, refusals of a request's signature
+# included: the coordinator's clock (Unix milliseconds, decimal). Not signed: it only
+# lets a party see how far its own clock is from the one that judges its timestamps
+# (`detente party doctor`), and trusts nothing on it.
+SERVER_TIME = "detente-time"
 
 _METHOD = re.compile(r"/[A-Za-z0-9_.]+/[A-Za-z0-9_]+")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+def server_time_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> int | None:
+    """The coordinator's clock (Unix ms) a reply's trailing metadata carries, or None."""
+    for name, value in metadata or ():
+        if name == SERVER_TIME:
+            text = value.decode() if isinstance(value, bytes) else value
+            return int(text) if _DECIMAL.fullmatch(text) else None
+    return None
 
 
 class UnauthenticatedRequest(DetenteError):

@@ -30,6 +30,7 @@ PREDICTION_QUERY = TYPE_PREFIX + "prediction-query.v1+json"
 PREDICTION_ANSWER = TYPE_PREFIX + "prediction-answer.v1+json"
 MODEL_RETIREMENT = TYPE_PREFIX + "model-retirement.v1+json"
 DATASET_WITHDRAWAL = TYPE_PREFIX + "dataset-withdrawal.v1+json"
+REJECTION = TYPE_PREFIX + "rejection.v1+json"
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:

@@ -292,6 +292,7 @@ class Harness:
             "/BeginUpload": "manifest",
             "/ProposeJob": "terms",
             "/ApproveJob": "approval",
+            "/RejectJob": "rejection",
         }
         for suffix, name in statement.items():
             if method.endswith(suffix):

@@ -142,3 +142,27 @@ def board_manifest(data: bytes) -> Any:
     from protocols.statements import Envelope
 
     return DatasetManifest.verify(Envelope.from_bytes(data, "manifest"))
+
+
+REJECTION = "<script>alert(1)</script> & the [bold]2024[/] rows leak the label"
+
+
+def test_a_rejected_job_shows_its_reason_escaped(board: Board) -> None:
+    """bob rejects a job: the API gives the reason as it is, the page escapes it."""
+    import urllib.request
+
+    from tests.e2e.conftest import detente, propose
+
+    job_id = propose(
+        board.homes["alice"], [board.datasets["alice"], board.datasets["bob"]], "--rounds", "3"
+    )
+    detente(["party", "reject", job_id, "--reason", REJECTION], board.homes["bob"])
+    job = board.api(f"api/jobs/{job_id}")
+    assert job["state"] == "rejected"
+    assert job["rejection"] == {"party": "bob", "key": job["rejection"]["key"], "reason": REJECTION}
+    login = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    login.open(board.url + "login", data=f"token={board.token}".encode(), timeout=30)
+    page = login.open(board.url + f"jobs/{job_id}", timeout=30).read().decode()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; the [bold]2024[/] rows" in page
+    assert "<script>alert(1)</script>" not in page
+    assert 'class="state rejected"' in page

@@ -35,7 +35,7 @@ from coordinator.store import (
     ModelRecord,
 )
 from protocols import canonical
-from protocols.documents import DatasetManifest, JobTerms, ResultStatement
+from protocols.documents import DatasetManifest, JobTerms, Rejection, ResultStatement
 from protocols.errors import DetenteError
 from protocols.statements import Envelope
 
@@ -85,6 +85,12 @@ class Approval(BaseModel):
     key: str
     approved: bool
     at: int | None
+
+
+class JobRejection(BaseModel):
+    party: str
+    key: str
+    reason: str = Field(description="the rejecting party's own text: untrusted, shown escaped")
 
 
 class TermsDataset(BaseModel):
@@ -143,6 +149,9 @@ class Job(JobSummary):
     approvals: list[Approval]
     error: str
     cancel_reason: str
+    rejection: JobRejection | None = Field(
+        default=None, description="a data owner's signed rejection, checked here"
+    )
     attempts: int
     started_at: int | None
     updated_at: int
@@ -395,6 +404,7 @@ class Views:
             ],
             error=job.error,
             cancel_reason=job.cancel_reason,
+            rejection=_rejection(job, names),
             attempts=job.attempts,
             started_at=job.started_at,
             updated_at=job.updated_at,
@@ -529,3 +539,16 @@ def _trained_rounds(job: JobRecord) -> int | None:
         return None
     rounds = statement.summary.get("rounds")
     return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else None
+
+
+def _rejection(job: JobRecord, names: dict[str, str]) -> JobRejection | None:
+    """The job's rejection, if its signature verifies (an edited one is not shown as valid)."""
+    if not job.rejection:
+        return None
+    try:
+        envelope = Envelope.from_bytes(job.rejection, "job rejection")
+        reason = Rejection.verify(envelope).reason
+    except DetenteError:
+        return JobRejection(party="", key="", reason="(a rejection whose signature fails)")
+    key = envelope.signer.hex
+    return JobRejection(party=names.get(key, key[:16]), key=key, reason=reason)

@@ -136,6 +136,9 @@ class CoordinatorHandler:
     def list_jobs(self, caller: str) -> list[JobRecord]:
         return self.jobs.list_jobs(caller)
 
+    def reject_job(self, caller: str, job_id: str, rejection: bytes) -> JobRecord:
+        return self.jobs.reject_job(caller, job_id, rejection)
+
     def cancel_job(self, caller: str, job_id: str, reason: str) -> JobRecord:
         return self.jobs.cancel_job(caller, job_id, reason)
 

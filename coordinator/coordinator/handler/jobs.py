@@ -1,4 +1,5 @@
-"""The job state machine as parties drive it: propose, approve, see, cancel, retry, outputs."""
+"""The job state machine as parties drive it: propose, approve or reject, see, cancel, retry,
+outputs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from coordinator.store import (
     CANCELLED,
     FAILED,
     PROPOSED,
+    REJECTED,
     ApprovalRecord,
     Audit,
     CoordinatorStore,
@@ -26,6 +28,7 @@ from protocols.documents import (
     Approval,
     DatasetManifest,
     JobTerms,
+    Rejection,
     ResultStatement,
     check_approvals,
     check_release,
@@ -196,7 +199,8 @@ class Jobs:
                     f"{job.terms_digest[:16]}…; fetch the job and approve its current terms"
                 )
             already = any(existing.approver == signer for existing in job.approvals)
-            if job.state in (FAILED, CANCELLED) or (job.state != PROPOSED and not already):
+            finished = job.state in (FAILED, CANCELLED, REJECTED)
+            if finished or (job.state != PROPOSED and not already):
                 hint = (
                     f"; its proposer can run it again with `detente party retry {job_id}`"
                     if job.state == FAILED
@@ -226,6 +230,45 @@ class Jobs:
         if complete:
             self.scheduler.submit(job_id)
         return self.store.get_job(job_id)
+
+    def reject_job(self, caller: str, job_id: str, rejection: bytes) -> JobRecord:
+        """A data owner refuses a proposed job (docs/protocol.md §4): rejected for good.
+
+        Checked as an approval is: signed by the caller, a data owner of the job,
+        over this job's terms. The signed rejection is kept for the parties to
+        verify; the audit entry holds its digest, not its reason.
+        """
+        envelope = Envelope.from_bytes(rejection, "job rejection")
+        doc = Rejection.verify(envelope)
+        signer = envelope.signer.hex
+        if signer != caller:
+            raise NotAllowed("a rejection is sent by the party that signed it")
+        # Under the approval lock: a rejection and the approval that completes the
+        # consent cannot both win.
+        with self._approve_lock:
+            job = self.visible_job(caller, job_id)
+            if signer not in job.required_approvers:
+                raise NotAllowed(
+                    f"{signer[:16]}… owns no data set of job {job_id!r}: only its data owners "
+                    "reject it; a proposer withdraws its own job with `detente party cancel`"
+                )
+            if doc.job_id != job.job_id or doc.terms_digest != job.terms_digest:
+                raise InvalidRequest(
+                    f"the rejection is for job {doc.job_id!r} with terms digest "
+                    f"{doc.terms_digest[:16]}…, not job {job_id!r}'s current terms "
+                    f"({job.terms_digest[:16]}…): fetch the job and reject its terms"
+                )
+            detail = {
+                "from": PROPOSED,
+                "to": REJECTED,
+                "by": signer,
+                "terms_digest": doc.terms_digest,
+                "rejection_sha256": envelope.digest,
+            }
+            audit = Audit("job.rejected", job_id, detail)
+            rejected = self.store.reject_job(job_id, rejection, audit)
+        log.info("job %s rejected by %s…", job_id, signer[:16])
+        return rejected
 
     @staticmethod
     def _complete(job: JobRecord, new: Envelope) -> bool:

@@ -6,15 +6,17 @@ import time
 from dataclasses import dataclass, field
 
 # Job states (docs/protocol.md §4): proposed → approved → running → succeeded | failed;
-# a job not yet finished can be cancelled; a failed job can go back to approved (retry).
+# a job not yet finished can be cancelled; a failed job can go back to approved (retry);
+# a proposed job a data owner rejects is rejected for good.
 PROPOSED = "proposed"
 APPROVED = "approved"
 RUNNING = "running"
 SUCCEEDED = "succeeded"
 FAILED = "failed"
 CANCELLED = "cancelled"
-JOB_STATES = (PROPOSED, APPROVED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
-FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED)
+REJECTED = "rejected"
+JOB_STATES = (PROPOSED, APPROVED, RUNNING, SUCCEEDED, FAILED, CANCELLED, REJECTED)
+FINISHED_STATES = (SUCCEEDED, FAILED, CANCELLED, REJECTED)
 
 # Sealed-model states (docs/protocol.md §7): sealed when its job succeeds, retired once
 # the enclave destroyed it with every owner's signature. The coordinator's record is a
@@ -119,6 +121,7 @@ class JobRecord:
     attempts: int = 0
     started_at: int | None = None
     cancel_reason: str = ""
+    rejection: bytes | None = None  # a data owner's signed rejection (rejection.v1)
 
     def takes_part(self, key: str) -> bool:
         """Whether ``key`` is this job's proposer, one of its data owners or a recipient."""

@@ -27,6 +27,8 @@ from coordinator.store.records import (
     APPROVED,
     CANCELLED,
     FINISHED_STATES,
+    PROPOSED,
+    REJECTED,
     RETIRED,
     RUNNING,
     SUCCEEDED,
@@ -380,6 +382,7 @@ class SqlStore(PartialUploads, WithdrawalStore):
             attempts=row.attempts or 0,
             started_at=row.started_at,
             cancel_reason=row.cancel_reason or "",
+            rejection=row.rejection,
         )
 
     def _job_row(self, s: Session, job_id: str) -> JobRow:
@@ -512,6 +515,20 @@ class SqlStore(PartialUploads, WithdrawalStore):
                 s.add(JobEventRow(job_id=job_id, at=at, kind="cancel", text=text))
                 detail = {"from": old, "to": CANCELLED, **detail}
                 self._append_audit(s, Audit("job.state", job_id, detail), at)
+            s.flush()
+            return self._job(s, row)
+
+    def reject_job(self, job_id: str, rejection: bytes, audit: Audit) -> JobRecord:
+        """``proposed`` → ``rejected`` for good, keeping the signed rejection; WrongState
+        if the job is no longer proposed."""
+        at = now_ms()
+        with self._write() as s:
+            row = self._job_row(s, job_id)
+            if row.state != PROPOSED:
+                raise WrongState(f"job {job_id!r} is {row.state}; only a proposed job is rejected")
+            row.state, row.updated_at, row.rejection = REJECTED, at, rejection
+            s.add(JobEventRow(job_id=job_id, at=at, kind="state", text=REJECTED))
+            self._append_audit(s, audit, at)
             s.flush()
             return self._job(s, row)
 

@@ -77,6 +77,8 @@ class JobRow(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
     result_statement: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # A data owner's signed rejection (rejection.v1), once the job is rejected.
+    rejection: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class ApprovalRow(Base):

@@ -17,6 +17,7 @@ from protocols.documents.query import (
     PredictionAnswer,
     PredictionQuery,
 )
+from protocols.documents.rejection import MAX_REASON_CHARS, Rejection, check_reason
 from protocols.documents.result import OutputRecord, ResultStatement
 from protocols.documents.terms import (
     ANSWER_CLASS,
@@ -45,6 +46,7 @@ __all__ = [
     "ANSWER_PROBABILITY",
     "JOINS",
     "MAX_QUERY_ROWS",
+    "MAX_REASON_CHARS",
     "MAX_ROUNDS",
     "MODEL_RELEASE",
     "MODEL_SEALED",
@@ -67,9 +69,11 @@ __all__ = [
     "Querier",
     "Recipient",
     "Registration",
+    "Rejection",
     "ResultStatement",
     "check_approvals",
     "check_id",
+    "check_reason",
     "check_release",
     "check_version",
     "party_fingerprint",

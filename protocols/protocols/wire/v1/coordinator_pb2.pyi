@@ -174,6 +174,14 @@ class ApproveJobRequest(_message.Message):
     approval: bytes
     def __init__(self, job_id: _Optional[str] = ..., approval: _Optional[bytes] = ...) -> None: ...
 
+class RejectJobRequest(_message.Message):
+    __slots__ = ("job_id", "rejection")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    rejection: bytes
+    def __init__(self, job_id: _Optional[str] = ..., rejection: _Optional[bytes] = ...) -> None: ...
+
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -225,7 +233,7 @@ class Output(_message.Message):
     def __init__(self, name: _Optional[str] = ..., blob_sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "terms", "terms_digest", "required_approvers", "approvals", "result_statement", "outputs", "events", "error", "created_at", "updated_at", "proposer", "attempts")
+    __slots__ = ("job_id", "state", "terms", "terms_digest", "required_approvers", "approvals", "result_statement", "outputs", "events", "error", "created_at", "updated_at", "proposer", "attempts", "rejection")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     TERMS_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +248,7 @@ class Job(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     PROPOSER_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REJECTION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     terms: bytes
@@ -254,7 +263,8 @@ class Job(_message.Message):
     updated_at: int
     proposer: str
     attempts: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., terms: _Optional[bytes] = ..., terms_digest: _Optional[str] = ..., required_approvers: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[bytes]] = ..., result_statement: _Optional[bytes] = ..., outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., proposer: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    rejection: bytes
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., terms: _Optional[bytes] = ..., terms_digest: _Optional[str] = ..., required_approvers: _Optional[_Iterable[str]] = ..., approvals: _Optional[_Iterable[bytes]] = ..., result_statement: _Optional[bytes] = ..., outputs: _Optional[_Iterable[_Union[Output, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[JobEvent, _Mapping]]] = ..., error: _Optional[str] = ..., created_at: _Optional[int] = ..., updated_at: _Optional[int] = ..., proposer: _Optional[str] = ..., attempts: _Optional[int] = ..., rejection: _Optional[bytes] = ...) -> None: ...
 
 class FetchOutputRequest(_message.Message):
     __slots__ = ("job_id", "name")

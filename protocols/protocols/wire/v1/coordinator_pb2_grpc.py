@@ -101,6 +101,11 @@ class CoordinatorStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
+        self.RejectJob = channel.unary_unary(
+                '/detente.v1.Coordinator/RejectJob',
+                request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.RejectJobRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.FromString,
+                _registered_method=True)
         self.CancelJob = channel.unary_unary(
                 '/detente.v1.Coordinator/CancelJob',
                 request_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.CancelJobRequest.SerializeToString,
@@ -246,6 +251,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RejectJob(self, request, context):
+        """A data owner refuses a proposed job, with its signed rejection and reason:
+        the job is rejected for good and never runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelJob(self, request, context):
         """The proposer cancels a job that has not finished.
         """
@@ -371,6 +384,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ListJobs,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsResponse.SerializeToString,
+            ),
+            'RejectJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectJob,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.RejectJobRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.SerializeToString,
             ),
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
@@ -764,6 +782,33 @@ class Coordinator:
             '/detente.v1.Coordinator/ListJobs',
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_coordinator__pb2.ListJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Coordinator/RejectJob',
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.RejectJobRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_coordinator__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,
