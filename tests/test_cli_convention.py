@@ -208,3 +208,28 @@ def test_every_group_is_made_by_the_convention() -> None:
         if "typer.Typer(" in path.read_text() and path.name != "cli_convention.py"
     ]
     assert own == []
+
+
+def test_shell_completion_completes_commands_and_options(tmp_path: Path) -> None:
+    """`detente --show-completion bash` prints the script `--install-completion` installs;
+    the script asks `detente` itself, which completes commands and options."""
+    script = detente("--show-completion", "bash", home=tmp_path)
+    assert script.returncode == 0 and "_detente_completion" in script.stdout
+
+    def complete(words: str) -> list[str]:
+        env = {
+            **os.environ,
+            "_DETENTE_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - 1),
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "detente"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("detente party do") == ["doctor"]
+    assert complete("detente party re") == ["reject", "retry", "results", "retire"]
+    assert complete("detente party propose --dr") == ["--dry-run"]
+    assert complete("detente party status JOB --fo") == ["--follow"]

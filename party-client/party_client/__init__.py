@@ -45,11 +45,31 @@ if TYPE_CHECKING:
         list_datasets,
         upload,
     )
+    from party_client.doctor import Check, Diagnosis, diagnose
     from party_client.enclave import attest, enclave_summary
     from party_client.estimators import Columns, SecureXGBClassifier, SecureXGBRegressor
+    from party_client.follow import JobUpdate, follow
     from party_client.home import PartyHome
     from party_client.identity import KnownParty, init, parties, pin, register
-    from party_client.job_control import JobView, cancel, fetch_job, jobs, retry, wait
+    from party_client.job_control import (
+        JobView,
+        RejectionView,
+        cancel,
+        fetch_job,
+        jobs,
+        reject,
+        retry,
+        wait,
+    )
+    from party_client.jobfile import (
+        JobFileError,
+        JobSpec,
+        Proposal,
+        jobfile_template,
+        load_job_file,
+        propose_spec,
+        write_template,
+    )
     from party_client.models import ModelOwner, ModelQuerier, ModelView, model, models, retire
     from party_client.outputs import results
     from party_client.proposal import DEFAULT_PARAMS, QueryGrant, propose
@@ -72,6 +92,9 @@ if TYPE_CHECKING:
     )
 
 _MODULE_OF = {
+    "Check": "doctor",
+    "Diagnosis": "doctor",
+    "diagnose": "doctor",
     "Columns": "estimators",
     "SecureXGBClassifier": "estimators",
     "SecureXGBRegressor": "estimators",
@@ -85,6 +108,14 @@ _MODULE_OF = {
     "CoordinatorError": "remote",
     "DatasetView": "consent",
     "JobView": "job_control",
+    "JobFileError": "jobfile",
+    "JobSpec": "jobfile",
+    "Proposal": "jobfile",
+    "jobfile_template": "jobfile",
+    "load_job_file": "jobfile",
+    "propose_spec": "jobfile",
+    "write_template": "jobfile",
+    "JobUpdate": "follow",
     "KnownParty": "identity",
     "ModelOwner": "models",
     "ModelQuerier": "models",
@@ -96,6 +127,7 @@ _MODULE_OF = {
     "QueryProgress": "queries",
     "QuerySession": "queries",
     "RecipientView": "consent",
+    "RejectionView": "job_control",
     "Review": "consent",
     "UploadProgress": "datasets",
     "Uploaded": "datasets",
@@ -105,6 +137,7 @@ _MODULE_OF = {
     "cancel": "job_control",
     "enclave_summary": "enclave",
     "fetch_job": "job_control",
+    "follow": "follow",
     "init": "identity",
     "jobs": "job_control",
     "list_datasets": "datasets",
@@ -117,6 +150,7 @@ _MODULE_OF = {
     "predict_table": "queries",
     "propose": "proposal",
     "register": "identity",
+    "reject": "job_control",
     "results": "outputs",
     "retire": "models",
     "retry": "job_control",
@@ -135,13 +169,18 @@ _MODULE_OF = {
 __all__ = [
     "DEFAULT_PARAMS",
     "AffectedJob",
+    "Check",
     "Columns",
     "CoordinatorError",
     "Dataset",
     "DatasetView",
+    "Diagnosis",
     "Job",
     "JobFailed",
+    "JobFileError",
+    "JobSpec",
     "JobTimeout",
+    "JobUpdate",
     "JobView",
     "KnownParty",
     "ModelOwner",
@@ -151,11 +190,13 @@ __all__ = [
     "PartyHome",
     "Predicted",
     "Prediction",
+    "Proposal",
     "QuerierView",
     "QueryGrant",
     "QueryProgress",
     "QuerySession",
     "RecipientView",
+    "RejectionView",
     "Review",
     "SecureXGBClassifier",
     "SecureXGBRegressor",
@@ -168,11 +209,15 @@ __all__ = [
     "approve",
     "attest",
     "cancel",
+    "diagnose",
     "enclave_summary",
     "fetch_job",
+    "follow",
     "init",
+    "jobfile_template",
     "jobs",
     "list_datasets",
+    "load_job_file",
     "load_schema",
     "model",
     "models",
@@ -181,7 +226,9 @@ __all__ = [
     "predict",
     "predict_table",
     "propose",
+    "propose_spec",
     "register",
+    "reject",
     "results",
     "retire",
     "retry",
@@ -191,6 +238,7 @@ __all__ = [
     "wait",
     "withdraw",
     "withdrawal_plan",
+    "write_template",
 ]
 
 # Defined for the interpreter only: mypy reads the imports above, and so still

@@ -16,8 +16,8 @@ than the CLI does, which calls the same functions.
 ...     job = bank.propose([ds, "insurer/claims"], num_boost_round=50)
 ...     booster = job.wait(timeout=600).model()
 
-Rejecting a job is not offered: the coordinator has no rejection yet (a party
-that does not approve simply never signs; the proposer may cancel).
+A data owner that will not approve a job rejects it (:meth:`Party.reject`):
+signed, with its reason, for good.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from protocols.attestation import VerifiedEnclave
     from protocols.documents import Budget
+    from protocols.keys import SigningKey
     from protocols.policy import AttestationPolicy
 
 # How often Job.wait asks the coordinator (seconds): a job takes seconds at least.
@@ -184,6 +185,8 @@ class Job:
                 return self
             if self.state in job_control.FINISHED:
                 detail = f": {self.view.error}" if self.view.error else ""
+                if self.view.rejection is not None:
+                    detail = f" by {self.view.rejection.by[:16]}…: {self.view.rejection.reason}"
                 raise JobFailed(f"job {self.job_id} {self.state}{detail}", self)
             if deadline is not None and time.monotonic() > deadline:
                 raise JobTimeout(self._late(timeout or 0), self)
@@ -337,6 +340,52 @@ class Party:
         if isinstance(policy, str | Path):
             policy = home.policy(Path(policy))
         return cls(home, policy, timeout)
+
+    @classmethod
+    def init(
+        cls,
+        home: Path | str | None,
+        name: str,
+        coordinator: str,
+        coordinator_cert: Path | str | None = None,
+        *,
+        token: str = "",
+        encrypt_keys: bool = False,
+        passphrase: str | None = None,
+        key: Path | str | SigningKey | None = None,
+        policy: Path | str | None = None,
+        pq: bool = False,
+        timeout: float = 60.0,
+    ) -> Party:
+        """Create and register this party's identity in ``home`` (None: ``DETENTE_HOME`` or
+        ``~/.config/detente``), as `detente party init` does; the party, ready to use.
+
+        ``coordinator_cert`` is the certificate `detente coordinator serve` printed
+        (pinned: needed the first time), ``token`` the one-time enrollment token of
+        `detente coordinator enroll`, ``policy`` an attestation policy file copied
+        into the home. ``encrypt_keys`` writes the keys encrypted under
+        ``passphrase`` (else ``DETENTE_PASSPHRASE``); ``key`` signs with an existing
+        Ed25519 key (a PEM/DER PKCS#8 or raw file) instead of a new one.
+
+        >>> bank = Party.init("~/bank", "bank", "coord.example:7000", "coordinator.crt",
+        ...                   token=TOKEN, policy="policy.toml")   # doctest: +SKIP
+        """
+        from party_client.onboarding import init_home
+
+        where = PartyHome(Path(home).expanduser()) if home is not None else PartyHome.default()
+        init_home(
+            where,
+            name,
+            coordinator,
+            Path(coordinator_cert) if coordinator_cert is not None else None,
+            token=token,
+            encrypt_keys=encrypt_keys,
+            passphrase=passphrase,
+            key=Path(key) if isinstance(key, str | Path) else key,
+            policy=Path(policy) if policy is not None else None,
+            pq=pq,
+        )
+        return cls(where, None, timeout)
 
     def __repr__(self) -> str:
         return f"<Party {self.name} at {self.home.root}>"
@@ -637,6 +686,13 @@ class Party:
 
     def cancel(self, job: Job | str, reason: str = "") -> Job:
         return self._job(job).cancel(reason)
+
+    def reject(self, job: Job | str, reason: str) -> Job:
+        """Refuse ``job`` as one of its data owners, with ``reason`` (one line, at most 500
+        characters): signed, shown to its parties, and the job never runs."""
+        job = self._job(job)
+        job.view = job_control.reject(self.home, job.job_id, reason, remote=self.remote)
+        return job
 
     # -- sealed models ----------------------------------------------------------
 

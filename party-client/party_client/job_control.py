@@ -1,4 +1,5 @@
-"""Following jobs: fetch, list, wait for, cancel and retry them, each checked against its terms."""
+"""Following jobs: fetch, list, wait for, cancel, retry and reject them, each checked against its
+terms."""
 
 from __future__ import annotations
 
@@ -7,11 +8,22 @@ from dataclasses import dataclass
 
 from party_client.home import PartyHome
 from party_client.remote import Coordinator, RemoteEvent, RemoteJob, connected
-from protocols.documents import JobTerms
+from protocols.documents import JobTerms, Rejection
 from protocols.errors import DetenteError, IntegrityError
 from protocols.statements import Envelope
 
-FINISHED = ("succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled", "rejected")
+
+
+@dataclass(frozen=True)
+class RejectionView:
+    """A data owner's signed rejection of a job, verified: who (hex key) and why.
+
+    ``reason`` is the rejecting party's own text: show it as untrusted text
+    (escaped, never interpreted as markup)."""
+
+    by: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,7 @@ class JobView:
     error: str
     attempts: int
     result_statement: bytes
+    rejection: RejectionView | None = None
 
     @property
     def terms_digest(self) -> str:
@@ -49,6 +62,7 @@ def job_view(job: RemoteJob, job_id: str) -> JobView:
         except DetenteError:
             continue
     return JobView(
+        rejection=_rejection(job, envelope.digest) if job.rejection else None,
         job_id=job_id,
         state=job.state,
         envelope=envelope,
@@ -60,6 +74,28 @@ def job_view(job: RemoteJob, job_id: str) -> JobView:
         attempts=job.attempts,
         result_statement=job.result_statement,
     )
+
+
+def _rejection(job: RemoteJob, terms_digest: str) -> RejectionView:
+    """The job's rejection, verified: signed by one of its data owners over these terms."""
+    envelope = Envelope.from_bytes(job.rejection, "job rejection")
+    try:
+        doc = Rejection.verify(envelope)
+    except DetenteError as exc:
+        raise IntegrityError(
+            f"the coordinator shows job {job.job_id!r} with a rejection that does not verify "
+            f"({exc}): do not trust this coordinator's account of the job"
+        ) from None
+    by = envelope.signer.hex
+    if by not in job.required_approvers or (doc.job_id, doc.terms_digest) != (
+        job.job_id,
+        terms_digest,
+    ):
+        raise IntegrityError(
+            f"the coordinator shows job {job.job_id!r} rejected by {by[:16]}…, whose rejection "
+            "is not a data owner's of these very terms: do not trust this coordinator's account"
+        )
+    return RejectionView(by, doc.reason)
 
 
 def fetch_job(home: PartyHome, job_id: str, *, remote: Coordinator | None = None) -> JobView:
@@ -80,6 +116,25 @@ def cancel(
 ) -> JobView:
     with connected(home, remote) as coordinator:
         return job_view(coordinator.cancel(job_id, reason), job_id)
+
+
+def reject(
+    home: PartyHome, job_id: str, reason: str, *, remote: Coordinator | None = None
+) -> JobView:
+    """Sign this data owner's rejection of the job's current terms, with ``reason``; the job
+    is rejected for good. Refused (by the coordinator) to anyone who owns none of its data
+    sets, or once it is no longer proposed."""
+    from protocols.documents import check_reason
+    from protocols.errors import FormatError, SetupError
+
+    try:
+        check_reason(reason)
+    except FormatError as exc:
+        raise SetupError(f"{exc}; nothing was rejected") from None
+    with connected(home, remote) as coordinator:
+        job = job_view(coordinator.job(job_id), job_id)
+        signed = Rejection(job_id, job.terms_digest, reason).sign(home.signing_key())
+        return job_view(coordinator.reject(job_id, signed.to_bytes()), job_id)
 
 
 def retry(home: PartyHome, job_id: str, *, remote: Coordinator | None = None) -> JobView:

@@ -317,8 +317,13 @@ def propose(
     digits: int | None = None,
     live_metrics: bool = False,
     remote: Coordinator | None = None,
+    dry_run: bool = False,
 ) -> JobTerms:
     """Write and sign job terms naming the data sets, the enclave and the recipients.
+
+    ``dataset_ids`` are ids, or ``owner/dataset-id`` to check each owner's
+    registered name. With ``dry_run`` everything is checked and the terms are
+    returned, but nothing is sent.
 
     ``id_column`` names the id column of every data set, ``id_columns`` that of
     single ones (a vertical join needs one for each). ``label`` may be None when
@@ -345,6 +350,10 @@ def propose(
     check_live_metrics(live_metrics, outputs, metrics_every)
     enclave, _ = home.attested_enclave(policy)
     signing = home.signing_key()
+    owners = {d.rpartition("/")[2]: d.rpartition("/")[0] for d in dataset_ids}
+    if len(owners) != len(dataset_ids):
+        raise SetupError("a data set is named twice: name each once; nothing was proposed")
+    dataset_ids = list(owners)
     unknown = sorted(set(id_columns or {}) - set(dataset_ids))
     if unknown:
         raise SetupError(
@@ -361,6 +370,7 @@ def propose(
         labels = [m.label for m in manifests.values() if m.label is not None]
         label = label or _label_of(labels)
         registrations = fetch_registrations(coordinator)
+        _check_owners(owners, manifests, registrations)
         if recipients:
             chosen = _named_recipients(home, recipients, registrations)
             release_to = RELEASE_TO_NAMED
@@ -398,8 +408,29 @@ def propose(
             live_metrics=live_metrics,
         )
         check_terms(terms, manifests)
-        coordinator.propose(terms.sign(signing).to_bytes())
+        if not dry_run:
+            coordinator.propose(terms.sign(signing).to_bytes())
     return terms
+
+
+def _check_owners(
+    owners: Mapping[str, str],
+    manifests: Mapping[str, DatasetManifest],
+    registrations: dict[str, Registration],
+) -> None:
+    """Each ``owner/dataset-id`` named: the owner is the registered name of the key that
+    signed the data set's manifest."""
+    for dataset_id, owner in owners.items():
+        if not owner:
+            continue
+        registration = registrations.get(manifests[dataset_id].owner_key.hex)
+        found = registration.name if registration is not None else None
+        if found != owner:
+            raise SetupError(
+                f"data set {dataset_id!r} is owned by "
+                f"{repr(found) if found else 'an unregistered key'}, not {owner!r}: check the "
+                f"name in {owner}/{dataset_id}; nothing was proposed"
+            )
 
 
 def _label_of(labels: list[LabelSummary]) -> str:

@@ -11,6 +11,7 @@ rest of the client plain dataclasses of the bytes received.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from protocols.audit_head import AuditHead, head_from_metadata
 from protocols.errors import DetenteError, FormatError, IntegrityError
 from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import SigningKey
-from protocols.request_auth import RequestSigner
+from protocols.request_auth import RequestSigner, server_time_from_metadata
 from protocols.stream import CHUNK_SIZE
 from protocols.wire.v1 import coordinator_pb2 as pb
 from protocols.wire.v1 import coordinator_pb2_grpc
@@ -119,6 +120,7 @@ class RemoteJob:
     error: str
     proposer: str
     attempts: int
+    rejection: bytes = b""  # a data owner's signed rejection (verify before use)
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ def _job(j: Any) -> RemoteJob:
         error=j.error,
         proposer=j.proposer,
         attempts=int(j.attempts),
+        rejection=bytes(j.rejection),
     )
 
 
@@ -279,6 +282,9 @@ class Coordinator:
         self._stub = coordinator_pb2_grpc.CoordinatorStub(signed)
         self._timeout = timeout
         self.last_head: AuditHead | None = None
+        # The coordinator's clock (Unix ms) as its last reply, or refusal, stated it, and
+        # this machine's clock when that reply came (`detente party doctor`).
+        self.last_clock: tuple[int, int] | None = None
         self._audit = (
             AuditWatch(audit_memory, certificate, self._entry_unwatched)
             if audit_memory is not None
@@ -323,9 +329,16 @@ class Coordinator:
             code = exc.code()
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise self._diagnose(exc) from None
+            self._clock(exc.trailing_metadata())
             raise _refused(exc) from None
+        self._clock(call.trailing_metadata())
         self._saw(call.trailing_metadata())
         return reply
+
+    def _clock(self, trailers: Any) -> None:
+        at = server_time_from_metadata(trailers)
+        if at is not None:
+            self.last_clock = (at, int(time.time() * 1000))
 
     def _saw(self, trailers: Any) -> None:
         """Check the signed audit head a reply carried (party_client.audit)."""
@@ -491,6 +504,13 @@ class Coordinator:
 
     def jobs(self) -> list[RemoteJob]:
         return [_job(j) for j in self._call(self._stub.ListJobs, pb.ListJobsRequest()).jobs]
+
+    def reject(self, job_id: str, rejection: bytes) -> RemoteJob:
+        return _job(
+            self._call(
+                self._stub.RejectJob, pb.RejectJobRequest(job_id=job_id, rejection=rejection)
+            )
+        )
 
     def cancel(self, job_id: str, reason: str) -> RemoteJob:
         return _job(

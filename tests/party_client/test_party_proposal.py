@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from party_client.cli.consent import _id_columns
+from party_client.cli.propose import _id_columns
 from party_client.outputs import file_name
 from party_client.proposal import DEFAULT_PARAMS, check_terms, training_params
 from protocols.documents import DatasetManifest, JobTerms, Recipient

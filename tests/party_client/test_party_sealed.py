@@ -25,7 +25,8 @@ import pytest
 from typer.testing import CliRunner
 
 from detente.cli import app
-from party_client.cli.consent import _grant, _print_review
+from party_client.cli.consent import print_review
+from party_client.cli.propose import _grant
 from party_client.consent import (
     Review,
     _check_queriers,
@@ -301,14 +302,14 @@ def test_the_review_states_plainly_that_nobody_receives_a_sealed_model(
     )
     found = Review(_job(sealed_terms(queriers=[bob])))
     _check_queriers(home, me, {me.key}, found)
-    _print_review(found)
+    print_review(found)
     shown = capsys.readouterr().out
     assert "model: SEALED in the enclave as 'job-sealed': nobody receives it, not even you" in shown
     assert "each answer holds: the model's probabilities, rounded to 3 decimals" in shown
     assert "bob (not a data owner): 10,000 rows in all, at most 500 a day" in shown
     assert "first seen: will be pinned" in shown
     classes = Review(_job(sealed_terms(queriers=[bob], answer="class", answer_digits=None)))
-    _print_review(classes)
+    print_review(classes)
     assert "each answer holds: the class only" in capsys.readouterr().out
 
 

@@ -7,16 +7,19 @@ exit codes, ``--json`` and the SIMULATION warning follow
 
 from __future__ import annotations
 
-from party_client.cli import audit, consent, data, jobs, models, setup
+from party_client.cli import audit, consent, data, doctor, jobs, models, propose, review, setup
 from protocols.cli_convention import command_group
 
 app = command_group("Contribute data, approve jobs and collect results as a party.")
 # In the order `detente party --help` lists them: the flow of a job.
 app.command()(setup.init)
+app.command()(doctor.doctor)
 app.command()(data.attest)
 app.command()(data.upload)
-app.command()(consent.propose)
+app.command()(propose.propose)
+app.command()(review.show)
 app.command()(consent.approve)
+app.command()(review.reject)
 app.command()(jobs.status)
 app.command()(jobs.jobs)
 app.command()(jobs.cancel)

@@ -1,10 +1,10 @@
-"""`detente party propose` and `approve`: job terms written by one party, consented to by each."""
+"""`detente party approve`: job terms consented to by each data owner, as shown to it."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,258 +15,6 @@ from protocols.cli_convention import EXIT_ERROR, JsonOption, emit_json, err, out
 
 if TYPE_CHECKING:
     from protocols.documents import JobTerms
-
-
-def propose(
-    dataset: Annotated[list[str], typer.Option(help="Data set id (repeat, in join order)")],
-    label: Annotated[
-        str | None,
-        typer.Option(help="Label column (default: the one the data sets' manifests name)"),
-    ] = None,
-    join: Annotated[
-        str,
-        typer.Option(
-            help="horizontal: the data sets' rows together (same columns); vertical: their "
-            "columns, on the rows whose ids all of them hold"
-        ),
-    ] = "horizontal",
-    id_column: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--id",
-            help="Identifier column: COL for every data set, or DATASET=COL for one (repeat)",
-        ),
-    ] = None,
-    objective: Annotated[
-        str,
-        typer.Option(
-            help="XGBoost objective, e.g. binary:logistic, multi:softprob, reg:squarederror"
-        ),
-    ] = "binary:logistic",
-    rounds: Annotated[int, typer.Option(help="Boosting rounds")] = 200,
-    seed: Annotated[int, typer.Option(help="Training seed")] = 0,
-    param: Annotated[
-        list[str] | None,
-        typer.Option(help="XGBoost parameter KEY=VALUE (e.g. max_depth=6, num_class=4)"),
-    ] = None,
-    min_rows: Annotated[
-        int,
-        typer.Option("--min-rows", min=1, help="Refuse to train on fewer (joined) rows than this"),
-    ] = 1,
-    validation_fraction: Annotated[
-        float,
-        typer.Option(
-            "--validation-fraction",
-            min=0.0,
-            max=0.5,
-            help="Rows held out inside the enclave for validation (by seed; per class for "
-            "classification)",
-        ),
-    ] = 0.0,
-    early_stopping_rounds: Annotated[
-        int | None,
-        typer.Option(
-            "--early-stopping-rounds",
-            min=1,
-            help="Stop when the validation metric has not improved for this many rounds",
-        ),
-    ] = None,
-    metrics_every: Annotated[
-        int | None,
-        typer.Option(
-            "--metrics-every", min=1, help="Released metrics every N rounds (default: at the end)"
-        ),
-    ] = None,
-    live_metrics: Annotated[
-        bool,
-        typer.Option(
-            "--live-metrics",
-            help="Let the enclave show the metrics to the coordinator IN THE CLEAR while it "
-            "trains (its operator and dashboard see them; needs --output metrics and "
-            "--metrics-every)",
-        ),
-    ] = False,
-    recipient: Annotated[
-        list[str] | None, typer.Option(help="Party to receive the results (default: all owners)")
-    ] = None,
-    output: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Released output (repeat): model, metrics, importance, predictions "
-            "(each owner its own rows'); default: model, or nothing with --sealed"
-        ),
-    ] = None,
-    model_format: Annotated[
-        str, typer.Option("--model-format", help="Released model format: json or ubj")
-    ] = "json",
-    sealed: Annotated[
-        bool,
-        typer.Option(
-            "--sealed",
-            help="Keep the model in the enclave: nobody receives it, the --query parties query it",
-        ),
-    ] = False,
-    query: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--query",
-            help="With --sealed: a party that may query the model, NAME=ROWS or "
-            "NAME=ROWS/PER_DAY (rows in all, and per UTC day); repeat",
-        ),
-    ] = None,
-    answer: Annotated[
-        str,
-        typer.Option(
-            "--answer",
-            help="With --sealed: what a query returns, probability (the model's output) or "
-            "class (classification only)",
-        ),
-    ] = "probability",
-    digits: Annotated[
-        int | None,
-        typer.Option(
-            "--digits",
-            min=0,
-            max=15,
-            help="With --answer probability: round answers to this many decimals",
-        ),
-    ] = None,
-    job_id: Annotated[str | None, typer.Option(help="Job id (default: random)")] = None,
-    max_seconds: Annotated[
-        int | None,
-        typer.Option(
-            "--max-seconds", min=1, help="Longest the job may run (default: the coordinator's)"
-        ),
-    ] = None,
-    policy: PolicyOption = None,
-    json_out: JsonOption = False,
-) -> None:
-    """Propose an XGBoost job over data sets; every owner must approve it.
-
-    The terms are checked against the data sets' signed manifests first (the
-    objective against their labels, the label's place, --min-rows against
-    their rows): nothing is proposed that the enclave would refuse. Without
-    --recipient the results go to exactly the data owners, and the proposal
-    fails if an owner's registration is missing.
-
-    With --sealed the model stays in the enclave: nobody takes it home, not
-    even its owners; the parties named by --query score rows with it (`detente
-    party predict`) within their budgets, and the owners retire it together
-    (`detente party retire`).
-    """
-    from protocols.documents.terms import ANSWERS, JOINS, MODEL_FORMATS, OUTPUTS
-    from protocols.objectives import OBJECTIVES
-
-    _choice("--join", join, JOINS)
-    _choice("--objective", objective, OBJECTIVES)
-    _choice("--model-format", model_format, MODEL_FORMATS)
-    _choice("--answer", answer, ANSWERS)
-    outputs = output if output is not None else ([] if sealed else ["model"])
-    for item in outputs:
-        _choice("--output", item, OUTPUTS)
-    grants = [_grant(item) for item in query or []]
-    every, each = _id_columns(id_column or [], dataset)
-    params = _params(param or [])
-    home = party.PartyHome.default()
-    terms = party.propose(
-        home,
-        home.policy(policy),
-        dataset,
-        label,
-        every,
-        rounds,
-        params,
-        seed,
-        recipient,
-        outputs,
-        job_id,
-        max_seconds=max_seconds,
-        join=join,
-        id_columns=each,
-        objective=objective,
-        min_rows=min_rows,
-        validation_fraction=validation_fraction,
-        early_stopping_rounds=early_stopping_rounds,
-        metrics_every=metrics_every,
-        model_format=model_format,
-        sealed=sealed,
-        queriers=grants,
-        answer=answer,
-        digits=digits,
-        live_metrics=live_metrics,
-    )
-    if json_out:
-        emit_json({"job_id": terms.job_id})
-    else:
-        out.print(
-            f"proposed {terms.job_id}; next: each owner runs `detente party approve {terms.job_id}`"
-        )
-
-
-def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise typer.BadParameter(
-            f"{value!r} is not one of {', '.join(choices)}", param_hint=f"'{option}'"
-        )
-
-
-def _grant(item: str) -> party.QueryGrant:
-    """--query NAME=ROWS or NAME=ROWS/PER_DAY (digits may be grouped with _ or ,)."""
-    name, sep, budget = item.partition("=")
-    total, slash, per_day = budget.partition("/")
-    try:
-        if not sep or not name:
-            raise ValueError
-        rows = int(total.replace(",", ""))
-        daily = int(per_day.replace(",", "")) if slash else None
-    except ValueError:
-        raise typer.BadParameter(
-            f"{item!r} must be NAME=ROWS or NAME=ROWS/PER_DAY, for example bank-b=10000/1000",
-            param_hint="'--query'",
-        ) from None
-    return party.QueryGrant(name, rows, daily)
-
-
-def _params(items: list[str]) -> dict[str, Any]:
-    """--param KEY=VALUE, each VALUE read as JSON if it is JSON, else as a string."""
-    params: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--param {item!r} must be KEY=VALUE")
-        try:
-            params[key] = json.loads(value)
-        except json.JSONDecodeError:
-            params[key] = value
-    return params
-
-
-def _id_columns(items: list[str], datasets: list[str]) -> tuple[str | None, dict[str, str]]:
-    """--id COL (every data set) and --id DATASET=COL (one): the terms' id_column and
-    id_columns."""
-    every: str | None = None
-    each: dict[str, str] = {}
-    for item in items:
-        dataset_id, sep, column = item.partition("=")
-        if not sep:
-            if every is not None:
-                raise typer.BadParameter(
-                    f"{every!r} and {item!r} both name the id column of every data set; name "
-                    "one data set's with DATASET=COL",
-                    param_hint="'--id'",
-                )
-            every = item
-            continue
-        if dataset_id not in datasets or not column:
-            raise typer.BadParameter(
-                f"{item!r} must be DATASET=COL with DATASET one of --dataset "
-                f"({', '.join(datasets)})",
-                param_hint="'--id'",
-            )
-        if dataset_id in each:
-            raise typer.BadParameter(f"data set {dataset_id!r} is named twice", param_hint="'--id'")
-        each[dataset_id] = column
-    return every, each
 
 
 def approve(
@@ -298,7 +46,7 @@ def approve(
     if json_out:
         emit_json(reviewed.to_dict())
     else:
-        _print_review(reviewed)
+        print_review(reviewed)
     if reviewed.refusals:
         raise typer.Exit(EXIT_ERROR)
     accepted = accept_warnings
@@ -395,7 +143,7 @@ def _print_model(reviewed: party.Review) -> None:
         )
 
 
-def _print_review(reviewed: party.Review) -> None:
+def print_review(reviewed: party.Review, refused: str = "refused") -> None:
     """What approving means, as the party reads it before it signs."""
     terms = reviewed.job.terms
     p = out.print
@@ -440,4 +188,4 @@ def _print_review(reviewed: party.Review) -> None:
     for warning in reviewed.warnings:
         p(f"  [bold yellow]warning:[/] {warning}", highlight=False)
     for refusal in reviewed.refusals:
-        err.print(f"  [bold red]refused:[/] {refusal}", highlight=False)
+        err.print(f"  [bold red]{refused}:[/] {refusal}", highlight=False)

@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 import party_client as party
-from protocols.cli_convention import JsonOption, emit_json, out
+from protocols.cli_convention import EXIT_ERROR, JsonOption, emit_json, err, out
 
 
-def status(job_id: str, json_out: JsonOption = False) -> None:
-    """Show a job's state and events."""
+def status(
+    job_id: str,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            help="Print the state, rounds and other events as they arrive, until the job ends "
+            "(exit 0 if it succeeded, 1 otherwise; Ctrl-C stops following, the job goes on)",
+        ),
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Show a job's state and events (with --follow: live, until it ends).
+
+    With --json, one JSON document; with --follow --json, one JSON document
+    per line: one per event as it arrives, then the job as it ended.
+    """
     home = party.PartyHome.default()
+    if follow:
+        _follow(home, job_id, json_out)
+        return
     job = party.wait(home, job_id, 0)
-    metrics = _live_metrics(job)
-    info = {
-        "job_id": job.job_id,
-        "state": job.state,
-        "error": job.error,
-        "attempts": job.attempts,
-        "approvals": len(job.approvers),
-        "required": len(job.required_approvers),
-        "events": [{"at": e.at, "kind": e.kind, "text": e.text} for e in job.events],
-        "model": _model(home, job),
-        "live_metrics": metrics,
-    }
+    info = _status(home, job)
     if json_out:
         emit_json(info)
         return
@@ -35,7 +43,7 @@ def status(job_id: str, json_out: JsonOption = False) -> None:
     if isinstance(model, dict):
         state = model["state"] or "not sealed yet"
         out.print(f"  sealed model {job.job_id}: {state}", highlight=False, markup=False)
-    for m in metrics:
+    for m in info["live_metrics"]:
         out.print(
             f"  latest {m['data']} {m['metric']}: {m['value']:.4g} (round {m['round']}/"
             f"{m['rounds']}, reported live by the enclave)",
@@ -44,11 +52,86 @@ def status(job_id: str, json_out: JsonOption = False) -> None:
         )
     for event in job.events:
         out.print(f"  {event.kind}: {event.text}", highlight=False, markup=False)
+    _ending(home, job)
+
+
+def _status(home: party.PartyHome, job: party.JobView) -> dict[str, Any]:
+    rejection = job.rejection
+    return {
+        "job_id": job.job_id,
+        "state": job.state,
+        "error": job.error,
+        "attempts": job.attempts,
+        "approvals": len(job.approvers),
+        "required": len(job.required_approvers),
+        "events": [{"at": e.at, "kind": e.kind, "text": e.text} for e in job.events],
+        "model": _model(home, job),
+        "live_metrics": _live_metrics(job),
+        "rejection": None
+        if rejection is None
+        else {"by": rejection.by, "reason": rejection.reason},
+    }
+
+
+def _ending(home: party.PartyHome, job: party.JobView) -> None:
+    """What the job's end says beyond its events: the error, the rejection, the next step."""
     # The error is also an event; print it apart only if the events lack it.
     if job.error and not any(e.kind == "error" and e.text == job.error for e in job.events):
         out.print(f"  error: {job.error}", highlight=False, markup=False)
+    if job.rejection is not None:
+        # Another party's text: printed as it is, never read as markup.
+        out.print(
+            f"  rejected by {job.rejection.by[:16]}… (a data owner): {job.rejection.reason}",
+            highlight=False,
+            markup=False,
+        )
+    elif job.state == "rejected":
+        out.print("  rejected, but the coordinator shows no signed rejection", highlight=False)
     if job.state == "failed" and job.terms.proposer == home.signing_key().verify_key.hex:
-        out.print(f"  retry it with `detente party retry {job_id}`")
+        out.print(f"  retry it with `detente party retry {job.job_id}`")
+
+
+def _follow(home: party.PartyHome, job_id: str, json_out: bool) -> None:
+    """`status --follow`: each event on its own line (a JSON line with --json) as it arrives."""
+    last: party.JobView | None = None
+    updates = party.follow(home, job_id)
+    try:
+        for update in updates:
+            last = update.job
+            if update.event is None:
+                break
+            e = update.event
+            if json_out:
+                emit_json(
+                    {
+                        "job_id": job_id,
+                        "state": last.state,
+                        "at": e.at,
+                        "kind": e.kind,
+                        "text": e.text,
+                    }
+                )
+            else:
+                at = datetime.fromtimestamp(e.at / 1000, UTC).strftime("%H:%M:%S")
+                out.print(f"{at} {e.kind}: {e.text}", highlight=False, markup=False)
+    except KeyboardInterrupt:
+        updates.close()
+        state = f" (it was {last.state})" if last is not None else ""
+        err.print(
+            f"stopped following {job_id}{state}; the job goes on: "
+            f"`detente party status {job_id} --follow` follows it again",
+            highlight=False,
+            markup=False,
+        )
+        raise typer.Exit(EXIT_ERROR) from None
+    assert last is not None
+    if json_out:
+        emit_json({**_status(home, last), "end": True})
+    else:
+        out.print(f"{job_id} {last.state}", highlight=False)
+        _ending(home, last)
+    if last.state != "succeeded":
+        raise typer.Exit(EXIT_ERROR)
 
 
 def _model(home: party.PartyHome, job: party.JobView) -> dict[str, Any] | None:

@@ -62,43 +62,39 @@ def init(
     """Create this party's keys (mode 0600), pin the coordinator's TLS certificate and register."""
     import os
 
-    from party_client.identity import load_signing_key
     from party_client.keyfile import PASSPHRASE_ENV
+    from protocols.documents import party_fingerprint
 
-    home = party.PartyHome.default()
     passphrase = os.environ.get(PASSPHRASE_ENV)
     if encrypt_keys and passphrase is None:
         passphrase = typer.prompt(
             "passphrase for your keys", hide_input=True, confirmation_prompt=True
         )
-    signing_key = load_signing_key(key, passphrase) if key is not None else None
-    if coordinator_cert is not None:
-        home.pin_coordinator_certificate(coordinator_cert)
-    if policy is not None:
-        home.policy(policy)  # validate before the identity is made
-    registration = party.init(
-        home,
+    me = party.Party.init(
+        None,
         name,
         coordinator,
-        pq,
-        enrollment_token,
-        passphrase=passphrase if encrypt_keys else None,
-        signing_key=signing_key,
+        coordinator_cert,
+        token=enrollment_token,
+        encrypt_keys=encrypt_keys,
+        passphrase=passphrase,
+        key=key,
+        policy=policy,
+        pq=pq,
     )
-    if policy is not None:
-        home.policy_path.write_text(policy.read_text())
-    out.print(f"party {name!r} registered; signing key {registration.signing_key.hex}")
-    out.print(f"HPKE suite: {registration.hpke_key.kem.label}")
+    signing, hpke = me.home.signing_key().verify_key, me.home.hpke_key().public_key
+    out.print(f"party {name!r} registered; signing key {signing.hex}")
+    out.print(f"HPKE suite: {hpke.kem.label}")
     out.print(
         f"your fingerprint (give it to other parties out of band): "
-        f"{show_fingerprint(registration.fingerprint)}",
+        f"{show_fingerprint(party_fingerprint(signing, hpke))}",
         highlight=False,
     )
-    if home.keys_encrypted:
+    if me.home.keys_encrypted:
         out.print(
             f"your keys are encrypted: commands read the passphrase from {PASSPHRASE_ENV} or ask"
         )
-    out.print("next: `detente party attest`")
+    out.print("next: `detente party doctor`, then `detente party attest`")
 
 
 def parties(json_out: JsonOption = False) -> None:
