@@ -72,6 +72,8 @@ def test_demo_keeps_the_dashboard_until_sigint(tmp_path: Path) -> None:
         assert enclave["backend"] == "SIMULATION"
         assert (workdir / "coordinator" / "dashboard-token").read_text().strip() == token
 
+        _template_dry_run_against_the_demo(workdir, env, tmp_path)
+
         demo.send_signal(signal.SIGINT)  # Ctrl-C, to the demo's own pid
         rest, _ = demo.communicate(timeout=60)
         assert demo.returncode == 0, rest
@@ -86,3 +88,35 @@ def test_demo_keeps_the_dashboard_until_sigint(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 demo.kill()
                 demo.wait(timeout=30)
+
+
+def _template_dry_run_against_the_demo(workdir: Path, env: dict[str, str], tmp: Path) -> None:
+    """A newcomer joins the demo's coordinator, writes the job file template and dry-runs
+    it as it is: the template names the demo's data sets (party1-data, party2-data)."""
+
+    def run(*args: str, home: Path | None = None) -> str:
+        extra = {"DETENTE_HOME": str(home)} if home is not None else {}
+        done = subprocess.run(
+            [sys.executable, "-m", "detente", *args],
+            env={**env, **extra}, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    coordinator = workdir / "coordinator"
+    token = json.loads(
+        run("coordinator", "enroll", "--home", str(coordinator), "--name", "newcomer", "--json")
+    )["token"]
+    home = tmp / "newcomer"
+    address = f"127.0.0.1:{(coordinator / 'port').read_text().strip()}"
+    init = ["party", "init", "--name", "newcomer", "--coordinator", address]
+    init += ["--coordinator-cert", str(coordinator / "coordinator-tls.crt")]
+    init += ["--policy", str(workdir / "policy.toml"), "--enrollment-token", token]
+    run(*init, home=home)
+    run("party", "attest", home=home)
+    job_file = tmp / "job.toml"
+    run("party", "propose", "--template", str(job_file), home=home)
+    dry = json.loads(run("party", "propose", str(job_file), "--dry-run", "--json", home=home))
+    assert dry["proposed"] is False and dry["approvers"] == ["party1", "party2"]
+    assert dry["review"]["refusals"] == []
+    assert [d["dataset_id"] for d in dry["review"]["datasets"]] == ["party1-data", "party2-data"]

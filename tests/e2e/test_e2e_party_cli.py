@@ -159,6 +159,9 @@ def test_template_round_trip_and_dry_run(parties: Parties) -> None:
     assert path.read_text() == TEMPLATE and "--dry-run" in done.stdout
     printed = parties.run("party1", "propose", "--template").stdout
     assert printed == TEMPLATE
+    assert parties.json("party1", "propose", "--template") == {"template": TEMPLATE}
+    other = parties.tmp / "other.toml"
+    assert parties.json("party1", "propose", "--template", str(other)) == {"written": str(other)}
     again = parties.run("party1", "propose", "--template", str(path), check=False)
     assert again.returncode == 1 and "exists" in again.stderr
     before = jobs_of(parties, "party1")

@@ -92,28 +92,37 @@ def _ending(home: party.PartyHome, job: party.JobView) -> None:
 
 
 def _follow(home: party.PartyHome, job_id: str, json_out: bool) -> None:
-    """`status --follow`: each event on its own line (a JSON line with --json) as it arrives."""
+    """`status --follow`: each event on its own line (a JSON line with --json) as it arrives;
+    on a terminal, a status line under them says the job's state and last event."""
+    from contextlib import nullcontext
+
+    from rich.markup import escape
+
     last: party.JobView | None = None
     updates = party.follow(home, job_id)
+    live = out.status(f"following {escape(job_id)}…") if out.is_terminal and not json_out else None
     try:
-        for update in updates:
-            last = update.job
-            if update.event is None:
-                break
-            e = update.event
-            if json_out:
-                emit_json(
-                    {
-                        "job_id": job_id,
-                        "state": last.state,
-                        "at": e.at,
-                        "kind": e.kind,
-                        "text": e.text,
-                    }
-                )
-            else:
+        with live if live is not None else nullcontext():
+            for update in updates:
+                last = update.job
+                if update.event is None:
+                    break
+                e = update.event
+                if json_out:
+                    emit_json(
+                        {
+                            "job_id": job_id,
+                            "state": last.state,
+                            "at": e.at,
+                            "kind": e.kind,
+                            "text": e.text,
+                        }
+                    )
+                    continue
                 at = datetime.fromtimestamp(e.at / 1000, UTC).strftime("%H:%M:%S")
                 out.print(f"{at} {e.kind}: {e.text}", highlight=False, markup=False)
+                if live is not None:
+                    live.update(f"{escape(job_id)} {last.state}: {escape(e.text)}")
     except KeyboardInterrupt:
         updates.close()
         state = f" (it was {last.state})" if last is not None else ""

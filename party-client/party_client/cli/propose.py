@@ -219,7 +219,7 @@ def propose(
     """
     given = [flag for name, flag in TERM_OPTIONS.items() if _given(ctx, name)]
     if template:
-        _template(job_file, given, dry_run)
+        _template(job_file, given, dry_run, json_out)
         return
     if job_file is not None:
         if given:
@@ -288,14 +288,22 @@ def _given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _template(job_file: Path | None, given: list[str], dry_run: bool) -> None:
+def _template(job_file: Path | None, given: list[str], dry_run: bool, json_out: bool) -> None:
+    """--template: the job file to FILE (--json: ``{"written": FILE}``), or printed (--json:
+    ``{"template": TEXT}``)."""
     if given or dry_run:
         extra = ", ".join([*given, *(["--dry-run"] if dry_run else [])])
         raise UsageError(f"--template writes a job file and proposes nothing: drop {extra}")
     if job_file is None:
-        sys.stdout.write(party.jobfile_template())
+        if json_out:
+            emit_json({"template": party.jobfile_template()})
+        else:
+            sys.stdout.write(party.jobfile_template())
         return
     party.write_template(job_file)
+    if json_out:
+        emit_json({"written": str(job_file)})
+        return
     out.print(
         f"wrote {job_file}: edit it, then check it with `detente party propose {job_file} "
         "--dry-run`",
