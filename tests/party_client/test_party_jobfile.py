@@ -137,3 +137,25 @@ def test_options_go_through_the_same_checks() -> None:
         JobSpec(datasets=["a"], validation_fraction=0.9).check()
     with pytest.raises(JobFileError, match="the options: early_stopping_rounds"):
         JobSpec(datasets=["a"], early_stopping_rounds=0).check()
+
+
+def test_every_term_option_is_guarded_against_mixing_with_a_file() -> None:
+    """A new `propose` option must be listed as a term option (so a job file refuses it),
+    and every option must have a job file key (the template's fields cover JobSpec's)."""
+    import inspect
+    from dataclasses import fields
+
+    from party_client.cli.propose import TERM_OPTIONS, propose
+
+    not_terms = {"ctx", "job_file", "template", "dry_run", "policy", "json_out"}
+    parameters = set(inspect.signature(propose).parameters) - not_terms
+    assert parameters == set(TERM_OPTIONS)
+    from party_client import jobfile
+
+    tables = (jobfile._TOP, jobfile._VALIDATION, jobfile._RELEASE, jobfile._SEALED)
+    reachable = {attr for table in tables for attr, _ in table.values()}
+    reachable |= {"id_columns", "params", "queriers", "sealed"}  # tables, and model = …
+    assert {f.name for f in fields(JobSpec)} - {"source"} == reachable
+    for table in tables:
+        for key in table:
+            assert f"\n{key} = " in TEMPLATE or f"\n# {key} = " in TEMPLATE, key
