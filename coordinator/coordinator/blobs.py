@@ -244,36 +244,87 @@ class PartialWriter(BlobWriter):
         self._pending = queue.Queue(self.WRITE_AHEAD)
         self._failure = None
         self._drainer = None
-        self._synced = offset
+        self._fd = fd
+        self._written_total = offset  # bytes handed to the file by the writer's thread
         self._unsynced = 0
+        self._synced = offset
         self._sync_every = sync_every
         self._on_synced = on_synced
+        # fsync and the acknowledgement run on a thread of their own, so that receiving
+        # and writing go on meanwhile: the target it syncs up to, and when to stop.
+        self._sync_wanted = threading.Condition()
+        self._sync_target = offset
+        self._sync_stop = False
+        self._syncer: threading.Thread | None = None
 
     @property
     def synced(self) -> int:
         return self._synced
 
     def _written(self, file: BinaryIO, size: int) -> None:
+        self._written_total += size
         self._unsynced += size
         if self._unsynced >= self._sync_every:
-            self._sync(file)
+            file.flush()  # into the kernel: the syncer's fsync then covers it
+            self._unsynced = 0
+            with self._sync_wanted:
+                self._sync_target = self._written_total
+                self._sync_wanted.notify()
+            if self._syncer is None:
+                self._syncer = threading.Thread(
+                    target=self._sync_loop, name="blob-syncer", daemon=True
+                )
+                self._syncer.start()
 
-    def _sync(self, file: BinaryIO) -> None:
-        file.flush()
-        os.fsync(file.fileno())
-        self._synced += self._unsynced
-        self._unsynced = 0
-        self._on_synced(self._synced)
+    def _sync_loop(self) -> None:
+        """The syncer's thread: fsync up to the latest target, then acknowledge it."""
+        while True:
+            with self._sync_wanted:
+                while self._sync_target <= self._synced and not self._sync_stop:
+                    self._sync_wanted.wait()
+                if self._sync_target <= self._synced:
+                    return
+                target = self._sync_target
+            try:
+                os.fsync(self._fd)
+                self._synced = target
+                self._on_synced(target)
+            except BaseException as exc:
+                self._failure = exc
+                return
+
+    def _stop_syncer(self) -> None:
+        """Let the syncer finish what it was asked, and end it."""
+        if self._syncer is not None:
+            with self._sync_wanted:
+                self._sync_stop = True
+                self._sync_wanted.notify()
+            self._syncer.join()
+            self._syncer = None
+
+    def commit(self) -> tuple[str, int]:
+        self._settle()
+        self._stop_syncer()
+        return super().commit()
+
+    def abort(self) -> None:
+        self._settle()
+        self._stop_syncer()
+        super().abort()
 
     def suspend(self) -> int:
         """Keep what arrived for a later stream: sync and acknowledge it, close the file
         (releasing its lock); the bytes held. After a write failure only what was
         acknowledged before it counts (the next stream cuts the file there)."""
         self._settle()
+        self._stop_syncer()
         if self._file is not None:
             try:
-                if self._failure is None and self._unsynced:
-                    self._sync(self._file)
+                if self._failure is None and self._written_total > self._synced:
+                    self._file.flush()
+                    os.fsync(self._fd)
+                    self._synced = self._written_total
+                    self._on_synced(self._synced)
             finally:
                 self._file.close()
                 self._file = None

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
+
 from party_client import tables
 from party_client.home import PartyHome
 from party_client.remote import Coordinator, CoordinatorError, RemoteDataset, connected
@@ -27,7 +29,7 @@ from party_client.resume import PendingUpload, find_pending, keep
 from party_client.spool import SealedSpool
 from protocols import hpke, stream
 from protocols.documents import DatasetManifest, check_id, schema_columns, schema_sha256
-from protocols.errors import DetenteError, IntegrityError
+from protocols.errors import IntegrityError, WrongState
 from protocols.policy import AttestationPolicy
 from protocols.statements import Envelope
 
@@ -119,7 +121,11 @@ def upload(
     # A post-quantum party wraps to the enclave's post-quantum key (protocols/SPEC.md §4.3).
     enclave_key = enclave.identity.data_key_recipient(home.hpke_key().kem)
     signing = home.signing_key()
-    source = os.stat(path)
+    try:
+        source = os.stat(path)
+        stamp = (source.st_size, source.st_mtime_ns)
+    except OSError:  # a table given in memory: ``path`` only names it
+        stamp = (-1, 0)
     with SealedSpool(home.spool_dir, data_key, dataset_id.encode(), chunk_size) as spool:
         marks = seal_batches(scan, spool, progress)
         size, digest = spool.finish()
@@ -148,8 +154,8 @@ def upload(
                 manifest=manifest.to_bytes(),
                 size=size,
                 source=str(Path(path).resolve()),
-                source_size=source.st_size,
-                source_mtime_ns=source.st_mtime_ns,
+                source_size=stamp[0],
+                source_mtime_ns=stamp[1],
                 rows=scan.rows,
                 columns=len(columns),
                 simulation=enclave.simulation,
@@ -163,8 +169,27 @@ def upload(
     return _send(home, pending, progress, remote)
 
 
-class UploadInterrupted(DetenteError):
-    """Sending a sealed data set failed; its sealed copy is kept to resume from."""
+class UploadInterrupted(CoordinatorError):
+    """Sending a sealed data set failed on the way (the network, the coordinator's
+    availability); its sealed copy is kept to resume from. ``code`` and ``kind`` are the
+    failure's, as for any :class:`~party_client.remote.CoordinatorError`."""
+
+
+# Failures after which the same bytes may yet arrive: the sealed copy is kept. Any other
+# refusal (the id is taken, the caller may not, the bytes do not match) would only repeat.
+_RESUMABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def _resumable(exc: CoordinatorError) -> bool:
+    return exc.code in _RESUMABLE or exc.code is None or issubclass(exc.kind, WrongState)
 
 
 def _send(
@@ -186,12 +211,14 @@ def _send(
                     timeout=coordinator.timeout + left / MIN_UPLOAD_RATE,
                 )
     except CoordinatorError as exc:
-        if issubclass(exc.kind, IntegrityError):
-            pending.remove()  # the coordinator deleted its part too: nothing to resume
+        if not _resumable(exc):
+            pending.remove()  # the same bytes would be refused again: nothing to resume
             raise
         raise UploadInterrupted(
             f"{exc}; the sealed data set {pending.dataset_id!r} is kept: run `detente party "
-            f"upload {pending.source} --resume` to send the rest"
+            f"upload {pending.source} --resume` to send the rest",
+            exc.code,
+            exc.kind,
         ) from None
     if status.dataset is None:
         raise UploadInterrupted(

@@ -37,7 +37,7 @@ class PendingUpload:
     manifest: bytes
     size: int  # ciphertext bytes (the manifest's ciphertext_size)
     source: str  # the table's resolved path
-    source_size: int
+    source_size: int  # -1: the table was given in memory (nothing to compare)
     source_mtime_ns: int
     rows: int
     columns: int
@@ -95,7 +95,9 @@ class PendingUpload:
             now = os.stat(self.source)
         except OSError:
             now = None
-        if now is None or (now.st_size, now.st_mtime_ns) != (
+        if self.source_size < 0:
+            pass  # a table given in memory: only the spool counts
+        elif now is None or (now.st_size, now.st_mtime_ns) != (
             self.source_size,
             self.source_mtime_ns,
         ):
