@@ -211,14 +211,16 @@ PAYLOADS = {
     "name": '<img src=x onerror=alert("xss-name")><script>alert("xss-name")</script>',
     "param": '" onload="alert(\'xss-param\')"><script>alert("xss-param")</script>',
     "metric": "<svg/onload=alert('xss-metric')>",
+    "reason": '<img src=x onerror=alert("xss-reason")> [bold]not bold[/bold]',
 }
 
 
 def test_names_from_parties_and_the_enclave_are_shown_as_text(
     page: Page, board: Board, tmp_path: Path
 ) -> None:
-    """A party's data set name and job parameter, and a metric name in the job's events,
-    carry markup: every page shows it as text, no element is made of it, nothing runs."""
+    """A party's data set name, job parameter and rejection reason, and a metric name in the
+    job's events, carry markup: every page shows it as text, no element is made of it,
+    nothing runs."""
     home = str(board.running.coordinator_home)
     refused = detente(["coordinator", "enroll", "--home", home, "--name", "<b>x</b>"], check=False)
     assert refused.returncode != 0 and "party name must be" in refused.stderr
@@ -230,6 +232,8 @@ def test_names_from_parties_and_the_enclave_are_shown_as_text(
     job_id = propose(
         mallory, ["mallory-ds"], "--rounds", "2", "--param", f"note={PAYLOADS['param']}"
     )
+    # A data owner's rejection reason is its own text too.
+    detente(["party", "reject", job_id, "--reason", PAYLOADS["reason"]], mallory)
     # An event the enclave never sent (the operator's database): a metric named with markup.
     with sqlite3.connect(board.running.db) as db:
         db.execute(
@@ -246,6 +250,7 @@ def test_names_from_parties_and_the_enclave_are_shown_as_text(
     for path, payload in (
         ("parties", PAYLOADS["name"]),
         (f"jobs/{job_id}", PAYLOADS["param"]),
+        (f"jobs/{job_id}", PAYLOADS["reason"]),
         (f"jobs/{board.job_id}", PAYLOADS["metric"]),
     ):
         page.goto(board.url + path)
