@@ -186,7 +186,9 @@ class Job:
             if self.state in job_control.FINISHED:
                 detail = f": {self.view.error}" if self.view.error else ""
                 if self.view.rejection is not None:
-                    detail = f" by {self.view.rejection.by[:16]}…: {self.view.rejection.reason}"
+                    by = self.view.rejection.by
+                    name = self._party.names().get(by) or by[:16] + "…"
+                    detail = f" by {name}: {self.view.rejection.reason}"
                 raise JobFailed(f"job {self.job_id} {self.state}{detail}", self)
             if deadline is not None and time.monotonic() > deadline:
                 raise JobTimeout(self._late(timeout or 0), self)

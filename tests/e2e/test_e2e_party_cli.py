@@ -264,7 +264,7 @@ def test_reject_by_an_owner_is_final_and_its_reason_shown(parties: Parties) -> N
     assert done["state"] == "rejected" and done["reason"] == REASON
     # The proposer sees who and why, the reason as plain text (no markup read).
     status = parties.run("party1", "status", "to-reject").stdout
-    assert f"(a data owner): {REASON}" in status
+    assert f"rejected by party2 (a data owner): {REASON}" in status
     shown = parties.json("party1", "show", "to-reject")
     assert shown["state"] == "rejected"
     assert shown["rejection"]["name"] == "party2" and shown["rejection"]["reason"] == REASON

@@ -79,9 +79,11 @@ def _ending(home: party.PartyHome, job: party.JobView) -> None:
     if job.error and not any(e.kind == "error" and e.text == job.error for e in job.events):
         out.print(f"  error: {job.error}", highlight=False, markup=False)
     if job.rejection is not None:
+        with party.Party(home) as me:
+            by = me.names().get(job.rejection.by) or job.rejection.by[:16] + "…"
         # Another party's text: printed as it is, never read as markup.
         out.print(
-            f"  rejected by {job.rejection.by[:16]}… (a data owner): {job.rejection.reason}",
+            f"  rejected by {by} (a data owner): {job.rejection.reason}",
             highlight=False,
             markup=False,
         )
