@@ -137,6 +137,44 @@ def test_doctor_names_a_key_file_others_can_read_or_that_is_broken(parties: Part
     assert checks["keys"]["status"] == "fail"
 
 
+def test_doctor_says_when_encrypted_keys_need_their_passphrase(parties: Parties) -> None:
+    home = copy_home(parties, "sealed-keys")
+
+    def run(*args: str, passphrase: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": "/usr/bin:/bin", "DETENTE_HOME": str(home)}
+        if passphrase is not None:
+            env["DETENTE_PASSPHRASE"] = passphrase
+        return subprocess.run(
+            [sys.executable, "-m", "detente", "party", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
+
+    address = parties.running.address
+    init = run(
+        "init",
+        "--name",
+        "party1",
+        "--coordinator",
+        address,
+        "--encrypt-keys",
+        passphrase="correct horse",
+    )
+    assert init.returncode == 0, init.stderr
+    checks = {c["name"]: c for c in json.loads(run("doctor", "--json").stdout)["checks"]}
+    assert checks["keys"]["status"] == "fail"
+    assert "set DETENTE_PASSPHRASE" in checks["keys"]["fix"]
+    wrong = json.loads(run("doctor", "--json", passphrase="wrong").stdout)["checks"]
+    assert next(c for c in wrong if c["name"] == "keys")["status"] == "fail"
+    right = json.loads(run("doctor", "--json", passphrase="correct horse").stdout)
+    assert right["ok"] is True, right
+    keys = next(c for c in right["checks"] if c["name"] == "keys")
+    assert "encrypted under your passphrase" in keys["detail"]
+
+
 def test_doctor_names_a_certificate_that_is_not_the_pinned_one(parties: Parties) -> None:
     from protocols import tls
 
