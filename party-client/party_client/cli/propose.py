@@ -196,8 +196,7 @@ def propose(
     policy: PolicyOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Propose an XGBoost job over data sets, from a job file or options; every owner must
-    approve it.
+    """Propose an XGBoost job, from a job file or options; every data owner must approve it.
 
     `detente party propose --template job.toml` writes a commented job file
     that says everything the options say; `detente party propose job.toml`
