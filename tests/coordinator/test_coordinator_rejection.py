@@ -6,12 +6,22 @@ import json
 
 import grpc
 import pytest
-from coordinator_testkit import Harness, Party, SealedDataset, job_terms, seal_dataset
+from coordinator_testkit import (
+    BOTH_DATABASES,
+    Harness,
+    Party,
+    SealedDataset,
+    job_terms,
+    seal_dataset,
+)
 
 from protocols.documents import Rejection
 from protocols.request_auth import SERVER_TIME, server_time_from_metadata
 from protocols.statements import Envelope
 from protocols.wire.v1 import coordinator_pb2
+
+# The rejection is a row change and an audit entry in one transaction: on both databases.
+pytestmark = pytest.mark.parametrize("db_url", BOTH_DATABASES, indirect=True)
 
 REASON = "the label leaks <b>future</b> defaults; use 2023 only"
 
