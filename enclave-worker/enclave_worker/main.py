@@ -2,8 +2,15 @@
 
 Runs inside the LibOS (libos.runtime.current() must exist). It unseals or
 creates the enclave identity, makes a fresh TLS key and its RA-TLS
-certificate, serves the Enclave gRPC API over TLS on loopback by default and
-stops cleanly on SIGTERM or SIGINT.
+certificate, serves the Enclave gRPC API over TLS on loopback by default, with
+the standard gRPC health service (grpc.health.v1.Health) beside it, and stops
+cleanly on SIGTERM or SIGINT.
+
+Stopping drains: the health service answers NOT_SERVING (for "" and for the
+Enclave service), new jobs are refused with WorkerBusy, and the running jobs
+get up to ``--drain-seconds`` to finish; then the server stops, and a job
+still running is stopped with its call (the coordinator runs it again,
+resuming from its checkpoint).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from enclave_worker import identity, service
 from protocols import tls
@@ -35,6 +43,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", type=Path)
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=5.0,
+        help="on SIGTERM, how long running jobs may take to finish before they are stopped",
+    )
     args = parser.parse_args(argv)
 
     rt = libos_runtime.current()
@@ -48,12 +62,19 @@ def main(argv: list[str]) -> int:
     # TLS only, with an RA-TLS certificate: clients verify the quote inside it
     # before they send a byte (protocols/SPEC.md §13).
     tls_key, certificate = identity.ratls_credentials(me, rt)
-    server = grpc.server(ThreadPoolExecutor(max_workers=4), options=CHANNEL_OPTIONS)
-    service.add_to_server(server, rt, me)
+    slots = service.job_slots().slots
+    # A running job holds a thread for its whole call: room for every slot, and
+    # for evidence, status, health checks and queries beside them.
+    server = grpc.server(ThreadPoolExecutor(max_workers=slots + 4), options=CHANNEL_OPTIONS)
+    servicer = service.add_to_server(server, rt, me)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_secure_port(
         f"{args.host}:{args.port}", tls.server_credentials(tls_key, certificate)
     )
     server.start()
+    for name in ("", service.SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if args.port_file:
         _write_port(args.port_file, port)
     banner = (
@@ -70,5 +91,13 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    # Drain: NOT_SERVING for every service, no new job, the running ones get a moment.
+    health_servicer.enter_graceful_shutdown()
+    servicer.slots.drain()
+    running = servicer.slots.status().job_ids
+    logging.getLogger("enclave_worker").info(
+        "stopping: draining %d running jobs for up to %.0f s", len(running), args.drain_seconds
+    )
+    servicer.slots.wait_idle(args.drain_seconds)
     server.stop(grace=2).wait()
     return 0

@@ -8,8 +8,13 @@ process crashed: exit code …"); the service keeps serving. A job whose terms
 seal the model hands it back to this process, which stores it (models.store)
 before the job signs the statement naming it.
 
-Predict, RetireModel and WithdrawDataset run here, in the service's process,
-beside a running job (they never wait for its lock): the model store and the
+Up to ``[resources] processes`` jobs run at once, each holding a slot and
+its estimated memory (enclave_worker.slots); a job beyond them is refused at
+once with WorkerBusy (RESOURCE_EXHAUSTED) before a byte of its data is read,
+so the coordinator can queue it again. GetStatus says what runs now.
+
+Predict, RetireModel, WithdrawDataset and GetStatus run here, in the service's
+process, beside running jobs (they never wait for a slot): the model store and the
 withdrawn list (enclave_worker.withdrawals) live in the runtime's default
 encrypted mount, which is safe for several processes and threads. A
 withdrawal stops a running job that reads the withdrawn data set before it
@@ -28,6 +33,8 @@ import grpc
 
 from enclave_worker import job_process, jobs, models, withdrawals
 from enclave_worker.identity import EnclaveIdentity
+from enclave_worker.slots import JobSlots
+from libos import limits
 from libos.runtime import Runtime
 from protocols import grpc_status
 from protocols.errors import ConsentError, DetenteError, FormatError, PolicyError
@@ -50,7 +57,7 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
     def __init__(self, runtime: Runtime, identity: EnclaveIdentity) -> None:
         self._runtime = runtime
         self._identity = identity
-        self._one_job = threading.Lock()  # one job at a time: memory is the enclave's
+        self.slots = job_slots()
         fs = runtime.default_mount()
         self._store = models.ModelStore(fs) if fs is not None else None
         self._cache = models.ModelCache()
@@ -80,58 +87,73 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
         )
 
     def RunJob(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
-        with self._one_job:
+        try:
+            first = next(request_iterator, None)
+            if first is None or not first.HasField("spec"):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunJob must start with a spec")
+                return
+            spec = first.spec
+            accepted_at = time.time()
+            approvals, manifests = list(spec.approvals), list(spec.manifests)
+            with self._running_lock:
+                job = jobs.accept(
+                    self._identity,
+                    spec.terms,
+                    approvals,
+                    manifests,
+                    now=accepted_at,
+                    withdrawn=self._withdrawn(),
+                )
+                if self._withdrawals is not None:
+                    self._withdrawals.note_job(job)
+            needed, _what = jobs.memory_estimate(job)
+            with self.slots.reserve(job.terms.job_id, needed):
+                yield from self._run(
+                    job, approvals, manifests, accepted_at, request_iterator, context
+                )
+        except job_process.JobCrashedError as exc:
+            log.warning("job failed: %s", exc)
+            context.abort(grpc.StatusCode.ABORTED, str(exc))
+        except job_process.JobFailedError as exc:
+            log.warning("job failed: %s", exc)
+            context.abort(grpc.StatusCode.INTERNAL, str(exc))
+        except DetenteError as exc:
+            self._abort(context, exc)
+        except Exception:
+            # Details stay in the enclave's log; the wire gets no internals.
+            log.exception("job failed")
+            context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to run the job")
+
+    def _run(
+        self,
+        job: jobs.AcceptedJob,
+        approvals: list[bytes],
+        manifests: list[bytes],
+        accepted_at: float,
+        request_iterator: Iterator[Any],
+        context: Any,
+    ) -> Iterator[Any]:
+        """Run an accepted job that holds its slot: its process, its data in, its results out."""
+        if job.terms.sealed:
+            # Before any data: a model sealed here must be kept rollback-protected.
+            if self._store is None:
+                raise _no_model_store(self._runtime)
+            self._store.check_can_seal(job.terms, job.terms_envelope.digest)
+        with job_process.JobProcess.start(
+            self._identity, job, approvals, manifests, accepted_at
+        ) as running:
+            # A cancelled call (client gone, server stopping) stops its job.
+            context.add_callback(running.kill)
+            reads = frozenset(d for _, d in job.terms.datasets)
+            with self._running_lock:
+                self._running[id(running)] = (reads, running)
+            if reads & self._withdrawn():  # withdrawn since it was accepted
+                running.kill()
             try:
-                first = next(request_iterator, None)
-                if first is None or not first.HasField("spec"):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "RunJob must start with a spec")
-                    return
-                spec = first.spec
-                accepted_at = time.time()
-                approvals, manifests = list(spec.approvals), list(spec.manifests)
+                yield from self._relay(running, job, request_iterator)
+            finally:
                 with self._running_lock:
-                    job = jobs.accept(
-                        self._identity,
-                        spec.terms,
-                        approvals,
-                        manifests,
-                        now=accepted_at,
-                        withdrawn=self._withdrawn(),
-                    )
-                    if self._withdrawals is not None:
-                        self._withdrawals.note_job(job)
-                if job.terms.sealed:
-                    # Before any data: a model sealed here must be kept rollback-protected.
-                    if self._store is None:
-                        raise _no_model_store(self._runtime)
-                    self._store.check_can_seal(job.terms, job.terms_envelope.digest)
-                with job_process.JobProcess.start(
-                    self._identity, job, approvals, manifests, accepted_at
-                ) as running:
-                    # A cancelled call (client gone, server stopping) stops its job.
-                    context.add_callback(running.kill)
-                    reads = frozenset(d for _, d in job.terms.datasets)
-                    with self._running_lock:
-                        self._running[id(running)] = (reads, running)
-                    if reads & self._withdrawn():  # withdrawn since it was accepted
-                        running.kill()
-                    try:
-                        yield from self._relay(running, job, request_iterator)
-                    finally:
-                        with self._running_lock:
-                            self._running.pop(id(running), None)
-            except job_process.JobCrashedError as exc:
-                log.warning("job failed: %s", exc)
-                context.abort(grpc.StatusCode.ABORTED, str(exc))
-            except job_process.JobFailedError as exc:
-                log.warning("job failed: %s", exc)
-                context.abort(grpc.StatusCode.INTERNAL, str(exc))
-            except DetenteError as exc:
-                self._abort(context, exc)
-            except Exception:
-                # Details stay in the enclave's log; the wire gets no internals.
-                log.exception("job failed")
-                context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to run the job")
+                    self._running.pop(id(running), None)
 
     def _relay(
         self,
@@ -262,9 +284,36 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
         )
 
 
+    def GetStatus(self, request: Any, context: Any) -> Any:
+        status = self.slots.status()
+        return enclave_pb2.WorkerStatus(
+            slots=status.slots,
+            busy=len(status.job_ids),
+            job_ids=list(status.job_ids),
+            backend=self._runtime.backend,
+            mrenclave=self._runtime.mrenclave,
+            draining=status.draining,
+        )
+
+
+def job_slots() -> JobSlots:
+    """This enclave's slots: ``[resources] processes`` jobs within ``memory_mb`` (one slot and
+    no memory limit outside an enclave, where no limits are installed)."""
+    budget = limits.current()
+    if budget is None:
+        return JobSlots(1, None)
+    return JobSlots(budget.processes, budget.memory_bytes)
+
+
 def _progress(item: jobs.JobProgress) -> Any:
     return enclave_pb2.RunJobResponse(progress=enclave_pb2.Progress(kind=item.kind, text=item.text))
 
 
-def add_to_server(server: Any, runtime: Runtime, identity: EnclaveIdentity) -> None:
-    enclave_pb2_grpc.add_EnclaveServicer_to_server(EnclaveServicer(runtime, identity), server)
+# The full name of the Enclave service, as the health service reports it.
+SERVICE_NAME = enclave_pb2.DESCRIPTOR.services_by_name["Enclave"].full_name
+
+
+def add_to_server(server: Any, runtime: Runtime, identity: EnclaveIdentity) -> EnclaveServicer:
+    servicer = EnclaveServicer(runtime, identity)
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(servicer, server)
+    return servicer

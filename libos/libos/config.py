@@ -27,7 +27,15 @@ BACKENDS = ("sim", "gramine")
 DEFAULTS: dict[str, Any] = {
     "entry_point": "enclave_worker.main:main",
     "packages": ["enclave_worker", "libos", "protocols"],
-    "distributions": ["cryptography", "grpcio", "protobuf", "numpy", "pyarrow", "xgboost-cpu"],
+    "distributions": [
+        "cryptography",
+        "grpcio",
+        "grpcio-health-checking",
+        "protobuf",
+        "numpy",
+        "pyarrow",
+        "xgboost-cpu",
+    ],
     "backend": "sim",
     "debug": False,
     "isv_prod_id": 1,

@@ -80,5 +80,10 @@ class ModelRetired(WrongState):
     """The sealed model was retired by its owners: its file and key are destroyed."""
 
 
+class WorkerBusy(DetenteError):
+    """An enclave worker takes no new job now: its job slots or memory are taken, or it is
+    stopping. Nothing was read of the job; run it again later, or on another worker."""
+
+
 class EnclaveUnavailable(DetenteError):
     """No enclave is configured, or the configured enclave could not be reached."""

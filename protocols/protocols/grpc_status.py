@@ -23,6 +23,7 @@ CATALOGUE: tuple[tuple[type[errors.DetenteError], grpc.StatusCode], ...] = (
     (errors.NotFound, grpc.StatusCode.NOT_FOUND),
     (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (errors.BudgetExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (errors.WorkerBusy, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ModelRetired, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.NotAllowed, grpc.StatusCode.PERMISSION_DENIED),
     (errors.NotRegistered, grpc.StatusCode.FAILED_PRECONDITION),

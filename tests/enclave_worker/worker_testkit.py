@@ -293,9 +293,12 @@ def build_worker_instance(directory: Path, **settings: Any) -> tuple[Path, image
 class Worker:
     """A real enclave worker: the enclave process itself, as `detente libos run` starts it."""
 
-    def __init__(self, instance: Path, measured: image.Measurement) -> None:
+    def __init__(
+        self, instance: Path, measured: image.Measurement, args: tuple[str, ...] = ()
+    ) -> None:
         self.instance = instance
         self.measured = measured
+        self.args = args  # the worker's own options (after `--`), e.g. --drain-seconds
         self.popen: subprocess.Popen[bytes] | None = None
         self.address = ""
 
@@ -307,7 +310,7 @@ class Worker:
     def start(self) -> Worker:
         port_file = self.instance / "worker.port"
         port_file.unlink(missing_ok=True)
-        cmd, env = launcher.command(self.instance, ["--port-file", str(port_file)])
+        cmd, env = launcher.command(self.instance, ["--port-file", str(port_file), *self.args])
         log = (self.instance / "worker-test.out").open("ab")
         self.popen = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

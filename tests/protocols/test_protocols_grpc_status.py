@@ -21,6 +21,7 @@ EXPECTED = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.BudgetExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.WorkerBusy: grpc.StatusCode.RESOURCE_EXHAUSTED,  # the coordinator queues the job again
     errors.ModelRetired: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotAllowed: grpc.StatusCode.PERMISSION_DENIED,
     errors.NotRegistered: grpc.StatusCode.FAILED_PRECONDITION,

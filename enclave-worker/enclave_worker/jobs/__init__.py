@@ -31,13 +31,14 @@ One module per step:
   predictions) sealed to their recipients (:class:`ReleasedOutput`) and the
   result statement;
 - ``environment``: :class:`JobEnvironment`, :class:`JobProgress`, :class:`CheckpointStore`;
-- ``runner``: :func:`run`, the order of the steps.
+- ``runner``: :func:`run`, the order of the steps, and :func:`memory_estimate`, what a
+  job will need (the worker reserves it while the job runs).
 """
 
 from enclave_worker.jobs.consent import AcceptedJob, accept
 from enclave_worker.jobs.environment import CheckpointStore, JobEnvironment, JobProgress
 from enclave_worker.jobs.release import ReleasedOutput
-from enclave_worker.jobs.runner import run
+from enclave_worker.jobs.runner import memory_estimate, run
 from enclave_worker.jobs.tables import check_table, value_free_errors
 from enclave_worker.jobs.training import Checkpoint, checkpoint_name, resumable, resumable_job
 
@@ -51,6 +52,7 @@ __all__ = [
     "accept",
     "check_table",
     "checkpoint_name",
+    "memory_estimate",
     "resumable",
     "resumable_job",
     "run",

@@ -158,23 +158,33 @@ def _rows_bound(terms: JobTerms, rows: list[int]) -> int:
     return sum(rows) if terms.join == "horizontal" else min(rows)
 
 
-def _check_intake_memory(env: JobEnvironment, job: AcceptedJob) -> None:
-    """Fail the job before any data arrives if its data sets and training cannot fit.
+def memory_estimate(job: AcceptedJob) -> tuple[int, str]:
+    """What a job's data sets and their training need, known before any data arrives.
 
-    The data sets are held as Arrow tables about the size of their ciphertext
-    (libos.limits.estimate_job_bytes); checked before the first byte is read,
-    so a job too large for the enclave fails before the parties' data moves.
+    (bytes, what they are for): the data sets are held as Arrow tables about
+    the size of their ciphertext (libos.limits.estimate_job_bytes), from the
+    signed manifests' sizes and row counts. The worker reserves it for the job
+    while it runs (enclave_worker.slots).
     """
     terms = job.terms
     sealed = sum(m.ciphertext_size for m in job.manifests.values())
     rows = _rows_bound(terms, [m.row_count for m in job.manifests.values()])
     vertical = terms.join == "vertical"
     needed = limits.estimate_job_bytes(sealed, rows, vertical, _outputs(terms))
-    env.check_allocation(
-        needed,
+    what = (
         f"the data sets of job {terms.job_id!r} ({len(job.manifests)} data sets, "
-        f"{sealed / 2**20:,.1f} MiB sealed, at most {rows} rows) and their training",
+        f"{sealed / 2**20:,.1f} MiB sealed, at most {rows} rows) and their training"
     )
+    return needed, what
+
+
+def _check_intake_memory(env: JobEnvironment, job: AcceptedJob) -> None:
+    """Fail the job before any data arrives if its data sets and training cannot fit.
+
+    Checked before the first byte is read (:func:`memory_estimate`), so a job
+    too large for the enclave fails before the parties' data moves.
+    """
+    env.check_allocation(*memory_estimate(job))
 
 
 def _check_memory(env: JobEnvironment, terms: JobTerms, named: list[tuple[str, Any]]) -> int:

@@ -122,3 +122,23 @@ class WithdrawDatasetResponse(_message.Message):
     models_retired: _containers.RepeatedScalarFieldContainer[str]
     jobs_stopped: int
     def __init__(self, already: _Optional[bool] = ..., checkpoints_removed: _Optional[int] = ..., models_retired: _Optional[_Iterable[str]] = ..., jobs_stopped: _Optional[int] = ...) -> None: ...
+
+class WorkerStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("slots", "busy", "job_ids", "backend", "mrenclave", "draining")
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    BUSY_FIELD_NUMBER: _ClassVar[int]
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MRENCLAVE_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    slots: int
+    busy: int
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    backend: str
+    mrenclave: str
+    draining: bool
+    def __init__(self, slots: _Optional[int] = ..., busy: _Optional[int] = ..., job_ids: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., mrenclave: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...

@@ -60,6 +60,11 @@ class EnclaveStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetResponse.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/detente.v1.Enclave/GetStatus',
+                request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatusRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatus.FromString,
+                _registered_method=True)
 
 
 class EnclaveServicer:
@@ -105,6 +110,16 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """What this worker is doing, for the coordinator's scheduler: its job slots,
+        the jobs running now and whether it is stopping (docs/protocol.md, "Worker pool").
+        Public: the coordinator started every job it lists. The standard gRPC
+        health service (grpc.health.v1.Health) runs beside it on the same server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +147,11 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.WithdrawDataset,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetResponse.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatusRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +289,33 @@ class Enclave:
             '/detente.v1.Enclave/WithdrawDataset',
             protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_enclave__pb2.WithdrawDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/detente.v1.Enclave/GetStatus',
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatusRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatus.FromString,
             options,
             channel_credentials,
             insecure,
