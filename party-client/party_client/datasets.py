@@ -35,6 +35,10 @@ from protocols.statements import Envelope
 
 SEALING = "sealing"  # rows read, checked and sealed into the spool file
 SENDING = "sending"  # rows and bytes sent to the coordinator
+# A coordinator busy with an earlier stream of the same upload is asked again this many
+# times, this many seconds apart.
+BUSY_RETRIES = 5
+BUSY_WAIT = 1.0
 # The slowest upload rate tolerated before the call times out (on top of the usual timeout).
 MIN_UPLOAD_RATE = 1 << 20
 
@@ -198,19 +202,40 @@ def _send(
     progress: ProgressCallback | None,
     remote: Coordinator | None,
 ) -> Uploaded:
-    """Send the pending upload's remaining bytes; forget it once the coordinator confirms."""
+    """Send the pending upload's remaining bytes; forget it once the coordinator confirms.
+
+    A coordinator still holding the stream of an interrupted attempt (it has not yet
+    noticed the cut) refuses a second one for a moment: that is retried, a few times.
+    """
     try:
         with connected(home, remote) as coordinator:
-            status = coordinator.begin_upload(pending.manifest)
-            if status.dataset is None:
-                left = pending.size - status.received
-                status = coordinator.send_upload(
-                    status.upload_id,
-                    status.received,
-                    _sending(pending, status.received, progress),
-                    timeout=coordinator.timeout + left / MIN_UPLOAD_RATE,
-                )
+            for attempt in range(BUSY_RETRIES + 1):
+                try:
+                    status = coordinator.begin_upload(pending.manifest)
+                    if status.dataset is None:
+                        left = pending.size - status.received
+                        status = coordinator.send_upload(
+                            status.upload_id,
+                            status.received,
+                            _sending(pending, status.received, progress),
+                            timeout=coordinator.timeout + left / MIN_UPLOAD_RATE,
+                        )
+                    break
+                except CoordinatorError as exc:
+                    if not issubclass(exc.kind, WrongState) or attempt == BUSY_RETRIES:
+                        raise
+                    time.sleep(BUSY_WAIT)
     except CoordinatorError as exc:
+        if issubclass(exc.kind, IntegrityError) and pending.intact():
+            # The coordinator's copy was wrong (it deleted it), not ours: send ours again.
+            raise UploadInterrupted(
+                f"{exc}. The sealed copy of data set {pending.dataset_id!r} in this party's "
+                "home still matches its signed manifest, so the coordinator's copy was "
+                f"damaged: run `detente party upload {pending.source} --resume` to send it "
+                "again whole",
+                exc.code,
+                exc.kind,
+            ) from None
         if not _resumable(exc):
             pending.remove()  # the same bytes would be refused again: nothing to resume
             raise

@@ -16,6 +16,7 @@ either.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -87,6 +88,21 @@ class PendingUpload:
                 break
             done = rows
         return done
+
+    def intact(self) -> bool:
+        """Whether the spool still hashes to the manifest's ciphertext digest (read whole)."""
+        from protocols.documents import DatasetManifest
+        from protocols.statements import Envelope
+
+        manifest = DatasetManifest.verify(Envelope.from_bytes(self.manifest, "dataset manifest"))
+        digest = hashlib.sha256()
+        try:
+            with self.spool_path.open("rb") as spool:
+                while piece := spool.read(stream.CHUNK_SIZE):
+                    digest.update(piece)
+        except OSError:
+            return False
+        return digest.hexdigest() == manifest.ciphertext_sha256
 
     def check(self) -> None:
         """Refuse to resume if the table changed since it was sealed or the spool is not

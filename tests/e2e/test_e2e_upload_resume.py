@@ -77,11 +77,14 @@ def partial_files(running: Running) -> list[Path]:
 
 
 def wait_for_partial(running: Running, process: subprocess.Popen[str], at_least: int) -> int:
-    """Wait until the coordinator has written ``at_least`` bytes of the upload; their count."""
+    """Wait until the coordinator has written ``at_least`` bytes of the upload ``process``
+    makes (in a partial file that did not exist when it started); their count."""
+    earlier = set(partial_files(running))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        sizes = [p.stat().st_size for p in partial_files(running) if p.exists()]
+        sizes = [p.stat().st_size for p in partial_files(running) if p not in earlier
+                 and p.exists()]  # fmt: skip
         if sizes and max(sizes) >= at_least:
             return max(sizes)
         time.sleep(0.05)
@@ -220,3 +223,87 @@ def test_a_changed_table_or_a_truncated_copy_is_not_resumed(
     os.utime(copy, ns=(time.time_ns(), time.time_ns()))
     changed = detente(["party", "upload", str(copy), "--resume"], home, check=False)
     assert changed.returncode != 0 and "changed since it was sealed" in changed.stderr
+
+
+def test_an_operator_who_damages_the_partial_upload_gets_the_whole_copy_again(
+    running: Running, relay: Relay, table: Path
+) -> None:
+    """The coordinator's operator flips a byte of the bytes it acknowledged, then claims more
+    bytes than its file holds: neither becomes a data set; the party's copy, intact, is sent
+    again and the data set ends with exactly its digest."""
+    import sqlite3
+
+    home = party_behind(running, "victim", relay)
+    earlier = set(partial_files(running))
+    upload = start_upload(home, table, "victim-ds")
+    wait_for_partial(running, upload, 3 << 20)
+    os.kill(upload.pid, signal.SIGKILL)
+    upload.communicate(timeout=30)
+    spool_sha256 = sha256_file(pending_spool(home, "victim-ds"))
+    (partial,) = set(partial_files(running)) - earlier
+    with partial.open("r+b") as f:
+        f.seek(1 << 20)
+        byte = f.read(1)
+        f.seek(1 << 20)
+        f.write(bytes([byte[0] ^ 0x80]))
+    relay.rate = None
+    damaged = detente(["party", "upload", str(table), "--resume"], home, check=False)
+    assert damaged.returncode != 0
+    assert "coordinator's copy was damaged" in damaged.stderr, damaged.stderr
+    assert pending_spool(home, "victim-ds").exists() and not partial.exists()
+    with Party.from_home(home) as party:
+        assert party.datasets() == []
+
+    # Now the operator claims bytes its file does not hold.
+    relay.rate = SLOW
+    upload = start_upload_resume(home, table)
+    wait_for_partial(running, upload, 2 << 20)
+    os.kill(upload.pid, signal.SIGKILL)
+    upload.communicate(timeout=30)
+    settled_received(running, "victim-ds")  # the coordinator kept what arrived
+    with sqlite3.connect(running.db) as db:
+        db.execute(
+            "UPDATE partial_uploads SET received = received + 5000000 WHERE dataset_id = ?",
+            ("victim-ds",),
+        )
+    relay.rate = None
+    # Refused at first ("holds only N bytes"), begun again from what the file holds.
+    detente(["party", "upload", str(table), "--resume"], home)
+    log = (running.coordinator_home / "coordinator.log").read_text()
+    assert "SendUpload refused: FAILED_PRECONDITION (WrongState)" in log
+    with Party.from_home(home) as party:
+        record = party.remote.dataset("victim-ds")
+    manifest = DatasetManifest.verify(Envelope.from_bytes(record.manifest, "manifest"))
+    assert manifest.ciphertext_sha256 == spool_sha256
+    stored = running.coordinator_home / "blobs" / spool_sha256[:2] / spool_sha256[2:]
+    assert sha256_file(stored) == spool_sha256
+
+
+def start_upload_resume(home: Path, table: Path) -> subprocess.Popen[str]:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "DETENTE_HOME": str(home)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "detente", "party", "upload", str(table), "--resume"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def settled_received(running: Running, dataset_id: str) -> int:
+    """Wait until the coordinator has acknowledged every byte its partial file holds (it
+    does when the cut stream ends); that count."""
+    import sqlite3
+
+    deadline = time.monotonic() + 30
+    while True:
+        with sqlite3.connect(running.db) as db:
+            received, name = db.execute(
+                "SELECT received, temp_name FROM partial_uploads WHERE dataset_id = ?",
+                (dataset_id,),
+            ).fetchone()
+        path = running.coordinator_home / "blobs" / name
+        if path.exists() and path.stat().st_size == received:
+            return int(received)
+        assert time.monotonic() < deadline, "the coordinator never settled the cut upload"
+        time.sleep(0.05)

@@ -178,9 +178,9 @@ class Uploads:
         except ShortPartial as exc:
             # The file lost bytes the database counted (deleted by hand): say what is left.
             self.store.set_received(upload_id, exc.held, now_ms())
-            raise InvalidRequest(
+            raise WrongState(
                 f"the coordinator holds only {exc.held} bytes of upload {upload_id}: begin "
-                "again and send from there"
+                "again and send from there (`detente party upload FILE --resume`)"
             ) from None
         try:
             for piece in ciphertext:
