@@ -158,7 +158,7 @@ def measure(mebibytes: float, features: int, workdir: Path) -> ParquetUploadFigu
     if report["rows"] != rows:
         raise RuntimeError(f"the upload reports {report['rows']} rows, not {rows}")
     size = int(report["size"])
-    raw = raw_seconds(lambda: _repeated(size), 1, size)
+    raw = raw_seconds(lambda: _repeated(size), 2, size)  # best of two: the machine is shared
     return ParquetUploadFigures(
         table.stat().st_size, rows, size, report["seal"], report["send"], raw, peak
     )

@@ -420,31 +420,10 @@ class Coordinator:
         reply = self._call(self._stub.GetEvidence, pb.GetEvidenceRequest(nonce=nonce))
         return RemoteEvidence(bytes(reply.identity), bytes(reply.quote), reply.backend)
 
-    def upload(
-        self,
-        manifest: bytes,
-        ciphertext: bytes | Iterable[bytes],
-        timeout: float | None = None,
-    ) -> RemoteDataset:
-        """Send a signed manifest, then the ciphertext: given whole, or as pieces of at most
-        ``CHUNK_SIZE`` bytes (streamed as they come; the call may last ``timeout`` seconds)."""
-        if isinstance(ciphertext, bytes | bytearray | memoryview):
-            pieces: Iterable[bytes] = _pieces(bytes(ciphertext))
-        else:
-            pieces = ciphertext
-
-        def messages() -> Iterator[Any]:
-            yield pb.UploadDatasetRequest(manifest=manifest)
-            for piece in pieces:
-                if len(piece) > CHUNK_SIZE:
-                    raise ValueError(f"an upload piece is at most {CHUNK_SIZE} bytes")
-                yield pb.UploadDatasetRequest(ciphertext=piece)
-
-        return _dataset(self._call(self._stub.UploadDataset, messages(), timeout=timeout))
-
     def begin_upload(self, manifest: bytes) -> RemoteUpload:
         """Begin the upload of the data set ``manifest`` signs, or find it again: how many
-        bytes the coordinator already holds (its data set, if complete)."""
+        bytes the coordinator already holds (its data set, if complete). The one-shot
+        ``UploadDataset`` call is not used: every upload is resumable."""
         return _upload(self._call(self._stub.BeginUpload, pb.BeginUploadRequest(manifest=manifest)))
 
     def send_upload(

@@ -150,8 +150,19 @@ def test_an_upload_killed_mid_way_resumes_to_the_digest_of_its_sealed_copy(
         assert record.size == manifest.ciphertext_size == stored.stat().st_size
         # A fresh, uninterrupted upload of the same sealed bytes gives the same digest.
         fresh = dataclasses.replace(manifest, dataset_id="fresh-ds").sign(party.home.signing_key())
-        again = party.remote.upload(fresh.to_bytes(), stored.read_bytes(), timeout=120)
-        assert party.remote.dataset("fresh-ds").size == again.size == record.size
+        begun = party.remote.begin_upload(fresh.to_bytes())
+        data = stored.read_bytes()
+        pieces = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+        again = party.remote.send_upload(begun.upload_id, 0, pieces, timeout=120)
+        assert begun.received == 0 and again.dataset is not None
+        assert again.dataset.size == record.size
+        fresh_record = party.remote.dataset("fresh-ds")
+        assert (
+            DatasetManifest.verify(
+                Envelope.from_bytes(fresh_record.manifest, "manifest")
+            ).ciphertext_sha256
+            == spool_sha256
+        )
         assert sha256_file(stored) == spool_sha256
         # And the enclave opens it: a job over the resumed data set trains.
         job = party.propose(["killed-ds"], label="label", id_column="id", num_boost_round=2)
