@@ -234,6 +234,9 @@ def test_a_changed_table_or_a_truncated_copy_is_not_resumed(
     os.utime(copy, ns=(time.time_ns(), time.time_ns()))
     changed = detente(["party", "upload", str(copy), "--resume"], home, check=False)
     assert changed.returncode != 0 and "changed since it was sealed" in changed.stderr
+    # Uploading the file afresh works, and says that the interrupted upload is still kept.
+    fresh = detente(["party", "upload", str(copy), "--label", "label", "--id", "id"], home)
+    assert "interrupted upload of" in fresh.stderr and "changed-ds" in fresh.stderr
 
 
 def test_an_operator_who_damages_the_partial_upload_gets_the_whole_copy_again(

@@ -86,10 +86,21 @@ def upload(
     send the rest. The coordinator lists the data set only once it is whole.
     """
     from party_client.cli.progress import UploadReport
+    from party_client.resume import pending_uploads
     from party_client.tables import load_schema
 
     kinds = load_schema(schema) if schema is not None else None
     home = party.PartyHome.default()
+    if not resume:
+        source = str(path.resolve())
+        for left in pending_uploads(home.spool_dir):
+            if left.source == source:
+                err.print(
+                    f"note: an interrupted upload of {path} (data set {left.dataset_id}) is "
+                    "kept in this home; `--resume` would send the rest of it instead of "
+                    "sealing the file again",
+                    highlight=False,
+                )
     report = None if json_out else UploadReport(err)
     try:
         done = party.upload(
