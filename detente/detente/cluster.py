@@ -25,12 +25,14 @@ __all__ = [
     "START_TIMEOUT",
     "Cluster",
     "ClusterError",
+    "EnclaveWorker",
     "Process",
     "Roles",
     "cluster",
     "detente_command",
     "start_coordinator",
     "start_enclave",
+    "start_enclave_pool",
     "start_roles",
     "write_policy",
 ]
@@ -146,13 +148,16 @@ class Roles:
         )
 
 
-def write_policy(path: Path, measured: dict[str, Any]) -> Path:
+def write_policy(path: Path, measured: dict[str, Any], roots: list[str] | None = None) -> Path:
+    """A policy that trusts exactly the build ``measured`` describes, on its simulated platform
+    (or on each of ``roots``, the simulated machines of a pool)."""
+    listed = ", ".join(f'"{r}"' for r in roots or [measured["simulation_root_sha256"]])
     path.write_text(
         "# Demo policy: trusts exactly this enclave build, and accepts SIMULATION\n"
-        "# evidence (no hardware protection) from this simulated platform only.\n"
+        "# evidence (no hardware protection) from these simulated platforms only.\n"
         f'mrenclave = ["{measured["mrenclave"]}"]\n'
         "allow_simulation = true\n"
-        f'simulation_roots = ["{measured["simulation_root_sha256"]}"]\n'
+        f"simulation_roots = [{listed}]\n"
     )
     return path
 
@@ -176,6 +181,62 @@ def start_enclave(c: Cluster, root: Path) -> tuple[int, dict[str, Any], Path]:
         host / "logs",
     )
     return port, measured, write_policy(root / "policy.toml", measured)
+
+
+@dataclass(frozen=True)
+class EnclaveWorker:
+    """One enclave worker of a pool, started by :func:`start_enclave_pool`."""
+
+    name: str
+    address: str  # HOST:PORT
+    pid: int
+    instance: Path  # its ENCLAVE_DIR
+    simulation_root: str  # SHA-256 of its simulated machine's root
+
+
+def start_enclave_pool(
+    c: Cluster, root: Path, count: int, worker_args: list[str] | None = None
+) -> tuple[list[EnclaveWorker], dict[str, Any], Path]:
+    """Start ``count`` workers of one build in ``enclave-pool/``, each a process.
+
+    Each instance is its own simulated machine (its ``platform/``); they share
+    one ``libos.toml`` and signer key, so one MRENCLAVE and MRSIGNER. The first
+    starts as a plain worker; the others ``--join`` it and present its
+    identity. Each trusts the others' simulated roots (``--pool-simulation-root``).
+    Returns the workers, `detente libos measure --json` of the build, and a
+    policy (``policy.toml``) that trusts that build on every machine of the pool.
+    """
+    if count < 1:
+        raise ValueError(f"a pool needs at least one worker, got {count}")
+    pool = root / "enclave-pool"
+    instances = [pool / f"worker-{n}" for n in range(count)]
+    c.run(["libos", "init", str(instances[0])])
+    for instance in instances[1:]:
+        instance.mkdir(parents=True)
+        for name in ("libos.toml", "signer.key"):
+            (instance / name).write_bytes((instances[0] / name).read_bytes())
+            (instance / name).chmod((instances[0] / name).stat().st_mode)
+    measures = []
+    for instance in instances:
+        c.run(["libos", "build", str(instance)])
+        measures.append(json.loads(c.run(["libos", "measure", str(instance), "--json"])))
+    if len({m["mrenclave"] for m in measures}) != 1:
+        raise ClusterError("the pool's instances were built to different measurements")
+    roots = [str(m["simulation_root_sha256"]) for m in measures]
+    workers: list[EnclaveWorker] = []
+    for n, instance in enumerate(instances):
+        args = [*(worker_args or [])]
+        for other in roots[:n] + roots[n + 1 :]:
+            args += ["--pool-simulation-root", other]
+        if workers:
+            args += ["--join", workers[0].address]
+        port_file = instance.parent / f"worker-{n}.port"
+        name = f"enclave-{n}"
+        run = ["libos", "run", str(instance), "--", "--port-file", str(port_file), *args]
+        port = c.spawn(name, run, port_file, pool / "logs")
+        pid = c.processes[-1].popen.pid
+        workers.append(EnclaveWorker(name, f"127.0.0.1:{port}", pid, instance, roots[n]))
+    return workers, measures[0], write_policy(root / "policy.toml", measures[0], roots)
 
 
 def start_coordinator(

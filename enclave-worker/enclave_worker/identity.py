@@ -141,25 +141,39 @@ def _write_sealed(runtime: Runtime, sealed: bytes) -> None:
         write_secret_file(runtime.sealed_dir / _SEALED_NAME, sealed)
 
 
+def load_sealed(runtime: Runtime) -> EnclaveIdentity | None:
+    """The identity this worker sealed before, or None on its first start."""
+    blob = _read_sealed(runtime)
+    if blob is None:
+        return None
+    keys = json.loads(runtime.unseal(blob, _SEAL_LABEL))
+    return EnclaveIdentity.from_private_keys(
+        keys, runtime.backend, runtime.mrenclave, "sealed identity"
+    )
+
+
+def seal(runtime: Runtime, identity: EnclaveIdentity) -> None:
+    """Seal ``identity``'s keys where :func:`load_sealed` finds them at the next start."""
+    _write_sealed(runtime, runtime.seal(json.dumps(identity.private_keys()).encode(), _SEAL_LABEL))
+
+
 def load_or_create(runtime: Runtime) -> EnclaveIdentity:
     """Unseal the identity keys, or create and seal them on first start.
 
     The sealed blob lives in the encrypted file system when the image mounts
     one, so the host sees neither the blob nor its name and cannot roll it back.
+    A worker that joins a pool gets its keys from a worker of the pool instead
+    (enclave_worker.provisioning) and seals them the same way.
     """
-    mrenclave = runtime.mrenclave
-    blob = _read_sealed(runtime)
-    if blob is not None:
-        keys = json.loads(runtime.unseal(blob, _SEAL_LABEL))
-        return EnclaveIdentity.from_private_keys(
-            keys, runtime.backend, mrenclave, "sealed identity"
-        )
+    sealed = load_sealed(runtime)
+    if sealed is not None:
+        return sealed
     identity = EnclaveIdentity(
         SigningKey.generate(),
         HpkePrivateKey.generate(),
         runtime.backend,
-        mrenclave,
+        runtime.mrenclave,
         HpkePrivateKey.generate(Kem.MLKEM768_X25519),
     )
-    _write_sealed(runtime, runtime.seal(json.dumps(identity.private_keys()).encode(), _SEAL_LABEL))
+    seal(runtime, identity)
     return identity

@@ -4,7 +4,9 @@ Runs inside the LibOS (libos.runtime.current() must exist). It unseals or
 creates the enclave identity, makes a fresh TLS key and its RA-TLS
 certificate, serves the Enclave gRPC API over TLS on loopback by default, with
 the standard gRPC health service (grpc.health.v1.Health) beside it, and stops
-cleanly on SIGTERM or SIGINT.
+cleanly on SIGTERM or SIGINT. With ``--join HOST:PORT`` it gets its identity
+from a running worker of the same build instead (enclave_worker.provisioning),
+and exits with code 2, saying why, if either side refuses the other.
 
 Stopping drains: the health service answers NOT_SERVING (for "" and for the
 Enclave service), new jobs are refused with WorkerBusy, and the running jobs
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,14 +28,21 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from enclave_worker import identity, service
+from enclave_worker import identity, provisioning, service
 from protocols import tls
 from protocols.durable import write_atomic
+from protocols.errors import DetenteError
 from protocols.grpc_status import CHANNEL_OPTIONS
 
 
 def _write_port(path: Path, port: int) -> None:
     write_atomic(path, str(port).encode())
+
+
+def _root(text: str) -> str:
+    if len(text) != 64 or any(c not in "0123456789abcdefABCDEF" for c in text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a SHA-256 fingerprint (64 hex digits)")
+    return text.lower()
 
 
 def main(argv: list[str]) -> int:
@@ -43,6 +53,21 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", type=Path)
+    parser.add_argument(
+        "--join",
+        metavar="HOST:PORT",
+        help="get the pool's identity from this running worker of the same build "
+        "(attested both ways), instead of making one",
+    )
+    parser.add_argument(
+        "--pool-simulation-root",
+        metavar="SHA256",
+        action="append",
+        default=[],
+        type=_root,
+        help="sim backend only: the SIMULATION root of another simulated machine of the pool, "
+        "whose workers may join this one or be joined (repeat for each)",
+    )
     parser.add_argument(
         "--drain-seconds",
         type=float,
@@ -58,7 +83,15 @@ def main(argv: list[str]) -> int:
     logs.configure(
         "%(asctime)s %(levelname)s %(name)s: %(message)s", filename=log_dir / "worker.log"
     )
-    me = identity.load_or_create(rt)
+    roots = tuple(args.pool_simulation_root)
+    try:
+        provisioning.peer_policy(rt, roots)  # refuses roots on a hardware backend
+        me = provisioning.join(rt, args.join, roots) if args.join else identity.load_or_create(rt)
+    except DetenteError as exc:
+        what = f"cannot join the pool at {args.join}" if args.join else "cannot start"
+        logging.getLogger("enclave_worker").error("%s: %s", what, exc)
+        print(f"enclave worker: {what}: {exc}", file=sys.stderr)
+        return 2
     # TLS only, with an RA-TLS certificate: clients verify the quote inside it
     # before they send a byte (protocols/SPEC.md §13).
     tls_key, certificate = identity.ratls_credentials(me, rt)
@@ -66,7 +99,7 @@ def main(argv: list[str]) -> int:
     # A running job holds a thread for its whole call: room for every slot, and
     # for evidence, status, health checks and queries beside them.
     server = grpc.server(ThreadPoolExecutor(max_workers=slots + 4), options=CHANNEL_OPTIONS)
-    servicer = service.add_to_server(server, rt, me)
+    servicer = service.add_to_server(server, rt, me, roots)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_secure_port(

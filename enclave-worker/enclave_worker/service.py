@@ -13,6 +13,9 @@ its estimated memory (enclave_worker.slots); a job beyond them is refused at
 once with WorkerBusy (RESOURCE_EXHAUSTED) before a byte of its data is read,
 so the coordinator can queue it again. GetStatus says what runs now.
 
+ShareIdentity hands this enclave's keys to a worker of the same build that
+joins the pool (enclave_worker.provisioning).
+
 Predict, RetireModel, WithdrawDataset and GetStatus run here, in the service's
 process, beside running jobs (they never wait for a slot): the model store and the
 withdrawn list (enclave_worker.withdrawals) live in the runtime's default
@@ -31,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from enclave_worker import job_process, jobs, models, withdrawals
+from enclave_worker import job_process, jobs, models, provisioning, withdrawals
 from enclave_worker.identity import EnclaveIdentity
 from enclave_worker.slots import JobSlots
 from libos import limits
@@ -54,9 +57,12 @@ def _no_model_store(runtime: Runtime) -> PolicyError:
 
 
 class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
-    def __init__(self, runtime: Runtime, identity: EnclaveIdentity) -> None:
+    def __init__(
+        self, runtime: Runtime, identity: EnclaveIdentity, pool_roots: tuple[str, ...] = ()
+    ) -> None:
         self._runtime = runtime
         self._identity = identity
+        self._pool_roots = pool_roots  # the pool's other simulated machines (provisioning)
         self.slots = job_slots()
         fs = runtime.default_mount()
         self._store = models.ModelStore(fs) if fs is not None else None
@@ -283,7 +289,6 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
             jobs_stopped=len(stopping),
         )
 
-
     def GetStatus(self, request: Any, context: Any) -> Any:
         status = self.slots.status()
         return enclave_pb2.WorkerStatus(
@@ -294,6 +299,18 @@ class EnclaveServicer(enclave_pb2_grpc.EnclaveServicer):
             mrenclave=self._runtime.mrenclave,
             draining=status.draining,
         )
+
+    def ShareIdentity(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
+        """Key provisioning: this enclave's keys, to a joining worker of its own build only."""
+        try:
+            yield from provisioning.share(
+                self._runtime, self._identity, request_iterator, self._pool_roots
+            )
+        except DetenteError as exc:
+            self._abort(context, exc)
+        except Exception:
+            log.exception("sharing the identity failed")
+            context.abort(grpc.StatusCode.INTERNAL, "the enclave failed to share its identity")
 
 
 def job_slots() -> JobSlots:
@@ -313,7 +330,9 @@ def _progress(item: jobs.JobProgress) -> Any:
 SERVICE_NAME = enclave_pb2.DESCRIPTOR.services_by_name["Enclave"].full_name
 
 
-def add_to_server(server: Any, runtime: Runtime, identity: EnclaveIdentity) -> EnclaveServicer:
-    servicer = EnclaveServicer(runtime, identity)
+def add_to_server(
+    server: Any, runtime: Runtime, identity: EnclaveIdentity, pool_roots: tuple[str, ...] = ()
+) -> EnclaveServicer:
+    servicer = EnclaveServicer(runtime, identity, pool_roots)
     enclave_pb2_grpc.add_EnclaveServicer_to_server(servicer, server)
     return servicer

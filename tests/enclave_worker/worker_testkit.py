@@ -294,11 +294,17 @@ class Worker:
     """A real enclave worker: the enclave process itself, as `detente libos run` starts it."""
 
     def __init__(
-        self, instance: Path, measured: image.Measurement, args: tuple[str, ...] = ()
+        self,
+        instance: Path,
+        measured: image.Measurement,
+        args: tuple[str, ...] = (),
+        platform: Path | None = None,
     ) -> None:
         self.instance = instance
         self.measured = measured
         self.args = args  # the worker's own options (after `--`), e.g. --drain-seconds
+        # The simulated platform (DETENTE_LIBOS_PLATFORM_DIR): workers of one pool share one.
+        self.platform = platform or launcher.platform_dir(instance)
         self.popen: subprocess.Popen[bytes] | None = None
         self.address = ""
 
@@ -311,6 +317,7 @@ class Worker:
         port_file = self.instance / "worker.port"
         port_file.unlink(missing_ok=True)
         cmd, env = launcher.command(self.instance, ["--port-file", str(port_file), *self.args])
+        env[launcher.PLATFORM_DIR_ENV] = str(self.platform)
         log = (self.instance / "worker-test.out").open("ab")
         self.popen = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -326,7 +333,7 @@ class Worker:
         return self
 
     def client(self) -> EnclaveClient:
-        root = SimPlatform(launcher.platform_dir(self.instance)).root_fingerprint
+        root = SimPlatform(self.platform).root_fingerprint
         policy = AttestationPolicy(
             mrenclave=(self.measured.mrenclave,),
             allow_simulation=True,

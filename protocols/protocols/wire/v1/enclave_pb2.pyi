@@ -142,3 +142,27 @@ class WorkerStatus(_message.Message):
     mrenclave: str
     draining: bool
     def __init__(self, slots: _Optional[int] = ..., busy: _Optional[int] = ..., job_ids: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., mrenclave: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class ShareIdentityRequest(_message.Message):
+    __slots__ = ("nonce", "evidence")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    evidence: Evidence
+    def __init__(self, nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
+
+class ShareIdentityChallenge(_message.Message):
+    __slots__ = ("nonce", "evidence")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    evidence: Evidence
+    def __init__(self, nonce: _Optional[bytes] = ..., evidence: _Optional[_Union[Evidence, _Mapping]] = ...) -> None: ...
+
+class ShareIdentityResponse(_message.Message):
+    __slots__ = ("challenge", "sealed_keys")
+    CHALLENGE_FIELD_NUMBER: _ClassVar[int]
+    SEALED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    challenge: ShareIdentityChallenge
+    sealed_keys: bytes
+    def __init__(self, challenge: _Optional[_Union[ShareIdentityChallenge, _Mapping]] = ..., sealed_keys: _Optional[bytes] = ...) -> None: ...

@@ -65,6 +65,11 @@ class EnclaveStub:
                 request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatusRequest.SerializeToString,
                 response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatus.FromString,
                 _registered_method=True)
+        self.ShareIdentity = channel.stream_stream(
+                '/detente.v1.Enclave/ShareIdentity',
+                request_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.ShareIdentityRequest.SerializeToString,
+                response_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.ShareIdentityResponse.FromString,
+                _registered_method=True)
 
 
 class EnclaveServicer:
@@ -120,6 +125,18 @@ class EnclaveServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShareIdentity(self, request_iterator, context):
+        """Key provisioning within a pool (docs/protocol.md, "Workers of one measurement
+        share one identity"; protocols/SPEC.md §9.4). Called by a worker started with
+        --join on a worker of the pool, never by the coordinator. Client stream: the
+        joining worker's nonce, then its evidence for the provider's nonce. Server
+        stream: the provider's nonce with its evidence for the joiner's nonce, then
+        the identity keys sealed to the joiner's attested one-time key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EnclaveServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +169,11 @@ def add_EnclaveServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatusRequest.FromString,
                     response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatus.SerializeToString,
+            ),
+            'ShareIdentity': grpc.stream_stream_rpc_method_handler(
+                    servicer.ShareIdentity,
+                    request_deserializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.ShareIdentityRequest.FromString,
+                    response_serializer=protocols_dot_wire_dot_v1_dot_enclave__pb2.ShareIdentityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +338,33 @@ class Enclave:
             '/detente.v1.Enclave/GetStatus',
             protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatusRequest.SerializeToString,
             protocols_dot_wire_dot_v1_dot_enclave__pb2.WorkerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareIdentity(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/detente.v1.Enclave/ShareIdentity',
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.ShareIdentityRequest.SerializeToString,
+            protocols_dot_wire_dot_v1_dot_enclave__pb2.ShareIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,
