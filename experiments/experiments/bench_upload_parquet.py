@@ -47,6 +47,8 @@ class ParquetUploadFigures:
     send_seconds: float  # sending the spool and the coordinator's check
     raw_seconds: float  # the same number of bytes over raw TLS gRPC
     peak_rss_bytes: int  # the upload process
+    party_cpu_seconds: float = 0.0  # CPU time of the upload process (user + system)
+    coordinator_cpu_seconds: float = 0.0  # CPU time the coordinator spent meanwhile
 
     @property
     def upload_mb_s(self) -> float:
@@ -111,9 +113,18 @@ print(json.dumps({"size": done.ciphertext_size, "rows": done.rows,
 """
 
 
-def upload_in_child(home: Path, table: Path, workdir: Path) -> tuple[dict[str, Any], int]:
-    """Upload ``table`` as the party in ``home`` from a child process: its report and its
-    peak resident memory in bytes (``ru_maxrss``, KiB on Linux)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), 0 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def upload_in_child(home: Path, table: Path, workdir: Path) -> tuple[dict[str, Any], int, float]:
+    """Upload ``table`` as the party in ``home`` from a child process: its report, its
+    peak resident memory in bytes (``ru_maxrss``, KiB on Linux) and its CPU seconds."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETENTE_")}
     env.update({"DETENTE_HOME": str(home), "PYTHONUNBUFFERED": "1"})
     out = workdir / "upload.json"
@@ -130,7 +141,8 @@ def upload_in_child(home: Path, table: Path, workdir: Path) -> tuple[dict[str, A
         process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise SystemExit(f"upload failed ({process.returncode}):\n{errors.decode()[-3000:]}")
-    return json.loads(out.read_text().strip().splitlines()[-1]), usage.ru_maxrss * 1024
+    cpu = usage.ru_utime + usage.ru_stime
+    return json.loads(out.read_text().strip().splitlines()[-1]), usage.ru_maxrss * 1024, cpu
 
 
 def _repeated(size: int) -> Iterator[bytes]:
@@ -154,13 +166,24 @@ def measure(mebibytes: float, features: int, workdir: Path) -> ParquetUploadFigu
         home.mkdir(exist_ok=True)
         roles.init_party(c, "bench", home)
         c.run(["party", "attest"], home)
-        report, peak = upload_in_child(home, table, workdir)
+        coordinator = c.processes[-1].popen.pid  # start_roles starts it last
+        before = cpu_seconds(coordinator)
+        report, peak, party_cpu = upload_in_child(home, table, workdir)
+        coordinator_cpu = cpu_seconds(coordinator) - before
     if report["rows"] != rows:
         raise RuntimeError(f"the upload reports {report['rows']} rows, not {rows}")
     size = int(report["size"])
     raw = raw_seconds(lambda: _repeated(size), 2, size)  # best of two: the machine is shared
     return ParquetUploadFigures(
-        table.stat().st_size, rows, size, report["seal"], report["send"], raw, peak
+        table.stat().st_size,
+        rows,
+        size,
+        report["seal"],
+        report["send"],
+        raw,
+        peak,
+        party_cpu,
+        coordinator_cpu,
     )
 
 
@@ -198,6 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"raw TLS gRPC stream:   {f.raw_mb_s:8.1f} MB/s")
     print(f"ratio upload / raw:    {f.ratio:8.3f} whole, {f.send_ratio:.3f} sending (target 0.7)")
     print(f"upload peak RSS:       {f.peak_rss_bytes / MIB:8.1f} MiB")
+    print(
+        f"CPU time: upload process {f.party_cpu_seconds:.1f} s, coordinator "
+        f"{f.coordinator_cpu_seconds:.1f} s, in {f.seal_seconds + f.send_seconds:.1f} s of "
+        f"wall time on {os.cpu_count()} cores"
+    )
     return 0
 
 
