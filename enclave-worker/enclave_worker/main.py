@@ -96,9 +96,9 @@ def main(argv: list[str]) -> int:
     # before they send a byte (protocols/SPEC.md §13).
     tls_key, certificate = identity.ratls_credentials(me, rt)
     slots = service.job_slots().slots
-    # A running job holds a thread for its whole call: room for every slot, and
-    # for evidence, status, health checks and queries beside them.
-    server = grpc.server(ThreadPoolExecutor(max_workers=slots + 4), options=CHANNEL_OPTIONS)
+    # A running job holds a thread for its whole call (a health Watch too): room for
+    # every slot, and for evidence, status, health checks, queries and joins beside them.
+    server = grpc.server(ThreadPoolExecutor(max_workers=slots + 8), options=CHANNEL_OPTIONS)
     servicer = service.add_to_server(server, rt, me, roots)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -155,8 +155,10 @@ def test_a_worker_of_another_build_gets_no_keys_and_gives_none(pool):
     assert "measurement: MRENCLAVE" in details
 
 
-def _runtime(directory: Path, platform: Path, mrenclave: str, mrsigner: str) -> SimRuntime:
-    measurement = image.Measurement(mrenclave, mrsigner, "sim", False, 1, 1, 0)
+def _runtime(
+    directory: Path, platform: Path, mrenclave: str, mrsigner: str, debug: bool = False
+) -> SimRuntime:
+    measurement = image.Measurement(mrenclave, mrsigner, "sim", debug, 1, 1, 0)
     mounts = (Mount("/data", "data", "mrenclave"),)
     return SimRuntime(measurement, directory, SimPlatform(platform), mounts)
 
@@ -220,6 +222,13 @@ def test_forged_or_missing_evidence_gets_nothing(pool):
     same = _runtime(pool["root"] / "same", b_platform, measured.mrenclave, measured.mrsigner)
     code, details = _ask(a, lambda nonce: _forged(same, secrets.token_bytes(NONCE_SIZE)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "report-data" in details
+    # A debug enclave of A's measurement and signer on a machine of the pool: a production
+    # worker never hands its keys to an enclave whose memory the host can read.
+    debug = _runtime(
+        pool["root"] / "debug", b_platform, measured.mrenclave, measured.mrsigner, debug=True
+    )
+    code, details = _ask(a, lambda nonce: _forged(debug, nonce))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "debug enclave (refused" in details
 
     # A tampered quote.
     def tampered(nonce: bytes) -> Any:
@@ -230,6 +239,10 @@ def test_forged_or_missing_evidence_gets_nothing(pool):
 
     code, details = _ask(a, tampered)
     assert code == grpc.StatusCode.FAILED_PRECONDITION
+    # Another signer's enclave claiming A's MRENCLAVE.
+    signer = _runtime(pool["root"] / "signer", b_platform, measured.mrenclave, "11" * 32)
+    code, details = _ask(a, lambda nonce: _forged(signer, nonce))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "MRSIGNER" in details
     # A plain TLS client that sends no evidence at all: the call ends without keys.
     code, details = _ask(a, lambda nonce: None)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
