@@ -27,9 +27,12 @@ this way (protocols/SPEC.md §9.4):
    seals its private keys with it (STREAM, associated data
    ``"detente/v1 share-identity " ‖ MRENCLAVE``), over the TLS channel.
 5. The joiner opens them, checks that their public keys are exactly those the
-   provider's evidence names, and seals them to its own encrypted mount, as a
-   worker seals keys it made itself (enclave_worker.identity). From then on it
-   presents that identity, with an RA-TLS key of its own.
+   provider's evidence names, records the provider's withdrawn list that came
+   sealed with them (enclave_worker.withdrawals: each owner's statement checked
+   against its manifest), and only then seals the keys to its own encrypted
+   mount, as a worker seals keys it made itself (enclave_worker.identity). From
+   then on it presents that identity, with an RA-TLS key of its own, and
+   refuses every data set the pool refuses.
 
 A joiner that already holds an identity refuses a different one (it never
 replaces its keys silently). Nothing here logs or raises key material: errors
@@ -56,6 +59,7 @@ from typing import Any
 
 import grpc
 
+from enclave_worker import withdrawals
 from enclave_worker.identity import EnclaveIdentity, load_sealed, seal
 from libos.runtime import Runtime
 from protocols import canonical, hpke, ratls, statements, stream, tls
@@ -179,7 +183,11 @@ def share(
         )
     key = secrets.token_bytes(stream.KEY_SIZE)
     wrapped = hpke.wrap_key(key, one_time, _info(nonce, joiner_nonce))
-    keys = canonical.dumps(identity.private_keys())
+    # The withdrawn list travels with the keys: a worker that can open the pool's data
+    # must refuse what the pool refuses (enclave_worker.withdrawals).
+    fs = runtime.default_mount()
+    withdrawn = withdrawals.Withdrawals(fs).export() if fs is not None else []
+    keys = canonical.dumps({**identity.private_keys(), "withdrawn": withdrawn})
     sealed = stream.seal_stream(key, keys, _CONTEXT + runtime.mrenclave.encode())
     del key, keys
     log.info(
@@ -259,7 +267,7 @@ def join(runtime: Runtime, address: str, pool_roots: tuple[str, ...] = ()) -> En
         log.info("joined the pool again: this worker already holds its identity")
         return held
     certificate = tls.load_certificate(der, "the pool worker's certificate")
-    received, named = _exchange(runtime, pool_roots, address, certificate)
+    received, named, withdrawn = _exchange(runtime, pool_roots, address, certificate)
     if named.tls_public_key_sha256 != tls.public_key_sha256(certificate):
         raise AttestationError(
             f"the worker at {address} answered with evidence that names another TLS key than "
@@ -269,6 +277,17 @@ def join(runtime: Runtime, address: str, pool_roots: tuple[str, ...] = ()) -> En
         raise AttestationError(
             f"the worker at {address} sent keys other than those its evidence names"
         )
+    # The pool's withdrawn list first: keys are never kept without it.
+    fs = runtime.default_mount()
+    if fs is not None:
+        adopted = withdrawals.Withdrawals(fs).adopt(withdrawn)
+        log.info("joined the pool at %s: %d withdrawn data set(s) recorded", address, adopted)
+    elif withdrawn:
+        raise SetupError(
+            "this worker has no rollback-protected encrypted mount to keep the pool's "
+            f"withdrawn list ({len(withdrawn)} data set(s)) in, so it would run data their "
+            "owners withdrew: it does not join; give it such a mount (docs/libos.md)"
+        )
     seal(runtime, received)
     log.info("joined the pool at %s: identity %s sealed", address, _fingerprint(named))
     return received
@@ -276,8 +295,9 @@ def join(runtime: Runtime, address: str, pool_roots: tuple[str, ...] = ()) -> En
 
 def _exchange(
     runtime: Runtime, roots: tuple[str, ...], address: str, certificate: Any
-) -> tuple[EnclaveIdentity, IdentityDocument]:
-    """The ShareIdentity call: nonces, evidence both ways, the sealed keys opened."""
+) -> tuple[EnclaveIdentity, IdentityDocument, Any]:
+    """The ShareIdentity call: nonces, evidence both ways, the sealed keys opened; with
+    the provider's withdrawn list (records, checked when adopted)."""
     requests: queue.Queue[Any] = queue.Queue()
     nonce = secrets.token_bytes(NONCE_SIZE)
     requests.put(enclave_pb2.ShareIdentityRequest(nonce=nonce))
@@ -329,7 +349,8 @@ def _exchange(
         raise AttestationError(
             f"the keys from the worker at {address} do not open with this call's one-time key"
         ) from None
+    withdrawn = keys.pop("withdrawn", []) if isinstance(keys, dict) else []
     received = EnclaveIdentity.from_private_keys(
         keys, runtime.backend, runtime.mrenclave, "shared identity"
     )
-    return received, provider.identity
+    return received, provider.identity, withdrawn

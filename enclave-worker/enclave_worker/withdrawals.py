@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from enclave_worker.models import ModelCache, ModelRecord, ModelStore, Tombstone
 from protocols import canonical
 from protocols.documents import DatasetWithdrawal
-from protocols.errors import DetenteError
+from protocols.errors import DetenteError, FormatError
 from protocols.statements import Envelope
 
 if TYPE_CHECKING:
@@ -99,11 +99,35 @@ class Withdrawals:
             "manifest_digest": doc.manifest_digest,
             "owner_key": doc.owner_key.hex,
             "statement": withdrawal.hex(),
+            "manifest": manifest.hex(),
             "recorded_at": int(time.time()),
         }
         self._fs.write_bytes(path, canonical.dumps(record))
         log.info("data set %s withdrawn by its owner: on the withdrawn list", doc.dataset_id)
         return doc, False
+
+    def export(self) -> list[dict[str, object]]:
+        """Every record, for a worker that joins the pool (enclave_worker.provisioning): it
+        gets the pool's keys, so it must refuse what the pool refuses before it serves."""
+        return [
+            canonical.loads(self._fs.read_bytes(f"{RECORDS}/{digest}"), "withdrawal record")
+            for digest in sorted(self.digests())
+        ]
+
+    def adopt(self, records: object) -> int:
+        """Record the withdrawals a pool's worker handed over with its keys; how many were
+        new here. Each statement is checked against its manifest again."""
+        if not isinstance(records, list):
+            raise FormatError("the pool's withdrawn list must be a list of records")
+        adopted = 0
+        for doc in records:
+            if not isinstance(doc, dict):
+                raise FormatError("a withdrawal record of the pool must be an object")
+            statement = canonical.unhex(doc.get("statement"), "withdrawal record statement")
+            manifest = canonical.unhex(doc.get("manifest"), "withdrawal record manifest")
+            _, already = self.record(statement, manifest)
+            adopted += 0 if already else 1
+        return adopted
 
     # --- derived state ----------------------------------------------------------------
 

@@ -201,3 +201,51 @@ def test_a_running_job_on_the_data_set_is_stopped(worker, enclave, parties):
     assert seen >= 1
     assert checkpoint_files(worker, job) == []
     assert not worker.job_processes(), "the job's process is gone"
+
+
+def test_a_worker_that_joins_the_pool_later_refuses_what_the_pool_withdrew(
+    worker, enclave, parties, tmp_path
+):
+    """The joiner gets the pool's keys, which open the data: its withdrawn list comes with
+    them, so a host that starts a fresh worker cannot run a withdrawn data set on it."""
+    from test_worker_join import _copy_build
+
+    from libos import launcher
+    from libos.sim import SimPlatform
+
+    job = released(enclave, parties, "wd-joined", rounds=5)
+    collect(run_job(worker, job))
+    withdrawal, manifest = withdrawal_of(job, 0)
+    worker.client().withdraw_dataset(withdrawal, manifest)
+
+    b_dir = _copy_build(worker.instance, tmp_path / "b", worker.measured)
+    a_root = SimPlatform(launcher.platform_dir(worker.instance)).root_fingerprint
+    b_root = SimPlatform(launcher.platform_dir(b_dir)).root_fingerprint
+    worker.stop()  # A now trusts B's simulated machine
+    worker.args = ("--pool-simulation-root", b_root)
+    worker.start()
+    joiner = Worker(
+        b_dir, worker.measured, ("--join", worker.address, "--pool-simulation-root", a_root)
+    )
+    try:
+        joiner.start()
+        assert enclave_of(joiner).signing_key == enclave.signing_key  # the pool's identity
+        digest = job.terms.datasets[0][1]
+        assert f"withdrawals/datasets/{digest}" in mount_of(joiner).files()
+        with pytest.raises(EnclaveCallError) as refused:
+            collect(run_job(joiner, job))  # the host kept the ciphertext
+        assert refused.value.code == "PERMISSION_DENIED"
+        assert "'wd-joined-a' was withdrawn by its owner" in refused.value.details
+        # The data set that was not withdrawn trains on the joiner.
+        fine = seal_job(
+            enclave.hpke_key,
+            enclave.mrenclave,
+            "wd-joined-b",
+            [(parties.b, "wd-joined-b2", customers(200, 2, "binary:logistic"))],
+            id_column="id",
+            params=PARAMS,
+        )
+        outputs, _ = collect(run_job(joiner, fine))
+        assert outputs["statement"]
+    finally:
+        joiner.stop()
