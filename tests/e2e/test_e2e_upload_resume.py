@@ -181,7 +181,11 @@ def test_a_cut_network_is_resumed_and_named_in_the_error(
     assert upload.returncode != 0
     assert "--resume" in errors and "cut-ds" in errors, errors
     relay.rate = None
-    detente(["party", "upload", str(table), "--resume"], home)
+    resumed = detente(["party", "upload", str(table), "--resume"], home)
+    # Piped, the progress lines say where the upload resumed and how fast it went.
+    last = [line for line in resumed.stderr.splitlines() if line.startswith("sent ")][-1]
+    assert "resumed at" in last and "(100%)" in last and "MB/s" in last, resumed.stderr
+    assert "uploaded cut-ds" in resumed.stdout
     with Party.from_home(home) as party:
         assert [d.dataset_id for d in party.datasets()] == ["cut-ds"]
     assert not pending_spool(home, "cut-ds").exists()

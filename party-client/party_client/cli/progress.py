@@ -76,7 +76,10 @@ class UploadReport:
         if self._phase_start is not None and self._phase_start[0] == progress.phase:
             _, since, start_bytes = self._phase_start
             elapsed = time.monotonic() - since
-            rate = (progress.bytes - start_bytes) / elapsed if elapsed >= 0.2 else None
+            done = progress.total_bytes is not None and progress.bytes >= progress.total_bytes
+            # A rate over less than 0.2 s says little, except for a phase already done.
+            if elapsed >= 0.2 or (done and elapsed > 0):
+                rate = (progress.bytes - start_bytes) / elapsed
         return describe(progress, rate)
 
     def __call__(self, progress: Any) -> None:
