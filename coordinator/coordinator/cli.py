@@ -33,8 +33,12 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on; 0 picks one.")] = 0,
     enclave: Annotated[
-        str | None,
-        typer.Option("--enclave", help="HOST:PORT of the enclave worker that runs jobs."),
+        list[str] | None,
+        typer.Option(
+            "--enclave",
+            help="HOST:PORT of an enclave worker that runs jobs; repeat it for a pool. Added "
+            "to the workers kept in the database (see `detente coordinator workers`).",
+        ),
     ] = None,
     port_file: Annotated[
         Path | None, typer.Option("--port-file", help="Write the bound port to this file.")
@@ -72,6 +76,14 @@ def serve(
             "(or set DETENTE_DASHBOARD_TOKEN).",
         ),
     ] = None,
+    worker_check_seconds: Annotated[
+        float,
+        typer.Option(
+            "--worker-check-seconds",
+            min=0.2,
+            help="How often each worker's health and job slots are checked.",
+        ),
+    ] = 2.0,
 ) -> None:
     """Serve the coordinator API over TLS until SIGTERM or SIGINT.
 
@@ -83,13 +95,13 @@ def serve(
     from coordinator.server import serve as run
     from protocols.policy import AttestationPolicy
 
-    if enclave is None:
+    if not enclave and enclave_policy is None:
         typer.echo(
-            "no --enclave given: jobs will wait in `approved` until the coordinator is "
-            "restarted with `--enclave HOST:PORT --enclave-policy FILE`",
+            "no --enclave-policy given: no enclave worker is used, and jobs wait in `approved` "
+            "until the coordinator is restarted with `--enclave HOST:PORT --enclave-policy FILE`",
             err=True,
         )
-    elif enclave_policy is None:
+    elif enclave and enclave_policy is None:
         raise UsageError(
             "--enclave needs --enclave-policy FILE: the coordinator sends job data only to an "
             "enclave whose RA-TLS certificate passes that attestation policy"
@@ -102,11 +114,12 @@ def serve(
         db_url,
         host,
         port,
-        enclave,
+        enclave or [],
         port_file,
         policy,
         JobLimits(max_job_seconds, max_work),
         dashboard=board,
+        worker_check_seconds=worker_check_seconds,
     )
 
 
@@ -203,6 +216,127 @@ def cancel(
         typer.echo(f"cancel requested for {job_id}: the coordinator stops it within a second")
     else:
         typer.echo(f"{job_id} cancelled")
+
+
+workers_app = typer.Typer(
+    help="The enclave workers the coordinator runs jobs on: list them (the default), add or "
+    "remove one. A running coordinator follows these changes within a few seconds.",
+    pretty_exceptions_show_locals=False,
+    invoke_without_command=True,
+)
+app.add_typer(workers_app, name="workers")
+
+
+def _worker_json(record: Any) -> dict[str, Any]:
+    return {
+        "address": record.address,
+        "health": record.health,
+        "problem": record.problem,
+        "backend": record.backend,
+        "mrenclave": record.mrenclave,
+        "mrsigner": record.mrsigner,
+        "tcb_status": record.tcb_status,
+        "attested_at": record.attested_at,
+        "slots": record.slots,
+        "busy": record.busy,
+        "job_ids": record.job_ids,
+        "draining": record.draining,
+        "last_seen": record.last_seen,
+        "checked_at": record.checked_at,
+        "registered_at": record.registered_at,
+    }
+
+
+def _when(ms: int | None) -> str:
+    import datetime
+
+    if ms is None:
+        return "never"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@workers_app.callback()
+def workers(
+    ctx: typer.Context,
+    home: HomeOption = Path("coordinator-home"),
+    db_url: DbUrlOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List the enclave workers: health, attestation, job slots and current jobs."""
+    if ctx.invoked_subcommand is not None:
+        return
+    store = _open_store(home, db_url)
+    try:
+        records = store.list_workers()
+        running = {r.address: store.jobs_on_worker(r.address) for r in records}
+    finally:
+        store.close()
+    if json_out:
+        emit_json(
+            {"workers": [{**_worker_json(r), "current_jobs": running[r.address]} for r in records]}
+        )
+        return
+    if not records:
+        typer.echo(
+            "no enclave worker registered: add one with `detente coordinator workers add "
+            "HOST:PORT` (or `serve --enclave HOST:PORT`)"
+        )
+        return
+    for r in records:
+        backend = r.backend or "backend unknown"
+        if r.simulation:
+            backend = "SIMULATION (no hardware protection)"
+        typer.echo(f"{r.address}  {r.health}  {backend}")
+        if r.problem:
+            typer.echo(f"  problem: {r.problem}")
+        typer.echo(f"  MRENCLAVE {r.mrenclave or '—'}  MRSIGNER {r.mrsigner or '—'}")
+        typer.echo(f"  TCB {r.tcb_status or '—'}; last attested {_when(r.attested_at)} UTC")
+        jobs = ", ".join(running[r.address]) or "none"
+        typer.echo(f"  slots {r.busy}/{r.slots} busy; running jobs: {jobs}")
+        typer.echo(f"  last seen {_when(r.last_seen)} UTC")
+
+
+@workers_app.command("add")
+def workers_add(
+    address: Annotated[str, typer.Argument(help="HOST:PORT of the enclave worker.")],
+    home: HomeOption = Path("coordinator-home"),
+    db_url: DbUrlOption = None,
+) -> None:
+    """Register a worker; the running coordinator attests it against its enclave policy
+    before it gives it a job."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UsageError(f"{address!r} is not HOST:PORT: give for example 127.0.0.1:7001")
+    store = _open_store(home, db_url)
+    try:
+        _, new = store.register_worker(address, "the operator (workers add)")
+    finally:
+        store.close()
+    typer.echo(
+        f"worker {address} registered: the coordinator attests it and checks its health "
+        "within seconds (see `detente coordinator workers`)"
+        if new
+        else f"worker {address} is already registered"
+    )
+
+
+@workers_app.command("remove")
+def workers_remove(
+    address: Annotated[str, typer.Argument(help="HOST:PORT of the enclave worker.")],
+    home: HomeOption = Path("coordinator-home"),
+    db_url: DbUrlOption = None,
+) -> None:
+    """Take a worker out of the pool: it gets no new job (jobs running on it go on)."""
+    store = _open_store(home, db_url)
+    try:
+        removed = store.remove_worker(address, "the operator (workers remove)")
+    finally:
+        store.close()
+    if not removed:
+        raise UsageError(
+            f"no worker {address} is registered: list them with `detente coordinator workers`"
+        )
+    typer.echo(f"worker {address} removed: it gets no new job")
 
 
 audit_app = command_group("The coordinator's hash-chained, signed audit log.")

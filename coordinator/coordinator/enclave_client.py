@@ -105,6 +105,23 @@ class SignedAnswer:
 
 PredictMessage = AnswerPiece | SignedAnswer
 
+# The name the worker's gRPC health service knows its Enclave service by.
+HEALTH_SERVICE = enclave_pb2.DESCRIPTOR.services_by_name["Enclave"].full_name
+STATUS_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    """A worker's answer to a health check and GetStatus (public facts only)."""
+
+    serving: bool  # the health service says SERVING for the Enclave service
+    slots: int
+    busy: int
+    job_ids: list[str]
+    backend: str
+    mrenclave: str
+    draining: bool
+
 
 @dataclass(frozen=True)
 class WithdrawalReceipt:
@@ -117,12 +134,14 @@ class WithdrawalReceipt:
 
 
 class EnclaveCallError(EnclaveUnavailable):
-    """The enclave answered a call with a gRPC error (status code and details kept)."""
+    """The enclave answered a call with a gRPC error (status code and details kept, and
+    the catalogue class the enclave named, if it named one: protocols.grpc_status)."""
 
-    def __init__(self, code: str, details: str) -> None:
+    def __init__(self, code: str, details: str, error: str = "") -> None:
         super().__init__(f"enclave returned {code}: {details}")
         self.code = code
         self.details = details
+        self.error = error
 
 
 class EnclaveNotTrusted(AttestationError):
@@ -132,8 +151,11 @@ class EnclaveNotTrusted(AttestationError):
 def _call_error(exc: grpc.RpcError) -> EnclaveCallError:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else None
+    trailers: Any = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    kind = grpc_status.error_class(code, trailers)
     name = code.name if code is not None else "UNKNOWN"
-    return EnclaveCallError(name, str(details or "no details"))
+    error = kind.__name__ if kind is not DetenteError else ""
+    return EnclaveCallError(name, str(details or "no details"), error)
 
 
 def _relayed_error(exc: grpc.RpcError) -> DetenteError:
@@ -235,6 +257,8 @@ class EnclaveClient:
         self.address = address
         self.policy = policy
         self._queries = _QueryChannel(self.channel)
+        # The last evidence that passed the policy, and when (time.time()).
+        self.last_verified: tuple[VerifiedEnclave, float] | None = None
 
     def close(self) -> None:
         """Close the channel queries share (calls under way keep it until they end)."""
@@ -255,12 +279,46 @@ class EnclaveClient:
         try:
             enclave = ratls.verify_ratls_certificate(der, self.policy)
         except AttestationError as exc:
-            log.warning("enclave at %s refused: %s", self.address, exc)
+            log.debug("enclave at %s refused: %s", self.address, exc)
             raise EnclaveNotTrusted(
                 f"the coordinator does not trust the enclave at {self.address}: {exc}; the "
                 "operator must run an enclave its --enclave-policy allows"
             ) from None
+        self.last_verified = (enclave, time.time())
         return der, enclave
+
+    def reattest(self) -> None:
+        """The next status check or query verifies the enclave's certificate again."""
+        self._queries.close()
+
+    def status(self) -> WorkerStatus:
+        """Ask the worker's gRPC health service and its GetStatus, over the shared
+        verified channel (verified again after a dropped connection).
+
+        Raises EnclaveCallError (UNAVAILABLE and others) or EnclaveNotTrusted.
+        """
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with self._queries.use() as shared:
+            try:
+                health = health_pb2_grpc.HealthStub(shared.channel).Check(
+                    health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=STATUS_TIMEOUT
+                )
+                reply = enclave_pb2_grpc.EnclaveStub(shared.channel).GetStatus(
+                    enclave_pb2.WorkerStatusRequest(), timeout=STATUS_TIMEOUT
+                )
+            except grpc.RpcError as exc:
+                self._queries.discard(shared)
+                raise _call_error(exc) from None
+        return WorkerStatus(
+            serving=health.status == health_pb2.HealthCheckResponse.SERVING,
+            slots=int(reply.slots),
+            busy=int(reply.busy),
+            job_ids=[str(j) for j in reply.job_ids],
+            backend=str(reply.backend),
+            mrenclave=str(reply.mrenclave),
+            draining=bool(reply.draining),
+        )
 
     def channel(self) -> grpc.Channel:
         """A channel pinned to the certificate just verified (no application byte before)."""

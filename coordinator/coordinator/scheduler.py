@@ -1,15 +1,22 @@
-"""Runs approved jobs on the enclave, one at a time, on one background thread.
+"""Runs approved jobs on the worker pool: several at once, each worker up to its slots.
 
-The scheduler relays: it sends the signed terms, approvals and manifests and
-the ciphertext of each data set, and stores what the enclave streams back
-(progress text, encrypted outputs, the signed result statement). It decides
-nothing about consent; the enclave re-checks everything (docs/protocol.md §5).
+One dispatcher thread takes the next job from the fair queue, waits for a
+serving worker with a free slot (:meth:`coordinator.pool.WorkerPool.acquire`)
+and starts the job's run there in a thread of its own
+(:class:`coordinator.job_run.JobRun`, which relays and records).
 
 Fairness. Waiting jobs are taken round-robin by proposer, so a party that
-queues many jobs delays only its own; and a running job holds the enclave at
+queues many jobs delays only its own; and a running job holds its worker at
 most its time limit (:class:`coordinator.limits.JobLimits`): a watchdog
-cancels the enclave call when the limit passes or when the job's proposer or
-the operator cancels it.
+cancels the call when the limit passes or when the job's proposer or the
+operator cancels it.
+
+Re-queue. A run whose worker died, whose call broke (UNAVAILABLE, ABORTED),
+or whose worker answered WorkerBusy goes back to ``approved`` and into the
+queue without any party acting (audit entry ``job.requeued`` naming the
+worker and the reason); it runs on another serving worker, or on the same one
+once it is back, where the enclave resumes it from its checkpoint. After
+``max_losses`` lost workers the job fails, naming `detente party retry`.
 """
 
 from __future__ import annotations
@@ -17,38 +24,17 @@ from __future__ import annotations
 import collections
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
 
-from coordinator.blobs import BlobStore, BlobWriter
-from coordinator.enclave_client import (
-    EnclaveCallError,
-    EnclaveClient,
-    EnclaveProgress,
-    JobSpec,
-    OutputPiece,
-    SignedResult,
-)
+from coordinator.blobs import BlobStore
+from coordinator.job_run import JobRun, Outcome, sealed_model
 from coordinator.limits import JobLimits
-from coordinator.store import (
-    APPROVED,
-    CANCELLED,
-    FAILED,
-    RUNNING,
-    SEALED,
-    CoordinatorStore,
-    JobRecord,
-    ModelRecord,
-    StoredOutput,
-)
-from protocols import canonical
-from protocols.documents import JobTerms, ResultStatement
-from protocols.errors import DetenteError, IntegrityError
-from protocols.statements import Envelope
-from protocols.stream import CHUNK_SIZE
+from coordinator.pool import WorkerPool
+from coordinator.store import APPROVED, CANCELLED, FAILED, RUNNING, CoordinatorStore
 
 log = logging.getLogger(__name__)
-WATCH_INTERVAL = 0.25
+# Workers a job may lose (died, or its call broke) before it fails; a party's retry
+# starts the count afresh.
+MAX_WORKER_LOSSES = 3
 
 
 class FairQueue:
@@ -99,41 +85,34 @@ class FairQueue:
 
 
 class Scheduler:
-    """A fair queue of approved job ids and the one thread that runs them."""
+    """A fair queue of approved job ids, a dispatcher, and a thread per running job."""
 
     def __init__(
         self,
         store: CoordinatorStore,
         blobs: BlobStore,
-        enclave: EnclaveClient | None,
+        pool: WorkerPool,
         limits: JobLimits | None = None,
+        max_losses: int = MAX_WORKER_LOSSES,
     ) -> None:
         self._store = store
         self._blobs = blobs
-        self._enclave = enclave
+        self._pool = pool
         self._limits = limits or JobLimits()
+        self._max_losses = max_losses
         self._queue = FairQueue()
-        # Ids waiting in the queue (not the one running: a retry of the running job,
-        # once it failed, must be queued again).
+        # Ids waiting in the queue or for a slot (not those running: a retry of a running
+        # job, once it failed, must be queued again).
         self._queued: set[str] = set()
-        self._running: str | None = None
+        self._runs: dict[str, JobRun] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
-        self._cancel: Callable[[], object] | None = None
-        self._stop_reason: str | None = None  # why the watchdog cancelled the current call
-
-    @property
-    def enabled(self) -> bool:
-        return self._enclave is not None
 
     def start(self) -> None:
-        if self._enclave is None:
-            log.warning("no enclave configured: approved jobs stay approved until one is")
-            return
-        self._thread = threading.Thread(target=self._loop, name="job-scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._dispatch, name="job-scheduler", daemon=True)
         self._thread.start()
 
     def recover(self) -> None:
@@ -154,9 +133,6 @@ class Scheduler:
             self.submit(job_id)
 
     def submit(self, job_id: str) -> None:
-        if self._enclave is None:
-            log.warning("job %s is approved but no enclave is configured: it waits", job_id)
-            return
         with self._lock:
             if job_id in self._queued:
                 return
@@ -164,14 +140,20 @@ class Scheduler:
             self._idle.clear()
         self._queue.put(self._store.get_job(job_id).proposer, job_id)
 
+    def running(self) -> dict[str, str]:
+        """The jobs running now and the worker (HOST:PORT) each runs on."""
+        with self._lock:
+            return {job_id: run.worker.address for job_id, run in self._runs.items()}
+
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the current job; a job cut off here stays ``running`` and
-        goes back to ``approved`` at the next start (see :meth:`recover`)."""
+        """Stop dispatching and cut off the running calls; a job cut off here stays
+        ``running`` and goes back to ``approved`` at the next start (see :meth:`recover`)."""
         self._stopping.set()
         self._queue.close()
-        cancel = self._cancel
-        if cancel is not None:
-            cancel()
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            run.cancel()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -179,250 +161,93 @@ class Scheduler:
         """Block until every submitted job has been handled (for tests and shutdown)."""
         return self._idle.wait(timeout)
 
-    def _loop(self) -> None:
+    def _settle(self) -> None:
+        with self._lock:
+            if not self._queued and not self._runs:
+                self._idle.set()
+
+    def _dispatch(self) -> None:
         while not self._stopping.is_set():
+            # A slot first, then the job: the fair queue's choice is made when a job can
+            # start, not before (a job taken early would wait ahead of later proposers').
+            if not self._pool.wait_free(self._stopping):
+                return
             job_id = self._queue.get()
             if job_id is None:
                 return
+            worker = self._pool.acquire(job_id, self._stopping)
+            if worker is None:
+                return
+            attempt = self._store.start_job(job_id, worker.address)
+            if not attempt:
+                log.info("job %s is no longer approved: not run", job_id)
+                self._pool.release(worker, job_id)
+                with self._lock:
+                    self._queued.discard(job_id)
+                self._settle()
+                continue
+            log.info("job %s running on worker %s (attempt %d)", job_id, worker.address, attempt)
+            run = JobRun(
+                self._store,
+                self._blobs,
+                self._pool,
+                self._limits,
+                worker,
+                job_id,
+                attempt,
+                self._stopping,
+            )
             with self._lock:
                 self._queued.discard(job_id)
-                self._running = job_id
-            try:
-                self._run(job_id)
-            except Exception:
-                log.exception("scheduler failed on job %s", job_id)
-            finally:
-                with self._lock:
-                    self._running = None
-                    if not self._queued:
-                        self._idle.set()
+                self._runs[job_id] = run
+            threading.Thread(
+                target=self._run, args=(run,), name=f"job-{job_id}"[:32], daemon=True
+            ).start()
 
-    def _run(self, job_id: str) -> None:
-        assert self._enclave is not None
-        if not self._store.start_job(job_id):
-            log.info("job %s is no longer approved: not run", job_id)
-            return
-        log.info("job %s running on enclave %s", job_id, self._enclave.address)
-        job = self._store.get_job(job_id)
-        terms = JobTerms.verify(Envelope.from_bytes(job.terms, "job terms"))
-        limit = self._limits.seconds_for(terms)
-        self._stop_reason = None
-        watching = threading.Event()
-        watchdog = threading.Thread(
-            target=self._watch,
-            args=(job_id, time.monotonic() + limit, limit, watching),
-            name=f"watch-{job_id}"[:32],
-            daemon=True,
-        )
-        watchdog.start()
+    def _run(self, run: JobRun) -> None:
+        outcome = Outcome.DONE
         try:
-            outputs, result = self._relay(job)
-        except EnclaveCallError as exc:
-            if self._stopping.is_set():
-                log.info("job %s interrupted by shutdown: it will run again at restart", job_id)
-                return
-            if self._stop_reason is None and self._store.get_job(job_id).cancel_reason:
-                # Cancelled, and the enclave ended the call before the watchdog did (a
-                # withdrawal makes the worker stop a job on the withdrawn data set itself).
-                self._stop_reason = f"cancel:{limit}"
-            if self._stop_reason is not None:
-                self._stopped(job_id)
-                return
-            log.warning("job %s failed on the enclave: %s", job_id, exc.code)
-            self._store.transition(
-                job_id,
-                [RUNNING],
-                FAILED,
-                FAILED,
-                error=exc.details,
-                audit_detail={"code": exc.code},
-            )
-            return
-        except DetenteError as exc:
-            log.warning("job %s failed: %s", job_id, type(exc).__name__)
-            self._store.transition(job_id, [RUNNING], FAILED, FAILED, error=str(exc))
-            return
+            outcome = run.run()
+        except Exception:
+            log.exception("scheduler failed on job %s", run.job_id)
         finally:
-            watching.set()
-            watchdog.join()
-        if result is None:
-            self._store.transition(
-                job_id,
-                [RUNNING],
-                FAILED,
-                FAILED,
-                error="the enclave ended the job without a result statement",
-            )
-            return
+            self._pool.release(run.worker, run.job_id)
+            with self._lock:
+                self._runs.pop(run.job_id, None)
         try:
-            model = sealed_model(job, terms, outputs, result)
-        except DetenteError as exc:
-            log.warning("job %s failed: %s", job_id, exc)
-            self._store.transition(job_id, [RUNNING], FAILED, FAILED, error=str(exc))
-            for output in outputs:  # kept for no one: not left on disk either
-                if not self._store.blob_referenced(output.blob_sha256):
-                    self._blobs.delete(output.blob_sha256)
+            self._after(run, outcome)
+        except Exception:
+            log.exception("scheduler failed to re-queue job %s", run.job_id)
+        finally:
+            self._settle()
+
+    def _after(self, run: JobRun, outcome: Outcome) -> None:
+        """Re-queue the job if its worker was lost, busy or refused."""
+        if outcome in (Outcome.DONE, Outcome.SHUTDOWN):
             return
-        self._store.finish_job(job_id, outputs, result, model)
-        log.info(
-            "job %s succeeded with %d output(s)%s",
-            job_id,
-            len(outputs),
-            f", model sealed as {model.model_id}" if model else "",
+        if outcome is Outcome.BUSY:
+            self._pool.mark_busy(run.worker)
+        else:
+            self._pool.mark_lost(run.worker, f"{run.reason} while running job {run.job_id}")
+        state = self._store.requeue_job(
+            run.job_id,
+            run.attempt,
+            run.worker.address,
+            run.reason,
+            lost=outcome is Outcome.LOST,
+            max_losses=self._max_losses,
         )
-
-    def _watch(self, job_id: str, deadline: float, limit: int, done: threading.Event) -> None:
-        """While the job runs: cancel its enclave call on a cancel request or at its deadline."""
-        while not done.wait(WATCH_INTERVAL):
-            reason = None
-            if time.monotonic() >= deadline:
-                reason = "timeout"
-                log.warning("job %s passed its time limit of %d s: stopping it", job_id, limit)
-            elif self._store.get_job(job_id).cancel_reason:
-                reason = "cancel"
-                log.info("job %s cancelled while running: stopping it", job_id)
-            if reason is not None:
-                self._stop_reason = f"{reason}:{limit}"
-                cancel = self._cancel
-                if cancel is not None:
-                    cancel()
-                return
-
-    def _stopped(self, job_id: str) -> None:
-        """Record why the watchdog stopped the job: a cancel, or its time limit."""
-        kind, _, limit = (self._stop_reason or "").partition(":")
-        job = self._store.get_job(job_id)
-        if kind == "cancel":
-            self._store.transition(job_id, [RUNNING], CANCELLED, job.cancel_reason or CANCELLED)
-            return
-        self._store.transition(
-            job_id,
-            [RUNNING],
-            FAILED,
-            FAILED,
-            error=(
-                f"the job ran longer than its time limit of {limit} s and was stopped; its "
-                f"proposer can resume it from its last checkpoint with `detente party retry "
-                f"{job_id}`"
+        log.warning(
+            "job %s: worker %s %s: %s",
+            run.job_id,
+            run.worker.address,
+            run.reason,
+            {APPROVED: "re-queued", FAILED: "too many lost workers, failed"}.get(
+                state or "", f"now {state}"
             ),
-            audit_detail={"code": "DEADLINE_EXCEEDED", "limit_seconds": int(limit)},
         )
-
-    def _datasets(self, job: JobRecord) -> Iterator[tuple[str, Iterable[bytes]]]:
-        for dataset_id in job.dataset_ids:
-            record = self._store.get_dataset(dataset_id)
-            if record is None:
-                raise DetenteError(f"data set {dataset_id!r} of job {job.job_id!r} is gone")
-            yield dataset_id, self._chunks(dataset_id, record.blob_sha256)
-
-    def _chunks(self, dataset_id: str, sha256: str) -> Iterator[bytes]:
-        """A data set's ciphertext, read once. A blob that no longer matches its name is
-        found after its last piece went out: the call is then cancelled before the
-        enclave sees the end of its data (so it trains and releases nothing), and the
-        job fails naming the data set. The enclave checks each data set against the
-        digest in its signed manifest itself, so a coordinator that skipped this check
-        would not get a corrupted data set trained either."""
-        try:
-            yield from self._blobs.iter_chunks(sha256, CHUNK_SIZE)
-        except IntegrityError as exc:
-            raise IntegrityError(f"the ciphertext of data set {dataset_id!r}: {exc}") from None
-
-    def _relay(self, job: JobRecord) -> tuple[list[StoredOutput], bytes | None]:
-        assert self._enclave is not None
-        manifests = []
-        for dataset_id in job.dataset_ids:
-            record = self._store.get_dataset(dataset_id)
-            if record is None:
-                raise DetenteError(f"data set {dataset_id!r} of job {job.job_id!r} is gone")
-            manifests.append(record.manifest)
-        spec = JobSpec(job.terms, [a.envelope for a in job.approvals], manifests)
-        outputs: list[StoredOutput] = []
-        result: bytes | None = None
-        current: tuple[str, BlobWriter] | None = None
-        try:
-            for message in self._enclave.run_job(spec, self._datasets(job), self._set_cancel):
-                if isinstance(message, EnclaveProgress):
-                    self._store.add_event(job.job_id, message.kind or "progress", message.text)
-                elif isinstance(message, OutputPiece):
-                    if current is None or current[0] != message.name:
-                        if current is not None:
-                            outputs.append(self._commit(*current))
-                        if any(o.name == message.name for o in outputs):
-                            raise DetenteError(
-                                f"the enclave sent output {message.name!r} in two pieces"
-                            )
-                        current = (message.name, self._blobs.writer(what="output"))
-                    current[1].write(message.data)
-                elif isinstance(message, SignedResult):
-                    result = message.data
-            if current is not None:
-                outputs.append(self._commit(*current))
-                current = None
-        finally:
-            self._cancel = None
-            if current is not None:
-                current[1].abort()
-        return outputs, result
-
-    def _set_cancel(self, cancel: Callable[[], object]) -> None:
-        self._cancel = cancel
-        if self._stopping.is_set() or self._stop_reason is not None:
-            cancel()
-
-    @staticmethod
-    def _commit(name: str, writer: BlobWriter) -> StoredOutput:
-        sha256, size = writer.commit()
-        return StoredOutput(name, sha256, size)
+        if state == APPROVED and not self._stopping.is_set():
+            self.submit(run.job_id)
 
 
-def sealed_model(
-    job: JobRecord, terms: JobTerms, outputs: list[StoredOutput], result: bytes
-) -> ModelRecord | None:
-    """The model a finished job sealed in the enclave, as its result statement names it
-    (None if the terms release the model); DetenteError if statement and terms disagree.
-
-    The coordinator reads the statement without checking its signature: the record
-    only lets parties find the model, and the enclave keeps its own.
-    """
-    try:
-        envelope = Envelope.from_bytes(result, "result statement")
-        named = ResultStatement.from_dict(canonical.loads(envelope.payload, "result")).sealed_model
-    except DetenteError:
-        if not terms.sealed:
-            return None  # the parties verify the statement; nothing here depends on it
-        raise DetenteError(
-            f"the enclave's result statement for job {job.job_id!r} cannot be read, so the "
-            "model it sealed cannot be recorded"
-        ) from None
-    if not terms.sealed:
-        if named is not None:
-            raise DetenteError(
-                f"the enclave's result statement names a sealed model {named!r}, but the terms "
-                f"of job {job.job_id!r} release the model: nothing of it is recorded"
-            )
-        return None
-    if named is None:
-        raise DetenteError(
-            f"the terms of job {job.job_id!r} seal the model, but the enclave's result "
-            "statement names no sealed model: the enclave may not support sealed models; "
-            "nothing is recorded"
-        )
-    if named != job.job_id:
-        raise DetenteError(
-            f"the enclave's result statement names sealed model {named!r}, not the id of job "
-            f"{job.job_id!r} that sealed it: nothing is recorded"
-        )
-    if any(o.name == "model" for o in outputs):
-        raise DetenteError(
-            f"the enclave sent a model output for job {job.job_id!r}, whose terms seal the "
-            "model: nothing is recorded or released"
-        )
-    return ModelRecord(
-        model_id=named,
-        job_id=job.job_id,
-        terms_digest=job.terms_digest,
-        owners=list(job.required_approvers),
-        queriers=[q.signing_key.hex for q in terms.queriers],
-        state=SEALED,
-        created_at=0,  # set by the store when it records the model
-    )
+__all__ = ["MAX_WORKER_LOSSES", "FairQueue", "Scheduler", "sealed_model"]

@@ -15,7 +15,7 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from coordinator.blobs import BlobStore
 from coordinator.dashboard import RunningDashboard, start_dashboard
-from coordinator.enclave_client import EnclaveClient
 from coordinator.handler import CoordinatorHandler
 from coordinator.limits import JobLimits
+from coordinator.pool import CHECK_SECONDS, WorkerPool
 from coordinator.servicer import CoordinatorServicer, request_authenticator
 from coordinator.store import SqlStore
 from protocols import tls
@@ -149,15 +149,20 @@ def start(
     limits: JobLimits | None = None,
     dashboard: tuple[str, int] | None = None,
     dashboard_token: str | None = None,
+    enclaves: Sequence[str] = (),
+    worker_check_seconds: float = CHECK_SECONDS,
 ) -> RunningCoordinator:
     """Start a coordinator in this process; returns once it is serving.
 
-    ``enclave_policy`` is required with ``enclave``: the coordinator talks
-    only to an enclave whose RA-TLS certificate passes it. ``dashboard``
-    (host, port) also serves the operator's dashboard there
+    ``enclave`` and ``enclaves`` are workers (HOST:PORT) added to the pool
+    kept in the store (:mod:`coordinator.pool`); workers registered before
+    stay in it. ``enclave_policy`` is required for any worker: the
+    coordinator talks only to workers whose RA-TLS certificate passes it.
+    ``dashboard`` (host, port) also serves the operator's dashboard there
     (:mod:`coordinator.dashboard`), started before the port file is written.
     """
-    if enclave is not None and enclave_policy is None:
+    addresses = list(dict.fromkeys([*enclaves, *([enclave] if enclave else [])]))
+    if addresses and enclave_policy is None:
         raise PolicyError(
             "an enclave needs an attestation policy: pass --enclave-policy FILE (the same "
             "kind of policy parties use; see docs/operations.md)"
@@ -168,8 +173,15 @@ def start(
     log_handler = _add_log_file(home) if log_to_file else None
     store = SqlStore(db_url or default_db_url(home), head_signer=head_signer(tls_key))
     blobs = BlobStore(home / "blobs")
-    client = EnclaveClient(enclave, enclave_policy) if enclave and enclave_policy else None
-    handler = CoordinatorHandler(store, blobs, client, limits)
+    pool = WorkerPool(store, enclave_policy, interval=worker_check_seconds)
+    for address in addresses:
+        pool.register(address)
+    if enclave_policy is None and store.list_workers():
+        log.warning(
+            "workers are registered but no --enclave-policy is given: no job runs until the "
+            "coordinator is restarted with one"
+        )
+    handler = CoordinatorHandler(store, blobs, pool, limits)
     server = grpc.server(
         ThreadPoolExecutor(max_workers=8),
         options=CHANNEL_OPTIONS,
@@ -185,7 +197,7 @@ def start(
     board = None
     if dashboard is not None:
         try:
-            board = start_dashboard(store, client, home, *dashboard, token=dashboard_token)
+            board = start_dashboard(store, pool, home, *dashboard, token=dashboard_token)
         except BaseException:
             server.stop(grace=0).wait()
             handler.stop()
@@ -194,10 +206,10 @@ def start(
     if port_file is not None:
         _write_port_file(Path(port_file), bound)
     log.info(
-        "coordinator serving TLS on %s:%d (enclave %s); certificate %s",
+        "coordinator serving TLS on %s:%d (workers: %s); certificate %s",
         host,
         bound,
-        enclave or "not configured",
+        ", ".join(w.address for w in pool.workers()) or "none registered",
         certificate_path(home),
     )
     return RunningCoordinator(home, bound, server, handler, store, log_handler, board)
@@ -208,11 +220,12 @@ def serve(
     db_url: str | None,
     host: str,
     port: int,
-    enclave: str | None,
+    enclaves: Sequence[str],
     port_file: Path | None,
     enclave_policy: AttestationPolicy | None = None,
     limits: JobLimits | None = None,
     dashboard: tuple[str, int] | None = None,
+    worker_check_seconds: float = CHECK_SECONDS,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop gracefully."""
     running = start(
@@ -220,11 +233,13 @@ def serve(
         db_url,
         host,
         port,
-        enclave,
+        None,
         port_file,
         enclave_policy=enclave_policy,
         limits=limits,
         dashboard=dashboard,
+        enclaves=enclaves,
+        worker_check_seconds=worker_check_seconds,
     )
     print(
         f"coordinator serving TLS on {host}:{running.port}; its certificate is "

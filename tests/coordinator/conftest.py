@@ -5,17 +5,11 @@ coordinator_testkit.py."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import pytest
 from coordinator_postgres import PostgresServer
-from coordinator_testkit import FakeEnclave, Harness, Party, fake_enclave_credentials
-
-from protocols import tls
-from protocols.grpc_status import CHANNEL_OPTIONS
-from protocols.wire.v1 import enclave_pb2_grpc
+from coordinator_testkit import FakeEnclave, Harness, Party, serve_fake_enclave
 
 
 @pytest.fixture
@@ -70,13 +64,5 @@ def carol() -> Party:
 
 @pytest.fixture
 def fake_enclave() -> Iterator[tuple[FakeEnclave, str]]:
-    fake = FakeEnclave()
-    server = grpc.server(futures.ThreadPoolExecutor(4), options=CHANNEL_OPTIONS)
-    enclave_pb2_grpc.add_EnclaveServicer_to_server(fake, server)
-    port = server.add_secure_port(
-        "127.0.0.1:0", tls.server_credentials(*fake_enclave_credentials())
-    )
-    server.start()
-    yield fake, f"127.0.0.1:{port}"
-    fake.release.set()
-    server.stop(0).wait()
+    with serve_fake_enclave() as (fake, address, _server):
+        yield fake, address

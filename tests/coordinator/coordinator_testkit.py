@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,10 +253,12 @@ class Harness:
         enclave_policy: AttestationPolicy | None = None,
         limits: JobLimits | None = None,
         db_url: str | None = None,
+        enclaves: tuple[str, ...] = (),
     ) -> None:
         self.home = home
         self.db_url = db_url
         self.enclave = enclave
+        self.enclaves = enclaves
         self.enclave_policy = enclave_policy
         self.limits = limits
         self.running: RunningCoordinator | None = None
@@ -267,13 +270,17 @@ class Harness:
         self.start()
 
     def start(self) -> None:
-        policy = self.enclave_policy or (fake_enclave_policy() if self.enclave else None)
+        policy = self.enclave_policy or (
+            fake_enclave_policy() if self.enclave or self.enclaves else None
+        )
         self.running = start(
             self.home,
             self.db_url,
             enclave=self.enclave,
             enclave_policy=policy,
             limits=self.limits,
+            enclaves=self.enclaves,
+            worker_check_seconds=0.2,
         )
         certificate = tls.load_certificate(self.running.certificate_path.read_bytes(), "cert")
         self.channel = tls.pinned_channel(self.running.address, certificate, CHANNEL_OPTIONS)
@@ -398,7 +405,7 @@ def default_script(
             output=enclave_pb2.OutputChunk(name="model", data=model[i : i + 600_000])
         )
     yield enclave_pb2.RunJobResponse(output=enclave_pb2.OutputChunk(name="metrics", data=b"m" * 10))
-    yield enclave_pb2.RunJobResponse(result_statement=fake_result_statement(fake.specs[-1].terms))
+    yield enclave_pb2.RunJobResponse(result_statement=fake_result_statement(fake.local.spec.terms))
 
 
 FAKE_ENCLAVE_KEY = SigningKey.generate()
@@ -531,6 +538,25 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
         # Withdrawals: what the enclave is sent, and an error to refuse them with.
         self.withdrawals: list[enclave_pb2.WithdrawDatasetRequest] = []
         self.withdraw_error: DetenteError | None = None
+        # The worker pool's view (GetStatus, health): job slots, running jobs, draining.
+        self.slots = 1
+        self.running: list[str] = []
+        self.draining = False
+        self.refuse_when_full = True  # answer WorkerBusy past ``slots``, as a real worker does
+        self.local = threading.local()  # the spec of the call this thread serves
+        self.health: Any = None  # its gRPC health servicer, once served
+        self._lock = threading.Lock()
+
+    def GetStatus(self, request: Any, context: grpc.ServicerContext) -> enclave_pb2.WorkerStatus:
+        with self._lock:
+            return enclave_pb2.WorkerStatus(
+                slots=self.slots,
+                busy=len(self.running),
+                job_ids=list(self.running),
+                backend="sim",
+                mrenclave=MRENCLAVE,
+                draining=self.draining,
+            )
 
     def GetEvidence(self, request: Any, context: grpc.ServicerContext) -> enclave_pb2.Evidence:
         self.nonces.append(request.nonce)
@@ -539,18 +565,34 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
         )
 
     def RunJob(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        job_id = ""
         for request in request_iterator:
             if request.WhichOneof("part") == "spec":
+                job_id = JobTerms.verify(Envelope.from_bytes(request.spec.terms)).job_id
+                with self._lock:
+                    if self.refuse_when_full and len(self.running) >= self.slots:
+                        context.set_trailing_metadata(((grpc_status.ERROR_TRAILER, "WorkerBusy"),))
+                        context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"every job slot of this worker is taken ({self.slots})",
+                        )
+                    self.running.append(job_id)
                 self.specs.append(request.spec)
+                self.local.spec = request.spec
             else:
                 self.chunks.append((request.chunk.dataset_id, request.chunk.data))
-        self.started.set()
-        deadline = time.monotonic() + 10
-        while not self.release.wait(0.05) and time.monotonic() < deadline:
-            if not context.is_active():
-                self.cancelled.set()
-                return
-        yield from self.script(self, context)
+        try:
+            self.started.set()
+            deadline = time.monotonic() + 10
+            while not self.release.wait(0.05) and time.monotonic() < deadline:
+                if not context.is_active():
+                    self.cancelled.set()
+                    return
+            yield from self.script(self, context)
+        finally:
+            with self._lock:
+                if job_id in self.running:
+                    self.running.remove(job_id)
 
     def Predict(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         first = next(request_iterator)
@@ -579,3 +621,41 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
 
     def received(self, dataset_id: str) -> bytes:
         return b"".join(d for i, d in self.chunks if i == dataset_id)
+
+
+def fake_server(
+    fake: FakeEnclave, address: str = "127.0.0.1:0", mrenclave: str = MRENCLAVE
+) -> tuple[grpc.Server, str]:
+    """Serve ``fake`` at ``address`` under a new RA-TLS identity claiming ``mrenclave``,
+    with the standard gRPC health service saying SERVING, as a real worker's; started."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from coordinator.enclave_client import HEALTH_SERVICE
+
+    server = grpc.server(futures.ThreadPoolExecutor(8), options=CHANNEL_OPTIONS)
+    enclave_pb2_grpc.add_EnclaveServicer_to_server(fake, server)
+    checks = health.HealthServicer()
+    for service in ("", HEALTH_SERVICE):
+        checks.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+    fake.health = checks
+    bound = server.add_secure_port(
+        address, tls.server_credentials(*fake_enclave_credentials(mrenclave))
+    )
+    assert bound, f"cannot listen on {address}"
+    server.start()
+    return server, f"{address.rsplit(':', 1)[0]}:{bound}"
+
+
+@contextlib.contextmanager
+def serve_fake_enclave(
+    fake: FakeEnclave | None = None, mrenclave: str = MRENCLAVE
+) -> Iterator[tuple[FakeEnclave, str, grpc.Server]]:
+    """A FAKE enclave worker on a free loopback port (:func:`fake_server`); stopped on exit."""
+    fake = fake or FakeEnclave()
+    server, address = fake_server(fake, mrenclave=mrenclave)
+    try:
+        yield fake, address, server
+    finally:
+        fake.release.set()
+        server.stop(0).wait()

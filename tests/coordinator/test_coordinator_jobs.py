@@ -156,9 +156,9 @@ def test_job_waits_for_every_owner_then_is_approved(
     assert job.state == "approved"
     assert len(job.approvals) == 2
     assert [e.text for e in job.events if e.kind == "state"] == ["proposed", "approved"]
-    # No enclave configured: the job waits in `approved`.
+    # No worker in the pool: the job waits in `approved` for one.
     assert coord.running is not None
-    assert coord.running.handler.scheduler.wait_idle(1)
+    assert not coord.running.handler.scheduler.wait_idle(1)
     assert coord.job("job-1").state == "approved"
 
 

@@ -12,7 +12,6 @@ import hashlib
 import socket
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from coordinator_testkit import (
     Harness,
     Party,
     default_script,
-    fake_enclave_credentials,
+    fake_server,
     job_terms,
     prediction_query,
     refusing_script,
@@ -39,7 +38,7 @@ from coordinator_testkit import (
 from coordinator import enclave_client
 from coordinator.handler import models as model_handler
 from coordinator.store import verify_audit_chain
-from protocols import grpc_status, tls
+from protocols import grpc_status
 from protocols.documents import JobTerms, PredictionAnswer
 from protocols.errors import (
     BudgetExhausted,
@@ -49,10 +48,9 @@ from protocols.errors import (
     ModelRetired,
     NotAllowed,
 )
-from protocols.grpc_status import CHANNEL_OPTIONS
 from protocols.keys import SigningKey
 from protocols.statements import Envelope
-from protocols.wire.v1 import coordinator_pb2, enclave_pb2, enclave_pb2_grpc
+from protocols.wire.v1 import coordinator_pb2, enclave_pb2
 
 
 @pytest.fixture
@@ -169,7 +167,8 @@ def audit(s: Sealed, event: str) -> list[dict[str, Any]]:
 def test_a_sealed_job_records_its_model_and_says_so(sealed: Sealed) -> None:
     s = sealed
     job = s.coord.job("job-1")
-    assert ("model", "model sealed in the enclave as job-1") in [
+    worker = s.coord.enclave
+    assert ("model", f"model sealed in the enclave as job-1 (kept by worker {worker})") in [
         (e.kind, e.text) for e in job.events
     ]
     assert [o.name for o in job.outputs] == ["metrics"]
@@ -186,7 +185,10 @@ def test_a_sealed_job_records_its_model_and_says_so(sealed: Sealed) -> None:
         "terms_digest": s.terms.digest,
         "owners": [s.alice.hex, s.bob.hex],
         "queriers": [s.alice.hex, s.carol.hex],
+        "worker": worker,
     }
+    assert s.coord.running is not None
+    assert s.coord.running.store.get_model("job-1").worker == worker
     s.coord.restart()
     assert get_model(s, s.carol).state == "sealed"
 
@@ -500,14 +502,7 @@ def test_the_audit_log_names_no_value(sealed: Sealed) -> None:
 
 def serve_fake(fake: FakeEnclave, address: str, mrenclave: str = MRENCLAVE) -> grpc.Server:
     """Serve ``fake`` at ``address`` under a new RA-TLS identity (as a restarted worker)."""
-    server = grpc.server(futures.ThreadPoolExecutor(4), options=CHANNEL_OPTIONS)
-    enclave_pb2_grpc.add_EnclaveServicer_to_server(fake, server)
-    port = server.add_secure_port(
-        address, tls.server_credentials(*fake_enclave_credentials(mrenclave))
-    )
-    assert port == int(address.rsplit(":", 1)[1])
-    server.start()
-    return server
+    return fake_server(fake, address, mrenclave)[0]
 
 
 def test_queries_share_a_verified_channel_verified_again_when_the_enclave_changes(
@@ -540,7 +535,9 @@ def test_queries_share_a_verified_channel_verified_again_when_the_enclave_change
         verified.clear()
         for i in range(3):
             predict(s, carol, prediction_query(carol, "job-1", query_id=f"q-{i}"))
-        assert len(verified) == 1
+        # The pool's health checks share the channel too: it may be verified already.
+        assert len(verified) <= 1
+        before = len(verified)
 
         server.stop(0).wait()  # the worker restarts: a new TLS key and certificate
         server = serve_fake(fake, address)
@@ -552,7 +549,7 @@ def test_queries_share_a_verified_channel_verified_again_when_the_enclave_change
             except grpc.RpcError as err:
                 assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
                 assert time.monotonic() < deadline
-        assert len(verified) == 2 and len(fake.queries) == 4
+        assert len(verified) > before and len(fake.queries) == 4
 
         server.stop(0).wait()  # the host swaps in an enclave of another measurement
         server = serve_fake(fake, address, mrenclave="cd" * 32)

@@ -76,7 +76,7 @@ def test_serve_process_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
         assert proc.returncode == 0, stderr
-        assert b"no --enclave given" in stderr
+        assert b"no --enclave-policy given" in stderr
     finally:
         if proc.poll() is None:
             proc.kill()

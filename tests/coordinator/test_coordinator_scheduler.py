@@ -127,14 +127,18 @@ def test_stream_without_result_statement_fails(
     assert "without a result statement" in job.error
 
 
-def test_unreachable_enclave_fails_the_job(home: Path, alice: Party, bob: Party) -> None:
+def test_an_unreachable_worker_gets_no_job(home: Path, alice: Party, bob: Party) -> None:
+    """The only worker cannot be reached: the job waits in approved (it is not failed for
+    the worker's sake), and the worker's record says why."""
     coord = Harness(home, enclave="127.0.0.1:1")
     try:
         setup_job(coord, alice, bob)
-        coord.wait_idle(20)
-        job = coord.job("job-1")
-        assert job.state == "failed"
-        assert job.error
+        assert not coord.running.handler.scheduler.wait_idle(2)
+        assert coord.job("job-1").state == "approved"
+        (worker,) = coord.running.store.list_workers()
+        assert worker.health == "unreachable"
+        assert "cannot reach the enclave at 127.0.0.1:1" in worker.problem
+        assert worker.attested_at is None
     finally:
         coord.stop()
 

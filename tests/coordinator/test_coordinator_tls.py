@@ -140,9 +140,11 @@ def test_policy_excluding_the_measurement_fails_get_evidence(
     assert fake.nonces == []
 
 
-def test_policy_excluding_the_measurement_fails_the_job_before_any_data_is_sent(
+def test_a_worker_outside_the_policy_gets_no_job_and_no_data(
     outside_policy: tuple[Harness, FakeEnclave], alice: Party, bob: Party
 ) -> None:
+    """The only worker fails the policy: the job waits in approved, nothing reaches the
+    worker, and its record (and the audit log) says which rule it failed."""
     coord, fake = outside_policy
     coord.register(alice, bob)
     data = [seal_dataset(alice, "alice-2024"), seal_dataset(bob, "bob-2024")]
@@ -152,11 +154,17 @@ def test_policy_excluding_the_measurement_fails_the_job_before_any_data_is_sent(
     coord.propose(terms)
     coord.approve(alice, "job-1", terms)
     coord.approve(bob, "job-1", terms)
-    coord.wait_idle(20)
-    job = coord.job("job-1")
-    assert job.state == "failed"
-    assert "RA-TLS certificate refused — measurement" in job.error
+    assert coord.running is not None
+    assert not coord.running.handler.scheduler.wait_idle(2)
+    assert coord.job("job-1").state == "approved"
     assert fake.specs == [] and fake.chunks == []
+    (worker,) = coord.running.store.list_workers()
+    assert worker.health == "refused by the policy"
+    assert f"MRENCLAVE {NOT_ALLOWED} is not in the policy" in worker.problem
+    assert worker.attested_at is None and worker.slots == 0
+    refusals = [e for e in coord.running.store.audit_entries() if e.event == "worker.refused"]
+    assert [e.subject for e in refusals] == [worker.address]  # once, not at every check
+    assert "is not in the policy" in refusals[0].detail["reason"]
 
 
 def test_an_enclave_needs_a_policy(home: Path) -> None:

@@ -18,9 +18,8 @@ import uvicorn
 
 from coordinator.dashboard.access import Sessions, check_loopback, operator_token
 from coordinator.dashboard.app import create_app, with_trusted_hosts
-from coordinator.dashboard.enclaves import EnclaveMonitor
 from coordinator.dashboard.views import Views
-from coordinator.enclave_client import EnclaveClient
+from coordinator.pool import WorkerPool
 from coordinator.store import CoordinatorStore
 from protocols.durable import write_atomic
 from protocols.errors import SetupError
@@ -57,7 +56,6 @@ class RunningDashboard:
     token: str
     server: uvicorn.Server
     thread: threading.Thread
-    monitors: list[EnclaveMonitor]
 
     @property
     def url(self) -> str:
@@ -70,14 +68,12 @@ class RunningDashboard:
         if self.thread.is_alive():
             self.server.force_exit = True
             self.thread.join(timeout=STOP_TIMEOUT)
-        for monitor in self.monitors:
-            monitor.stop()
         log.info("dashboard stopped")
 
 
 def start_dashboard(
     store: CoordinatorStore,
-    enclave: EnclaveClient | None,
+    pool: WorkerPool,
     home: Path,
     host: str,
     port: int,
@@ -99,8 +95,8 @@ def start_dashboard(
         ) from None
     sock.listen(64)
     bound = int(sock.getsockname()[1])
-    monitors = [EnclaveMonitor(enclave)] if enclave is not None else []
-    views = Views(store, monitors)
+    # The workers as the pool last checked them (kept in the store).
+    views = Views(store, pool.policy is not None and pool.policy.allow_simulation)
     app = with_trusted_hosts(create_app(views, token, Sessions()), host)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
@@ -110,18 +106,14 @@ def start_dashboard(
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="dashboard", daemon=True
     )
-    for monitor in monitors:
-        monitor.start()
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
-            for monitor in monitors:
-                monitor.stop()
             raise SetupError(f"the dashboard did not start on {host}:{bound}: see the log")
         time.sleep(0.02)
-    running = RunningDashboard(host, bound, token_file, token, server, thread, monitors)
+    running = RunningDashboard(host, bound, token_file, token, server, thread)
     write_atomic(Path(home) / URL_FILE_NAME, f"{running.url}\n".encode())
     log.info("dashboard serving on %s (operator token in %s)", running.url, token_file)
     return running

@@ -17,22 +17,20 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from coordinator.dashboard.audit_check import AuditChainCheck
 from coordinator.dashboard.curves import ENCRYPTED_NOTE, LIVE_NOTE, MetricSeries, metric_series
-from coordinator.dashboard.enclaves import EnclaveMonitor, EnclaveStatus
 from coordinator.store import (
     FINISHED_STATES,
-    RUNNING,
     AuditEntry,
     CoordinatorStore,
     DatasetRecord,
     JobRecord,
     ModelRecord,
+    WorkerRecord,
 )
 from protocols import canonical
 from protocols.documents import DatasetManifest, JobTerms, Rejection, ResultStatement
@@ -44,10 +42,14 @@ AUDIT_PAGE = 200
 
 
 class Enclave(BaseModel):
-    """An enclave worker as the coordinator last saw it (from its RA-TLS certificate)."""
+    """An enclave worker of the pool as the coordinator last checked it: its RA-TLS
+    certificate against the enclave policy, its gRPC health service and GetStatus."""
 
     address: str
-    health: str = Field(description="attested, unreachable, refused by the policy, or not checked")
+    health: str = Field(
+        description="serving, not serving (draining), unreachable, refused by the policy, or "
+        "not checked yet; only a serving worker gets new jobs"
+    )
     backend: str = Field(description="SIMULATION, SGX or TDX, from its last accepted evidence")
     simulation: bool
     mrenclave: str
@@ -55,9 +57,13 @@ class Enclave(BaseModel):
     tcb_status: str
     last_attested_at: int | None
     last_checked_at: int | None
+    last_seen: int | None = Field(description="when it last answered a check")
     problem: str
     policy_allows_simulation: bool
-    current_jobs: list[str]
+    slots: int = Field(description="jobs it runs at once, as it last reported")
+    busy: int = Field(description="jobs it ran when last checked")
+    draining: bool
+    current_jobs: list[str] = Field(description="jobs the coordinator runs on it now")
 
 
 class Dataset(BaseModel):
@@ -220,9 +226,9 @@ class Overview(BaseModel):
 class Views:
     """Builds the dashboard's views from the store (read-only) and the enclave monitor."""
 
-    def __init__(self, store: CoordinatorStore, monitors: Sequence[EnclaveMonitor]) -> None:
+    def __init__(self, store: CoordinatorStore, policy_allows_simulation: bool) -> None:
         self._store = store
-        self._monitors = list(monitors)
+        self._allows_simulation = policy_allows_simulation
         self._chain = AuditChainCheck(store)
         self._lock = threading.Lock()
         # Verified documents by digest: verifying a signature on every refresh is wasted work.
@@ -263,36 +269,38 @@ class Views:
         return {p.signing_key: p.name for p in self._store.list_parties()}
 
     # -- enclaves ----------------------------------------------------------------------
-    def enclave_statuses(self) -> list[EnclaveStatus]:
-        return [m.status for m in self._monitors]
+    def workers(self) -> list[WorkerRecord]:
+        return self._store.list_workers()
 
     def simulation(self) -> bool:
-        """Whether a SIMULATION banner applies: an enclave attested as simulated, or one
+        """Whether a SIMULATION banner applies: a worker attested as simulated, or one
         not attested yet under a policy that accepts simulated evidence."""
         return any(
-            s.simulation or (s.last_attested_at is None and s.policy_allows_simulation)
-            for s in self.enclave_statuses()
+            w.simulation or (w.attested_at is None and self._allows_simulation)
+            for w in self.workers()
         )
 
     def enclaves(self) -> list[Enclave]:
-        running = self._store.job_ids_in_states([RUNNING])
         return [
             Enclave(
-                address=s.address,
-                health=s.health,
-                backend=s.backend,
-                simulation=s.simulation,
-                mrenclave=s.mrenclave,
-                mrsigner=s.mrsigner,
-                tcb_status=s.tcb_status,
-                last_attested_at=s.last_attested_at,
-                last_checked_at=s.last_checked_at,
-                problem=s.problem,
-                policy_allows_simulation=s.policy_allows_simulation,
-                # One enclave per coordinator: it runs every running job.
-                current_jobs=running,
+                address=w.address,
+                health=w.health,
+                backend=w.backend,
+                simulation=w.simulation,
+                mrenclave=w.mrenclave,
+                mrsigner=w.mrsigner,
+                tcb_status=w.tcb_status,
+                last_attested_at=w.attested_at,
+                last_checked_at=w.checked_at,
+                last_seen=w.last_seen,
+                problem=w.problem,
+                policy_allows_simulation=self._allows_simulation,
+                slots=w.slots,
+                busy=w.busy,
+                draining=w.draining,
+                current_jobs=self._store.jobs_on_worker(w.address),
             )
-            for s in self.enclave_statuses()
+            for w in self.workers()
         ]
 
     # -- parties and data sets ---------------------------------------------------------

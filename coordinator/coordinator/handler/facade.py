@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.blobs import BlobStore
-from coordinator.enclave_client import EnclaveClient, PredictMessage, RelayedEvidence
+from coordinator.enclave_client import PredictMessage, RelayedEvidence
 from coordinator.handler.datasets import Datasets, Withdrawn
 from coordinator.handler.jobs import Jobs
 from coordinator.handler.models import Models
 from coordinator.handler.registry import Registry
 from coordinator.handler.uploads import Uploads, UploadState
 from coordinator.limits import JobLimits
+from coordinator.pool import WorkerPool
 from coordinator.scheduler import Scheduler
 from coordinator.store import (
     AuditEntry,
@@ -22,7 +23,7 @@ from coordinator.store import (
     PartyRecord,
 )
 from coordinator.withdrawals import WithdrawalDelivery
-from protocols.errors import EnclaveUnavailable, InvalidRequest
+from protocols.errors import InvalidRequest
 
 # Most audit entries one ListAuditEntries reply carries; a party asks again for more.
 AUDIT_PAGE = 1000
@@ -45,27 +46,29 @@ class CoordinatorHandler:
         self,
         store: CoordinatorStore,
         blobs: BlobStore,
-        enclave: EnclaveClient | None = None,
+        pool: WorkerPool,
         limits: JobLimits | None = None,
     ) -> None:
         self.store = store
         self.blobs = blobs
-        self.enclave = enclave
+        self.pool = pool
         self.limits = limits or JobLimits()
-        self.scheduler = Scheduler(store, blobs, enclave, self.limits)
+        self.scheduler = Scheduler(store, blobs, pool, self.limits)
         self.registry = Registry(store)
-        # Every worker this coordinator knows gets each withdrawal (one, until a pool).
-        self.withdrawals = WithdrawalDelivery(store, lambda: [enclave] if enclave else [])
+        # Every worker of the pool gets each withdrawal, serving or not (one that is down
+        # gets it once it is back).
+        self.withdrawals = WithdrawalDelivery(store, pool.clients)
         self.datasets = Datasets(store, blobs, self.withdrawals)
         self.uploads = Uploads(store, blobs)
         self.jobs = Jobs(store, blobs, self.scheduler, self.limits)
-        self.models = Models(store, enclave)
+        self.models = Models(store, pool)
 
     def start(self) -> None:
-        """Start the scheduler and re-queue jobs interrupted by a restart (and drop
-        unfinished uploads that expired meanwhile)."""
+        """Start checking the workers and the scheduler; re-queue jobs interrupted by a
+        restart (and drop unfinished uploads that expired meanwhile)."""
         self.datasets.finish_withdrawals()
         self.uploads.expire()
+        self.pool.start()
         self.scheduler.start()
         self.scheduler.recover()
         self.withdrawals.start()
@@ -73,8 +76,7 @@ class CoordinatorHandler:
     def stop(self) -> None:
         self.withdrawals.stop()
         self.scheduler.stop()
-        if self.enclave is not None:
-            self.enclave.close()
+        self.pool.stop()
 
     # parties --------------------------------------------------------------
 
@@ -91,12 +93,8 @@ class CoordinatorHandler:
             raise InvalidRequest(
                 f"an attestation nonce is {NONCE_SIZE} fresh random bytes, got {len(nonce)}"
             )
-        if self.enclave is None:
-            raise EnclaveUnavailable(
-                "this coordinator has no enclave configured: start it with "
-                "`detente coordinator serve --enclave HOST:PORT`"
-            )
-        return self.enclave.get_evidence(nonce)
+        # Any serving worker: the workers of a pool share one enclave identity.
+        return self.pool.any_client().get_evidence(nonce)
 
     # datasets -------------------------------------------------------------
 

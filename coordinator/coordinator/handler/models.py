@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.enclave_client import EnclaveClient, PredictMessage, SignedAnswer
+from coordinator.pool import WorkerPool
 from coordinator.store import (
     RETIRED,
     Audit,
@@ -23,9 +24,11 @@ from coordinator.store import (
     RetirementRecord,
     now_ms,
 )
+from coordinator.store.records import NOT_TRUSTED, SERVING
 from protocols import grpc_status
 from protocols.documents import ModelRetirement, PredictionQuery
 from protocols.errors import (
+    AttestationError,
     DetenteError,
     EnclaveUnavailable,
     InvalidRequest,
@@ -51,9 +54,9 @@ def _short(keys: Iterable[str]) -> str:
 class Models:
     """The sealed models a party owns or may query, their queries and their retirement."""
 
-    def __init__(self, store: CoordinatorStore, enclave: EnclaveClient | None) -> None:
+    def __init__(self, store: CoordinatorStore, pool: WorkerPool) -> None:
         self.store = store
-        self.enclave = enclave
+        self.pool = pool
         # Retirements of one model must not race each other past the all-signed check.
         self._retire_lock = threading.Lock()
 
@@ -105,15 +108,13 @@ class Models:
             raise ModelRetired(
                 f"the model {model.model_id!r} was retired by its owners: it answers no queries"
             )
-        if self.enclave is None:
-            raise EnclaveUnavailable(
-                "this coordinator has no enclave configured: start it with "
-                "`detente coordinator serve --enclave HOST:PORT`"
-            )
-        messages = self.enclave.predict(
+        messages = self._keeper(model, "answers no query").predict(
             query, _bounded(chunks, doc.query_id), on_start=on_start, timeout=timeout
         )
         return self._relay(caller, model.model_id, doc, messages)
+
+    def _keeper(self, model: ModelRecord, what: str) -> EnclaveClient:
+        return _keeper_of(self.pool, model, what)
 
     def _relay(
         self,
@@ -192,14 +193,13 @@ class Models:
             f"every owner's retirement is kept and model {model_id!r} stays sealed: any owner "
             f"re-sends them with `detente party retire {model_id}`"
         )
-        if self.enclave is None:
-            raise EnclaveUnavailable(
-                f"this coordinator has no enclave configured to destroy the model; {retry} once "
-                "it runs with `--enclave HOST:PORT`"
-            )
         by_owner = {r.owner: r.envelope for r in model.retirements}
         try:
-            self.enclave.retire_model(model_id, [by_owner[o] for o in model.owners])
+            keeper = self._keeper(model, "cannot destroy it now")
+        except EnclaveUnavailable as exc:
+            raise EnclaveUnavailable(f"{exc}; {retry}") from None
+        try:
+            keeper.retire_model(model_id, [by_owner[o] for o in model.owners])
         except ModelRetired:
             log.info("model %s: the enclave had already retired it", model_id)
         except DetenteError as exc:
@@ -209,6 +209,34 @@ class Models:
         return self.store.retire_model(
             model_id, Audit("model.retired", model_id, {"owners": model.owners})
         )
+
+
+def _keeper_of(pool: WorkerPool, model: ModelRecord, what: str) -> EnclaveClient:
+    """The client of the worker whose encrypted mount keeps ``model``; EnclaveUnavailable
+    naming it if it is not in the pool or not serving now. A model sealed before the
+    coordinator recorded workers goes to any serving worker."""
+    if not model.worker:
+        return pool.any_client()
+    record = pool.record_of(model.worker)
+    client = pool.client_for(model.worker)
+    if record is None or client is None:
+        raise EnclaveUnavailable(
+            f"model {model.model_id!r} is sealed in worker {model.worker}, which is no longer "
+            f"in this coordinator's pool, so it {what}: its operator adds it back with "
+            f"`detente coordinator workers add {model.worker}`"
+        )
+    if record.health == NOT_TRUSTED:
+        raise AttestationError(
+            f"model {model.model_id!r} is sealed in worker {model.worker}, which this "
+            f"coordinator's enclave policy refuses now, so it {what}: {record.problem}"
+        )
+    if record.health != SERVING:
+        raise EnclaveUnavailable(
+            f"model {model.model_id!r} is sealed in worker {model.worker}, which is "
+            f"{record.health} now ({record.problem or 'no detail'}), so it {what}: try again "
+            "once that worker serves (its operator checks it with `detente coordinator workers`)"
+        )
+    return client
 
 
 def _bounded(chunks: Iterable[bytes], query_id: str) -> Iterator[bytes]:

@@ -41,6 +41,7 @@ from coordinator.store.records import (
     QueryCount,
     RetirementRecord,
     StoredOutput,
+    WorkerRecord,
     now_ms,
 )
 from coordinator.store.sql import SqlStore
@@ -77,6 +78,7 @@ __all__ = [
     "RetirementRecord",
     "SqlStore",
     "StoredOutput",
+    "WorkerRecord",
     "audit_hash",
     "next_entry",
     "now_ms",

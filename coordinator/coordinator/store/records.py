@@ -122,6 +122,8 @@ class JobRecord:
     started_at: int | None = None
     cancel_reason: str = ""
     rejection: bytes | None = None  # a data owner's signed rejection (rejection.v1)
+    worker: str = ""  # HOST:PORT of the worker running it now, or that ran it last
+    worker_losses: int = 0  # workers lost while running it since a party last acted
 
     def takes_part(self, key: str) -> bool:
         """Whether ``key`` is this job's proposer, one of its data owners or a recipient."""
@@ -165,6 +167,7 @@ class ModelRecord:
     retired_at: int | None = None
     retirements: list[RetirementRecord] = field(default_factory=list)
     queries: list[QueryCount] = field(default_factory=list)
+    worker: str = ""  # the worker whose encrypted mount keeps it ("": before worker pools)
 
     def visible_to(self, key: str) -> bool:
         """Whether ``key`` is one of the model's owners or queriers."""
@@ -174,3 +177,44 @@ class ModelRecord:
         """The owners whose retirement the coordinator has not received, in owner order."""
         signed = {r.owner for r in self.retirements}
         return [o for o in self.owners if o not in signed]
+
+
+# Worker health (docs/operations.md, worker pool): only a SERVING worker gets new jobs.
+NOT_CHECKED = "not checked yet"
+SERVING = "serving"
+NOT_SERVING = "not serving"  # reachable and attested, but draining or unwell
+UNREACHABLE = "unreachable"
+NOT_TRUSTED = "refused by the policy"
+WORKER_HEALTH = (NOT_CHECKED, SERVING, NOT_SERVING, UNREACHABLE, NOT_TRUSTED)
+
+
+@dataclass(frozen=True)
+class WorkerRecord:
+    """An enclave worker of the pool as the coordinator last checked it.
+
+    ``backend`` is SIMULATION, SGX or TDX from its last accepted evidence;
+    ``mrenclave``/``mrsigner``/``tcb_status`` are from that evidence and
+    ``attested_at`` is when it passed the coordinator's policy. ``slots``,
+    ``busy``, ``job_ids`` and ``draining`` are what the worker last reported
+    (GetStatus); ``last_seen`` is when it last answered at all.
+    """
+
+    address: str
+    registered_at: int
+    health: str = NOT_CHECKED
+    problem: str = ""
+    backend: str = ""
+    mrenclave: str = ""
+    mrsigner: str = ""
+    tcb_status: str = ""
+    attested_at: int | None = None
+    slots: int = 0
+    busy: int = 0
+    job_ids: list[str] = field(default_factory=list)
+    draining: bool = False
+    last_seen: int | None = None
+    checked_at: int | None = None
+
+    @property
+    def simulation(self) -> bool:
+        return self.backend == "SIMULATION"

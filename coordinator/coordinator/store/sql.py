@@ -26,6 +26,7 @@ from coordinator.store.audit import Audit, AuditEntry, StoredAudit, next_entry
 from coordinator.store.records import (
     APPROVED,
     CANCELLED,
+    FAILED,
     FINISHED_STATES,
     PROPOSED,
     REJECTED,
@@ -44,6 +45,7 @@ from coordinator.store.records import (
     StoredOutput,
     now_ms,
 )
+from coordinator.store.sql_pool import PoolRows
 from coordinator.store.tables import (
     ApprovalRow,
     AuditRow,
@@ -113,7 +115,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-class SqlStore(PartialUploads, WithdrawalStore):
+class SqlStore(PartialUploads, WithdrawalStore, PoolRows):
     """:class:`CoordinatorStore` over any SQLAlchemy URL (SQLite file by default)."""
 
     def __init__(self, url: str, head_signer: HeadSigner | None = None) -> None:
@@ -383,6 +385,8 @@ class SqlStore(PartialUploads, WithdrawalStore):
             started_at=row.started_at,
             cancel_reason=row.cancel_reason or "",
             rejection=row.rejection,
+            worker=row.worker or "",
+            worker_losses=row.worker_losses or 0,
         )
 
     def _job_row(self, s: Session, job_id: str) -> JobRow:
@@ -443,12 +447,15 @@ class SqlStore(PartialUploads, WithdrawalStore):
         text: str,
         error: str = "",
         audit_detail: dict[str, Any] | None = None,
+        attempt: int | None = None,
     ) -> bool:
-        """Move a job to ``to_state`` if it is in one of ``from_states``; False otherwise."""
+        """Move a job to ``to_state`` if it is in one of ``from_states`` (and, with
+        ``attempt``, still in that run: see :mod:`coordinator.store.sql_pool`); False
+        otherwise."""
         at = now_ms()
         with self._write() as s:
             row = self._job_row(s, job_id)
-            if row.state not in from_states:
+            if row.state not in from_states or (attempt is not None and row.attempts != attempt):
                 return False
             old = row.state
             row.state = to_state
@@ -456,6 +463,8 @@ class SqlStore(PartialUploads, WithdrawalStore):
             row.error = error
             if to_state == APPROVED:  # a retry starts with no cancel request pending
                 row.cancel_reason = ""
+                if old == FAILED:  # a party acted: the worker losses count afresh
+                    row.worker_losses = 0
             s.add(JobEventRow(job_id=job_id, at=at, kind="state", text=text))
             if error:
                 s.add(JobEventRow(job_id=job_id, at=at, kind="error", text=error))
@@ -467,22 +476,6 @@ class SqlStore(PartialUploads, WithdrawalStore):
         with self._write() as s:
             self._job_row(s, job_id)
             s.add(JobEventRow(job_id=job_id, at=now_ms(), kind=kind, text=text))
-
-    def start_job(self, job_id: str) -> bool:
-        """``approved`` → ``running``, counting the attempt; False if the job was not approved."""
-        at = now_ms()
-        with self._write() as s:
-            row = self._job_row(s, job_id)
-            if row.state != APPROVED:
-                return False
-            row.state = RUNNING
-            row.updated_at = at
-            row.started_at = at
-            row.attempts = (row.attempts or 0) + 1
-            s.add(JobEventRow(job_id=job_id, at=at, kind="state", text=RUNNING))
-            detail = {"from": APPROVED, "to": RUNNING, "attempt": row.attempts}
-            self._append_audit(s, Audit("job.state", job_id, detail), at)
-            return True
 
     def request_cancel(self, job_id: str, reason: str, by: str) -> JobRecord:
         """Cancel a job that has not finished.
@@ -538,12 +531,19 @@ class SqlStore(PartialUploads, WithdrawalStore):
         outputs: list[StoredOutput],
         result_statement: bytes | None,
         model: ModelRecord | None = None,
-    ) -> None:
+        attempt: int | None = None,
+    ) -> bool:
         """Record outputs, the result statement and ``succeeded`` in one transaction;
-        with ``model``, the model the job sealed in the enclave too (and its event)."""
+        with ``model``, the model the job sealed in the enclave too (and its event).
+
+        With ``attempt``, only while the job is still ``running`` that run: False
+        (nothing recorded) for a late result of a run that was re-queued or stopped.
+        """
         at = now_ms()
         with self._write() as s:
             row = self._job_row(s, job_id)
+            if attempt is not None and (row.state != RUNNING or row.attempts != attempt):
+                return False
             old = row.state
             for output in outputs:
                 s.add(
@@ -572,6 +572,7 @@ class SqlStore(PartialUploads, WithdrawalStore):
             self._append_audit(s, Audit("job.state", job_id, detail), at)
             if model is not None:
                 self._add_model(s, model, at)
+            return True
 
     def _add_model(self, s: Session, model: ModelRecord, at: int) -> None:
         s.add(
@@ -584,6 +585,7 @@ class SqlStore(PartialUploads, WithdrawalStore):
                 state=model.state,
                 created_at=at,
                 retired_at=None,
+                worker=model.worker,
             )
         )
         s.add(
@@ -591,7 +593,8 @@ class SqlStore(PartialUploads, WithdrawalStore):
                 job_id=model.job_id,
                 at=at,
                 kind="model",
-                text=f"model sealed in the enclave as {model.model_id}",
+                text=f"model sealed in the enclave as {model.model_id}"
+                + (f" (kept by worker {model.worker})" if model.worker else ""),
             )
         )
         s.flush()
@@ -600,6 +603,7 @@ class SqlStore(PartialUploads, WithdrawalStore):
             "terms_digest": model.terms_digest,
             "owners": model.owners,
             "queriers": model.queriers,
+            "worker": model.worker,
         }
         self._append_audit(s, Audit("model.sealed", model.model_id, detail), at)
 
@@ -637,6 +641,7 @@ class SqlStore(PartialUploads, WithdrawalStore):
             retired_at=row.retired_at,
             retirements=[RetirementRecord(r.owner, r.envelope, r.at) for r in retirements],
             queries=[QueryCount(q.querier, q.queries, q.rows) for q in queries],
+            worker=row.worker or "",
         )
 
     def _model_row(self, s: Session, model_id: str) -> SealedModelRow:

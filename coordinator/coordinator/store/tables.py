@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -79,6 +88,11 @@ class JobRow(Base):
     result_statement: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     # A data owner's signed rejection (rejection.v1), once the job is rejected.
     rejection: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # The worker (HOST:PORT) running the job now, or that ran it last; empty before any.
+    worker: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    # Workers lost while running it since a party last acted (a loss re-queues the job;
+    # too many fail it, naming `detente party retry`).
+    worker_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApprovalRow(Base):
@@ -123,6 +137,9 @@ class SealedModelRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(BigInteger)
     retired_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The worker whose encrypted mount keeps the model (queries and retirement go there);
+    # empty for a model sealed before the coordinator had a worker pool.
+    worker: Mapped[str] = mapped_column(String(255), default="", server_default="")
 
 
 class ModelRetirementRow(Base):
@@ -149,6 +166,29 @@ class ModelQueriesRow(Base):
     querier: Mapped[str] = mapped_column(String(64))
     queries: Mapped[int] = mapped_column(BigInteger, default=0)
     rows: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class WorkerRow(Base):
+    """An enclave worker of the pool: registered by the operator, attested and checked
+    by the coordinator (docs/operations.md, worker pool). Public facts only."""
+
+    __tablename__ = "workers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    address: Mapped[str] = mapped_column(String(255), unique=True)  # HOST:PORT
+    registered_at: Mapped[int] = mapped_column(BigInteger)
+    health: Mapped[str] = mapped_column(String(32))
+    problem: Mapped[str] = mapped_column(Text, default="")
+    backend: Mapped[str] = mapped_column(String(16), default="")
+    mrenclave: Mapped[str] = mapped_column(String(96), default="")
+    mrsigner: Mapped[str] = mapped_column(String(64), default="")
+    tcb_status: Mapped[str] = mapped_column(Text, default="")
+    attested_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    slots: Mapped[int] = mapped_column(Integer, default=0)
+    busy: Mapped[int] = mapped_column(Integer, default=0)
+    job_ids: Mapped[str] = mapped_column(Text, default="[]")  # JSON list, as the worker said
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_seen: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    checked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class AuditRow(Base):
