@@ -437,7 +437,7 @@ def sealing_script(
 ) -> Iterator[enclave_pb2.RunJobResponse]:
     """What an enclave that seals the model streams: metrics, and a statement naming the
     model (``fake.sealed_as`` if set, else the job id)."""
-    terms = fake.specs[-1].terms
+    terms = fake.local.spec.terms
     job_id = JobTerms.verify(Envelope.from_bytes(terms)).job_id
     yield enclave_pb2.RunJobResponse(output=enclave_pb2.OutputChunk(name="metrics", data=b"m" * 10))
     yield enclave_pb2.RunJobResponse(
@@ -543,6 +543,7 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
         self.running: list[str] = []
         self.draining = False
         self.refuse_when_full = True  # answer WorkerBusy past ``slots``, as a real worker does
+        self.accepts: int | None = None  # jobs it really takes at once, if not ``slots``
         self.local = threading.local()  # the spec of the call this thread serves
         self.health: Any = None  # its gRPC health servicer, once served
         self._lock = threading.Lock()
@@ -570,7 +571,8 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
             if request.WhichOneof("part") == "spec":
                 job_id = JobTerms.verify(Envelope.from_bytes(request.spec.terms)).job_id
                 with self._lock:
-                    if self.refuse_when_full and len(self.running) >= self.slots:
+                    capacity = self.slots if self.accepts is None else self.accepts
+                    if self.refuse_when_full and len(self.running) >= capacity:
                         context.set_trailing_metadata(((grpc_status.ERROR_TRAILER, "WorkerBusy"),))
                         context.abort(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
