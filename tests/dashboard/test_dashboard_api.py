@@ -32,8 +32,10 @@ def test_enclave_attested_as_simulation(board: Board) -> None:
     enclaves = board.wait_api_enclave()
     (enclave,) = enclaves
     assert enclave["address"] == board.running.enclave
-    assert enclave["health"] == "attested"
+    assert enclave["health"] == "serving" and enclave["problem"] == ""
     assert enclave["backend"] == "SIMULATION" and enclave["simulation"] is True
+    assert enclave["slots"] >= 1 and enclave["draining"] is False
+    assert enclave["last_attested_at"] and enclave["last_seen"]
     assert enclave["mrenclave"] == board.running.measured["mrenclave"]
     assert len(enclave["mrsigner"]) == 64
     assert enclave["tcb_status"]

@@ -185,7 +185,7 @@ def test_login_opens_an_http_only_strict_session(page: Page, board: Board) -> No
 def test_every_page_shows_the_simulation_banner_and_its_data(page: Page, board: Board) -> None:
     _log_in(page, board)
     expected = {
-        "enclaves": ["SIMULATION", board.running.measured["mrenclave"], "attested"],
+        "enclaves": ["SIMULATION", board.running.measured["mrenclave"], "serving", "busy"],
         "parties": ["alice", "bob", board.datasets["alice"], "300"],
         "jobs": [board.job_id, board.pending_id, board.sealed_id],
         "models": [board.sealed_id, "Remaining (coordinator's count)", "80"],
