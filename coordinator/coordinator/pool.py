@@ -61,6 +61,7 @@ class PooledWorker:
     record: WorkerRecord
     running: set[str] = field(default_factory=set)  # jobs this coordinator runs on it
     full: bool = False  # it answered WorkerBusy: no job until its next status says otherwise
+    identity: str = ""  # its enclave signing key (hex), from its last accepted evidence
     answered: float = field(default_factory=time.monotonic)  # when it last answered
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -293,6 +294,7 @@ class WorkerPool:
                 checked_at=at,
             )
             record, audit = self._attested(worker, before, record)
+            record = self._one_identity(worker, record)
         with self._changed:
             worker.record = record
             worker.full = False
@@ -301,6 +303,27 @@ class WorkerPool:
             self._changed.notify_all()
         self._store.record_worker_check(record, audit)
         return record
+
+    def _one_identity(self, worker: PooledWorker, record: WorkerRecord) -> WorkerRecord:
+        """The workers of a pool must share one enclave identity: parties seal their data
+        keys to the identity they attested (through any worker), so a worker with another
+        one would refuse their data. The first registered worker's identity is the pool's;
+        a worker with another gets no job until it joins."""
+        verified = worker.client.last_verified
+        if verified is None or record.health != SERVING:
+            return record
+        worker.identity = verified[0].identity.signing_key.hex
+        with self._changed:
+            first = next((w for w in self._workers.values() if w.identity), worker)
+        if first.identity == worker.identity:
+            return record
+        if record.problem != _other_identity(worker, first):
+            log.warning(
+                "worker %s has another enclave identity than worker %s: no job goes to it",
+                worker.address,
+                first.address,
+            )
+        return replace(record, health=NOT_SERVING, problem=_other_identity(worker, first))
 
     def _attested(
         self, worker: PooledWorker, before: WorkerRecord, record: WorkerRecord
@@ -340,6 +363,15 @@ class WorkerPool:
             "tcb_status": record.tcb_status,
         }
         return record, Audit("worker.attested", worker.address, detail)
+
+
+def _other_identity(worker: PooledWorker, first: PooledWorker) -> str:
+    return (
+        f"its enclave identity (signing key {worker.identity[:16]}…) is not the pool's "
+        f"({first.identity[:16]}…, of worker {first.address}), so the parties' data sealed to "
+        f"the pool would be refused there: start it with `enclave-worker --join "
+        f"{first.address}` to share the pool's identity; it gets no job meanwhile"
+    )
 
 
 __all__ = ["CHECK_SECONDS", "LOST_SECONDS", "NOT_SERVING", "PooledWorker", "WorkerPool"]

@@ -489,15 +489,29 @@ def _sim_platform() -> tuple[SimPlatform, Path]:
     return SimPlatform(folder / "platform"), folder
 
 
+# One enclave identity per measurement, shared by the FAKE workers of that measurement
+# (as workers of one pool share theirs) and kept across a FAKE worker's restart.
+_IDENTITIES: dict[str, EnclaveIdentity] = {}
+
+
 def fake_enclave_credentials(
-    mrenclave: str = MRENCLAVE,
+    mrenclave: str = MRENCLAVE, own_identity: bool = False
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """The RA-TLS key and certificate of an enclave identity made in this process
-    (FAKE: no image, no launcher) on a real SIMULATION platform, claiming ``mrenclave``."""
+    """A fresh RA-TLS key and its certificate for the enclave identity of ``mrenclave``
+    made in this process (FAKE: no image, no launcher) on a real SIMULATION platform;
+    with ``own_identity``, a new identity of its own (a worker that did not join)."""
     platform, folder = _sim_platform()
     measurement = Measurement(mrenclave, "5a" * 32, "sim", False, 1, 1, 0)
     runtime = SimRuntime(measurement, folder / f"instance-{mrenclave[:8]}", platform)
-    identity = EnclaveIdentity(SigningKey.generate(), HpkePrivateKey.generate(), "sim", mrenclave)
+    if own_identity:
+        identity = EnclaveIdentity(
+            SigningKey.generate(), HpkePrivateKey.generate(), "sim", mrenclave
+        )
+    else:
+        identity = _IDENTITIES.setdefault(
+            mrenclave,
+            EnclaveIdentity(SigningKey.generate(), HpkePrivateKey.generate(), "sim", mrenclave),
+        )
     return ratls_credentials(identity, runtime)
 
 
@@ -626,7 +640,10 @@ class FakeEnclave(enclave_pb2_grpc.EnclaveServicer):
 
 
 def fake_server(
-    fake: FakeEnclave, address: str = "127.0.0.1:0", mrenclave: str = MRENCLAVE
+    fake: FakeEnclave,
+    address: str = "127.0.0.1:0",
+    mrenclave: str = MRENCLAVE,
+    own_identity: bool = False,
 ) -> tuple[grpc.Server, str]:
     """Serve ``fake`` at ``address`` under a new RA-TLS identity claiming ``mrenclave``,
     with the standard gRPC health service saying SERVING, as a real worker's; started."""
@@ -642,7 +659,7 @@ def fake_server(
     health_pb2_grpc.add_HealthServicer_to_server(checks, server)
     fake.health = checks
     bound = server.add_secure_port(
-        address, tls.server_credentials(*fake_enclave_credentials(mrenclave))
+        address, tls.server_credentials(*fake_enclave_credentials(mrenclave, own_identity))
     )
     assert bound, f"cannot listen on {address}"
     server.start()
@@ -651,11 +668,11 @@ def fake_server(
 
 @contextlib.contextmanager
 def serve_fake_enclave(
-    fake: FakeEnclave | None = None, mrenclave: str = MRENCLAVE
+    fake: FakeEnclave | None = None, mrenclave: str = MRENCLAVE, own_identity: bool = False
 ) -> Iterator[tuple[FakeEnclave, str, grpc.Server]]:
     """A FAKE enclave worker on a free loopback port (:func:`fake_server`); stopped on exit."""
     fake = fake or FakeEnclave()
-    server, address = fake_server(fake, mrenclave=mrenclave)
+    server, address = fake_server(fake, mrenclave=mrenclave, own_identity=own_identity)
     try:
         yield fake, address, server
     finally:

@@ -197,6 +197,33 @@ def test_a_draining_worker_gets_no_new_job(
     assert worker is not None and worker.health == "not serving" and worker.draining
 
 
+def test_a_worker_with_another_enclave_identity_gets_no_job(
+    home: Path, pool_of: Callable[..., Harness], alice: Party, bob: Party
+) -> None:
+    """A worker that did not join the pool (its own identity) would refuse data sealed
+    to the pool's: it gets no job, and its record says to start it with --join."""
+    with (
+        serve_fake_enclave() as (a, addr_a, _),
+        serve_fake_enclave(own_identity=True) as (
+            b,
+            addr_b,
+            _,
+        ),
+    ):
+        coord = pool_of(home, addr_a, addr_b)
+        serving(coord, 1)
+        assert coord.running is not None
+        wait_for(lambda: coord.running.store.get_worker(addr_b).health == "not serving")
+        worker = coord.running.store.get_worker(addr_b)
+        assert worker is not None and worker.attested_at is not None
+        assert f"enclave-worker --join {addr_a}" in worker.problem
+        data = shared_data(coord, alice, bob)
+        for job_id in ("job-1", "job-2"):
+            approved(coord, alice, bob, job_id, data)
+        coord.wait_idle(20)
+        assert b.specs == [] and len(a.specs) == 2
+
+
 # --------------------------------------------------------------------------- re-queue
 
 
