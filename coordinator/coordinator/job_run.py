@@ -50,9 +50,11 @@ from protocols.stream import CHUNK_SIZE
 
 log = logging.getLogger("coordinator.scheduler")
 WATCH_INTERVAL = 0.25
-# Status codes of a call that broke with its worker (it died, restarted, or its job
-# process crashed), not because the enclave refused the job: the job is re-queued.
-LOST_CODES = frozenset({"UNAVAILABLE", "ABORTED", "CANCELLED"})
+# Status codes of a call that broke with its worker (it died, restarted or stopped), not
+# because the enclave refused or failed the job: the job is re-queued. A job process
+# that crashed inside a living worker (ABORTED) fails the job instead: the crash may be
+# the job's own, and its proposer decides whether to retry it.
+LOST_CODES = frozenset({"UNAVAILABLE", "CANCELLED"})
 BUSY_ERROR = "WorkerBusy"
 
 

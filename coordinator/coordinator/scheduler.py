@@ -11,9 +11,10 @@ most its time limit (:class:`coordinator.limits.JobLimits`): a watchdog
 cancels the call when the limit passes or when the job's proposer or the
 operator cancels it.
 
-Re-queue. A run whose worker died, whose call broke (UNAVAILABLE, ABORTED),
-or whose worker answered WorkerBusy goes back to ``approved`` and into the
-queue without any party acting (audit entry ``job.requeued`` naming the
+Re-queue. A run whose worker died or whose call broke (UNAVAILABLE,
+CANCELLED: see coordinator.job_run.LOST_CODES), or whose worker answered
+WorkerBusy, goes back to ``approved`` and into the queue without any party
+acting (audit entry ``job.requeued`` naming the
 worker and the reason); it runs on another serving worker, or on the same one
 once it is back, where the enclave resumes it from its checkpoint. After
 ``max_losses`` lost workers the job fails, naming `detente party retry`.

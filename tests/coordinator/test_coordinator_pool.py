@@ -272,9 +272,36 @@ def test_a_job_whose_worker_dies_is_requeued_and_finishes_on_the_other(
     assert verify_audit_chain(coord.running.store.audit_entries()) > 0
 
 
+def breaking(fake: FakeEnclave, context: grpc.ServicerContext) -> Iterator[object]:
+    """The call breaks as when the worker's connection drops mid-job."""
+    yield enclave_pb2.RunJobResponse(progress=enclave_pb2.Progress(kind="progress", text="x"))
+    context.abort(grpc.StatusCode.UNAVAILABLE, "Socket closed")
+
+
 def crashing(fake: FakeEnclave, context: grpc.ServicerContext) -> Iterator[object]:
     yield enclave_pb2.RunJobResponse(progress=enclave_pb2.Progress(kind="progress", text="x"))
-    context.abort(grpc.StatusCode.ABORTED, "the job process crashed: exit code -9")
+    context.abort(grpc.StatusCode.ABORTED, "the job process crashed: exit code -11")
+
+
+def test_a_job_process_that_crashes_in_a_living_worker_fails_the_job(
+    home: Path,
+    fakes: Callable[[int], Fakes],
+    pool_of: Callable[..., Harness],
+    alice: Party,
+    bob: Party,
+) -> None:
+    """The worker lives and says its job process crashed: the crash may be the job's own,
+    so the job fails (its proposer retries it) instead of crashing every worker in turn."""
+    ((fake, address, _),) = fakes(1)
+    fake.script = crashing
+    coord = pool_of(home, address)
+    serving(coord, 1)
+    data = shared_data(coord, alice, bob)
+    approved(coord, alice, bob, "job-1", data)
+    coord.wait_idle(20)
+    job = record(coord, "job-1")
+    assert job.state == "failed" and job.error == "the job process crashed: exit code -11"
+    assert job.attempts == 1 and not audit(coord, "job.requeued")
 
 
 def test_a_job_that_loses_its_worker_too_often_fails_naming_retry(
@@ -285,7 +312,7 @@ def test_a_job_that_loses_its_worker_too_often_fails_naming_retry(
     bob: Party,
 ) -> None:
     ((fake, address, _),) = fakes(1)
-    fake.script = crashing
+    fake.script = breaking
     coord = pool_of(home, address)
     serving(coord, 1)
     data = shared_data(coord, alice, bob)
