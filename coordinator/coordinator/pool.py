@@ -46,6 +46,11 @@ ATTEST_SECONDS = 60.0
 # A worker that has not answered for this long has lost the jobs it ran: their calls are
 # given up and the jobs re-queued, even if no broken connection told the coordinator so.
 LOST_SECONDS = 30.0
+# A worker that answered WorkerBusy gets no job for this long (and until its next status),
+# so a worker whose status keeps offering a slot it does not have is not tried in a loop.
+BUSY_SECONDS = 5.0
+# An unchanged check is written to the store at most this often (its last_seen moves on).
+WRITE_SECONDS = 10.0
 NO_WORKER = (
     "no enclave worker of this coordinator serves now: its operator checks them with "
     "`detente coordinator workers` (and adds one with `--enclave HOST:PORT` or "
@@ -60,7 +65,8 @@ class PooledWorker:
     client: EnclaveClient
     record: WorkerRecord
     running: set[str] = field(default_factory=set)  # jobs this coordinator runs on it
-    full: bool = False  # it answered WorkerBusy: no job until its next status says otherwise
+    busy_until: float = 0.0  # it answered WorkerBusy: no job before then (time.monotonic())
+    written: float = 0.0  # when its record was last written to the store
     identity: str = ""  # its enclave signing key (hex), from its last accepted evidence
     answered: float = field(default_factory=time.monotonic)  # when it last answered
     stop: threading.Event = field(default_factory=threading.Event)
@@ -71,7 +77,7 @@ class PooledWorker:
         return self.client.address
 
     def free_slots(self) -> int:
-        if self.record.health != SERVING or self.full:
+        if self.record.health != SERVING or time.monotonic() < self.busy_until:
             return 0
         return max(0, self.record.slots - len(self.running | set(self.record.job_ids)))
 
@@ -196,9 +202,9 @@ class WorkerPool:
             self._changed.notify_all()
 
     def mark_busy(self, worker: PooledWorker) -> None:
-        """The worker answered WorkerBusy: no job to it until its next status."""
+        """The worker answered WorkerBusy: no job to it for BUSY_SECONDS."""
         with self._changed:
-            worker.full = True
+            worker.busy_until = time.monotonic() + BUSY_SECONDS
 
     def mark_lost(self, worker: PooledWorker, reason: str) -> None:
         """A call to the worker broke: no job to it until a check finds it serving again
@@ -297,11 +303,16 @@ class WorkerPool:
             record = self._one_identity(worker, record)
         with self._changed:
             worker.record = record
-            worker.full = False
             if record.last_seen == at:
                 worker.answered = time.monotonic()
             self._changed.notify_all()
-        self._store.record_worker_check(record, audit)
+        if (
+            audit is not None
+            or _differs(before, record)
+            or time.monotonic() > worker.written + WRITE_SECONDS
+        ):
+            self._store.record_worker_check(record, audit)
+            worker.written = time.monotonic()
         return record
 
     def _one_identity(self, worker: PooledWorker, record: WorkerRecord) -> WorkerRecord:
@@ -363,6 +374,13 @@ class WorkerPool:
             "tcb_status": record.tcb_status,
         }
         return record, Audit("worker.attested", worker.address, detail)
+
+
+def _differs(before: WorkerRecord, after: WorkerRecord) -> bool:
+    """Whether a check changed more than the times of the record."""
+    return replace(before, last_seen=None, checked_at=None) != replace(
+        after, last_seen=None, checked_at=None
+    )
 
 
 def _other_identity(worker: PooledWorker, first: PooledWorker) -> str:
