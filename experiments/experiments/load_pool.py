@@ -28,6 +28,7 @@ process it started is stopped by its process id (the cluster harness).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.bench_scale import ID, LABEL, Deadline, generate
+from experiments.scale_flows import ID, LABEL, Deadline, generate
 
 POLL_SECONDS = 0.5
 
@@ -111,9 +112,7 @@ def _party(
     lat.timed("register", lambda: party_client.init(home, name, coordinator, False, token))
     home.policy_path.write_text(policy_file.read_text())
     lat.timed("attest", lambda: party_client.attest(home, policy))
-    lat.timed(
-        "upload", lambda: party_client.upload(home, policy, csv, LABEL, ID, f"{name}-ds")
-    )
+    lat.timed("upload", lambda: party_client.upload(home, policy, csv, LABEL, ID, f"{name}-ds"))
     return home
 
 
@@ -128,7 +127,7 @@ def _job(
     """One job over two parties' data sets: propose, approve, wait, decrypt."""
     import party_client
 
-    first, second = homes
+    first = homes[0]
     policy = first.policy()
     terms = lat.timed(
         "propose",
@@ -146,7 +145,7 @@ def _job(
         ),
     )
     for home in homes:
-        lat.timed("approve", lambda h=home: party_client.approve(h, h.policy(), terms.job_id))
+        lat.timed("approve", functools.partial(_approve, home, terms.job_id))
     while True:
         job = lat.timed("status", lambda: party_client.fetch_job(first, terms.job_id))
         if job.state in ("succeeded", "failed", "cancelled"):
@@ -157,8 +156,14 @@ def _job(
         raise RuntimeError(f"job {terms.job_id} ended {job.state}: {job.error}")
     for n, home in enumerate(homes):
         folder = out / f"{terms.job_id}-{n}"
-        lat.timed("results", lambda h=home, f=folder: party_client.results(h, terms.job_id, f))
+        lat.timed("results", functools.partial(party_client.results, home, terms.job_id, folder))
     return {"job_id": terms.job_id, "events": [(e.at, e.kind, e.text) for e in job.events]}
+
+
+def _approve(home: Any, job_id: str) -> Any:
+    import party_client
+
+    return party_client.approve(home, home.policy(), job_id)
 
 
 def _spread(jobs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -176,9 +181,7 @@ def _spread(jobs: list[dict[str, Any]]) -> dict[str, Any]:
         ends = [a for a, k, t in events if k == "state" and t == "succeeded"]
         if runs and ends:
             spans.append((runs[-1], ends[-1]))
-    most = max(
-        (sum(1 for s, e in spans if s <= start < e) for start, _ in spans), default=0
-    )
+    most = max((sum(1 for s, e in spans if s <= start < e) for start, _ in spans), default=0)
     return {"jobs_by_worker": by_worker, "most_at_once": most, "requeued": requeued}
 
 
