@@ -35,7 +35,13 @@ from coordinator.store import (
     WorkerRecord,
     now_ms,
 )
-from coordinator.store.records import NOT_SERVING, NOT_TRUSTED, SERVING, UNREACHABLE
+from coordinator.store.records import (
+    NOT_CHECKED,
+    NOT_SERVING,
+    NOT_TRUSTED,
+    SERVING,
+    UNREACHABLE,
+)
 from protocols.errors import DetenteError, EnclaveUnavailable
 from protocols.policy import AttestationPolicy
 
@@ -157,12 +163,21 @@ class WorkerPool:
             return None if worker is None else worker.client
 
     def record_of(self, address: str) -> WorkerRecord | None:
+        """The worker's last check (checked now if it was not checked yet)."""
         with self._changed:
             worker = self._workers.get(address)
-            return None if worker is None else worker.record
+        if worker is None:
+            return None
+        if worker.record.health == NOT_CHECKED:
+            return self.check(worker)
+        return worker.record
 
     def any_client(self) -> EnclaveClient:
-        """A serving worker's client (the least busy); EnclaveUnavailable if none serves."""
+        """A serving worker's client (the least busy); EnclaveUnavailable if none serves.
+        Workers not checked yet (the coordinator just started) are checked first."""
+        for worker in self.workers():
+            if worker.record.health == NOT_CHECKED:
+                self.check(worker)
         with self._changed:
             serving = [w for w in self._workers.values() if w.record.health == SERVING]
             refused = [w for w in self._workers.values() if w.record.health == NOT_TRUSTED]
