@@ -82,6 +82,7 @@ def test_progress_advances_while_the_job_runs(approved: Board) -> None:
     assert (curve["data"], curve["metric"]) == ("validation", "auc") and curve["points"]
     (enclave,) = approved.api("api/enclaves")
     assert approved.job_id in enclave["current_jobs"]
+    assert later["worker"] == enclave["address"] and later["worker_losses"] == 0
     summary = {j["job_id"]: j for j in approved.api("api/jobs")}
     assert summary[approved.job_id]["rounds_done"] >= done
     assert summary[approved.pending_id]["state"] == "proposed"

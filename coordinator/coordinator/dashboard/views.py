@@ -160,6 +160,8 @@ class Job(JobSummary):
     )
     attempts: int
     started_at: int | None
+    worker: str = Field(description="the worker running it now, or that ran it last")
+    worker_losses: int = Field(description="workers lost while running it (each re-queued it)")
     updated_at: int
     expires_at: int
     max_seconds: int | None
@@ -415,6 +417,8 @@ class Views:
             rejection=_rejection(job, names),
             attempts=job.attempts,
             started_at=job.started_at,
+            worker=job.worker,
+            worker_losses=job.worker_losses,
             updated_at=job.updated_at,
             expires_at=terms.expires_at if terms else 0,
             max_seconds=terms.max_seconds if terms else None,
