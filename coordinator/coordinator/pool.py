@@ -36,7 +36,6 @@ from coordinator.store import (
     now_ms,
 )
 from coordinator.store.records import (
-    NOT_CHECKED,
     NOT_SERVING,
     NOT_TRUSTED,
     SERVING,
@@ -163,20 +162,22 @@ class WorkerPool:
             return None if worker is None else worker.client
 
     def record_of(self, address: str) -> WorkerRecord | None:
-        """The worker's last check (checked now if it was not checked yet)."""
+        """The worker's last check; checked again now if it did not serve then (it may
+        have just started or come back)."""
         with self._changed:
             worker = self._workers.get(address)
         if worker is None:
             return None
-        if worker.record.health == NOT_CHECKED:
+        if worker.record.health != SERVING:
             return self.check(worker)
         return worker.record
 
     def any_client(self) -> EnclaveClient:
         """A serving worker's client (the least busy); EnclaveUnavailable if none serves.
-        Workers not checked yet (the coordinator just started) are checked first."""
-        for worker in self.workers():
-            if worker.record.health == NOT_CHECKED:
+        If none serves by its last check, each is checked again now (one may have just
+        started or come back)."""
+        if not self.healthy_clients():
+            for worker in self.workers():
                 self.check(worker)
         with self._changed:
             serving = [w for w in self._workers.values() if w.record.health == SERVING]
