@@ -44,7 +44,7 @@ from coordinator.store import (
 )
 from protocols import canonical
 from protocols.documents import JobTerms, ResultStatement
-from protocols.errors import DetenteError, IntegrityError
+from protocols.errors import DetenteError, IntegrityError, WorkerBusy
 from protocols.statements import Envelope
 from protocols.stream import CHUNK_SIZE
 
@@ -55,7 +55,7 @@ WATCH_INTERVAL = 0.25
 # that crashed inside a living worker (ABORTED) fails the job instead: the crash may be
 # the job's own, and its proposer decides whether to retry it.
 LOST_CODES = frozenset({"UNAVAILABLE", "CANCELLED"})
-BUSY_ERROR = "WorkerBusy"
+BUSY_ERROR = WorkerBusy.__name__  # the catalogue class a worker with no free slot names
 
 
 class Outcome(enum.Enum):

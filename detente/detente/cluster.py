@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = [
     "start_coordinator",
     "start_enclave",
     "start_enclave_pool",
+    "start_pool_roles",
     "start_roles",
     "write_policy",
 ]
@@ -242,16 +243,19 @@ def start_enclave_pool(
 def start_coordinator(
     c: Cluster,
     coord: Path,
-    enclave: str,
+    enclave: str | Sequence[str],
     policy: Path,
     extra: list[str] | None = None,
     name: str = "coordinator",
 ) -> int:
-    """Start a coordinator process in ``coord`` that runs jobs on ``enclave``; its port."""
+    """Start a coordinator process in ``coord`` that runs jobs on ``enclave`` (one worker's
+    HOST:PORT, or every worker of a pool); its port."""
     serve = ["coordinator", "serve", "--home", str(coord), "--port-file", str(coord / "port")]
+    workers = [enclave] if isinstance(enclave, str) else list(enclave)
+    args = [arg for address in workers for arg in ("--enclave", address)]
     return c.spawn(
         name,
-        [*serve, "--enclave", enclave, "--enclave-policy", str(policy), *(extra or [])],
+        [*serve, *args, "--enclave-policy", str(policy), *(extra or [])],
         coord / "port",
         coord,
     )
@@ -273,6 +277,23 @@ def start_roles(c: Cluster, root: Path, coordinator_args: list[str] | None = Non
     return Roles(
         f"127.0.0.1:{coord_port}", enclave, measured, policy, certificate_path(coord), coord
     )
+
+
+def start_pool_roles(
+    c: Cluster, root: Path, count: int, coordinator_args: list[str] | None = None
+) -> tuple[Roles, list[EnclaveWorker]]:
+    """Start ``count`` enclave workers of one identity (:func:`start_enclave_pool`) and a
+    coordinator that runs jobs on all of them; ``Roles.enclave`` is the first worker."""
+    workers, measured, policy = start_enclave_pool(c, root, count)
+    coord = root / "coordinator"
+    addresses = [w.address for w in workers]
+    coord_port = start_coordinator(c, coord, addresses, policy, coordinator_args)
+    from coordinator.server import certificate_path
+
+    roles = Roles(
+        f"127.0.0.1:{coord_port}", addresses[0], measured, policy, certificate_path(coord), coord
+    )
+    return roles, workers
 
 
 @contextmanager

@@ -262,9 +262,10 @@ def _audit_ok(output: str) -> dict[str, Any]:
 
 def start_pool(c: Any, root: Path, workers: int) -> Any:
     """``workers`` enclave workers sharing one identity and a coordinator using them all."""
-    from detente.cluster import start_roles
+    from detente.cluster import start_pool_roles
 
-    return start_roles(c, root, workers=workers)
+    roles, _ = start_pool_roles(c, root, workers)
+    return roles
 
 
 def print_report(r: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pytest
 import xgboost as xgb
 
-from detente.cluster import Process, cluster
+from detente.cluster import Process, cluster, start_pool_roles
 from party_client.home import PartyHome
 from tests.e2e.conftest import (
     LABEL,
@@ -68,14 +68,29 @@ class Pool:
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    from detente.cluster import start_pool
-
     root = tmp_path_factory.mktemp("pool")
     with cluster(root) as c:
-        roles, workers, restart = start_pool(
+        roles, started = start_pool_roles(
             c, root, 2, coordinator_args=["--worker-check-seconds", "0.5"]
         )
-        yield Pool(Running(c, root, roles), workers, restart)
+        processes = {p.popen.pid: p for p in c.processes}
+        workers = {w.address: processes[w.pid] for w in started}
+        pool = Pool(Running(c, root, roles), workers, lambda address: None)
+
+        def restart(address: str) -> None:
+            """Start the worker of ``address`` again on its port, from its ENCLAVE_DIR: it
+            unseals the pool's identity it holds (no --join needed)."""
+            (worker,) = [w for w in started if w.address == address]
+            others = [w.simulation_root for w in started if w is not worker]
+            args = [arg for root_ in others for arg in ("--pool-simulation-root", root_)]
+            port = address.rsplit(":", 1)[1]
+            port_file = worker.instance.parent / f"{worker.name}-{time.monotonic_ns()}.port"
+            run = ["libos", "run", str(worker.instance), "--", "--port", port]
+            c.spawn(worker.name, [*run, "--port-file", str(port_file), *args], port_file, root)
+            pool.workers[address] = c.processes[-1]
+
+        pool.restart = restart
+        yield pool
 
 
 def wait_serving(pool: Pool, count: int, timeout: float = 60) -> list[dict[str, Any]]:
