@@ -115,7 +115,7 @@ def test_access_rules(served: Served) -> None:
     assert headers["x-frame-options"] == "DENY" and headers["cache-control"] == "no-store"
     # No enclave configured: the dashboard says so instead of a worker.
     assert json.loads(_get(served.url + "api/enclaves")[2]) == []
-    assert b"No enclave configured" in _get(served.url + "enclaves")[2]
+    assert b"No enclave worker registered" in _get(served.url + "enclaves")[2]
     # The coordinator stops cleanly on SIGTERM, and its dashboard with it.
     port = int(served.url.rsplit(":", 1)[1].rstrip("/"))
     served.popen.terminate()
