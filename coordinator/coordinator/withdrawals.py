@@ -4,8 +4,8 @@ A withdrawal (protocols/SPEC.md §3.11) matters most to the workers: each one
 that holds a checkpoint or a sealed model derived from the data set must
 destroy it, and must refuse the data set from then on. The coordinator sends
 the owner's signed statement with the manifest to every worker it knows
-(``workers()``: today the one ``--enclave``; with a pool, each of its
-workers) and records per worker whether it acknowledged. A worker that was
+(``workers()``: each worker of the pool, serving or not) and records per
+worker address whether it acknowledged. A worker that was
 down, or failed, is sent it again on the next round, every
 :data:`DELIVERY_INTERVAL` seconds, for as long as the coordinator runs (and
 after a restart: the acknowledgements are in the database). A worker that

@@ -25,6 +25,7 @@ from coordinator_testkit import (
     SealedDataset,
     job_terms,
     seal_dataset,
+    serve_fake_enclave,
 )
 
 from coordinator.dashboard.views import Views
@@ -257,3 +258,40 @@ def test_a_worker_that_missed_the_withdrawal_gets_it_when_reachable(
     time.sleep(0.5)
     assert len(fake.withdrawals) == sent
     assert not blob.exists()
+
+
+def test_every_worker_of_the_pool_gets_it_including_one_added_later(
+    home: Path, db_url: str | None, alice: Party
+) -> None:
+    with (
+        serve_fake_enclave() as (first, first_address, _),
+        serve_fake_enclave() as (down, down_address, _),
+        serve_fake_enclave() as (later, later_address, _),
+    ):
+        down.withdraw_error = EnclaveUnavailable("the worker is restarting")
+        coord = Harness(home, enclaves=(first_address, down_address), db_url=db_url)
+        try:
+            coord.register(alice)
+            a = seal_dataset(alice, "wd-pool")
+            coord.upload(a)
+            reply = withdraw(coord, alice, "wd-pool", statement(alice, a))
+            acknowledged = {d.worker: d.delivered_at > 0 for d in reply.deliveries}
+            assert acknowledged == {first_address: True, down_address: False}
+            assert len(first.withdrawals) == 1 and later.withdrawals == []
+
+            down.withdraw_error = None
+            assert coord.running is not None
+            coord.running.handler.pool.register(later_address, by="the test")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                done = {
+                    r.worker for r in coord.running.store.deliveries("wd-pool") if r.delivered_at
+                }
+                if done == {first_address, down_address, later_address}:
+                    break
+                time.sleep(0.2)
+            assert done == {first_address, down_address, later_address}
+            assert len(first.withdrawals) == 1, "an acknowledged worker is not asked again"
+            assert [w.manifest for w in later.withdrawals] == [a.manifest_bytes]
+        finally:
+            coord.stop()
