@@ -403,8 +403,9 @@ def _other_identity(worker: PooledWorker, first: PooledWorker) -> str:
     return (
         f"its enclave identity (signing key {worker.identity[:16]}…) is not the pool's "
         f"({first.identity[:16]}…, of worker {first.address}), so the parties' data sealed to "
-        f"the pool would be refused there: start it with `enclave-worker --join "
-        f"{first.address}` to share the pool's identity; it gets no job meanwhile"
+        f"the pool would be refused there: start it from a fresh ENCLAVE_DIR with "
+        f"`detente libos run DIR -- --join {first.address}` to share the pool's identity; it "
+        "gets no job meanwhile"
     )
 
 

@@ -216,7 +216,7 @@ def test_a_worker_with_another_enclave_identity_gets_no_job(
         wait_for(lambda: coord.running.store.get_worker(addr_b).health == "not serving")
         worker = coord.running.store.get_worker(addr_b)
         assert worker is not None and worker.attested_at is not None
-        assert f"enclave-worker --join {addr_a}" in worker.problem
+        assert f"-- --join {addr_a}` to share the pool's identity" in worker.problem
         data = shared_data(coord, alice, bob)
         for job_id in ("job-1", "job-2"):
             approved(coord, alice, bob, job_id, data)
