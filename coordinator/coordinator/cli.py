@@ -218,11 +218,10 @@ def cancel(
         typer.echo(f"{job_id} cancelled")
 
 
-workers_app = typer.Typer(
-    help="The enclave workers the coordinator runs jobs on: list them (the default), add or "
+workers_app = command_group(
+    "The enclave workers the coordinator runs jobs on: list them (the default), add or "
     "remove one. A running coordinator follows these changes within a few seconds.",
-    pretty_exceptions_show_locals=False,
-    invoke_without_command=True,
+    default_command=True,
 )
 app.add_typer(workers_app, name="workers")
 

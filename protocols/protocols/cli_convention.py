@@ -204,17 +204,23 @@ class DetenteGroup(TyperGroup):
 
 
 def command_group(
-    help: str, name: str | None = None, cls: type[DetenteGroup] = DetenteGroup
+    help: str,
+    name: str | None = None,
+    cls: type[DetenteGroup] = DetenteGroup,
+    default_command: bool = False,
 ) -> typer.Typer:
     """A Typer app for one `detente` command group, with the shared settings and handler
-    (``cls``: :class:`DetenteGroup` or a subclass of it)."""
+    (``cls``: :class:`DetenteGroup` or a subclass of it). With ``default_command`` the
+    group's callback runs when no subcommand is named (``detente coordinator workers``
+    lists them) instead of printing the help."""
     return typer.Typer(
         name=name,
         help=help,
         cls=cls,
         # Tracebacks must never print local variables: they may hold rows or keys.
         pretty_exceptions_show_locals=False,
-        no_args_is_help=True,
+        no_args_is_help=not default_command,
+        invoke_without_command=default_command,
         epilog=EXIT_CODES_HELP,
     )
 
