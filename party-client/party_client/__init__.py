@@ -12,9 +12,11 @@ the models they seal in the enclave (:mod:`~party_client.queries`,
 (:mod:`~party_client.withdrawal`). Every function returns dataclasses; protobuf
 stays in :mod:`~party_client.remote`, the gRPC edge.
 
-:class:`Party` (:mod:`~party_client.api`) gathers them for scripts and notebooks:
+:class:`Party` (:mod:`~party_client.api`, on the connection of
+:mod:`~party_client.party_connection`) gathers them for scripts and notebooks:
 one object per party, one connection per object, :class:`Job` objects that wait
-for and open their results, and the scikit-learn style estimators
+for and open their results (:mod:`~party_client.job_handle`), the values and
+errors they return (:mod:`~party_client.api_types`), and the scikit-learn style estimators
 :class:`SecureXGBClassifier` and :class:`SecureXGBRegressor`
 (:mod:`~party_client.estimators`).
 
@@ -28,7 +30,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from party_client.api import Dataset, Job, JobFailed, JobTimeout, Party, Prediction
+    from party_client.api import Party
+    from party_client.api_types import Dataset, JobFailed, JobTimeout, Prediction
     from party_client.consent import (
         DatasetView,
         QuerierView,
@@ -61,6 +64,7 @@ if TYPE_CHECKING:
         retry,
         wait,
     )
+    from party_client.job_handle import Job
     from party_client.jobfile import (
         JobFileError,
         JobSpec,
@@ -98,12 +102,12 @@ _MODULE_OF = {
     "Columns": "estimators",
     "SecureXGBClassifier": "estimators",
     "SecureXGBRegressor": "estimators",
-    "Dataset": "api",
-    "Job": "api",
-    "JobFailed": "api",
-    "JobTimeout": "api",
+    "Dataset": "api_types",
+    "Job": "job_handle",
+    "JobFailed": "api_types",
+    "JobTimeout": "api_types",
     "Party": "api",
-    "Prediction": "api",
+    "Prediction": "api_types",
     "DEFAULT_PARAMS": "proposal",
     "CoordinatorError": "remote",
     "DatasetView": "consent",

@@ -18,429 +18,54 @@ than the CLI does, which calls the same functions.
 
 A data owner that will not approve a job rejects it (:meth:`Party.reject`):
 signed, with its reason, for good.
+
+The party's identity, policy and connection are in
+:mod:`party_client.party_connection`, the :class:`Job` handle in
+:mod:`party_client.job_handle`, and the values and errors (:class:`Dataset`,
+:class:`Prediction`, :class:`JobFailed`, :class:`JobTimeout`) in
+:mod:`party_client.api_types`; they are all importable from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import party_client.datasets as data_sets
 import party_client.models as sealed_models
-from party_client import consent, job_control, outputs, proposal, queries, withdrawal
-from party_client.home import PartyHome
-from party_client.remote import Coordinator
-from protocols.documents import ANSWER_PROBABILITY, DatasetManifest, JobTerms
-from protocols.errors import DetenteError, IntegrityError, SetupError, WrongState
+from party_client import consent, job_control, proposal, queries, withdrawal
+from party_client.api_types import Dataset, JobFailed, JobTimeout, Prediction
+from party_client.job_handle import POLL_SECONDS, Job, ProgressArg
+from party_client.party_connection import PartyConnection
+from protocols.documents import ANSWER_PROBABILITY, DatasetManifest
+from protocols.errors import IntegrityError, SetupError
 from protocols.statements import Envelope
 
-if TYPE_CHECKING:
-    import pyarrow as pa
-    import xgboost as xgb
-
-    from protocols.attestation import VerifiedEnclave
-    from protocols.documents import Budget
-    from protocols.keys import SigningKey
-    from protocols.policy import AttestationPolicy
-
-# How often Job.wait asks the coordinator (seconds): a job takes seconds at least.
-POLL_SECONDS = 0.3
-
-
-class JobTimeout(DetenteError):
-    """:meth:`Job.wait` ran out of time; ``job`` is the job as it was last seen."""
-
-    def __init__(self, message: str, job: Job) -> None:
-        super().__init__(message)
-        self.job = job
+# The API's values, the Job handle and the connection live in their own modules; these names
+# stay importable from here.
+__all__ = [
+    "POLL_SECONDS",
+    "Dataset",
+    "Job",
+    "JobFailed",
+    "JobTimeout",
+    "Party",
+    "Prediction",
+    "ProgressArg",
+]
 
 
-class JobFailed(DetenteError):
-    """The job ended failed or cancelled; ``job`` holds its state and error."""
-
-    def __init__(self, message: str, job: Job) -> None:
-        super().__init__(message)
-        self.job = job
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A data set as this party sees it: its verified manifest's facts.
-
-    ``owner`` is the owner's registered name ("" if the coordinator lists no
-    registration for its key); ``label`` the label column it was uploaded
-    with (None: it has none, as in a vertical job's non-label parties).
-    ``id_column`` is known for this party's own uploads only (it is not in
-    the manifest).
-    """
-
-    dataset_id: str
-    owner: str
-    owner_key: str
-    rows: int
-    ciphertext_size: int
-    label: str | None
-    yours: bool
-    id_column: str | None = None
-    categorical: list[str] = field(default_factory=list)
-    withdrawn_at: int = 0  # ms since the epoch (coordinator's clock) its owner withdrew it
-
-    @property
-    def ref(self) -> str:
-        """``owner/dataset-id``, the form :meth:`Party.propose` also accepts."""
-        return f"{self.owner}/{self.dataset_id}" if self.owner else self.dataset_id
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A sealed model's answer: ``table`` (the id column first if one was kept, then
-    ``prediction``, ``prediction_0`` … or ``class``), the rows scored and the budget left."""
-
-    model_id: str
-    query_id: str
-    rows: int
-    columns: list[str]
-    remaining: Budget
-    simulation: bool
-    table: pa.Table = field(repr=False)
-
-    def to_numpy(self) -> Any:
-        """The answer's columns as an array: one column a vector, several a matrix."""
-        import numpy as np
-
-        values = [self.table.column(c).to_numpy() for c in self.columns]
-        return values[0] if len(values) == 1 else np.column_stack(values)
-
-
-ProgressArg = bool | Callable[[job_control.JobView], None]
-
-
-class Job:
-    """A job as this party last fetched it (:attr:`view`), with what can be done to it.
-
-    Made by :meth:`Party.propose`, :meth:`Party.job` and :meth:`Party.jobs`;
-    each call that asks the coordinator updates :attr:`view`.
-    """
-
-    def __init__(self, party: Party, view: job_control.JobView) -> None:
-        self._party = party
-        self.view = view
-        self._outputs: dict[str, bytes] | None = None
-
-    def __repr__(self) -> str:
-        return f"<Job {self.job_id} {self.state}>"
-
-    @property
-    def job_id(self) -> str:
-        return self.view.job_id
-
-    @property
-    def state(self) -> str:
-        """proposed, approved, running, succeeded, failed or cancelled (as last fetched)."""
-        return self.view.state
-
-    @property
-    def terms(self) -> JobTerms:
-        """The verified :class:`~protocols.documents.JobTerms`."""
-        return self.view.terms
-
-    @property
-    def awaiting(self) -> list[str]:
-        """Signing keys (hex) whose approvals the coordinator does not list yet."""
-        return [k for k in self.view.required_approvers if k not in self.view.approvers]
-
-    def refresh(self) -> Job:
-        """Fetch the job again (its terms verified again)."""
-        self.view = job_control.fetch_job(self._party.home, self.job_id, remote=self._party.remote)
-        return self
-
-    def wait(self, progress: ProgressArg = False, timeout: float | None = None) -> Job:
-        """Wait until the job has succeeded; return it.
-
-        ``progress``: True prints each new event to standard error; a callable
-        is given the :class:`~party_client.JobView` whenever its state or
-        events change. Raises :class:`JobFailed` if the job fails or is
-        cancelled, :class:`JobTimeout` (naming the approvals still missing)
-        after ``timeout`` seconds (None: wait as long as it takes).
-
-        >>> job.wait(progress=True, timeout=600).model()  # doctest: +SKIP
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen: tuple[str | None, int] = (None, -1)
-        while True:
-            self.refresh()
-            mark = (self.state, len(self.view.events))
-            if mark != seen:
-                self._report(progress, seen[1])
-                seen = mark
-            if self.state == "succeeded":
-                return self
-            if self.state in job_control.FINISHED:
-                detail = f": {self.view.error}" if self.view.error else ""
-                if self.view.rejection is not None:
-                    by = self.view.rejection.by
-                    name = self._party.names().get(by) or by[:16] + "…"
-                    detail = f" by {name}: {self.view.rejection.reason}"
-                raise JobFailed(f"job {self.job_id} {self.state}{detail}", self)
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobTimeout(self._late(timeout or 0), self)
-            time.sleep(POLL_SECONDS)
-
-    def _report(self, progress: ProgressArg, printed: int) -> None:
-        if callable(progress):
-            progress(self.view)
-        elif progress:
-            for event in self.view.events[max(printed, 0) :]:
-                print(f"{self.job_id} {event.kind}: {event.text}", file=sys.stderr)
-
-    def _late(self, timeout: float) -> str:
-        if self.state == "proposed" and self.awaiting:
-            names = self._party.names()
-            missing = ", ".join(names.get(k, k[:16] + "…") for k in self.awaiting)
-            return (
-                f"job {self.job_id} is still proposed after {timeout:g} s: it awaits the "
-                f"approval of {missing} (`detente party approve {self.job_id}`)"
-            )
-        return f"job {self.job_id} is still {self.state} after {timeout:g} s: wait longer"
-
-    # -- outputs ----------------------------------------------------------------
-
-    def results(self, out_dir: Path | str) -> dict[str, Path]:
-        """Verify the enclave's result statement and write this party's outputs to
-        ``out_dir`` (mode 0600); the paths by output name (see
-        :func:`party_client.results`)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        return outputs.results(self._party.home, self.job_id, out, remote=self._party.remote)
-
-    def _released(self) -> dict[str, bytes]:
-        """This party's outputs, verified and decrypted once (in a private temporary folder,
-        removed at once), kept in memory by output name."""
-        if self._outputs is None:
-            folder = Path(tempfile.mkdtemp(prefix="detente-results-"))
-            try:
-                written = self.results(folder)
-                self._outputs = {name: path.read_bytes() for name, path in written.items()}
-            finally:
-                shutil.rmtree(folder, ignore_errors=True)
-        return self._outputs
-
-    def _output(self, name: str) -> bytes:
-        if self.view.state != "succeeded":
-            self.refresh()
-        if name == "model" and self.terms.sealed:
-            raise WrongState(
-                f"job {self.job_id} sealed its model in the enclave: nobody receives it; query it "
-                f"with Party.predict({self.job_id!r}, table)"
-            )
-        found = self._released().get(name)
-        if found is None:
-            raise SetupError(
-                f"job {self.job_id} released no {name} to you: its terms release "
-                f"{', '.join(self.terms.outputs) or 'nothing'} to "
-                f"{', '.join(r.name for r in self.terms.recipients)}"
-            )
-        return found
-
-    def model(self) -> xgb.Booster:
-        """The released model as an :class:`xgboost.Booster`, from output bytes whose digest
-        the enclave's signed result statement names, decrypted with this party's key."""
-        import xgboost as xgb
-
-        booster = xgb.Booster()
-        booster.load_model(bytearray(self._output("model")))
-        return booster
-
-    def metrics(self) -> dict[str, Any]:
-        """The released metrics (``metrics.json``)."""
-        return dict(json.loads(self._output("metrics")))
-
-    def importance(self) -> dict[str, Any]:
-        """The released feature importance (``importance.json``)."""
-        return dict(json.loads(self._output("importance")))
-
-    def predictions(self) -> dict[str, pa.Table]:
-        """The predictions released to this party, one table per data set it owns."""
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
-        if self.view.state != "succeeded":
-            self.refresh()
-        if "predictions" not in self.terms.outputs:
-            self._output("predictions")  # raises: not released
-        return {
-            name.removeprefix(outputs.PREDICTIONS): pacsv.read_csv(pa.BufferReader(data))
-            for name, data in self._released().items()
-            if name.startswith(outputs.PREDICTIONS)
-        }
-
-    # -- consent ----------------------------------------------------------------
-
-    def review(self) -> consent.Review:
-        """See :meth:`Party.review`."""
-        return self._party.review(self)
-
-    def approve(self, yes: bool = False) -> consent.Review:
-        """See :meth:`Party.approve`."""
-        return self._party.approve(self, yes=yes)
-
-    def cancel(self, reason: str = "") -> Job:
-        """Cancel the job (its proposer, or an owner before it runs)."""
-        self.view = job_control.cancel(
-            self._party.home, self.job_id, reason, remote=self._party.remote
-        )
-        return self
-
-
-class Party:
-    """This party: its identity, its attestation policy and one connection to the coordinator.
+class Party(PartyConnection):
+    """This party: its identity, its attestation policy and one connection to the coordinator
+    (:class:`~party_client.party_connection.PartyConnection`), and the library's steps.
 
     >>> bank = Party.from_home()          # DETENTE_HOME or ~/.config/detente  # doctest: +SKIP
     >>> bank.attest().simulation          # doctest: +SKIP
     True
     >>> bank.close()                      # doctest: +SKIP
     """
-
-    def __init__(
-        self,
-        home: PartyHome,
-        policy: AttestationPolicy | None = None,
-        timeout: float = 60.0,
-    ) -> None:
-        self.home = home
-        self.name: str = home.config()["name"]  # refuses a folder with no identity
-        self._policy = policy
-        self._timeout = timeout
-        self._remote: Coordinator | None = None
-
-    @classmethod
-    def from_home(
-        cls,
-        path: Path | str | None = None,
-        policy: Path | str | AttestationPolicy | None = None,
-        timeout: float = 60.0,
-        passphrase: str | None = None,
-    ) -> Party:
-        """The party whose home is ``path`` (default: ``DETENTE_HOME`` or
-        ``~/.config/detente``), as `detente party init` created it; ``policy`` an
-        attestation policy (or its file) instead of the home's ``policy.toml``.
-
-        Keys encrypted under a passphrase (`detente party init --encrypt-keys`) are
-        opened with ``passphrase``, else ``DETENTE_PASSPHRASE``, else a prompt on a
-        terminal; a wrong one raises :class:`~party_client.keyfile.WrongPassphrase`.
-        """
-        home = PartyHome(Path(path)) if path is not None else PartyHome.default()
-        home.passphrase = passphrase
-        if isinstance(policy, str | Path):
-            policy = home.policy(Path(policy))
-        return cls(home, policy, timeout)
-
-    @classmethod
-    def init(
-        cls,
-        home: Path | str | None,
-        name: str,
-        coordinator: str,
-        coordinator_cert: Path | str | None = None,
-        *,
-        token: str = "",
-        encrypt_keys: bool = False,
-        passphrase: str | None = None,
-        key: Path | str | SigningKey | None = None,
-        policy: Path | str | None = None,
-        pq: bool = False,
-        timeout: float = 60.0,
-    ) -> Party:
-        """Create and register this party's identity in ``home`` (None: ``DETENTE_HOME`` or
-        ``~/.config/detente``), as `detente party init` does; the party, ready to use.
-
-        ``coordinator_cert`` is the certificate `detente coordinator serve` printed
-        (pinned: needed the first time), ``token`` the one-time enrollment token of
-        `detente coordinator enroll`, ``policy`` an attestation policy file copied
-        into the home. ``encrypt_keys`` writes the keys encrypted under
-        ``passphrase`` (else ``DETENTE_PASSPHRASE``); ``key`` signs with an existing
-        Ed25519 key (a PEM/DER PKCS#8 or raw file) instead of a new one.
-
-        >>> bank = Party.init("~/bank", "bank", "coord.example:7000", "coordinator.crt",
-        ...                   token=TOKEN, policy="policy.toml")   # doctest: +SKIP
-        """
-        from party_client.onboarding import init_home
-
-        where = PartyHome(Path(home).expanduser()) if home is not None else PartyHome.default()
-        init_home(
-            where,
-            name,
-            coordinator,
-            Path(coordinator_cert) if coordinator_cert is not None else None,
-            token=token,
-            encrypt_keys=encrypt_keys,
-            passphrase=passphrase,
-            key=Path(key) if isinstance(key, str | Path) else key,
-            policy=Path(policy) if policy is not None else None,
-            pq=pq,
-        )
-        return cls(where, None, timeout)
-
-    def __repr__(self) -> str:
-        return f"<Party {self.name} at {self.home.root}>"
-
-    # A Party is a handle on an identity and a connection: copies (scikit-learn's clone of an
-    # estimator holding one) share it.
-    def __copy__(self) -> Party:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Party:
-        return self
-
-    @property
-    def policy(self) -> AttestationPolicy:
-        if self._policy is None:
-            self._policy = self.home.policy()
-        return self._policy
-
-    @property
-    def remote(self) -> Coordinator:
-        """The connection every call of this party uses (opened on first use)."""
-        if self._remote is None:
-            self._remote = Coordinator.for_home(self.home, self._timeout)
-        return self._remote
-
-    def close(self) -> None:
-        """Close the connection (a later call opens a new one)."""
-        if self._remote is not None:
-            self._remote.close()
-            self._remote = None
-
-    def __enter__(self) -> Party:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-    # -- the enclave ------------------------------------------------------------
-
-    def attest(self) -> VerifiedEnclave:
-        """Verify the enclave's evidence for a fresh nonce under this party's policy and keep
-        the record; raises :class:`~protocols.attestation.EvidenceRefused` naming each
-        failing rule."""
-        from party_client.enclave import attest
-
-        return attest(self.home, self.policy, remote=self.remote)
-
-    def _attested(self) -> None:
-        """Attest again if the record is missing or older than the policy allows."""
-        try:
-            self.home.attested_enclave(self.policy)
-        except SetupError:
-            self.attest()
 
     # -- data sets --------------------------------------------------------------
 
