@@ -85,7 +85,7 @@ if TYPE_CHECKING:
         predict_table,
     )
     from party_client.remote import CoordinatorError
-    from party_client.tables import load_schema
+    from party_client.table_schema import load_schema
     from party_client.withdrawal import (
         AffectedJob,
         WithdrawalPlan,
@@ -145,7 +145,7 @@ _MODULE_OF = {
     "init": "identity",
     "jobs": "job_control",
     "list_datasets": "datasets",
-    "load_schema": "tables",
+    "load_schema": "table_schema",
     "model": "models",
     "models": "models",
     "parties": "identity",

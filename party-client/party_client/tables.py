@@ -25,442 +25,66 @@ The file is read in record batches (:class:`TableScan`), so a party never
 holds its whole table: each batch is checked and normalised as it passes, the
 label is summarised incrementally and only the ids are kept (to check they
 are unique at the end).
+
+The kinds and the column plan are in :mod:`party_client.table_schema`, the
+CSV, Parquet and Arrow readers in :mod:`party_client.table_sources`; the names
+they define that the library uses are importable from here too.
 """
 
 from __future__ import annotations
 
-import json
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from party_client.table_schema import (
+    CATEGORICAL,
+    FEATURE,
+    ID,
+    KINDS,
+    LABEL,
+    NUMERIC,
+    Column,
+    load_schema,
+    plan_columns,
+)
+from party_client.table_sources import (
+    CSV_BLOCK_SIZE,
+    PARQUET_BATCH_ROWS,
+    PARQUET_SUFFIXES,
+    ArrowSource,
+    CsvSource,
+    ParquetSource,
+    check_path,
+    first_bad,
+    memory_pool,
+    release_memory,
+    unreadable,
+)
 from protocols.errors import DatasetError
 from protocols.objectives import LabelSummary, summarize_labels
 
+__all__ = [
+    "CATEGORICAL",
+    "CSV_BLOCK_SIZE",
+    "FEATURE",
+    "ID",
+    "KINDS",
+    "LABEL",
+    "MAX_ROWS",
+    "NUMERIC",
+    "PARQUET_BATCH_ROWS",
+    "PreparedTable",
+    "TableScan",
+    "load_schema",
+    "memory_pool",
+    "read_table",
+    "release_memory",
+    "to_ipc",
+]
+
 MAX_ROWS = 50_000_000
-NUMERIC = "numeric"
-CATEGORICAL = "categorical"
-KINDS = (NUMERIC, CATEGORICAL)
-# About this many bytes of CSV (or rows of Parquet) per record batch: large
-# enough that per-batch costs vanish, small enough to bound the party's memory.
-CSV_BLOCK_SIZE = 512 << 10
-PARQUET_BATCH_ROWS = 1 << 14
-# Parquet batches hold about this many bytes when rows are narrow (at least
-# PARQUET_BATCH_ROWS rows): fewer, larger batches halve the cost of a narrow
-# table's scan (measured on 262 MiB of float32 columns: 1.5 s → 1.0 s).
-PARQUET_BATCH_BYTES = 8 << 20
-PARQUET_MAX_BATCH_ROWS = 1 << 17
-PARQUET_BUFFER = 1 << 16
-_OTHER_DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe"}
-_PARQUET_SUFFIXES = {".parquet", ".pq"}
-
-FEATURE, LABEL, ID = "feature", "label", "id"
-
-
-# --------------------------------------------------------------------------- memory
-
-
-def memory_pool() -> Any:
-    """The Arrow allocator a scan reads and converts with: jemalloc where pyarrow has it, as
-    it gives freed memory back sooner than the default mimalloc (measured on a 380 MB CSV:
-    peak 77 against 103 MiB of private memory for the scan), else the default."""
-    import pyarrow as pa
-
-    try:
-        return pa.jemalloc_memory_pool()
-    except NotImplementedError:
-        return pa.default_memory_pool()
-
-
-def release_memory() -> None:
-    """Return what the scan's allocator keeps for reuse (when the scan's data is gone)."""
-    memory_pool().release_unused()
-
-
-# --------------------------------------------------------------------------- schema files
-
-
-def load_schema(path: Path) -> dict[str, str]:
-    """A ``--schema`` file: a TOML or JSON table mapping column names to a kind.
-
-    For example ``region = "categorical"`` and ``"branch code" = "categorical"``
-    (TOML), or ``{"branch code": "categorical"}`` (JSON, chosen by the ``.json``
-    suffix). Kinds are ``numeric`` and ``categorical``.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"cannot read the schema file {path}: {exc}") from None
-    try:
-        doc = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
-        raise DatasetError(f"the schema file {path} is not valid {kind}: {exc}") from None
-    if not isinstance(doc, dict):
-        raise DatasetError(f"the schema file {path} must map column names to a kind")
-    kinds: dict[str, str] = {}
-    for name, kind in doc.items():
-        if kind not in KINDS:
-            raise DatasetError(
-                f"the schema file {path} gives column {name!r} the kind {kind!r}; "
-                f"kinds are {' and '.join(KINDS)}"
-            )
-        kinds[name] = kind
-    return kinds
-
-
-# --------------------------------------------------------------------------- the column plan
-
-
-@dataclass(frozen=True)
-class _Column:
-    """One column of the file: its role, its kind, how it is read and how it is sent."""
-
-    name: str
-    role: str  # FEATURE, LABEL or ID
-    kind: str | None  # NUMERIC or CATEGORICAL; None for the id column (it keeps its type)
-    declared: bool  # the kind comes from the schema file
-    read_as: Any  # pyarrow type the CSV reader parses the column as (CSV only)
-    sent_as: Any  # pyarrow type in the sealed stream
-
-
-def _is_numeric(kind: Any) -> bool:
-    import pyarrow as pa
-
-    return bool(
-        pa.types.is_integer(kind)
-        or pa.types.is_floating(kind)
-        or pa.types.is_boolean(kind)
-        or pa.types.is_null(kind)
-    )
-
-
-def _is_text(kind: Any) -> bool:
-    import pyarrow as pa
-
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
-
-
-def _plan(
-    path: Path,
-    fields: list[tuple[str, Any]],
-    label: str | None,
-    id_column: str | None,
-    kinds: dict[str, str],
-    csv: bool,
-) -> list[_Column]:
-    """Each column's role, kind and types, checking the header against the options."""
-    import pyarrow as pa
-
-    names = [name for name, _ in fields]
-    if csv:
-        _check_delimiter(path, names)
-    if len(set(names)) != len(names):
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        raise DatasetError(f"{path} has duplicate column names: {', '.join(map(repr, repeated))}")
-    if label is not None and label not in names:
-        raise DatasetError(
-            f"{path} has no label column {label!r}; its columns are: {', '.join(names)}"
-        )
-    if id_column is not None and id_column not in names:
-        raise DatasetError(
-            f"{path} has no id column {id_column!r}; its columns are: {', '.join(names)}"
-        )
-    if label is not None and id_column == label:
-        raise DatasetError(f"{path}: the label column cannot also be the id column")
-    unknown = [n for n in kinds if n not in names]
-    if unknown:
-        raise DatasetError(
-            f"the schema file names columns {path} does not have: {', '.join(map(repr, unknown))}"
-            f"; its columns are: {', '.join(names)}"
-        )
-    if label is not None and kinds.get(label) == CATEGORICAL:
-        raise DatasetError(
-            f"the schema file declares the label column {label!r} categorical; a label is "
-            "numeric (class numbers 0, 1, 2, … or amounts)"
-        )
-    plan = []
-    for name, inferred in fields:
-        declared = name in kinds
-        if name == id_column:
-            plan.append(_id_plan(name, inferred, kinds.get(name), csv))
-            continue
-        role = LABEL if name == label else FEATURE
-        if declared:
-            kind = kinds[name]
-        elif _is_numeric(inferred):
-            kind = NUMERIC
-        elif csv or _is_text(inferred):
-            kind = CATEGORICAL  # CSV text, even if Arrow read it as a date or as bytes
-        else:
-            raise DatasetError(
-                f"{path}: column {name!r} has type {inferred}, which is neither numeric nor "
-                "text; declare it categorical with --schema, or drop it"
-            )
-        if role == LABEL:
-            kind = NUMERIC
-        if kind == NUMERIC:
-            read_as = pa.bool_() if pa.types.is_boolean(inferred) else pa.float64()
-            plan.append(_Column(name, role, kind, declared, read_as, pa.float32()))
-        else:
-            plan.append(_Column(name, role, kind, declared, pa.string(), pa.string()))
-    return plan
-
-
-def _id_plan(name: str, inferred: Any, declared: str | None, csv: bool) -> _Column:
-    """The id column keeps its type; declared categorical it is read as text (leading zeros
-    and all), declared numeric as a number."""
-    import pyarrow as pa
-
-    if pa.types.is_dictionary(inferred):
-        inferred = inferred.value_type
-    if declared == CATEGORICAL or (pa.types.is_null(inferred) and csv):
-        kind = pa.string()
-    elif declared == NUMERIC and not _is_numeric(inferred):
-        kind = pa.float64()
-    elif pa.types.is_large_string(inferred) or (csv and not _is_numeric(inferred)):
-        kind = pa.string()
-    else:
-        kind = inferred
-    return _Column(name, ID, None, declared is not None, kind, kind)
-
-
-def _check_delimiter(path: Path, names: list[str]) -> None:
-    if len(names) != 1:
-        return
-    for delimiter, word in _OTHER_DELIMITERS.items():
-        if delimiter in names[0]:
-            raise DatasetError(
-                f"{path} has a single column {names[0][:60]!r}: it looks separated by "
-                f"{word}s ({delimiter!r}), and Detente reads comma-separated CSV; save it "
-                "with commas (or as Parquet) and upload again"
-            )
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise DatasetError(f"no such file: {path}")
-    if path.is_dir():
-        raise DatasetError(f"{path} is a folder: name a CSV or Parquet file")
-
-
-def _not_utf8(path: Path) -> DatasetError:
-    return DatasetError(
-        f"{path} is not UTF-8 text (its header has bytes that are not UTF-8): save it "
-        "as UTF-8 CSV and upload again"
-    )
-
-
-def _csv_options(
-    block_size: int, types: dict[str, Any] | None = None, use_threads: bool = True
-) -> dict[str, Any]:
-    import pyarrow.csv as pacsv
-
-    return {
-        "memory_pool": memory_pool(),
-        "read_options": pacsv.ReadOptions(block_size=block_size, use_threads=use_threads),
-        # An empty cell is missing, in text columns too (a missing category).
-        "convert_options": pacsv.ConvertOptions(column_types=types, strings_can_be_null=True),
-    }
-
-
-class _CsvSource:
-    """A CSV file read twice: the first block for the header and the inferred types, then
-    every block with the types of the plan."""
-
-    kind = "CSV"
-
-    def __init__(self, path: Path, block_size: int) -> None:
-        self.path, self.block_size = path, block_size
-
-    def fields(self) -> list[tuple[str, Any]]:
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
-        try:
-            # One thread: the reader reads no further than the block it infers types from.
-            options = _csv_options(self.block_size, use_threads=False)
-            with pacsv.open_csv(self.path, **options) as reader:
-                return [(f.name, f.type) for f in reader.schema]
-        except UnicodeDecodeError:
-            raise _not_utf8(self.path) from None
-        except (pa.ArrowException, OSError) as exc:
-            raise DatasetError(f"cannot read {self.path} as CSV: {exc}") from None
-
-    def batches(self, plan: list[_Column]) -> Iterator[Any]:
-        import pyarrow as pa
-        import pyarrow.csv as pacsv
-
-        types = {c.name: c.read_as for c in plan}
-        try:
-            reader = pacsv.open_csv(self.path, **_csv_options(self.block_size, types))
-        except (pa.ArrowException, OSError) as exc:
-            raise self._failure(exc, plan) from None
-        with reader:
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    return
-                except (pa.ArrowException, OSError) as exc:
-                    raise self._failure(exc, plan) from None
-                yield batch
-
-    def _failure(self, exc: Exception, plan: list[_Column]) -> DatasetError:
-        """Why the reader stopped: a value that does not parse as its column's type (found
-        again, with its row), or a malformed file."""
-        if "conversion error" in str(exc) or "UTF8" in str(exc):
-            found = _find_unreadable(self.path, self.block_size, plan)
-            if found is not None:
-                return found
-        return DatasetError(f"cannot read {self.path} as CSV: {exc}")
-
-
-def _find_unreadable(path: Path, block_size: int, plan: list[_Column]) -> DatasetError | None:
-    """Read the file again, every column as bytes, to name the first value that does not
-    parse as its column's type (an error path: speed does not matter)."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    raw = {c.name: pa.binary() for c in plan}
-    offset = 0
-    try:
-        with pacsv.open_csv(path, **_csv_options(block_size, raw)) as reader:
-            for batch in reader:
-                for column in plan:
-                    values = batch.column(column.name)
-                    row = _first_bad(values, column.read_as)
-                    if row is not None:
-                        return _unreadable(path, column, offset + row, values[row].as_py())
-                offset += batch.num_rows
-    except (pa.ArrowException, OSError):
-        return None
-    return None
-
-
-def _first_bad(values: Any, kind: Any) -> int | None:
-    """The first index of ``values`` (bytes) that does not cast to ``kind``, or None."""
-    if _casts(values, kind):
-        return None
-    low, high = 0, len(values)  # the bad value is in [low, high)
-    while high - low > 1:
-        middle = (low + high) // 2
-        if _casts(values.slice(low, middle - low), kind):
-            low = middle
-        else:
-            high = middle
-    return low
-
-
-def _casts(values: Any, kind: Any) -> bool:
-    import pyarrow as pa
-
-    try:
-        text = values.cast(pa.string()) if pa.types.is_binary(values.type) else values
-        text.cast(kind)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return False
-    return True
-
-
-def _unreadable(path: Path, column: _Column, row: int, value: Any) -> DatasetError:
-    """The message for a value of ``column`` that is not of its kind, at 0-based ``row``."""
-    import pyarrow as pa
-
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            return DatasetError(
-                f"{path}: column {column.name!r} is not UTF-8 text: row {row + 1} holds bytes "
-                "that are not UTF-8; save the file as UTF-8 and upload again"
-            )
-    shown = str(value)[:40]
-    if column.role == ID:
-        return DatasetError(
-            f"{path}: id column {column.name!r} was read as {column.read_as} from its first "
-            f"rows, but row {row + 1} holds {shown!r}; declare it categorical in --schema to "
-            "read the ids as text"
-        )
-    what = "label column" if column.role == LABEL else "column"
-    if column.role == LABEL:
-        why = "a label is a number (class numbers 0, 1, 2, … or amounts)"
-    elif column.declared:
-        why = "the schema file declares it numeric: fix the value, or declare it categorical"
-    elif pa.types.is_boolean(column.read_as):
-        why = "its first rows are true/false: fix the value, or declare it categorical in --schema"
-    else:
-        why = (
-            "its first rows are numbers, so it is read as numeric: fix the value, declare it "
-            "categorical in --schema, or name it with --id if it is an identifier"
-        )
-    return DatasetError(
-        f"{path}: {what} {column.name!r} is not numeric: row {row + 1} holds {shown!r}; {why}"
-    )
-
-
-class _ParquetSource:
-    kind = "Parquet"
-
-    def __init__(self, path: Path, batch_rows: int | None) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.path = path
-        try:
-            # Column chunks read through a buffer rather than whole: memory per column, not
-            # per row group (which may hold every row).
-            self._file = pq.ParquetFile(
-                path, buffer_size=PARQUET_BUFFER, pre_buffer=False, memory_map=False
-            )
-        except (pa.ArrowException, OSError) as exc:
-            raise DatasetError(f"cannot read {path} as Parquet: {exc}") from None
-        self.batch_rows = batch_rows or _batch_rows([t for _, t in self.fields()])
-
-    def fields(self) -> list[tuple[str, Any]]:
-        return [(f.name, f.type) for f in self._file.schema_arrow]
-
-    def batches(self, plan: list[_Column]) -> Iterator[Any]:
-        import pyarrow as pa
-
-        try:
-            yield from self._file.iter_batches(batch_size=self.batch_rows, use_threads=False)
-        except (pa.ArrowException, OSError) as exc:
-            raise DatasetError(f"cannot read {self.path} as Parquet: {exc}") from None
-
-
-def _batch_rows(types: list[Any]) -> int:
-    """Rows of about PARQUET_BATCH_BYTES, by the columns' widths (text counted as 32 bytes)."""
-    width = 0
-    for kind in types:
-        try:
-            width += max(1, kind.bit_width // 8)
-        except ValueError:  # variable width: text, binary, nested
-            width += 32
-    rows = PARQUET_BATCH_BYTES // max(width, 1)
-    return int(min(PARQUET_MAX_BATCH_ROWS, max(PARQUET_BATCH_ROWS, rows)))
-
-
-class _ArrowSource:
-    """A table already in memory (a Python caller's), read as the files are."""
-
-    kind = "Arrow"
-
-    def __init__(self, table: Any, batch_rows: int) -> None:
-        self.table, self.batch_rows = table, batch_rows
-
-    def fields(self) -> list[tuple[str, Any]]:
-        return [(f.name, f.type) for f in self.table.schema]
-
-    def batches(self, plan: list[_Column]) -> Iterator[Any]:
-        yield from self.table.to_batches(max_chunksize=self.batch_rows)
 
 
 # --------------------------------------------------------------------------- the scan
@@ -531,15 +155,15 @@ class TableScan:
         path = Path(path)
         self.path, self.label, self.id_column = path, label, id_column
         if table is not None:
-            self._source: _CsvSource | _ParquetSource | _ArrowSource = _ArrowSource(
+            self._source: CsvSource | ParquetSource | ArrowSource = ArrowSource(
                 table, batch_rows or PARQUET_BATCH_ROWS
             )
             csv = False
         else:
-            _check_path(path)
-            csv = path.suffix.lower() not in _PARQUET_SUFFIXES
-            self._source = _CsvSource(path, block_size) if csv else _ParquetSource(path, batch_rows)
-        self._plan = _plan(path, self._source.fields(), label, id_column, kinds or {}, csv)
+            check_path(path)
+            csv = path.suffix.lower() not in PARQUET_SUFFIXES
+            self._source = CsvSource(path, block_size) if csv else ParquetSource(path, batch_rows)
+        self._plan = plan_columns(path, self._source.fields(), label, id_column, kinds or {}, csv)
         release_memory()  # the header's reader is gone
         self.schema = pa.schema([pa.field(c.name, c.sent_as) for c in self._plan])
         self.rows = 0
@@ -600,7 +224,7 @@ class TableScan:
             columns.append(values)
         return pa.RecordBatch.from_arrays(columns, schema=self.schema)
 
-    def _cast(self, values: Any, column: _Column, safe: bool = True) -> Any:
+    def _cast(self, values: Any, column: Column, safe: bool = True) -> Any:
         import pyarrow as pa
 
         if values.type.equals(column.sent_as):
@@ -608,15 +232,15 @@ class TableScan:
         try:
             return values.cast(column.sent_as, safe=safe, memory_pool=memory_pool())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            row = _first_bad(values, column.sent_as)
+            row = first_bad(values, column.sent_as)
             if row is None or pa.types.is_string(column.sent_as):
                 raise DatasetError(
                     f"{self.path}: column {column.name!r} of type {values.type} cannot be read "
                     f"as {column.kind or column.sent_as}; declare another kind in --schema"
                 ) from None
-            raise _unreadable(self.path, column, self.rows + row, values[row].as_py()) from None
+            raise unreadable(self.path, column, self.rows + row, values[row].as_py()) from None
 
-    def _check_numbers(self, column: _Column, values: Any) -> None:
+    def _check_numbers(self, column: Column, values: Any) -> None:
         import numpy as np
 
         array = values.to_numpy(zero_copy_only=False)
