@@ -5,7 +5,9 @@ store holds no plaintext and no secret. ``records`` holds the frozen values
 handed to the handler, ``tables`` the ORM rows (which never leave the store),
 ``audit`` the hash-chained audit log and its one check
 (:func:`verify_audit_chain`), ``interface`` what the handler needs
-(:class:`CoordinatorStore`) and ``sql`` the implementation (:class:`SqlStore`).
+(:class:`CoordinatorStore`) and ``sql`` the implementation (:class:`SqlStore`),
+its core mixed with one module per part: ``sql_jobs``, ``sql_models``,
+``sql_audit``, ``sql_pool``, ``uploads`` and ``withdrawals``.
 """
 
 from coordinator.store.audit import (
