@@ -45,11 +45,17 @@ class Running:
         return self.coordinator_home / "coordinator.db"
 
     def policy(self, mrenclave: str | None = None, simulation: bool = True) -> Path:
+        """The roles' policy with another MRENCLAVE or simulation setting; it trusts the
+        simulated machines of every worker the roles started (a pool has several)."""
+        import tomllib
+
+        roots = tomllib.loads(self.roles.policy.read_text())["simulation_roots"]
+        listed = ", ".join(f'"{r}"' for r in roots)
         path = self.root / f"policy-{mrenclave or 'ok'}-{simulation}.toml"
         path.write_text(
             f'mrenclave = ["{mrenclave or self.measured["mrenclave"]}"]\n'
             f"allow_simulation = {'true' if simulation else 'false'}\n"
-            f'simulation_roots = ["{self.measured["simulation_root_sha256"]}"]\n'
+            f"simulation_roots = [{listed}]\n"
         )
         return path
 
