@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hmac
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -227,9 +227,18 @@ class SqlStore(PartialUploads, WithdrawalStore, PoolRows, JobRows, ModelRows, Au
 
     # datasets -------------------------------------------------------------
 
-    def add_dataset(self, dataset: DatasetRecord, audit: Audit) -> None:
+    def add_dataset(
+        self,
+        dataset: DatasetRecord,
+        audit: Audit,
+        also: Callable[[Session], object] | None = None,
+    ) -> None:
+        """Record ``dataset`` and its audit entry in one transaction, with ``also`` (a further
+        write of the caller's, e.g. removing the partial upload it completes)."""
         try:
             with self._write() as s:
+                if also is not None:
+                    also(s)
                 s.add(
                     DatasetRow(
                         dataset_id=dataset.dataset_id,

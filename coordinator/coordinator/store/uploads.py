@@ -10,7 +10,7 @@ been checked against the signed manifest.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -62,6 +62,12 @@ class PartialUploads:
         def _write(self) -> AbstractContextManager[Session]: ...
         def _read(self) -> AbstractContextManager[Session]: ...
         def _append_audit(self, session: Session, audit: Audit, at: int) -> None: ...
+        def add_dataset(
+            self,
+            dataset: DatasetRecord,
+            audit: Audit,
+            also: Callable[[Session], object] | None = None,
+        ) -> None: ...
 
     def add_partial(self, partial: PartialUpload, replaces: str | None = None) -> None:
         """Record a new partial upload (replacing the partial ``replaces`` in the same
@@ -125,23 +131,10 @@ class PartialUploads:
     def complete_partial(self, upload_id: str, dataset: DatasetRecord, audit: Audit) -> None:
         """The partial becomes ``dataset``: the data set row, its audit entry and the
         partial's removal in one transaction."""
-        try:
-            with self._write() as s:
-                s.execute(delete(PartialUploadRow).where(PartialUploadRow.upload_id == upload_id))
-                s.add(
-                    DatasetRow(
-                        dataset_id=dataset.dataset_id,
-                        owner_key=dataset.owner_key,
-                        manifest=dataset.manifest,
-                        manifest_digest=dataset.manifest_digest,
-                        blob_sha256=dataset.blob_sha256,
-                        size=dataset.size,
-                        created_at=dataset.created_at,
-                    )
-                )
-                s.flush()
-                self._append_audit(s, audit, dataset.created_at)
-        except sqlalchemy.exc.IntegrityError:
-            raise AlreadyExists(
-                f"data set {dataset.dataset_id!r} already exists: choose another dataset id"
-            ) from None
+        self.add_dataset(
+            dataset,
+            audit,
+            also=lambda s: s.execute(
+                delete(PartialUploadRow).where(PartialUploadRow.upload_id == upload_id)
+            ),
+        )
